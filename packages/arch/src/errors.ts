@@ -1,0 +1,31 @@
+export type ArchErrorCode =
+  | "UNKNOWN_ARCH"
+  | "UNSUPPORTED_HOST_ARCH"
+  | "INVALID_KERNEL_RELEASE"
+  | "INVALID_OPTIONS"
+  | "SECCOMP_CHOICE_REQUIRED"
+  | "ARTIFACT_NOT_FOUND"
+  | "ARTIFACT_UNREADABLE"
+  | "ARTIFACT_ARCH_MISMATCH"
+  | "ARTIFACT_CHECKSUM_MISSING"
+  | "ARTIFACT_CHECKSUM_MISMATCH"
+  | "UNKNOWN_BINARY_FORMAT"
+  | "UNSUPPORTED_BINARY_ARCH"
+  | "KERNEL_FORMAT_UNSUPPORTED";
+
+/** The one error class of @sbx/arch. `code` is stable; the message says what failed and the fix. */
+export class ArchError extends Error {
+  override readonly name = "ArchError";
+  readonly code: ArchErrorCode;
+  readonly details: Readonly<Record<string, unknown>>;
+
+  constructor(
+    code: ArchErrorCode,
+    message: string,
+    options: { cause?: unknown; details?: Record<string, unknown> } = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.details = Object.freeze({ ...options.details });
+  }
+}

@@ -1,0 +1,45 @@
+export {
+  ACCEPTED_ARCH_NAMES,
+  type Arch,
+  archSchema,
+  hostArch,
+  type NormalizeArchOptions,
+  normalizeArch,
+  SUPPORTED_ARCHES,
+  targetArchFromEnv,
+} from "./arch.ts";
+export {
+  type ArtifactLayout,
+  artifactCandidates,
+  type RejectedCandidate,
+  type ResolveArtifactOptions,
+  type ResolvedArtifact,
+  resolveArtifact,
+} from "./artifacts.ts";
+export { type BinaryArch, type BinaryFormat, checkKernelImage, detectBinaryArch } from "./binary-arch.ts";
+export {
+  type ChecksumResult,
+  type ChecksumRule,
+  parseSha256Sidecar,
+  sha256File,
+  sha256HexSchema,
+  verifyChecksum,
+} from "./checksum.ts";
+export { ArchError, type ArchErrorCode } from "./errors.ts";
+export {
+  compareKernelRelease,
+  type GuestMemoryBacking,
+  hostKernelRelease,
+  type KernelRelease,
+  parseKernelRelease,
+  uffdWriteProtectSupported,
+  type WriteProtectSupport,
+} from "./kernel-release.ts";
+export { type Logger, silentLogger } from "./logger.ts";
+export {
+  type ArchTraits,
+  archTraits,
+  type FirecrackerArgsOptions,
+  type KernelImageFormat,
+  type OciPlatform,
+} from "./traits.ts";

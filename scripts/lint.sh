@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Formatter/linter for the repo, type checks, and publint + attw on every built package.
+source "$(dirname "$0")/lib/bootstrap.sh"
+sbx_bootstrap
+cd "$SBX_ROOT"
+pnpm exec biome check .
+pnpm exec turbo run typecheck lint
