@@ -10,7 +10,7 @@ export interface KernelRelease {
   raw: string;
 }
 
-const RELEASE_PATTERN = /^(\d+)\.(\d+)(?:\.(\d+))?(?:[-+_.~].*)?$/;
+const RELEASE_PATTERN = /^(\d+)\.(\d+)(?:\.(\d+))?(?:[-+_.~]\S*)?$/;
 
 /** Parses `uname -r` output such as `6.1.0-47-cloud-amd64` or `5.10.223-212.873.amzn2.x86_64`. */
 export function parseKernelRelease(value: string): KernelRelease {

@@ -1,0 +1,34 @@
+import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { hostArch } from "@sbx/arch";
+import { describe, expect, it } from "vitest";
+
+const main = fileURLToPath(new URL("./main.ts", import.meta.url));
+
+function runQuickstart(env: Record<string, string>) {
+  const output = execFileSync(process.execPath, ["--conditions=@sbx/source", main, "--json"], {
+    env: { ...process.env, ...env },
+    encoding: "utf8",
+    timeout: 30_000,
+  });
+  return JSON.parse(output.trim().split("\n").at(-1)!);
+}
+
+describe.skipIf(!existsSync("/bin/busybox"))("quickstart", () => {
+  it("resolves this host's busybox and refuses it for the other arch", () => {
+    const result = runQuickstart({ TARGET_ARCH: "" });
+    const host = hostArch();
+    expect(result.host).toBe(host);
+    expect(result.target).toBe(host);
+    expect(result.artifacts.host).toMatchObject({ layout: "legacy", checksumVerified: true });
+    expect(result.artifacts.other).toBe("ARTIFACT_ARCH_MISMATCH");
+  });
+
+  it("follows TARGET_ARCH=aarch64 into the arm64 rules", () => {
+    const result = runQuickstart({ TARGET_ARCH: "aarch64" });
+    expect(result.target).toBe("arm64");
+    expect(result.traits.smtSupported).toBe(false);
+    expect(result.uffdRestoreArgs).toContain("SECCOMP_CHOICE_REQUIRED");
+  });
+});
