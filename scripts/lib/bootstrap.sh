@@ -6,6 +6,7 @@ set -euo pipefail
 SBX_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 SBX_TOOLS="$SBX_ROOT/.tools"
 export PATH="$SBX_TOOLS/bin:$SBX_ROOT/node_modules/.bin:$PATH"
+export TURBO_TELEMETRY_DISABLED=1 DO_NOT_TRACK=1
 
 say() { printf '\033[1m[sbx]\033[0m %s\n' "$*" >&2; }
 

@@ -29,7 +29,9 @@ const writeProtect = uffdWriteProtectSupported({ arch: host, release: kernel, ba
 
 log(`host arch        ${host} (kernel ${kernel.raw})`);
 log(`target arch      ${target} (TARGET_ARCH=${process.env.TARGET_ARCH ?? ""})`);
-log(`OCI platform     ${[traits.ociPlatform.os, traits.ociPlatform.architecture, traits.ociPlatform.variant].filter(Boolean).join("/")}`);
+log(
+  `OCI platform     ${[traits.ociPlatform.os, traits.ociPlatform.architecture, traits.ociPlatform.variant].filter(Boolean).join("/")}`,
+);
 log(`SMT allowed      ${traits.smtSupported}`);
 log(`kernel format    ${traits.kernelImageFormat}`);
 let seccompArgs: string[] | string;
@@ -38,7 +40,9 @@ try {
 } catch (error) {
   seccompArgs = error instanceof ArchError ? `needs a choice (${error.code})` : String(error);
 }
-log(`UFFD restore     firecracker ${Array.isArray(seccompArgs) ? seccompArgs.join(" ") || "(no extra args)" : seccompArgs}`);
+log(
+  `UFFD restore     firecracker ${Array.isArray(seccompArgs) ? seccompArgs.join(" ") || "(no extra args)" : seccompArgs}`,
+);
 log(`UFFD write-protect ${writeProtect.supported ? "yes" : "no"}: ${writeProtect.reason}`);
 
 // A real artifact root: the host's own busybox in the legacy layout, with a sha256 sidecar.
@@ -57,14 +61,18 @@ try {
     checksum: { kind: "sidecar" },
   });
   artifacts.host = found;
-  log(`artifact         busybox for ${host}: ${found.layout} layout, sha256 ${found.sha256?.slice(0, 12)}… verified`);
+  log(
+    `artifact         busybox for ${host}: ${found.layout} layout, sha256 ${found.sha256?.slice(0, 12)}… verified`,
+  );
   const other = host === "amd64" ? "arm64" : "amd64";
   try {
     await resolveArtifact({ root, version: "1.36.1", name: "busybox", arch: other });
     artifacts.other = "accepted (unexpected)";
   } catch (error) {
     artifacts.other = error instanceof ArchError ? error.code : String(error);
-    log(`artifact         busybox for ${other}: refused, ${artifacts.other} (this ${host} binary is never handed to ${other})`);
+    log(
+      `artifact         busybox for ${other}: refused, ${artifacts.other} (this ${host} binary is never handed to ${other})`,
+    );
   }
 } catch (error) {
   artifacts.error = error instanceof Error ? error.message : String(error);

@@ -54,7 +54,9 @@ describe("resolveArtifact", () => {
       mkdirSync(join(root, "v1"), { recursive: true });
       writeFileSync(join(root, "v1", host), "a file where the arch directory belongs");
       placeHostBinary(join(root, "v1", "firecracker"));
-      await expect(resolveArtifact({ root, version: "v1", name: "firecracker", arch: host })).rejects.toMatchObject({
+      await expect(
+        resolveArtifact({ root, version: "v1", name: "firecracker", arch: host }),
+      ).rejects.toMatchObject({
         code: "ARTIFACT_UNREADABLE",
         message: expect.stringContaining("ENOTDIR"),
       });
@@ -66,7 +68,9 @@ describe("resolveArtifact", () => {
       mkdirSync(join(root, "v1", host), { recursive: true });
       symlinkSync("firecracker", join(root, "v1", host, "firecracker"));
       placeHostBinary(join(root, "v1", "firecracker"));
-      await expect(resolveArtifact({ root, version: "v1", name: "firecracker", arch: host })).rejects.toMatchObject({
+      await expect(
+        resolveArtifact({ root, version: "v1", name: "firecracker", arch: host }),
+      ).rejects.toMatchObject({
         code: "ARTIFACT_UNREADABLE",
         message: expect.stringContaining("ELOOP"),
       });
@@ -76,7 +80,9 @@ describe("resolveArtifact", () => {
   it("reports a directory where the artifact should be", async () => {
     await withTempDir(async (root) => {
       mkdirSync(join(root, "v1", host, "firecracker"), { recursive: true });
-      await expect(resolveArtifact({ root, version: "v1", name: "firecracker", arch: host })).rejects.toMatchObject({
+      await expect(
+        resolveArtifact({ root, version: "v1", name: "firecracker", arch: host }),
+      ).rejects.toMatchObject({
         code: "ARTIFACT_UNREADABLE",
       });
     });
@@ -85,7 +91,9 @@ describe("resolveArtifact", () => {
   it("never hands a legacy binary of the host arch to the other arch", async () => {
     await withTempDir(async (root) => {
       placeHostBinary(join(root, "v1", "firecracker"));
-      await expect(resolveArtifact({ root, version: "v1", name: "firecracker", arch: other })).rejects.toMatchObject({
+      await expect(
+        resolveArtifact({ root, version: "v1", name: "firecracker", arch: other }),
+      ).rejects.toMatchObject({
         code: "ARTIFACT_ARCH_MISMATCH",
         details: { layout: "legacy", expected: other },
       });
@@ -139,7 +147,13 @@ describe("resolveArtifact checksums", () => {
     await withTempDir(async (root) => {
       const { path, sha256 } = await layout(root);
       writeFileSync(`${path}.sha256`, `${sha256}\n`);
-      const options = { root, version: "v1", name: "firecracker", arch: host, checksum: { kind: "sidecar" } } as const;
+      const options = {
+        root,
+        version: "v1",
+        name: "firecracker",
+        arch: host,
+        checksum: { kind: "sidecar" },
+      } as const;
       expect(await resolveArtifact(options)).toMatchObject({ sha256, checksumVerified: true });
       writeFileSync(`${path}.sha256`, `${sha256.toUpperCase()}  firecracker\n`);
       expect(await resolveArtifact(options)).toMatchObject({ sha256, checksumVerified: true });
@@ -151,7 +165,13 @@ describe("resolveArtifact checksums", () => {
   it("rejects a sidecar that names another file, a wrong digest and garbage", async () => {
     await withTempDir(async (root) => {
       const { path, sha256 } = await layout(root);
-      const options = { root, version: "v1", name: "firecracker", arch: host, checksum: { kind: "sidecar" } } as const;
+      const options = {
+        root,
+        version: "v1",
+        name: "firecracker",
+        arch: host,
+        checksum: { kind: "sidecar" },
+      } as const;
       writeFileSync(`${path}.sha256`, `${sha256}  jailer\n`);
       await expect(resolveArtifact(options)).rejects.toMatchObject({ code: "ARTIFACT_CHECKSUM_MISMATCH" });
       writeFileSync(`${path}.sha256`, `${"0".repeat(64)}\n`);
@@ -168,7 +188,13 @@ describe("resolveArtifact checksums", () => {
     await withTempDir(async (root) => {
       const { path, sha256 } = await layout(root);
       writeFileSync(`${path}.sha256`, sha256);
-      const options = { root, version: "v1", name: "firecracker", arch: host, checksum: { kind: "sidecar" } } as const;
+      const options = {
+        root,
+        version: "v1",
+        name: "firecracker",
+        arch: host,
+        checksum: { kind: "sidecar" },
+      } as const;
       await resolveArtifact(options);
       copyFileSync("/bin/false", path);
       await expect(resolveArtifact(options)).rejects.toMatchObject({ code: "ARTIFACT_CHECKSUM_MISMATCH" });
@@ -182,7 +208,9 @@ describe("resolveArtifact checksums", () => {
       await expect(resolveArtifact({ ...base, checksum: { kind: "sidecar" } })).rejects.toMatchObject({
         code: "ARTIFACT_CHECKSUM_MISSING",
       });
-      expect(await resolveArtifact({ ...base, checksum: { kind: "sidecar", allowUnverified: true } })).toMatchObject({
+      expect(
+        await resolveArtifact({ ...base, checksum: { kind: "sidecar", allowUnverified: true } }),
+      ).toMatchObject({
         sha256,
         checksumVerified: false,
       });
@@ -199,7 +227,9 @@ describe("resolveArtifact checksums", () => {
       await expect(
         resolveArtifact({ ...base, checksum: { kind: "pinned", sha256: "f".repeat(64) } }),
       ).rejects.toMatchObject({ code: "ARTIFACT_CHECKSUM_MISMATCH" });
-      await expect(resolveArtifact({ ...base, checksum: { kind: "pinned", sha256: "xyz" } })).rejects.toMatchObject({
+      await expect(
+        resolveArtifact({ ...base, checksum: { kind: "pinned", sha256: "xyz" } }),
+      ).rejects.toMatchObject({
         code: "INVALID_OPTIONS",
       });
     });

@@ -56,8 +56,12 @@ describe("detectBinaryArch on kernel headers and other files", () => {
       riscv[5] = 1;
       riscv.writeUInt16LE(243, 18);
       writeFileSync(join(dir, "riscv"), riscv);
-      await expect(detectBinaryArch(join(dir, "script"))).rejects.toMatchObject({ code: "UNKNOWN_BINARY_FORMAT" });
-      await expect(detectBinaryArch(join(dir, "empty"))).rejects.toMatchObject({ code: "UNKNOWN_BINARY_FORMAT" });
+      await expect(detectBinaryArch(join(dir, "script"))).rejects.toMatchObject({
+        code: "UNKNOWN_BINARY_FORMAT",
+      });
+      await expect(detectBinaryArch(join(dir, "empty"))).rejects.toMatchObject({
+        code: "UNKNOWN_BINARY_FORMAT",
+      });
       await expect(detectBinaryArch(join(dir, "riscv"))).rejects.toMatchObject({
         code: "UNSUPPORTED_BINARY_ARCH",
         message: expect.stringContaining("riscv"),
@@ -76,7 +80,10 @@ describe("checkKernelImage", () => {
   it("accepts an ELF kernel on amd64 and an Image on arm64", async () => {
     await withTempDir(async (dir) => {
       writeArm64ImageHeader(join(dir, "Image"));
-      expect(await checkKernelImage(join(dir, "Image"), "arm64")).toEqual({ format: "arm64-image", arch: "arm64" });
+      expect(await checkKernelImage(join(dir, "Image"), "arm64")).toEqual({
+        format: "arm64-image",
+        arch: "arm64",
+      });
     });
     if (hostArch() === "amd64") {
       expect(await checkKernelImage(process.execPath, "amd64")).toEqual({ format: "elf", arch: "amd64" });

@@ -73,7 +73,9 @@ export async function detectBinaryArch(path: string): Promise<BinaryArch> {
   if (header.toString("latin1", BZIMAGE_MAGIC_OFFSET, BZIMAGE_MAGIC_OFFSET + 4) === BZIMAGE_MAGIC) {
     return { format: "bzimage", arch: "amd64" };
   }
-  if (header.toString("latin1", ARM64_IMAGE_MAGIC_OFFSET, ARM64_IMAGE_MAGIC_OFFSET + 4) === ARM64_IMAGE_MAGIC) {
+  if (
+    header.toString("latin1", ARM64_IMAGE_MAGIC_OFFSET, ARM64_IMAGE_MAGIC_OFFSET + 4) === ARM64_IMAGE_MAGIC
+  ) {
     return { format: "arm64-image", arch: "arm64" };
   }
   throw new ArchError(

@@ -47,15 +47,15 @@ describe("uffdWriteProtectSupported", () => {
   });
 
   it("names the arm64 rule when it says no", () => {
-    expect(uffdWriteProtectSupported({ arch: "arm64", release: "6.6.0", backing: "anonymous" }).reason).toMatch(
-      /arm64 kernels before 6\.10/,
-    );
+    expect(
+      uffdWriteProtectSupported({ arch: "arm64", release: "6.6.0", backing: "anonymous" }).reason,
+    ).toMatch(/arm64 kernels before 6\.10/);
   });
 
   it("accepts an already parsed release", () => {
     const parsed = parseKernelRelease("6.12.0");
-    expect(uffdWriteProtectSupported({ arch: "arm64", release: parsed, backing: "anonymous" }).supported).toBe(
-      true,
-    );
+    expect(
+      uffdWriteProtectSupported({ arch: "arm64", release: parsed, backing: "anonymous" }).supported,
+    ).toBe(true);
   });
 });
