@@ -1,0 +1,32 @@
+import { readdirSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+
+/** Open fds of this process. */
+export function fdCount(): number {
+  return readdirSync("/proc/self/fd").length;
+}
+
+/** Pids whose parent is this process (zombies included: they still have a /proc entry). */
+export function childPids(): number[] {
+  const out: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(fields[1]) === process.pid) out.push(Number(entry));
+    } catch {
+      // the process went away while we looked
+    }
+  }
+  return out;
+}
+
+/** The launcher's temp dirs (`sbx-fc-<id>-*`) for VM ids starting with `idPrefix`. */
+export function launcherTempDirs(idPrefix: string): string[] {
+  return readdirSync(tmpdir()).filter((name) => name.startsWith(`sbx-fc-${idPrefix}`));
+}
+
+export async function settle(ms = 50): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, ms));
+}

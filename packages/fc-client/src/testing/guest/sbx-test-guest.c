@@ -1,0 +1,121 @@
+/*
+ * sbx tiny test guest: a freestanding x86_64 "kernel" for Firecracker.
+ *
+ * Firecracker loads an ELF vmlinux's PT_LOAD segments at their physical addresses and enters the
+ * ELF entry point in 64-bit long mode with the first 1 GiB identity-mapped, interrupts off, and
+ * RSI pointing at the zero page. This guest needs nothing else: it has one PT_LOAD segment at
+ * 1 MiB (see sbx-test-guest.ld), sets its own stack, writes a ready marker to the serial port
+ * (16550 UART at I/O port 0x3f8), then loops forever over guest memory [16 MiB, 64 MiB):
+ * every iteration rewrites one 32-bit word of every page and folds it into a running checksum.
+ * After an iteration, when at least SBX_REPORT_CYCLES TSC cycles passed since the last report
+ * (and after the first iteration), it prints
+ *
+ *     SBX-GUEST iter=<decimal> sum=<8 hex digits>
+ *
+ * All state (the counters and the pages) lives in guest memory, so after a snapshot restore the
+ * sequence continues exactly where it stopped; the checksum of iteration N is a pure function of
+ * N (see expectedGuestChecksums in ../tiny-guest.ts), so a wrong or partly lost memory image shows up as a
+ * wrong checksum. No libc, no SSE (Firecracker does not enable it), no interrupts.
+ */
+
+typedef unsigned int u32;
+typedef unsigned long u64;
+
+#define SERIAL_PORT 0x3f8
+#define REGION_START (16ul << 20)
+#define REGION_END (64ul << 20)
+#define PAGE_SIZE 4096ul
+#ifndef SBX_REPORT_CYCLES
+#define SBX_REPORT_CYCLES (1ul << 27)
+#endif
+
+/* Initialized, so it lives in the file image (p_filesz == p_memsz) and in guest memory. */
+struct guest_state {
+  u32 magic;
+  u32 iteration;
+  u32 checksum;
+  u32 reserved;
+  u64 last_report_tsc;
+};
+static volatile struct guest_state state = {0x53425847u, 0, 0x811c9dc5u, 0, 0};
+
+static unsigned char stack[16384] __attribute__((used, aligned(16)));
+
+static inline void outb(unsigned short port, unsigned char value) {
+  __asm__ volatile("outb %0, %1" : : "a"(value), "Nd"(port));
+}
+
+static void put_char(char c) { outb(SERIAL_PORT, (unsigned char)c); }
+
+static void put_str(const char *s) {
+  while (*s) put_char(*s++);
+}
+
+static void put_dec(u32 value) {
+  char buf[11];
+  int i = 0;
+  do {
+    buf[i++] = (char)('0' + value % 10u);
+    value /= 10u;
+  } while (value != 0u);
+  while (i > 0) put_char(buf[--i]);
+}
+
+static void put_hex(u32 value) {
+  static const char digits[] = "0123456789abcdef";
+  for (int shift = 28; shift >= 0; shift -= 4) put_char(digits[(value >> shift) & 0xfu]);
+}
+
+static inline u64 rdtsc(void) {
+  u32 lo, hi;
+  __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+  return ((u64)hi << 32) | lo;
+}
+
+/*
+ * One iteration: every page's first word w becomes w * 1664525 + (1013904223 ^ page ^ iteration),
+ * and for each page in order the checksum c becomes x ^ (x >> 15) with x = (c ^ w) * 0x9e3779b1.
+ */
+static void step(void) {
+  u32 iteration = state.iteration + 1u;
+  u32 checksum = state.checksum;
+  u32 page = 0;
+  for (u64 addr = REGION_START; addr < REGION_END; addr += PAGE_SIZE, page++) {
+    volatile u32 *word = (volatile u32 *)addr;
+    u32 next = *word * 1664525u + (1013904223u ^ page ^ iteration);
+    *word = next;
+    checksum = (checksum ^ next) * 0x9e3779b1u;
+    checksum ^= checksum >> 15;
+  }
+  state.checksum = checksum;
+  state.iteration = iteration;
+}
+
+void sbx_guest_main(void) {
+  put_str("SBX-GUEST-READY\n");
+  for (;;) {
+    step();
+    u64 now = rdtsc();
+    u64 last = state.last_report_tsc;
+    if (state.iteration == 1u || now < last || now - last >= SBX_REPORT_CYCLES) {
+      state.last_report_tsc = now;
+      put_str("SBX-GUEST iter=");
+      put_dec(state.iteration);
+      put_str(" sum=");
+      put_hex(state.checksum);
+      put_char('\n');
+    }
+  }
+}
+
+__asm__(
+    ".section .text.entry,\"ax\",@progbits\n"
+    ".globl _start\n"
+    "_start:\n"
+    "  cli\n"
+    "  lea stack+16384(%rip), %rsp\n"
+    "  xor %ebp, %ebp\n"
+    "  call sbx_guest_main\n"
+    "1: hlt\n"
+    "  jmp 1b\n"
+    ".previous\n");

@@ -1,0 +1,20 @@
+// PROVISIONAL testing index (written by the launcher helper; the API-client helper owns this file).
+export {
+  type FakeFirecrackerBehavior,
+  fakeFirecrackerCommand,
+  fakeFirecrackerScript,
+} from "./fake-firecracker-command.ts";
+export {
+  type BuildTestGuestOptions,
+  type BuiltTestGuest,
+  buildTestGuest,
+  expectedGuestChecksums,
+  parseTestGuestLine,
+  TEST_GUEST_CFLAGS,
+  TEST_GUEST_MIN_MEM_MIB,
+  TEST_GUEST_PROGRESS_PATTERN,
+  TEST_GUEST_READY_MARKER,
+  TEST_GUEST_REGION,
+  type TestGuestProgress,
+  testGuestSourceDir,
+} from "./tiny-guest.ts";

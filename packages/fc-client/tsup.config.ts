@@ -1,0 +1,10 @@
+import { defineConfig } from "tsup";
+import { packageBuildConfig } from "../../tsup.shared.ts";
+
+export default defineConfig(
+  packageBuildConfig({
+    index: "src/index.ts",
+    testing: "src/testing/index.ts",
+    "fake-firecracker": "src/testing/fake-firecracker.ts",
+  }),
+);

@@ -1,0 +1,200 @@
+import { createHash } from "node:crypto";
+import {
+  type Arch,
+  archTraits,
+  checkKernelImage,
+  detectBinaryArch,
+  hostArch,
+  resolveArtifact,
+  sha256File,
+} from "@sbx/arch";
+import { z } from "zod";
+import type { OrchestratorConfig } from "./config.ts";
+import { OrchestratorError } from "./errors.ts";
+import { runCommand } from "./exec.ts";
+import { type BootParameters, bootParametersSchema, type CpuTemplateRecord } from "./template-manifest.ts";
+
+/** The kernel command line when the template spec gives none (serial console, reboot = exit). */
+export const DEFAULT_KERNEL_COMMAND_LINE: Readonly<Record<Arch, string>> = Object.freeze({
+  amd64: "console=ttyS0 reboot=k panic=1 pci=off",
+  arm64: "keep_bootcon console=ttyS0 reboot=k panic=1",
+});
+
+/** What a caller asks a template to be; the rest comes from the config and the artifacts. */
+export const templateSpecSchema = z.object({
+  ociManifestDigest: z.string().regex(/^sha256:[0-9a-f]{64}$/),
+  vcpuCount: z.number().int().min(1).max(32).default(2),
+  memoryMib: z.number().int().min(16).default(512),
+  smt: z.boolean().default(false),
+  hugePages: z.enum(["None", "2M"]).default("None"),
+  kernelCommandLine: z.string().optional(),
+  /** The init script's content, exactly as it goes into the rootfs. */
+  initScript: z.string(),
+  provisionScript: z.string().optional(),
+});
+export type TemplateSpec = z.input<typeof templateSpecSchema>;
+
+export interface BootArtifacts {
+  firecracker: { path: string; version: string; sha256: string };
+  kernel: { path: string; sha256: string };
+  busybox: { path: string; version: string; sha256: string };
+  customCpuTemplate?: { path: string; sha256: string };
+}
+
+/** Finds and digests the artifacts a template is built from; replace it in tests or forks. */
+export interface ArtifactResolver {
+  resolve(config: OrchestratorConfig): Promise<BootArtifacts>;
+}
+
+/** Parses `Firecracker v1.14.2` from `firecracker --version`; undefined when it cannot run here. */
+export async function firecrackerVersionOf(path: string): Promise<string | undefined> {
+  try {
+    const { stdout } = await runCommand([path, "--version"], { timeoutMs: 5_000 });
+    return /Firecracker (v\d+\.\d+\.\d+\S*)/.exec(stdout)?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+/** The Firecracker binary: FIRECRACKER_BIN if set, else `{firecrackerRoot}/{version}/{arch}/firecracker`. */
+export async function resolveFirecrackerBinary(
+  config: OrchestratorConfig,
+): Promise<{ path: string; sha256: string }> {
+  if (config.firecrackerBin) {
+    const detected = await detectBinaryArch(config.firecrackerBin);
+    if (detected.arch !== config.targetArch) {
+      throw new OrchestratorError(
+        "ARCH_MISMATCH",
+        `FIRECRACKER_BIN ${config.firecrackerBin} is a ${detected.arch} binary, but the target arch is ${config.targetArch}`,
+        { details: { path: config.firecrackerBin, detected: detected.arch, target: config.targetArch } },
+      );
+    }
+    return { path: config.firecrackerBin, sha256: await sha256File(config.firecrackerBin) };
+  }
+  const resolved = await resolveArtifact({
+    root: config.firecrackerRoot,
+    version: config.firecrackerVersion,
+    name: "firecracker",
+    arch: config.targetArch,
+    checksum: { kind: "sidecar", allowUnverified: true },
+  });
+  return { path: resolved.path, sha256: resolved.sha256! };
+}
+
+/** The kernel at `{kernelRoot}/{version}/{arch}/{kernelName}`, format-checked for the arch. */
+export async function resolveKernel(config: OrchestratorConfig): Promise<{ path: string; sha256: string }> {
+  const resolved = await resolveArtifact({
+    root: config.kernelRoot,
+    version: config.kernelVersion,
+    name: config.kernelName,
+    arch: config.targetArch,
+    verifyArch: false,
+    checksum: { kind: "sidecar", allowUnverified: true },
+  });
+  await checkKernelImage(resolved.path, config.targetArch);
+  return { path: resolved.path, sha256: resolved.sha256! };
+}
+
+/** Busybox at `{busyboxDir}/{version}/{arch}/busybox`; its sha256 sidecar is required. */
+export async function resolveBusyboxArtifact(
+  config: OrchestratorConfig,
+): Promise<{ path: string; version: string; sha256: string }> {
+  const resolved = await resolveArtifact({
+    root: config.busyboxDir,
+    version: config.busyboxVersion,
+    name: "busybox",
+    arch: config.targetArch,
+    checksum: { kind: "sidecar" },
+  });
+  return { path: resolved.path, version: config.busyboxVersion, sha256: resolved.sha256! };
+}
+
+/** Resolves every artifact with @sbx/arch's arch-aware lookup and checks; digests each file. */
+export const defaultArtifactResolver: ArtifactResolver = {
+  async resolve(config) {
+    const firecracker = await resolveFirecrackerBinary(config);
+    const version =
+      config.targetArch === hostArch() ? await firecrackerVersionOf(firecracker.path) : undefined;
+    const artifacts: BootArtifacts = {
+      firecracker: { ...firecracker, version: version ?? config.firecrackerVersion },
+      kernel: await resolveKernel(config),
+      busybox: await resolveBusyboxArtifact(config),
+    };
+    if (config.cpuTemplate.kind === "custom") {
+      artifacts.customCpuTemplate = {
+        path: config.cpuTemplate.path,
+        sha256: await sha256File(config.cpuTemplate.path),
+      };
+    }
+    return artifacts;
+  },
+};
+
+function sha256Text(text: string): string {
+  return createHash("sha256").update(text).digest("hex");
+}
+
+/**
+ * The one function that turns config + spec + artifacts into the boot parameters. The template
+ * build records its result in template.json; the drift check calls it again and compares, so the
+ * check can never look at other inputs than the build used.
+ */
+export async function resolveBootParameters(
+  config: OrchestratorConfig,
+  specInput: TemplateSpec,
+  resolver: ArtifactResolver = defaultArtifactResolver,
+): Promise<BootParameters> {
+  const parsed = templateSpecSchema.safeParse(specInput);
+  if (!parsed.success) {
+    throw new OrchestratorError("INVALID_OPTIONS", `template spec: ${z.prettifyError(parsed.error)}`, {
+      cause: parsed.error,
+    });
+  }
+  const spec = parsed.data;
+  const traits = archTraits(config.targetArch);
+  if (spec.smt && !traits.smtSupported) {
+    throw new OrchestratorError(
+      "INVALID_OPTIONS",
+      `SMT is not supported on ${config.targetArch} (Firecracker rejects smt: true there); set smt: false`,
+    );
+  }
+  const artifacts = await resolver.resolve(config);
+  let cpuTemplate: CpuTemplateRecord;
+  if (config.cpuTemplate.kind === "custom") {
+    if (!artifacts.customCpuTemplate) {
+      throw new OrchestratorError(
+        "INVALID_OPTIONS",
+        "the artifact resolver returned no digest for the custom CPU template",
+      );
+    }
+    cpuTemplate = { kind: "custom", ...artifacts.customCpuTemplate };
+  } else {
+    cpuTemplate = config.cpuTemplate;
+  }
+  return bootParametersSchema.parse({
+    arch: config.targetArch,
+    firecracker: { version: artifacts.firecracker.version, sha256: artifacts.firecracker.sha256 },
+    kernel: artifacts.kernel,
+    kernelCommandLine: spec.kernelCommandLine ?? DEFAULT_KERNEL_COMMAND_LINE[config.targetArch],
+    vcpuCount: spec.vcpuCount,
+    memoryMib: spec.memoryMib,
+    smt: spec.smt,
+    hugePages: spec.hugePages,
+    cpuTemplate,
+    ociManifestDigest: spec.ociManifestDigest,
+    busybox: { version: artifacts.busybox.version, sha256: artifacts.busybox.sha256 },
+    initScriptSha256: sha256Text(spec.initScript),
+    provisionScriptSha256: spec.provisionScript === undefined ? null : sha256Text(spec.provisionScript),
+  });
+}
+
+/** Steps that run Firecracker call this: a VM of another arch cannot run on this host. */
+export function assertCanRunFirecracker(config: OrchestratorConfig, host: Arch = hostArch()): void {
+  if (config.targetArch !== host) {
+    throw new OrchestratorError(
+      "ARCH_MISMATCH",
+      `the target arch is ${config.targetArch} but this host is ${host}: Firecracker runs only VMs of the host's arch. Building a rootfs for ${config.targetArch} works here; boot and snapshot it on a ${config.targetArch} host`,
+      { details: { target: config.targetArch, host } },
+    );
+  }
+}

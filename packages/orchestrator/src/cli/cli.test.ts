@@ -1,0 +1,161 @@
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { type ProcessIdentity, processIdentity } from "../process-identity.ts";
+import { type SandboxRecord, StateDirectory } from "../state-dir.ts";
+import { runCli } from "./cli.ts";
+
+let root: string;
+let state: StateDirectory;
+const children: ChildProcess[] = [];
+
+beforeEach(async () => {
+  root = await mkdtemp(join(tmpdir(), "sbx-cli-"));
+  state = await StateDirectory.open(join(root, "state"));
+});
+afterEach(async () => {
+  for (const child of children.splice(0)) child.kill("SIGKILL");
+  await rm(root, { recursive: true, force: true });
+});
+
+async function sbx(...argv: string[]) {
+  let stdout = "";
+  let stderr = "";
+  const code = await runCli(argv, {
+    stdout: { write: (t: string) => (stdout += t) },
+    stderr: { write: (t: string) => (stderr += t) },
+    env: { SBX_STATE_DIR: join(root, "state"), TARGET_ARCH: "", HOST_BUSYBOX_DIR: join(root, "busybox") },
+  });
+  return { code, stdout, stderr };
+}
+
+async function record(id: string, owner: ProcessIdentity, extra: Partial<SandboxRecord> = {}): Promise<void> {
+  await state.writeRecord({
+    schemaVersion: 1,
+    id,
+    createdAt: "2026-11-22T00:00:00.000Z",
+    state: "running",
+    template: "base",
+    owner,
+    processes: [],
+    sockets: [],
+    ...extra,
+  });
+}
+
+const self = async () => (await processIdentity(process.pid))!;
+const gone = async (): Promise<ProcessIdentity> => ({ ...(await self()), startTime: "1" });
+
+describe("sbx", () => {
+  it("prints usage for help, and exit 2 for usage errors", async () => {
+    expect(await sbx("--help")).toMatchObject({ code: 0, stdout: expect.stringContaining("usage: sbx") });
+    expect((await sbx()).code).toBe(2);
+    expect(await sbx("frobnicate")).toMatchObject({
+      code: 2,
+      stderr: expect.stringContaining('unknown command "frobnicate"'),
+    });
+    expect(await sbx("doctor", "--bogus")).toMatchObject({
+      code: 2,
+      stderr: expect.stringContaining("--bogus"),
+    });
+    expect((await sbx("sandbox", "create")).stderr).toContain("--template");
+    expect((await sbx("template", "build")).code).toBe(2);
+  });
+
+  it("reports every bad environment variable at once", async () => {
+    let stderr = "";
+    const code = await runCli(["doctor"], {
+      stdout: { write: () => undefined },
+      stderr: { write: (t: string) => (stderr += t) },
+      env: { TARGET_ARCH: "vax", SBX_MAX_SANDBOXES: "lots" },
+    });
+    expect(code).toBe(1);
+    expect(stderr).toContain("TARGET_ARCH");
+    expect(stderr).toContain("SBX_MAX_SANDBOXES");
+  });
+
+  it("runs doctor with one line per check and a JSON form", async () => {
+    const text = await sbx("doctor");
+    expect(text.stdout).toMatch(/kvm/);
+    expect(text.stdout).toMatch(/FAIL busybox [^\n]*\n(\s+[^\n]*\n)*\s+fix: put a static/);
+    expect(text.code).toBe(1);
+    const json = JSON.parse((await sbx("doctor", "--json")).stdout);
+    expect(json.checks.map((c: { id: string }) => c.id)).toEqual(
+      expect.arrayContaining(["kvm", "userfaultfd", "hugepages", "busybox", "firecracker", "iproute2"]),
+    );
+  });
+
+  it("lists sandboxes from the state directory", async () => {
+    expect((await sbx("sandbox", "list")).stdout).toBe("no sandboxes\n");
+    await record("a1b2c3d4e5f6", await self());
+    await record("a1ffffffffff", await gone());
+    const text = await sbx("sandbox", "list");
+    expect(text.stdout).toMatch(/^ID\s+STATE\s+TEMPLATE\s+OWNER\s+CREATED\n/);
+    expect(text.stdout).toContain(`a1ffffffffff  running  base      ${process.pid} (gone)`);
+    const json = JSON.parse((await sbx("sandbox", "list", "--json")).stdout);
+    expect(json.sandboxes.map((s: { id: string; ownerRunning: boolean }) => [s.id, s.ownerRunning])).toEqual([
+      ["a1b2c3d4e5f6", true],
+      ["a1ffffffffff", false],
+    ]);
+  });
+
+  it("resolves id prefixes and lists the matches of an ambiguous one", async () => {
+    await record("a1b2c3d4e5f6", await self());
+    await record("a1ffffffffff", await self());
+    const ambiguous = await sbx("sandbox", "pause", "a1");
+    expect(ambiguous.code).toBe(1);
+    expect(ambiguous.stderr).toContain("a1b2c3d4e5f6, a1ffffffffff");
+    const json = JSON.parse((await sbx("sandbox", "resume", "a1", "--json")).stdout);
+    expect(json.error).toMatchObject({
+      code: "ID_PREFIX_AMBIGUOUS",
+      details: { matches: ["a1b2c3d4e5f6", "a1ffffffffff"] },
+    });
+    expect((await sbx("sandbox", "kill", "zz")).stderr).toContain('no sandbox id starts with "zz"');
+    const pause = await sbx("sandbox", "pause", "a1b");
+    expect(pause.stderr).toContain("a1b2c3d4e5f6");
+    expect(pause.stderr).toContain("not available yet");
+  });
+
+  it("kills an orphaned sandbox from its record", async () => {
+    const child = spawn("sleep", ["1000"], { stdio: "ignore" });
+    children.push(child);
+    const exited = new Promise((resolve) => child.once("exit", (_c, signal) => resolve(signal)));
+    let identity: ProcessIdentity | undefined;
+    for (let i = 0; i < 200 && identity?.cmdline[0] !== "sleep"; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      identity = await processIdentity(child.pid!);
+    }
+    await record("0badcafe0000", await gone(), { processes: [{ role: "firecracker", identity: identity! }] });
+    const killed = await sbx("sandbox", "kill", "0bad");
+    expect(killed).toMatchObject({ code: 0, stdout: "killed 0badcafe0000\n" });
+    expect(await exited).toBe("SIGTERM");
+    expect((await state.listSandboxes()).records).toEqual([]);
+  });
+
+  it("says plainly which commands are not wired yet", async () => {
+    for (const argv of [
+      ["template", "build", "/tmp/layout"],
+      ["sandbox", "create", "--template", "base"],
+    ]) {
+      const result = await sbx(...argv);
+      expect(result.code).toBe(1);
+      expect(result.stderr).toMatch(/not available yet/);
+    }
+  });
+
+  it("runs as a program from source", async () => {
+    const main = fileURLToPath(new URL("./main.ts", import.meta.url));
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      ["--conditions=@sbx/source", main, "--help"],
+      {
+        timeout: 20_000,
+      },
+    );
+    expect(stdout).toContain("usage: sbx");
+  });
+});

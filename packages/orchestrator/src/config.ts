@@ -1,0 +1,347 @@
+import { isAbsolute } from "node:path";
+import { ACCEPTED_ARCH_NAMES, type Arch, hostArch, normalizeArch } from "@sbx/arch";
+import { z } from "zod";
+import { OrchestratorError } from "./errors.ts";
+import { cidrContains, cidrsOverlap, parseCidr, parseIpv4 } from "./ipv4.ts";
+
+/**
+ * The busybox version templates are built with. It must stay equal to `DEFAULT_BUSYBOX_VERSION` of
+ * @sbx/rootfs, which resolves busybox for the build: the Go orchestrator had two such defaults and
+ * they drifted apart.
+ */
+export const DEFAULT_BUSYBOX_VERSION = "1.36.1";
+
+/** Defaults that depend on the target arch. Real arm64 kernels boot more slowly. */
+export const ARCH_DEFAULTS: Readonly<
+  Record<Arch, { readyTimeoutMs: number; provisioningTimeoutMs: number; kernelName: string }>
+> = Object.freeze({
+  amd64: Object.freeze({ readyTimeoutMs: 10_000, provisioningTimeoutMs: 300_000, kernelName: "vmlinux" }),
+  arm64: Object.freeze({ readyTimeoutMs: 30_000, provisioningTimeoutMs: 900_000, kernelName: "Image" }),
+});
+
+/** Every arch-independent default, in one place. */
+export const CONFIG_DEFAULTS = Object.freeze({
+  busyboxDir: "/var/lib/sbx/busybox",
+  busyboxVersion: DEFAULT_BUSYBOX_VERSION,
+  firecrackerRoot: "/var/lib/sbx/firecracker",
+  firecrackerVersion: "v1.14.2",
+  kernelRoot: "/var/lib/sbx/kernels",
+  kernelVersion: "6.1",
+  stateDir: "/var/lib/sbx/state",
+  maxSandboxes: 64,
+  maxConcurrentCreates: 8,
+  maxConcurrentBuilds: 1,
+  waitLogIntervalMs: 5_000,
+  /** Host-side veth addresses, one /30 per sandbox; only ever assigned to links sbx creates. */
+  hostAddressPool: "10.200.0.0/16",
+  /** The TAP inside every sandbox's namespace: the same name and address everywhere (clones). */
+  tapName: "vmtap0",
+  tapAddress: "192.168.241.1/29",
+  guestAddress: "192.168.241.2",
+});
+
+/** Firecracker's static CPU templates, by their API spelling. */
+export const STATIC_CPU_TEMPLATES = ["C3", "T2", "T2S", "T2CL", "T2A", "V1N1"] as const;
+export type StaticCpuTemplate = (typeof STATIC_CPU_TEMPLATES)[number];
+
+export type CpuTemplateChoice =
+  | { kind: "none" }
+  | { kind: "static"; name: StaticCpuTemplate }
+  | { kind: "custom"; path: string };
+
+const absolutePath = z
+  .string()
+  .trim()
+  .min(1)
+  .refine((path) => isAbsolute(path), { message: "must be an absolute path" });
+const pathSegment = z
+  .string()
+  .trim()
+  .min(1)
+  .refine((s) => !s.includes("/") && !s.includes("\0") && s !== "." && s !== "..", {
+    message: "must be a single path segment (no '/', '.' or '..')",
+  });
+const positiveInt = (max: number) => z.number().int().min(1).max(max);
+const cidrText = z
+  .string()
+  .trim()
+  .refine((text) => parseCidr(text) !== undefined, { message: "must be an IPv4 CIDR like 10.200.0.0/16" });
+
+/** Plain options; every field is optional and defaults from CONFIG_DEFAULTS / ARCH_DEFAULTS. */
+export const orchestratorOptionsSchema = z.object({
+  /** Any spelling normalizeArch accepts (x86_64, aarch64, ...); default: the host arch. */
+  targetArch: z.string().optional(),
+  /** A static template name (C3, T2, T2S, T2CL, T2A, V1N1) or "None". */
+  cpuTemplate: z.string().trim().optional(),
+  customCpuTemplatePath: absolutePath.optional(),
+  busyboxDir: absolutePath.optional(),
+  busyboxVersion: pathSegment.optional(),
+  firecrackerRoot: absolutePath.optional(),
+  firecrackerVersion: pathSegment.optional(),
+  /** An explicit Firecracker binary; bypasses the artifact root (still arch-checked). */
+  firecrackerBin: absolutePath.optional(),
+  kernelRoot: absolutePath.optional(),
+  kernelVersion: pathSegment.optional(),
+  kernelName: pathSegment.optional(),
+  stateDir: absolutePath.optional(),
+  maxSandboxes: positiveInt(65_536).optional(),
+  maxConcurrentCreates: positiveInt(1024).optional(),
+  maxConcurrentBuilds: positiveInt(64).optional(),
+  readyTimeoutMs: positiveInt(24 * 3600_000).optional(),
+  provisioningTimeoutMs: positiveInt(24 * 3600_000).optional(),
+  waitLogIntervalMs: positiveInt(3600_000).optional(),
+  hostAddressPool: cidrText.optional(),
+  tapName: z
+    .string()
+    .trim()
+    .regex(/^[A-Za-z0-9_.-]{1,15}$/, "must be a Linux interface name (1-15 of A-Z a-z 0-9 _ . -)")
+    .optional(),
+  tapAddress: cidrText.optional(),
+  guestAddress: z
+    .string()
+    .trim()
+    .refine((text) => parseIpv4(text) !== undefined, { message: "must be an IPv4 address" })
+    .optional(),
+});
+export type OrchestratorOptions = z.input<typeof orchestratorOptionsSchema>;
+type OptionName = keyof OrchestratorOptions;
+
+export interface OrchestratorConfig {
+  targetArch: Arch;
+  cpuTemplate: CpuTemplateChoice;
+  busyboxDir: string;
+  busyboxVersion: string;
+  firecrackerRoot: string;
+  firecrackerVersion: string;
+  firecrackerBin: string | undefined;
+  kernelRoot: string;
+  kernelVersion: string;
+  kernelName: string;
+  stateDir: string;
+  maxSandboxes: number;
+  maxConcurrentCreates: number;
+  maxConcurrentBuilds: number;
+  readyTimeoutMs: number;
+  provisioningTimeoutMs: number;
+  waitLogIntervalMs: number;
+  hostAddressPool: string;
+  tapName: string;
+  tapAddress: string;
+  guestAddress: string;
+}
+
+type ValueKind = "string" | "integer";
+
+/** The environment variable behind each option; `configFromEnv` reads exactly these. */
+export const CONFIG_ENV_VARIABLES: Readonly<Record<OptionName, { variable: string; kind: ValueKind }>> =
+  Object.freeze({
+    targetArch: { variable: "TARGET_ARCH", kind: "string" },
+    cpuTemplate: { variable: "FC_CPU_TEMPLATE", kind: "string" },
+    customCpuTemplatePath: { variable: "FC_CUSTOM_CPU_TEMPLATE_PATH", kind: "string" },
+    busyboxDir: { variable: "HOST_BUSYBOX_DIR", kind: "string" },
+    busyboxVersion: { variable: "BUSYBOX_VERSION", kind: "string" },
+    firecrackerRoot: { variable: "FIRECRACKER_DIR", kind: "string" },
+    firecrackerVersion: { variable: "FIRECRACKER_VERSION", kind: "string" },
+    firecrackerBin: { variable: "FIRECRACKER_BIN", kind: "string" },
+    kernelRoot: { variable: "KERNEL_DIR", kind: "string" },
+    kernelVersion: { variable: "KERNEL_VERSION", kind: "string" },
+    kernelName: { variable: "KERNEL_NAME", kind: "string" },
+    stateDir: { variable: "SBX_STATE_DIR", kind: "string" },
+    maxSandboxes: { variable: "SBX_MAX_SANDBOXES", kind: "integer" },
+    maxConcurrentCreates: { variable: "SBX_MAX_CONCURRENT_CREATES", kind: "integer" },
+    maxConcurrentBuilds: { variable: "SBX_MAX_CONCURRENT_BUILDS", kind: "integer" },
+    readyTimeoutMs: { variable: "SBX_READY_TIMEOUT_MS", kind: "integer" },
+    provisioningTimeoutMs: { variable: "SBX_PROVISIONING_TIMEOUT_MS", kind: "integer" },
+    waitLogIntervalMs: { variable: "SBX_WAIT_LOG_INTERVAL_MS", kind: "integer" },
+    hostAddressPool: { variable: "SBX_HOST_ADDRESS_POOL", kind: "string" },
+    tapName: { variable: "SBX_TAP_NAME", kind: "string" },
+    tapAddress: { variable: "SBX_TAP_ADDRESS", kind: "string" },
+    guestAddress: { variable: "SBX_GUEST_ADDRESS", kind: "string" },
+  });
+
+export interface ConfigIssue {
+  option: string;
+  /** Set when the value came from the environment. */
+  variable?: string;
+  value: unknown;
+  message: string;
+}
+
+function invalid(issues: ConfigIssue[]): OrchestratorError {
+  const lines = issues.map((issue) => {
+    const where = issue.variable ?? issue.option;
+    return `  ${where}=${JSON.stringify(issue.value)}: ${issue.message}`;
+  });
+  return new OrchestratorError(
+    "CONFIG_INVALID",
+    `${issues.length} invalid configuration value${issues.length === 1 ? "" : "s"}:\n${lines.join("\n")}`,
+    { details: { issues } },
+  );
+}
+
+function resolveCpuTemplate(
+  options: { cpuTemplate?: string | undefined; customCpuTemplatePath?: string | undefined },
+  report: (option: OptionName, message: string) => void,
+): CpuTemplateChoice {
+  const name = options.cpuTemplate;
+  const custom = options.customCpuTemplatePath;
+  const isNone = name === undefined || name === "" || name.toLowerCase() === "none";
+  if (custom !== undefined) {
+    if (!isNone) {
+      report(
+        "cpuTemplate",
+        `conflicts with the custom CPU template ${custom}: exactly one CPU template is applied; unset one of them`,
+      );
+    }
+    return { kind: "custom", path: custom };
+  }
+  if (isNone) return { kind: "none" };
+  const canonical = STATIC_CPU_TEMPLATES.find((t) => t.toLowerCase() === name.toLowerCase());
+  if (!canonical) {
+    report(
+      "cpuTemplate",
+      `unknown static CPU template; use one of ${STATIC_CPU_TEMPLATES.join(", ")}, None, or a custom template file`,
+    );
+    return { kind: "none" };
+  }
+  return { kind: "static", name: canonical };
+}
+
+function resolveConfig(
+  input: Record<string, unknown>,
+  sourceOf: (option: string) => string | undefined,
+  preIssues: ConfigIssue[] = [],
+): OrchestratorConfig {
+  const issues = [...preIssues];
+  const report = (option: string, message: string, value: unknown = input[option]) => {
+    const variable = sourceOf(option);
+    issues.push({ option, ...(variable === undefined ? {} : { variable }), value, message });
+  };
+  const parsed = orchestratorOptionsSchema.safeParse(input);
+  let options: z.output<typeof orchestratorOptionsSchema> = {};
+  if (parsed.success) {
+    options = parsed.data;
+  } else {
+    const bad = new Set<string>();
+    for (const issue of parsed.error.issues) {
+      const option = String(issue.path[0] ?? "");
+      bad.add(option);
+      report(option, issue.message);
+    }
+    // Keep checking the rest, so one run reports every bad value.
+    const good = Object.fromEntries(Object.entries(input).filter(([key]) => !bad.has(key)));
+    options = orchestratorOptionsSchema.parse(good);
+  }
+
+  let targetArch: Arch = hostArch();
+  if (options.targetArch !== undefined && options.targetArch.trim() !== "") {
+    try {
+      targetArch = normalizeArch(options.targetArch, { strict: true });
+    } catch {
+      report("targetArch", `unknown architecture; use one of ${ACCEPTED_ARCH_NAMES.join(", ")}`);
+    }
+  }
+  const cpuTemplate = resolveCpuTemplate(options, report);
+
+  const archDefaults = ARCH_DEFAULTS[targetArch];
+  const config: OrchestratorConfig = {
+    targetArch,
+    cpuTemplate,
+    busyboxDir: options.busyboxDir ?? CONFIG_DEFAULTS.busyboxDir,
+    busyboxVersion: options.busyboxVersion ?? CONFIG_DEFAULTS.busyboxVersion,
+    firecrackerRoot: options.firecrackerRoot ?? CONFIG_DEFAULTS.firecrackerRoot,
+    firecrackerVersion: options.firecrackerVersion ?? CONFIG_DEFAULTS.firecrackerVersion,
+    firecrackerBin: options.firecrackerBin,
+    kernelRoot: options.kernelRoot ?? CONFIG_DEFAULTS.kernelRoot,
+    kernelVersion: options.kernelVersion ?? CONFIG_DEFAULTS.kernelVersion,
+    kernelName: options.kernelName ?? archDefaults.kernelName,
+    stateDir: options.stateDir ?? CONFIG_DEFAULTS.stateDir,
+    maxSandboxes: options.maxSandboxes ?? CONFIG_DEFAULTS.maxSandboxes,
+    maxConcurrentCreates: options.maxConcurrentCreates ?? CONFIG_DEFAULTS.maxConcurrentCreates,
+    maxConcurrentBuilds: options.maxConcurrentBuilds ?? CONFIG_DEFAULTS.maxConcurrentBuilds,
+    readyTimeoutMs: options.readyTimeoutMs ?? archDefaults.readyTimeoutMs,
+    provisioningTimeoutMs: options.provisioningTimeoutMs ?? archDefaults.provisioningTimeoutMs,
+    waitLogIntervalMs: options.waitLogIntervalMs ?? CONFIG_DEFAULTS.waitLogIntervalMs,
+    hostAddressPool: options.hostAddressPool ?? CONFIG_DEFAULTS.hostAddressPool,
+    tapName: options.tapName ?? CONFIG_DEFAULTS.tapName,
+    tapAddress: options.tapAddress ?? CONFIG_DEFAULTS.tapAddress,
+    guestAddress: options.guestAddress ?? CONFIG_DEFAULTS.guestAddress,
+  };
+
+  if (config.maxConcurrentCreates > config.maxSandboxes && options.maxConcurrentCreates !== undefined) {
+    report("maxConcurrentCreates", `is larger than maxSandboxes (${config.maxSandboxes}); lower it`);
+  }
+  checkNetwork(config, options, report);
+
+  if (issues.length > 0) throw invalid(issues);
+  return Object.freeze(config);
+}
+
+function checkNetwork(
+  config: OrchestratorConfig,
+  options: z.output<typeof orchestratorOptionsSchema>,
+  report: (option: string, message: string) => void,
+): void {
+  const pool = parseCidr(config.hostAddressPool, { strict: true });
+  if (!pool) {
+    report("hostAddressPool", "host bits must be zero (write the network address, e.g. 10.200.0.0/16)");
+  } else if (pool.prefixLength < 8 || pool.prefixLength > 30) {
+    report("hostAddressPool", "prefix must be between /8 and /30: each sandbox takes a /30 from it");
+  }
+  const tap = parseCidr(config.tapAddress);
+  const guest = parseIpv4(config.guestAddress);
+  if (!tap || guest === undefined) return;
+  const tapAddress = parseIpv4(config.tapAddress.split("/")[0] ?? "");
+  if (tap.prefixLength > 30) {
+    report("tapAddress", "prefix must be /30 or shorter, so the TAP and the guest fit in one subnet");
+  } else if (!cidrContains(tap, guest)) {
+    report(
+      options.guestAddress !== undefined ? "guestAddress" : "tapAddress",
+      `guest address ${config.guestAddress} is not in the TAP subnet ${config.tapAddress}`,
+    );
+  } else if (guest === tapAddress) {
+    report("guestAddress", "must differ from the TAP address");
+  }
+  if (pool && cidrsOverlap(pool, tap)) {
+    report("hostAddressPool", `overlaps the TAP subnet ${config.tapAddress}; pick disjoint ranges`);
+  }
+}
+
+/** Validates plain options and fills every default; throws CONFIG_INVALID listing every bad value. */
+export function createConfig(options: OrchestratorOptions = {}): OrchestratorConfig {
+  return resolveConfig({ ...options }, () => undefined);
+}
+
+/**
+ * Reads the configuration from environment variables (CONFIG_ENV_VARIABLES). Empty values count as
+ * unset. `overrides` are plain options that win over the environment. Every bad value is reported at
+ * once, each with its variable name.
+ */
+export function configFromEnv(
+  env: Readonly<Record<string, string | undefined>> = process.env,
+  overrides: OrchestratorOptions = {},
+): OrchestratorConfig {
+  const input: Record<string, unknown> = {};
+  const fromEnv = new Map<string, string>();
+  const preIssues: ConfigIssue[] = [];
+  for (const [option, { variable, kind }] of Object.entries(CONFIG_ENV_VARIABLES)) {
+    const raw = env[variable]?.trim();
+    if (raw === undefined || raw === "") continue;
+    fromEnv.set(option, variable);
+    if (kind === "integer") {
+      if (!/^\d+$/.test(raw)) {
+        preIssues.push({ option, variable, value: raw, message: "must be a whole number" });
+        continue;
+      }
+      input[option] = Number(raw);
+    } else {
+      input[option] = raw;
+    }
+  }
+  for (const [option, value] of Object.entries(overrides)) {
+    if (value === undefined) continue;
+    input[option] = value;
+    fromEnv.delete(option);
+  }
+  return resolveConfig(input, (option) => fromEnv.get(option), preIssues);
+}

@@ -1,0 +1,38 @@
+export type OrchestratorErrorCode =
+  | "CONFIG_INVALID"
+  | "INVALID_OPTIONS"
+  | "STEP_NOT_FOUND"
+  | "STEP_DUPLICATE"
+  | "STEP_FAILED"
+  | "STEP_CLEANUP_FAILED"
+  | "ABORTED"
+  | "COMMAND_FAILED"
+  | "NETWORK_SETUP_FAILED"
+  | "ADDRESS_POOL_EXHAUSTED"
+  | "STATE_RECORD_INVALID"
+  | "STATE_DIR_LOCKED"
+  | "SANDBOX_NOT_FOUND"
+  | "ID_PREFIX_AMBIGUOUS"
+  | "INVALID_ID"
+  | "TEMPLATE_INVALID"
+  | "ARCH_MISMATCH"
+  | "WAIT_TIMEOUT"
+  | "WAIT_ENDED"
+  | "NOT_AVAILABLE";
+
+/** The one error class of @sbx/orchestrator. `code` is stable; the message says what failed and the fix. */
+export class OrchestratorError extends Error {
+  override readonly name = "OrchestratorError";
+  readonly code: OrchestratorErrorCode;
+  readonly details: Readonly<Record<string, unknown>>;
+
+  constructor(
+    code: OrchestratorErrorCode,
+    message: string,
+    options: { cause?: unknown; details?: Record<string, unknown> } = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.details = Object.freeze({ ...options.details });
+  }
+}

@@ -1,0 +1,120 @@
+export { AddressPool, type SandboxAddresses } from "./address-pool.ts";
+export {
+  type ArtifactResolver,
+  assertCanRunFirecracker,
+  type BootArtifacts,
+  DEFAULT_KERNEL_COMMAND_LINE,
+  defaultArtifactResolver,
+  firecrackerVersionOf,
+  resolveBootParameters,
+  resolveBusyboxArtifact,
+  resolveFirecrackerBinary,
+  resolveKernel,
+  type TemplateSpec,
+  templateSpecSchema,
+} from "./boot-parameters.ts";
+export { type CliIo, runCli, USAGE } from "./cli/cli.ts";
+export {
+  ARCH_DEFAULTS,
+  CONFIG_DEFAULTS,
+  CONFIG_ENV_VARIABLES,
+  type ConfigIssue,
+  type CpuTemplateChoice,
+  configFromEnv,
+  createConfig,
+  DEFAULT_BUSYBOX_VERSION,
+  type OrchestratorConfig,
+  type OrchestratorOptions,
+  orchestratorOptionsSchema,
+  STATIC_CPU_TEMPLATES,
+  type StaticCpuTemplate,
+} from "./config.ts";
+export {
+  type DoctorCheck,
+  type DoctorHost,
+  type DoctorStatus,
+  defaultDoctorHost,
+  formatDoctorReport,
+  runDoctor,
+} from "./doctor.ts";
+export { OrchestratorError, type OrchestratorErrorCode } from "./errors.ts";
+export { type CommandOutput, type RunCommandOptions, runCommand } from "./exec.ts";
+export { ConcurrencyLimiter } from "./limiter.ts";
+export {
+  createNetworkNamespace,
+  listLinks,
+  listNetworkNamespaces,
+  NAMESPACE_VETH_NAME,
+  NetworkNamespace,
+  type NetworkNamespaceOptions,
+  type NetworkNamespaceRef,
+  networkNamesFor,
+  teardownNetworkNamespace,
+} from "./network.ts";
+export { type OrchestratorState, openOrchestratorState } from "./orchestrator-state.ts";
+export {
+  checkProcessIdentity,
+  type IdentityCheck,
+  type ProcessIdentity,
+  processIdentity,
+  processIdentitySchema,
+  type TerminateResult,
+  terminateRecordedProcess,
+} from "./process-identity.ts";
+export {
+  type ReclaimedSandbox,
+  type ReclaimOptions,
+  type ReclaimReport,
+  reclaim,
+  reclaimSandbox,
+} from "./reclaim.ts";
+export { newSandboxId, resolveIdPrefix, sandboxIdSchema } from "./sandbox-id.ts";
+export {
+  networkStep,
+  newSandboxCreateContext,
+  type SandboxCreateContext,
+  stateRecordStep,
+  updateSandboxRecord,
+} from "./sandbox-steps.ts";
+export {
+  type InvalidRecord,
+  type SandboxProcessRole,
+  type SandboxRecord,
+  StateDirectory,
+  sandboxRecordSchema,
+  writeJsonAtomic,
+} from "./state-dir.ts";
+export {
+  type RunStepsOptions,
+  runSteps,
+  type Step,
+  type StepCleanup,
+  type StepEvent,
+  StepList,
+  type StepRunOptions,
+  type StepRunResult,
+  type StepTiming,
+} from "./steps.ts";
+export {
+  type Difference,
+  describeDifferences,
+  diffBootParameters,
+  type TemplateDriftOptions,
+  templateDriftReason,
+  verifyTemplateFiles,
+} from "./template-drift.ts";
+export {
+  type BootParameters,
+  bootParametersSchema,
+  type CpuTemplateRecord,
+  cpuTemplateRecordSchema,
+  type TemplateManifest,
+  templateManifestSchema,
+} from "./template-manifest.ts";
+export {
+  type LineEvent,
+  type LineSource,
+  type WaitForLineOptions,
+  type WaitForLineResult,
+  waitForLine,
+} from "./wait-for-line.ts";

@@ -1,0 +1,79 @@
+import { type Logger, silentLogger } from "@sbx/arch";
+import { AddressPool } from "./address-pool.ts";
+import type { OrchestratorConfig } from "./config.ts";
+import { OrchestratorError } from "./errors.ts";
+import { ConcurrencyLimiter } from "./limiter.ts";
+import { type ProcessIdentity, processIdentity } from "./process-identity.ts";
+import { type ReclaimReport, reclaim } from "./reclaim.ts";
+import { StateDirectory } from "./state-dir.ts";
+
+/** The host-side state an orchestrator process owns while it runs. */
+export interface OrchestratorState extends AsyncDisposable {
+  config: OrchestratorConfig;
+  stateDir: StateDirectory;
+  /** This process, as recorded as the owner of every sandbox it creates. */
+  self: ProcessIdentity;
+  addressPool: AddressPool;
+  createLimiter: ConcurrencyLimiter;
+  buildLimiter: ConcurrencyLimiter;
+  /** What the start-up reclaim removed from a crashed previous run. */
+  reclaimed: ReclaimReport;
+  /** Releases the state directory's lock (sandboxes must be disposed before). */
+  close(): Promise<void>;
+}
+
+/**
+ * Start-up: open the state directory, take its lock (one orchestrator per directory), reclaim what a
+ * crashed previous run left there, and set up the address pool and concurrency limits.
+ */
+export async function openOrchestratorState(
+  config: OrchestratorConfig,
+  options: { logger?: Logger; graceMs?: number } = {},
+): Promise<OrchestratorState> {
+  const logger = options.logger ?? silentLogger;
+  const stateDir = await StateDirectory.open(config.stateDir);
+  const self = await processIdentity(process.pid);
+  if (!self) throw new OrchestratorError("INVALID_OPTIONS", "cannot read this process's identity from /proc");
+  const lock = await stateDir.acquireLock(self);
+  try {
+    const reclaimed = await reclaim(stateDir, {
+      logger,
+      ...(options.graceMs === undefined ? {} : { graceMs: options.graceMs }),
+    });
+    if (reclaimed.reclaimed.length > 0 || reclaimed.invalid.length > 0) {
+      logger.warn?.(
+        {
+          reclaimed: reclaimed.reclaimed.map((r) => r.id),
+          invalid: reclaimed.invalid.map((i) => i.path),
+        },
+        "reclaimed sandboxes of a previous run",
+      );
+    }
+    const addressPool = new AddressPool(config.hostAddressPool);
+    // Sandboxes still listed after reclaim (a process survived, a teardown failed) may hold their addresses.
+    const { records } = await stateDir.listSandboxes();
+    for (const record of records) {
+      if (record.networkNamespace) addressPool.reserve(record.networkNamespace.addressIndex);
+    }
+    let closed = false;
+    const close = async () => {
+      if (closed) return;
+      closed = true;
+      await lock.release();
+    };
+    return {
+      config,
+      stateDir,
+      self,
+      addressPool,
+      createLimiter: new ConcurrencyLimiter(config.maxConcurrentCreates),
+      buildLimiter: new ConcurrencyLimiter(config.maxConcurrentBuilds),
+      reclaimed,
+      close,
+      [Symbol.asyncDispose]: close,
+    };
+  } catch (error) {
+    await lock.release();
+    throw error;
+  }
+}

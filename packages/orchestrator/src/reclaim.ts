@@ -1,0 +1,119 @@
+import { rm } from "node:fs/promises";
+import { type Logger, silentLogger } from "@sbx/arch";
+import { teardownNetworkNamespace } from "./network.ts";
+import { checkProcessIdentity, type TerminateResult, terminateRecordedProcess } from "./process-identity.ts";
+import type { InvalidRecord, SandboxProcessRole, SandboxRecord, StateDirectory } from "./state-dir.ts";
+
+export interface ReclaimedSandbox {
+  id: string;
+  processes: { role: SandboxProcessRole; pid: number; result: TerminateResult }[];
+  removedSockets: string[];
+  network?: { name: string; removedLink: boolean; removedNamespace: boolean };
+  removedDirectory: boolean;
+  errors: string[];
+}
+
+export interface ReclaimReport {
+  reclaimed: ReclaimedSandbox[];
+  /** Sandboxes whose owner is still running: not touched. */
+  skipped: { id: string; reason: string }[];
+  /** Directories without a readable record: left for a human, since nothing says what they own. */
+  invalid: InvalidRecord[];
+  removedTempFiles: string[];
+}
+
+export interface ReclaimOptions {
+  /** SIGTERM → SIGKILL grace per process; default 2 s. */
+  graceMs?: number;
+  logger?: Logger;
+}
+
+// Firecracker first: a page-fault server must never go before the VM it serves, or the VM hangs.
+const KILL_ORDER: readonly SandboxProcessRole[] = ["firecracker", "helper", "page-fault-server"];
+
+/** Cleans one sandbox from its record: processes (verified by identity), sockets, network, files. */
+export async function reclaimSandbox(
+  stateDir: StateDirectory,
+  record: SandboxRecord,
+  options: ReclaimOptions = {},
+): Promise<ReclaimedSandbox> {
+  const logger = options.logger ?? silentLogger;
+  const result: ReclaimedSandbox = {
+    id: record.id,
+    processes: [],
+    removedSockets: [],
+    removedDirectory: false,
+    errors: [],
+  };
+  const ordered = [...record.processes].sort(
+    (a, b) => KILL_ORDER.indexOf(a.role) - KILL_ORDER.indexOf(b.role),
+  );
+  for (const { role, identity } of ordered) {
+    try {
+      const outcome = await terminateRecordedProcess(identity, {
+        ...(options.graceMs !== undefined ? { graceMs: options.graceMs } : {}),
+      });
+      result.processes.push({ role, pid: identity.pid, result: outcome });
+      if (outcome.outcome === "survived") result.errors.push(outcome.reason);
+      logger.info?.({ id: record.id, role, pid: identity.pid, ...outcome }, "reclaim: process");
+    } catch (error) {
+      result.errors.push(`stopping ${role} pid ${identity.pid}: ${(error as Error).message}`);
+    }
+  }
+  for (const socket of record.sockets) {
+    try {
+      await rm(socket);
+      result.removedSockets.push(socket);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "ENOENT") {
+        result.errors.push(`removing ${socket}: ${(error as Error).message}`);
+      }
+    }
+  }
+  if (record.networkNamespace) {
+    try {
+      result.network = {
+        name: record.networkNamespace.name,
+        ...(await teardownNetworkNamespace(record.networkNamespace)),
+      };
+    } catch (error) {
+      result.errors.push(
+        `removing network namespace ${record.networkNamespace.name}: ${(error as Error).message}`,
+      );
+    }
+  }
+  if (result.errors.length === 0) {
+    await stateDir.removeSandbox(record.id);
+    result.removedDirectory = true;
+  } else {
+    logger.warn?.({ id: record.id, errors: result.errors }, "reclaim: sandbox left in place");
+  }
+  return result;
+}
+
+/**
+ * Removes what a crashed previous run left in the state directory: for every sandbox whose owning
+ * orchestrator is gone, stop its recorded processes (only if /proc still shows the same start time
+ * and command line), remove its sockets, network namespace and directory. Run it on start, after
+ * taking the state directory's lock.
+ */
+export async function reclaim(
+  stateDir: StateDirectory,
+  options: ReclaimOptions = {},
+): Promise<ReclaimReport> {
+  const { records, invalid } = await stateDir.listSandboxes();
+  const report: ReclaimReport = { reclaimed: [], skipped: [], invalid, removedTempFiles: [] };
+  for (const record of records) {
+    const owner = await checkProcessIdentity(record.owner);
+    if (owner.same) {
+      report.skipped.push({
+        id: record.id,
+        reason: `owned by running process ${record.owner.pid} (${record.owner.cmdline.join(" ")})`,
+      });
+      continue;
+    }
+    report.reclaimed.push(await reclaimSandbox(stateDir, record, options));
+  }
+  report.removedTempFiles = await stateDir.removeTempFiles();
+  return report;
+}

@@ -1,0 +1,44 @@
+import { execFileSync } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
+
+function hasCommand(command: string, args: string[]): boolean {
+  try {
+    execFileSync(command, args, { stdio: "ignore", timeout: 5_000 });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Why tests that create network namespaces cannot run here, or undefined when they can. */
+export function networkSkipReason(): string | undefined {
+  if (process.getuid?.() !== 0) return "needs root for ip netns";
+  if (!hasCommand("ip", ["-V"])) return "needs iproute2 (ip)";
+  if (!hasCommand("busybox", ["true"])) return "needs busybox for ping";
+  return undefined;
+}
+
+/** A pool index unlikely to collide with another concurrent test process. */
+export function testAddressIndex(slot: number): number {
+  return 8192 + (((process.pid % 2000) * 4 + slot) % 8192);
+}
+
+/** Live (non-zombie) child processes of this process. */
+export function childPids(): number[] {
+  const children: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(fields[1]) === process.pid && fields[0] !== "Z") children.push(Number(entry));
+    } catch {
+      // The process exited while we looked.
+    }
+  }
+  return children;
+}
+
+export function openFdCount(): number {
+  return readdirSync("/proc/self/fd").length;
+}

@@ -1,0 +1,192 @@
+import { execFileSync } from "node:child_process";
+import {
+  lstat,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  readlink,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, relative } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { RootfsError } from "./errors.ts";
+import {
+  GUEST_BUSYBOX,
+  injectGuestFiles,
+  listBusyboxApplets,
+  resolveInRoot,
+  SETUP_NETWORK_UNIT,
+} from "./guest-files.ts";
+
+let base: string;
+let root: string;
+let outside: string;
+beforeEach(async () => {
+  base = await mkdtemp(join(tmpdir(), "sbx-inject-test-"));
+  root = join(base, "root");
+  outside = join(base, "outside");
+  await mkdir(root);
+  await mkdir(outside);
+});
+afterEach(async () => {
+  await rm(base, { recursive: true, force: true });
+});
+
+/** Every path under dir with type, mode and content (or link target), to prove nothing changed. */
+async function snapshot(dir: string): Promise<Map<string, string>> {
+  const result = new Map<string, string>();
+  async function walk(current: string): Promise<void> {
+    for (const name of await readdir(current)) {
+      const path = join(current, name);
+      const st = await lstat(path);
+      const key = relative(dir, path);
+      if (st.isSymbolicLink()) result.set(key, `link:${await readlink(path)}`);
+      else if (st.isDirectory()) {
+        result.set(key, `dir:${st.mode.toString(8)}`);
+        await walk(path);
+      } else result.set(key, `file:${st.mode.toString(8)}:${(await readFile(path)).toString("base64")}`);
+    }
+  }
+  await walk(dir);
+  return result;
+}
+
+async function debianLikeImage(): Promise<void> {
+  for (const d of ["usr/bin", "usr/sbin", "usr/lib/systemd", "etc/systemd/system", "proc"]) {
+    await mkdir(join(root, d), { recursive: true });
+  }
+  await symlink("usr/bin", join(root, "bin"));
+  await symlink("usr/sbin", join(root, "sbin"));
+  await writeFile(join(root, "usr/bin/sh"), "#!image's own sh\n", { mode: 0o755 });
+  await writeFile(join(root, "usr/bin/ip"), "image's own ip\n", { mode: 0o755 });
+  await writeFile(join(root, "usr/lib/systemd/systemd"), "systemd\n", { mode: 0o755 });
+  await symlink("/usr/lib/systemd/systemd", join(root, "usr/sbin/init"));
+  await writeFile(join(root, "etc/resolv.conf"), "nameserver 192.0.2.53\n");
+}
+
+describe("listBusyboxApplets", () => {
+  it("reads the applet table without running busybox, matching `busybox --list`", async () => {
+    const listed = execFileSync("/bin/busybox", ["--list"], { encoding: "utf8" }).trim().split("\n");
+    expect(await listBusyboxApplets("/bin/busybox")).toEqual(listed);
+  });
+
+  it("refuses a binary without an applet table", async () => {
+    await expect(listBusyboxApplets("/bin/ls")).rejects.toMatchObject({ code: "INJECT_FAILED" });
+  });
+});
+
+describe("injectGuestFiles", () => {
+  it("adds /.sbx without changing any of the image's files, and enables setup-network.service for systemd", async () => {
+    await debianLikeImage();
+    const before = await snapshot(root);
+    const result = await injectGuestFiles({
+      root,
+      busybox: { path: "/bin/busybox" },
+      provisionScript: "apt-get update\n",
+    });
+    expect(result.workload).toEqual(["/sbin/init"]);
+    expect(result.systemd).toBe(true);
+    expect(result.init).toBe("/.sbx/init");
+    const after = await snapshot(root);
+    for (const [path, value] of before) expect(after.get(path), path).toBe(value);
+    const added = [...after.keys()].filter((p) => !before.has(p));
+    const outsideSbx = added.filter((p) => !p.startsWith(".sbx"));
+    expect(outsideSbx.sort()).toEqual([
+      "dev",
+      "etc/systemd/system/multi-user.target.wants",
+      "etc/systemd/system/multi-user.target.wants/setup-network.service",
+      "etc/systemd/system/setup-network.service",
+      "run",
+      "sys",
+      "tmp",
+    ]);
+    expect((await stat(join(root, "tmp"))).mode & 0o7777).toBe(0o1777);
+    expect(
+      await readlink(join(root, "etc/systemd/system/multi-user.target.wants/setup-network.service")),
+    ).toBe(SETUP_NETWORK_UNIT);
+    const unit = await readFile(join(root, SETUP_NETWORK_UNIT), "utf8");
+    expect(unit).toContain("ExecStart=/.sbx/bin/busybox sh /.sbx/setup-network");
+    expect(unit).toContain("WantedBy=multi-user.target");
+    // The image's own ip stays; busybox's ip link lives only under /.sbx/bin.
+    expect(await readFile(join(root, "usr/bin/ip"), "utf8")).toBe("image's own ip\n");
+    expect(await readlink(join(root, ".sbx/bin/ip"))).toBe("busybox");
+    const links = (await readdir(join(root, ".sbx/bin"))).filter((n) => n !== "busybox");
+    expect(links.sort()).toEqual([...result.applets].sort());
+    expect((await stat(join(root, GUEST_BUSYBOX))).mode & 0o777).toBe(0o755);
+    expect(await readFile(join(root, ".sbx/provision.sh"), "utf8")).toBe("apt-get update\n");
+    expect(await readFile(join(root, ".sbx/init"), "utf8")).toMatch(
+      /^#!\/.sbx\/bin\/busybox sh\n[\s\S]*exec '\/sbin\/init'\n$/,
+    );
+  });
+
+  it("checks a resolved busybox's sha256 again against the bytes it copies", async () => {
+    const error = await injectGuestFiles({
+      root,
+      busybox: { path: "/bin/busybox", sha256: "0".repeat(64) },
+    }).catch((e: unknown) => e);
+    expect((error as RootfsError).code).toBe("BUSYBOX_CHECKSUM_MISMATCH");
+    await expect(lstat(join(root, ".sbx"))).rejects.toThrow(/ENOENT/);
+  });
+
+  it("refuses an image that already has /.sbx", async () => {
+    await mkdir(join(root, ".sbx"));
+    await expect(injectGuestFiles({ root, busybox: "/bin/busybox" })).rejects.toMatchObject({
+      code: "INJECT_FAILED",
+    });
+  });
+
+  it("keeps writes inside the root when the image plants symlinks to the outside", async () => {
+    await mkdir(join(root, "etc"), { recursive: true });
+    await symlink(outside, join(root, "etc/systemd"));
+    await symlink("../../../../..", join(root, "tmp"));
+    await symlink(join(outside, "dev"), join(root, "dev"));
+    await injectGuestFiles({ root, busybox: "/bin/busybox", workload: ["/bin/true"], systemd: true });
+    expect(await readdir(outside)).toEqual([]);
+    // The absolute link target was resolved inside the root instead.
+    const unit = await resolveInRoot(root, SETUP_NETWORK_UNIT);
+    expect(unit.startsWith(`${root}/`)).toBe(true);
+    expect(await readFile(unit, "utf8")).toContain("[Unit]");
+  });
+
+  it("refuses a different setup-network.service the image already has", async () => {
+    await mkdir(join(root, "etc/systemd/system"), { recursive: true });
+    await writeFile(join(root, SETUP_NETWORK_UNIT), "[Unit]\nDescription=the image's own\n");
+    const error = await injectGuestFiles({ root, busybox: "/bin/busybox", systemd: true }).catch(
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(RootfsError);
+    expect((error as RootfsError).message).toMatch(/already has a different/);
+    // The failed injection took its /.sbx away again, so a corrected retry can run.
+    await expect(lstat(join(root, ".sbx"))).rejects.toThrow(/ENOENT/);
+    expect(await readFile(join(root, SETUP_NETWORK_UNIT), "utf8")).toContain("the image's own");
+  });
+
+  it("picks /bin/sh, then busybox sh, as the default workload, and skips systemd for non-systemd images", async () => {
+    const bare = await injectGuestFiles({ root, busybox: "/bin/busybox" });
+    expect(bare.workload).toEqual(["/.sbx/bin/busybox", "sh"]);
+    expect(bare.systemd).toBe(false);
+    await rm(join(root, ".sbx"), { recursive: true });
+    await mkdir(join(root, "bin"));
+    await writeFile(join(root, "bin/sh"), "", { mode: 0o755 });
+    expect((await injectGuestFiles({ root, busybox: "/bin/busybox" })).workload).toEqual(["/bin/sh"]);
+  });
+});
+
+describe("resolveInRoot", () => {
+  it("follows links inside the root and confines .. and absolute targets", async () => {
+    await mkdir(join(root, "usr/bin"), { recursive: true });
+    await symlink("usr/bin", join(root, "bin"));
+    await symlink("/../../etc", join(root, "escape"));
+    await symlink("loop2", join(root, "loop1"));
+    await symlink("loop1", join(root, "loop2"));
+    expect(await resolveInRoot(root, "/bin/sh")).toBe(join(root, "usr/bin/sh"));
+    expect(await resolveInRoot(root, "/../../../etc/passwd")).toBe(join(root, "etc/passwd"));
+    expect(await resolveInRoot(root, "/escape/shadow")).toBe(join(root, "etc/shadow"));
+    await expect(resolveInRoot(root, "/loop1/x")).rejects.toMatchObject({ code: "INJECT_FAILED" });
+  });
+});

@@ -1,0 +1,340 @@
+import { execFileSync } from "node:child_process";
+import {
+  chmodSync,
+  closeSync,
+  constants,
+  fchmodSync,
+  fchownSync,
+  futimesSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  rmSync,
+  symlinkSync,
+  utimesSync,
+  writeSync,
+} from "node:fs";
+import { RootfsError } from "./errors.ts";
+import { cleanEntryPath, NotADirectoryError, RootPathResolver, SymlinkLoopError } from "./safe-path.ts";
+import type { TarEntry, TarEntryHandler, TarEntrySink } from "./tar-reader.ts";
+
+/** What to do with device nodes or fifos found in a layer. */
+export type SpecialFilePolicy = "create" | "skip" | "refuse";
+
+export interface LayerApplyOptions {
+  /** Character and block devices (default "skip": the guest's init mounts devtmpfs). Creating needs CAP_MKNOD. */
+  devices: SpecialFilePolicy;
+  /** Named pipes (default "create"). */
+  fifos: SpecialFilePolicy;
+  /** Apply the uid/gid of each entry (needs root; default: when running as root). */
+  preserveOwnership: boolean;
+}
+
+export interface SkippedEntry {
+  layer: string;
+  entry: string;
+  reason: string;
+}
+
+interface DirectoryMetadata {
+  mode: number;
+  mtime: number;
+}
+
+const WHITEOUT_PREFIX = ".wh.";
+const OPAQUE_MARKER = ".wh..wh..opq";
+const FILE_OPEN_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+
+/**
+ * Applies layers, in order, onto one root directory. Every path goes through RootPathResolver, so no
+ * entry can create, replace or remove anything outside the root; the refusals are RootfsErrors with
+ * code LAYER_UNSAFE_ENTRY naming the layer digest and the entry.
+ */
+export class LayerApplier {
+  readonly #resolver: RootPathResolver;
+  readonly #options: LayerApplyOptions;
+  readonly #directories = new Map<string, DirectoryMetadata>();
+  readonly skipped: SkippedEntry[] = [];
+  #layer = "";
+  /** Real paths written by the current layer: whiteouts and opaque markers only hide lower layers. */
+  #layerPaths = new Set<string>();
+  #opaqueDirectories: string[][] = [];
+  /** The file being written, closed by `abort()` when the stream fails in the middle of it. */
+  #openFd: number | undefined;
+  entries = 0;
+
+  constructor(root: string, options: LayerApplyOptions) {
+    this.#resolver = new RootPathResolver(root);
+    this.#options = options;
+  }
+
+  /** A tar handler for one layer; feed it the layer's decompressed tar stream. */
+  beginLayer(layerDigest: string): TarEntryHandler {
+    this.#layer = layerDigest;
+    this.#layerPaths = new Set();
+    this.#opaqueDirectories = [];
+    return { onEntry: (entry) => this.#onEntry(entry) };
+  }
+
+  /**
+   * The layer's tar ended: empty its opaque directories of everything lower layers put there (what
+   * this layer wrote, and the directories leading to it, stay).
+   */
+  endLayer(): void {
+    for (const directory of this.#opaqueDirectories) this.#clearOpaque(directory);
+    this.#opaqueDirectories = [];
+  }
+
+  #clearOpaque(directory: string[]): void {
+    const host = this.#resolver.hostPath(directory);
+    const stat = lstatSync(host, { throwIfNoEntry: false });
+    if (!stat?.isDirectory()) return;
+    const prefix = directory.length === 0 ? "" : `${directory.join("/")}/`;
+    for (const child of readdirSync(host)) {
+      const childKey = `${prefix}${child}`;
+      if (!this.#layerPaths.has(childKey)) {
+        this.#remove(this.#resolver.hostPath([...directory, child]), true);
+      } else if (lstatSync(this.#resolver.hostPath([...directory, child])).isDirectory()) {
+        this.#clearOpaque([...directory, child]);
+      }
+    }
+  }
+
+  /** Release what an interrupted layer left open (the file being written). */
+  abort(): void {
+    if (this.#openFd === undefined) return;
+    closeSync(this.#openFd);
+    this.#openFd = undefined;
+  }
+
+  /** Apply directory modes and mtimes, deepest first, once every layer is in. */
+  finish(): void {
+    const paths = [...this.#directories.keys()].sort((a, b) => depth(b) - depth(a));
+    for (const path of paths) {
+      const metadata = this.#directories.get(path)!;
+      const host = this.#resolver.hostPath(path === "" ? [] : path.split("/"));
+      const stat = lstatSync(host, { throwIfNoEntry: false });
+      if (!stat?.isDirectory()) continue;
+      chmodSync(host, metadata.mode);
+      utimesSync(host, metadata.mtime, metadata.mtime);
+    }
+    if (!this.#directories.has("")) chmodSync(this.#resolver.root, 0o755);
+  }
+
+  #refuse(entry: string, reason: string): never {
+    throw new RootfsError(
+      "LAYER_UNSAFE_ENTRY",
+      `layer ${this.#layer} entry ${JSON.stringify(entry)} was refused: ${reason}. The image is malformed or hostile; rebuild it with a standard tool (docker, buildah, umoci) or do not use it`,
+      { details: { layer: this.#layer, entry, reason } },
+    );
+  }
+
+  #invalid(entry: string, reason: string, cause?: unknown): never {
+    throw new RootfsError(
+      "LAYER_INVALID",
+      `layer ${this.#layer} entry ${JSON.stringify(entry)} could not be applied: ${reason}`,
+      { cause, details: { layer: this.#layer, entry, reason } },
+    );
+  }
+
+  #onEntry(entry: TarEntry): TarEntrySink | undefined {
+    this.entries++;
+    const components = cleanEntryPath(entry.path);
+    if (components === null) this.#refuse(entry.path, "its path climbs above the image root with '..'");
+    try {
+      return this.#apply(entry, components);
+    } catch (error) {
+      if (error instanceof RootfsError) throw error;
+      if (error instanceof SymlinkLoopError) this.#refuse(entry.path, error.message);
+      if (error instanceof NotADirectoryError) this.#invalid(entry.path, error.message, error);
+      this.#invalid(entry.path, (error as Error).message, error);
+    }
+  }
+
+  #apply(entry: TarEntry, components: string[]): TarEntrySink | undefined {
+    const base = components.at(-1);
+    if (base === undefined) {
+      if (entry.type !== "directory")
+        this.#refuse(entry.path, "it would replace the image root with a non-directory");
+      this.#directories.set("", { mode: entry.mode, mtime: entry.mtime });
+      this.#chown(this.#resolver.root, entry);
+      return undefined;
+    }
+    const parentComponents = components.slice(0, -1);
+
+    if (base.startsWith(WHITEOUT_PREFIX)) {
+      this.#whiteout(entry, parentComponents, base);
+      return undefined;
+    }
+
+    const parent = this.#resolver.ensureDirectory(parentComponents);
+    const real = [...parent, base];
+    const realKey = real.join("/");
+    const host = this.#resolver.hostPath(real);
+    const existing = lstatSync(host, { throwIfNoEntry: false });
+
+    if (entry.type === "directory") {
+      if (existing && !existing.isDirectory()) this.#remove(host, existing.isSymbolicLink());
+      if (!existing?.isDirectory()) mkdirSync(host, { mode: 0o700 });
+      this.#chown(host, entry);
+      this.#directories.set(realKey, { mode: entry.mode, mtime: entry.mtime });
+      this.#markWritten(realKey);
+      return undefined;
+    }
+
+    if (entry.type === "hardlink") {
+      const target = this.#hardlinkTarget(entry);
+      if (target.join("/") === realKey) return undefined;
+      if (existing) this.#remove(host, existing.isDirectory() || existing.isSymbolicLink());
+      linkSync(this.#resolver.hostPath(target), host);
+      this.#markWritten(realKey);
+      return undefined;
+    }
+
+    if (entry.type === "char-device" || entry.type === "block-device" || entry.type === "fifo") {
+      const policy = entry.type === "fifo" ? this.#options.fifos : this.#options.devices;
+      const kind = entry.type === "fifo" ? "fifo" : "device node";
+      if (policy === "refuse") this.#refuse(entry.path, `it is a ${kind} and the ${kind} policy is "refuse"`);
+      if (policy === "skip") {
+        this.skipped.push({ layer: this.#layer, entry: entry.path, reason: `${kind} (policy "skip")` });
+        return undefined;
+      }
+    }
+
+    if (existing) this.#remove(host, existing.isDirectory() || existing.isSymbolicLink());
+    this.#markWritten(realKey);
+
+    switch (entry.type) {
+      case "symlink":
+        // The target is stored as written: it is content for the guest, never followed here.
+        symlinkSync(entry.linkPath, host);
+        this.#chown(host, entry);
+        lutimesSync(host, entry.mtime, entry.mtime);
+        return undefined;
+      case "char-device":
+      case "block-device":
+        execFileSync("mknod", [
+          "-m",
+          (entry.mode & 0o7777).toString(8),
+          host,
+          entry.type === "char-device" ? "c" : "b",
+          String(entry.deviceMajor),
+          String(entry.deviceMinor),
+        ]);
+        this.#chown(host, entry);
+        utimesSync(host, entry.mtime, entry.mtime);
+        return undefined;
+      case "fifo":
+        execFileSync("mkfifo", ["-m", (entry.mode & 0o7777).toString(8), host]);
+        this.#chown(host, entry);
+        utimesSync(host, entry.mtime, entry.mtime);
+        return undefined;
+      case "file":
+        return this.#openFile(host, entry);
+    }
+  }
+
+  #openFile(host: string, entry: TarEntry): TarEntrySink {
+    // O_EXCL|O_NOFOLLOW: the path was just cleared, and nothing may be written through a link.
+    const fd = openSync(host, FILE_OPEN_FLAGS, 0o600);
+    this.#openFd = fd;
+    const applier = this;
+    return {
+      write(chunk: Buffer) {
+        let written = 0;
+        while (written < chunk.length) written += writeSync(fd, chunk, written, chunk.length - written);
+      },
+      end() {
+        try {
+          if (applier.#options.preserveOwnership) fchownSync(fd, entry.uid, entry.gid);
+          // chown clears setuid/setgid, so the mode comes after it.
+          fchmodSync(fd, entry.mode);
+          futimesSync(fd, entry.mtime, entry.mtime);
+        } finally {
+          applier.#openFd = undefined;
+          closeSync(fd);
+        }
+      },
+    };
+  }
+
+  #hardlinkTarget(entry: TarEntry): string[] {
+    const target = cleanEntryPath(entry.linkPath);
+    if (target === null)
+      this.#refuse(
+        entry.path,
+        `its hard-link target ${JSON.stringify(entry.linkPath)} climbs above the image root`,
+      );
+    if (target.length === 0) this.#refuse(entry.path, "it is a hard link to the image root");
+    // The target's parent resolves inside the root; the link itself is not followed, like link(2).
+    const parent = this.#resolver.resolve(target.slice(0, -1), true);
+    const real = [...parent, target.at(-1)!];
+    const stat = lstatSync(this.#resolver.hostPath(real), { throwIfNoEntry: false });
+    if (!stat)
+      this.#refuse(
+        entry.path,
+        `its hard-link target ${JSON.stringify(entry.linkPath)} does not exist inside the image`,
+      );
+    if (stat.isDirectory())
+      this.#refuse(entry.path, `its hard-link target ${JSON.stringify(entry.linkPath)} is a directory`);
+    return real;
+  }
+
+  #whiteout(entry: TarEntry, parentComponents: string[], base: string): void {
+    if (base === OPAQUE_MARKER) {
+      // Applied when the layer ends, so that the marker's position among the layer's entries does not matter.
+      this.#opaqueDirectories.push(this.#resolver.resolve(parentComponents, true));
+      return;
+    }
+    const name = base.slice(WHITEOUT_PREFIX.length);
+    if (name.startsWith(WHITEOUT_PREFIX)) return; // other AUFS metadata (.wh..wh.plnk, ...): not content
+    if (name === "" || name === "." || name === "..") {
+      this.#refuse(
+        entry.path,
+        `it is a whiteout naming ${JSON.stringify(name || "(empty)")}, which would delete a parent directory`,
+      );
+    }
+    const parent = this.#resolver.resolve(parentComponents, true);
+    const real = [...parent, name];
+    if (this.#layerPaths.has(real.join("/"))) return;
+    const host = this.#resolver.hostPath(real);
+    const stat = lstatSync(host, { throwIfNoEntry: false });
+    if (stat) this.#remove(host, stat.isDirectory() || stat.isSymbolicLink());
+  }
+
+  #remove(host: string, affectsResolution: boolean): void {
+    rmSync(host, { recursive: true, force: true });
+    if (affectsResolution) {
+      this.#resolver.invalidate();
+      const relative = host.slice(this.#resolver.root.length + 1);
+      for (const key of this.#directories.keys()) {
+        if (key === relative || key.startsWith(`${relative}/`)) this.#directories.delete(key);
+      }
+    }
+  }
+
+  /** Record a path (and its parents, which it needs) as written by the current layer. */
+  #markWritten(realKey: string): void {
+    let key = realKey;
+    while (key !== "" && !this.#layerPaths.has(key)) {
+      this.#layerPaths.add(key);
+      const slash = key.lastIndexOf("/");
+      key = slash === -1 ? "" : key.slice(0, slash);
+    }
+  }
+
+  #chown(host: string, entry: TarEntry): void {
+    if (this.#options.preserveOwnership) lchownSync(host, entry.uid, entry.gid);
+  }
+}
+
+function depth(path: string): number {
+  if (path === "") return 0;
+  let count = 1;
+  for (let i = 0; i < path.length; i++) if (path.charCodeAt(i) === 47) count++;
+  return count;
+}
