@@ -1,10 +1,16 @@
 // The benchmark's input: the realistic ~200 MiB, 3-layer OCI image from @sbx/rootfs/testing
 // (generateRealisticImage), generated once into a cache directory and reused by later runs.
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { generateRealisticImage } from "../src/testing/index.ts";
 
-const FIXTURE_VERSION = "v2";
+// Keyed by the generator's own source, so a changed generator can never reuse a stale cached image.
+async function fixtureKey(): Promise<string> {
+  const source = await readFile(fileURLToPath(new URL("../src/testing/fixtures.ts", import.meta.url)));
+  return createHash("sha256").update(source).digest("hex").slice(0, 12);
+}
 
 export interface BenchFixture {
   /** OCI image layout directory. */
@@ -16,14 +22,18 @@ export interface BenchFixture {
 }
 
 export async function ensureBenchFixture(cacheDir: string): Promise<BenchFixture> {
-  const root = join(cacheDir, `rootfs-bench-fixture-${FIXTURE_VERSION}`);
+  const root = join(cacheDir, `rootfs-bench-fixture-${await fixtureKey()}`);
   const metaPath = join(root, "fixture.json");
   try {
     return JSON.parse(await readFile(metaPath, "utf8")) as BenchFixture;
   } catch {
     // generate below
   }
-  await rm(root, { recursive: true, force: true });
+  // Images from older generators are ~200 MiB each: drop them rather than let the cache grow.
+  for (const entry of await readdir(cacheDir).catch(() => [])) {
+    if (entry.startsWith("rootfs-bench-fixture-"))
+      await rm(join(cacheDir, entry), { recursive: true, force: true });
+  }
   await mkdir(root, { recursive: true });
   const image = await generateRealisticImage({ dir: join(root, "layout"), seed: 7, compression: "gzip" });
   const fixture: BenchFixture = {
