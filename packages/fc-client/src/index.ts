@@ -1,9 +1,11 @@
-// PROVISIONAL index (written by the launcher helper; the API-client helper owns this file).
 export {
   type CallOptions,
   type CreateFirecrackerClientOptions,
   createFirecrackerClient,
   type FirecrackerClient,
+  type FirecrackerClientBase,
+  type FirecrackerExtensions,
+  type FirecrackerOperations,
 } from "./client.ts";
 export { CONFIGURE_ORDER, type ConfigureAndStartOptions, configureAndStart } from "./configure.ts";
 export {
@@ -13,7 +15,13 @@ export {
   type ConsoleMatch,
   type WaitForConsoleOptions,
 } from "./console-capture.ts";
-export { FirecrackerApiError } from "./errors.ts";
+export {
+  FirecrackerApiError,
+  type FirecrackerClientErrorCode,
+  FirecrackerError,
+  type FirecrackerErrorCode,
+  FirecrackerVersionError,
+} from "./errors.ts";
 export {
   buildJailerArgs,
   type JailerCommand,
@@ -40,5 +48,16 @@ export {
   type ReadMetricsResult,
   readMetricsFile,
 } from "./metrics.ts";
+export { OPERATIONS, type OperationId, type OperationSpec, type Operations } from "./operations.ts";
 export * from "./schemas.ts";
+export {
+  FIELD_SINCE,
+  OLDEST_KNOWN_VERSION,
+  OPERATION_SINCE,
+  type ParsedVersion,
+  parseFirecrackerVersion,
+  SPEC_VERSIONS,
+  type SpecVersion,
+  versionAtLeast,
+} from "./versions.ts";
 export { type DialVsockOptions, dialVsock, type VsockConnection, vsockListenPath } from "./vsock.ts";

@@ -1,26 +1,15 @@
-export type FirecrackerLaunchErrorCode =
-  | "INVALID_OPTIONS"
-  | "BINARY_NOT_FOUND"
-  | "BINARY_ARCH_MISMATCH"
-  | "SPAWN_FAILED"
-  | "EXITED_BEFORE_READY"
-  | "READY_TIMEOUT"
-  | "ABORTED"
-  | "CONFIG_INVALID"
-  | "CONSOLE_TIMEOUT"
-  | "CONSOLE_CLOSED"
-  | "CONFIGURE_FAILED"
-  | "VSOCK_CONNECT_FAILED"
-  | "METRICS_INVALID"
-  | "GUEST_BUILD_FAILED";
+import { FirecrackerError } from "./errors.ts";
+import type { FirecrackerLaunchErrorCode } from "./launch-error-codes.ts";
+
+export type { FirecrackerLaunchErrorCode };
 
 /**
  * The error of the Firecracker process launcher and its helpers (console, vsock, metrics, the test
  * guest builder). `code` is stable; `exitCode`/`signal`/`output` are set when the process died.
  */
-export class FirecrackerLaunchError extends Error {
-  override readonly name = "FirecrackerLaunchError";
-  readonly code: FirecrackerLaunchErrorCode;
+export class FirecrackerLaunchError extends FirecrackerError {
+  override name = "FirecrackerLaunchError";
+  declare readonly code: FirecrackerLaunchErrorCode;
   /** Exit status of the Firecracker process, when it exited. */
   readonly exitCode: number | null;
   /** Signal that ended the Firecracker process, when one did. */
@@ -40,8 +29,7 @@ export class FirecrackerLaunchError extends Error {
       details?: Record<string, unknown>;
     } = {},
   ) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
-    this.code = code;
+    super(code, message, { cause: options.cause });
     this.exitCode = options.exitCode ?? null;
     this.signal = options.signal ?? null;
     this.output = Object.freeze([...(options.output ?? [])]);

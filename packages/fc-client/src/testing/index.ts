@@ -1,4 +1,9 @@
-// PROVISIONAL testing index (written by the launcher helper; the API-client helper owns this file).
+export {
+  type FakeFirecrackerApi,
+  type FakeFirecrackerApiOptions,
+  type RecordedRequest,
+  startFakeFirecrackerApi,
+} from "./fake-api-server.ts";
 export {
   type FakeFirecrackerBehavior,
   fakeFirecrackerCommand,

@@ -1,0 +1,136 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { createFirecrackerClient } from "./client.ts";
+import { FirecrackerApiError, FirecrackerError } from "./errors.ts";
+import { fdCount, settle } from "./test-process-counts.ts";
+
+// Raw servers that misbehave in the ways a crashing or wedged Firecracker can.
+let dir: string;
+let server: Server | undefined;
+const sockets = new Set<Socket>();
+let fdsBefore = 0;
+
+beforeEach(() => {
+  fdsBefore = fdCount();
+  dir = mkdtempSync(join(tmpdir(), "sbx-fc-transport-"));
+});
+afterEach(async () => {
+  for (const socket of sockets) socket.destroy();
+  sockets.clear();
+  await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+  server = undefined;
+  rmSync(dir, { recursive: true, force: true });
+  await settle(20);
+  expect(fdCount()).toBeLessThanOrEqual(fdsBefore); // fewer is fine: the runner may close its own
+});
+
+async function rawServer(onRequest: (socket: Socket) => void): Promise<string> {
+  const path = join(dir, "api.sock");
+  server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on("data", () => onRequest(socket));
+  });
+  await new Promise<void>((resolve) => server!.listen(path, resolve));
+  return path;
+}
+
+const answer = (status: string, body: string) =>
+  `HTTP/1.1 ${status}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+
+async function failure(promise: Promise<unknown>): Promise<FirecrackerError> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(FirecrackerError);
+  return error as FirecrackerError;
+}
+
+describe("bad answers from the API socket", () => {
+  it("malformed JSON on a 200 → INVALID_RESPONSE", async () => {
+    const socketPath = await rawServer((s) => s.write(answer("200 OK", '{"app_name": "Firecracker", ')));
+    await using client = createFirecrackerClient({ socketPath, arch: "amd64" });
+    const error = await failure(client.describeInstance());
+    expect(error.code).toBe("INVALID_RESPONSE");
+    expect(error.message).toMatch(/not JSON/);
+  });
+
+  it("a 200 that is not the spec's model → INVALID_RESPONSE naming the model", async () => {
+    const socketPath = await rawServer((s) => s.write(answer("200 OK", '{"firecracker_version": 114}')));
+    await using client = createFirecrackerClient({ socketPath, arch: "amd64" });
+    const error = await failure(client.getFirecrackerVersion());
+    expect(error.code).toBe("INVALID_RESPONSE");
+    expect(error.message).toMatch(/FirecrackerVersion/);
+  });
+
+  it("a socket that closes mid-answer → TRANSPORT", async () => {
+    const socketPath = await rawServer((s) => {
+      s.write('HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"app_na');
+      setTimeout(() => s.destroy(), 10);
+    });
+    await using client = createFirecrackerClient({ socketPath, arch: "amd64" });
+    const error = await failure(client.describeInstance());
+    expect(error.code).toBe("TRANSPORT");
+    expect(error.message).toMatch(/closed before the whole answer/);
+  });
+
+  it("a socket that never answers → TIMEOUT after the call's timeout", async () => {
+    const socketPath = await rawServer(() => {});
+    await using client = createFirecrackerClient({ socketPath, arch: "amd64", timeoutMs: 5_000 });
+    const error = await failure(client.describeInstance({ timeoutMs: 150 }));
+    expect(error.code).toBe("TIMEOUT");
+    expect(error.message).toMatch(/150 ms/);
+  });
+
+  it("an AbortSignal → ABORTED, before or during the call", async () => {
+    const socketPath = await rawServer(() => {});
+    await using client = createFirecrackerClient({ socketPath, arch: "amd64" });
+    expect((await failure(client.describeInstance({ signal: AbortSignal.abort() }))).code).toBe("ABORTED");
+    const controller = new AbortController();
+    const pending = client.describeInstance({ signal: controller.signal });
+    setTimeout(() => controller.abort(new Error("user gave up")), 30);
+    expect((await failure(pending)).code).toBe("ABORTED");
+  });
+
+  it("a 400 with and without fault_message → FirecrackerApiError", async () => {
+    let n = 0;
+    const socketPath = await rawServer((s) => {
+      s.write(
+        n++ === 0
+          ? answer("400 Bad Request", '{"fault_message":"Invalid request method and/or path"}')
+          : answer("400 Bad Request", ""),
+      );
+    });
+    await using client = createFirecrackerClient({ socketPath, arch: "amd64" });
+    const first = await failure(client.putMetrics({ metrics_path: "/m" }));
+    expect(first).toBeInstanceOf(FirecrackerApiError);
+    expect((first as FirecrackerApiError).faultMessage).toBe("Invalid request method and/or path");
+    const second = await failure(client.putMetrics({ metrics_path: "/m" }));
+    expect(second).toMatchObject({ code: "API_ERROR", status: 400, faultMessage: undefined });
+  });
+
+  it("no server at the path → TRANSPORT with the fix", async () => {
+    await using client = createFirecrackerClient({ socketPath: join(dir, "absent.sock"), arch: "amd64" });
+    const error = await failure(client.describeInstance());
+    expect(error.code).toBe("TRANSPORT");
+    expect(error.message).toMatch(/ENOENT.*is Firecracker running/);
+  });
+
+  it("reuses one keep-alive connection for a sequence of calls", async () => {
+    let connections = 0;
+    const path = join(dir, "api.sock");
+    server = createServer((socket) => {
+      connections++;
+      sockets.add(socket);
+      socket.on("data", () => socket.write(answer("200 OK", '{"firecracker_version":"1.16.1"}')));
+    });
+    await new Promise<void>((resolve) => server!.listen(path, resolve));
+    await using client = createFirecrackerClient({ socketPath: path, arch: "amd64" });
+    for (let i = 0; i < 5; i++)
+      expect((await client.getFirecrackerVersion()).firecracker_version).toBe("1.16.1");
+    expect(connections).toBe(1);
+  });
+});
