@@ -1,0 +1,320 @@
+// The page-fault server's worker thread: accept one connection, validate Firecracker's handshake, then
+// serve faults until woken, until the peer hangs up, or until a fault cannot be served. Blocking in
+// poll() here never blocks the caller's event loop. The worker owns every fd it accepts or receives
+// and closes them all before it reports that it stopped, so the main thread never races it on an fd.
+import { closeSync, fstatSync, openSync } from "node:fs";
+import { parentPort, workerData } from "node:worker_threads";
+import { check, UffdError } from "./errors.ts";
+import { fdKind, type GuestRegion, parseHandshake } from "./handshake.ts";
+import { PAGE_2M, UFFD_EVENT_PAGEFAULT, UFFD_EVENT_REMOVE, UFFDIO_COPY, UFFDIO_ZEROPAGE } from "./kernel.ts";
+import {
+  EAGAIN,
+  EEXIST,
+  EINTR,
+  ESRCH,
+  libc,
+  MAP_PRIVATE,
+  POLLERR,
+  POLLHUP,
+  POLLIN,
+  POLLNVAL,
+  PROT_READ,
+  SO_PEERCRED,
+  SOCK_CLOEXEC,
+  SOL_SOCKET,
+} from "./libc.ts";
+import { NativeMemory } from "./native-memory.ts";
+import { recvWithFds } from "./scm-rights.ts";
+import { METRIC, type WorkerConfig, type WorkerMessage } from "./worker-protocol.ts";
+
+const config = workerData as WorkerConfig;
+const port = parentPort!;
+const counters = new Float64Array(config.metrics.counters);
+const histogram = new Int32Array(config.metrics.histogram);
+
+const post = (message: WorkerMessage) => port.postMessage(message);
+const owned = new Set<number>();
+const scratch = new NativeMemory(64 * 1024);
+const cleanups: (() => void)[] = [];
+
+// Scratch layout: pollfds at 0 (3 × 8 bytes), ucred at 64, socklen at 80, uffdio_copy at 128,
+// uffdio_zeropage at 192, a one-page read buffer at 4096, the event batch at 8192.
+const POLLFDS = 0;
+const UCRED = 64;
+const SOCKLEN = 80;
+const COPY = 128;
+const ZERO = 192;
+const DRAIN = 4096;
+const EVENTS = 8192;
+const EVENT_SIZE = 32;
+const MAX_EVENTS = 64;
+
+type StopReason = "closed" | "peer-exited";
+
+function pollFor(fds: number[], timeoutMs: number): number[] {
+  fds.forEach((fd, i) => {
+    scratch.view.setInt32(POLLFDS + i * 8, fd, true);
+    scratch.view.setInt16(POLLFDS + i * 8 + 4, POLLIN, true);
+    scratch.view.setInt16(POLLFDS + i * 8 + 6, 0, true);
+  });
+  for (;;) {
+    const result = libc.poll(scratch.address + POLLFDS, fds.length, timeoutMs);
+    if (result.value === -1 && result.errno === EINTR) continue;
+    check("poll", result);
+    return fds.map((_, i) => scratch.view.getInt16(POLLFDS + i * 8 + 6, true));
+  }
+}
+
+function acceptPeer(): number | StopReason {
+  const [listening, wake] = pollFor([config.listenFd, config.wakeFd], config.acceptTimeoutMs);
+  if (wake) return "closed";
+  if (!listening)
+    throw new UffdError(
+      "ACCEPT_TIMEOUT",
+      `nobody connected to ${config.socketPath} within ${config.acceptTimeoutMs} ms`,
+    );
+  const fd = check("accept4", libc.accept4(config.listenFd, 0, 0, SOCK_CLOEXEC));
+  owned.add(fd);
+  return fd;
+}
+
+function peerPid(connection: number): number {
+  scratch.view.setInt32(SOCKLEN, 12, true);
+  check(
+    "getsockopt(SO_PEERCRED)",
+    libc.getsockopt(connection, SOL_SOCKET, SO_PEERCRED, scratch.address + UCRED, scratch.address + SOCKLEN),
+  );
+  return scratch.view.getInt32(UCRED, true);
+}
+
+function mapMemoryFile(): { address: number; size: number } {
+  let fd: number;
+  try {
+    fd = openSync(config.memoryFile, "r");
+  } catch (cause) {
+    throw new UffdError("MEMORY_FILE_INVALID", `cannot open the memory file ${config.memoryFile}`, { cause });
+  }
+  try {
+    const size = fstatSync(fd).size;
+    if (size === 0)
+      throw new UffdError("MEMORY_FILE_INVALID", `the memory file ${config.memoryFile} is empty`);
+    const address = check("mmap(memory file)", libc.mmap(0, size, PROT_READ, MAP_PRIVATE, fd, 0));
+    cleanups.push(() => libc.munmap(address, size));
+    return { address, size };
+  } finally {
+    closeSync(fd); // the mapping keeps the file alive
+  }
+}
+
+/** Serves faults until woken or until the peer goes away. */
+function serve(
+  uffd: number,
+  connection: number,
+  regions: GuestRegion[],
+  memory: { address: number },
+): StopReason {
+  const removed: [number, number][] = [];
+  let zeroHuge = 0;
+  const view = scratch.view;
+  const events = scratch.address + EVENTS;
+
+  const isRemoved = (page: number) => {
+    for (const [start, end] of removed) if (page >= start && page < end) return true;
+    return false;
+  };
+  const regionOf = (address: number) => {
+    for (const region of regions)
+      if (address >= region.base && address < region.base + region.size) return region;
+    return undefined;
+  };
+  const readU64 = (at: number) => view.getUint32(at, true) + view.getUint32(at + 4, true) * 0x1_0000_0000;
+
+  /** One ioctl; the errno, or 0. The per-call result field holds -errno when the ioctl itself says 0. */
+  const copyOrZero = (region: GuestRegion, page: number): number => {
+    const zero = isRemoved(page);
+    if (zero && region.pageSize !== PAGE_2M) {
+      scratch.setU64(ZERO, page);
+      scratch.setU64(ZERO + 8, region.pageSize);
+      scratch.setU64(ZERO + 16, 0);
+      scratch.setU64(ZERO + 24, 0);
+      const result = libc.ioctl(uffd, UFFDIO_ZEROPAGE, scratch.address + ZERO);
+      counters[METRIC.zeroPages] = (counters[METRIC.zeroPages] ?? 0) + (result.value === 0 ? 1 : 0);
+      return result.value === 0 ? 0 : result.errno;
+    }
+    let source: number;
+    if (zero) {
+      // hugetlb has no UFFDIO_ZEROPAGE: copy from a zeroed huge page instead.
+      if (!zeroHuge) {
+        const zeroed = new NativeMemory(PAGE_2M);
+        cleanups.push(() => zeroed.free());
+        zeroHuge = zeroed.address;
+      }
+      source = zeroHuge;
+    } else {
+      source = memory.address + region.offset + (page - region.base);
+    }
+    scratch.setU64(COPY, page);
+    scratch.setU64(COPY + 8, source);
+    scratch.setU64(COPY + 16, region.pageSize);
+    scratch.setU64(COPY + 24, 0);
+    scratch.setU64(COPY + 32, 0);
+    const result = libc.ioctl(uffd, UFFDIO_COPY, scratch.address + COPY);
+    if (result.value === 0) {
+      if (zero) counters[METRIC.zeroPages] = (counters[METRIC.zeroPages] ?? 0) + 1;
+      else counters[METRIC.pagesCopied] = (counters[METRIC.pagesCopied] ?? 0) + 1;
+      counters[METRIC.bytes] = (counters[METRIC.bytes] ?? 0) + region.pageSize;
+      return 0;
+    }
+    return result.errno || -view.getInt32(COPY + 32, true);
+  };
+
+  const onRemove = (start: number, end: number) => {
+    removed.push([start, end]);
+    counters[METRIC.removes] = (counters[METRIC.removes] ?? 0) + 1;
+  };
+
+  const queued: number[] = [];
+  /** Reads what is pending; REMOVEs are applied at once, faults are queued. */
+  const drain = (): number => {
+    const result = libc.read(uffd, events, EVENT_SIZE * MAX_EVENTS);
+    if (result.value < 0) {
+      if (result.errno === EAGAIN || result.errno === EINTR) return 0;
+      check("read(userfaultfd)", result);
+    }
+    const count = Math.floor(result.value / EVENT_SIZE);
+    for (let i = 0; i < count; i++) {
+      const at = EVENTS + i * EVENT_SIZE;
+      const event = view.getUint8(at);
+      if (event === UFFD_EVENT_PAGEFAULT) queued.push(readU64(at + 16));
+      else if (event === UFFD_EVENT_REMOVE) onRemove(readU64(at + 8), readU64(at + 16));
+    }
+    return count;
+  };
+
+  const serveFault = (address: number) => {
+    const region = regionOf(address);
+    if (!region)
+      throw new UffdError(
+        "FAULT_FAILED",
+        `fault at 0x${address.toString(16)} is outside every region Firecracker sent`,
+        {
+          address,
+        },
+      );
+    const page = address - (address % region.pageSize);
+    const started = performance.now();
+    for (let attempt = 0; ; attempt++) {
+      const errno = copyOrZero(region, page);
+      if (errno === 0) break;
+      if (errno === EEXIST) {
+        counters[METRIC.eexist] = (counters[METRIC.eexist] ?? 0) + 1;
+        break;
+      }
+      if (errno === ESRCH) return false;
+      if (errno === EAGAIN && attempt < 10_000) {
+        // The peer's memory map is changing (a REMOVE is pending): read those events first, then retry.
+        counters[METRIC.eagain] = (counters[METRIC.eagain] ?? 0) + 1;
+        drain();
+        continue;
+      }
+      throw new UffdError(
+        "FAULT_FAILED",
+        `serving the fault at 0x${page.toString(16)} failed: errno ${errno}`,
+        {
+          address: page,
+          errno,
+          syscall: "ioctl(UFFDIO_COPY)",
+        },
+      );
+    }
+    counters[METRIC.faults] = (counters[METRIC.faults] ?? 0) + 1;
+    const ns = (performance.now() - started) * 1e6;
+    Atomics.add(histogram, Math.min(histogram.length - 1, Math.max(0, Math.ceil(Math.log2(ns + 1)))), 1);
+    return true;
+  };
+
+  for (;;) {
+    const [uffdEvents = 0, connectionEvents = 0, wake] = pollFor([uffd, connection, config.wakeFd], -1);
+    if (wake) return "closed";
+    if (uffdEvents & POLLIN) {
+      drain();
+      while (queued.length > 0) if (!serveFault(queued.shift() as number)) return "peer-exited";
+    } else if (uffdEvents & (POLLERR | POLLHUP | POLLNVAL)) {
+      return "peer-exited";
+    }
+    if (connectionEvents & (POLLHUP | POLLERR | POLLNVAL)) return "peer-exited";
+    if (connectionEvents & POLLIN) {
+      const got = libc.read(connection, scratch.address + DRAIN, 4096);
+      if (got.value <= 0) return "peer-exited"; // EOF: Firecracker is gone
+    }
+  }
+}
+
+function run(): void {
+  let stop: StopReason;
+  let peer: number | undefined;
+  try {
+    const accepted = acceptPeer();
+    if (typeof accepted !== "number") {
+      post({ type: "stopped", reason: accepted });
+      return;
+    }
+    const connection = accepted;
+    post({ type: "accepted" });
+    peer = peerPid(connection);
+    if (config.expectedPeerPid !== undefined && peer !== config.expectedPeerPid)
+      throw new UffdError(
+        "PEER_MISMATCH",
+        `process ${peer} connected; expected Firecracker's pid ${config.expectedPeerPid}`,
+      );
+    const [data, wake] = pollFor([connection, config.wakeFd], config.handshakeTimeoutMs);
+    if (wake) {
+      post({ type: "stopped", reason: "closed", peerPid: peer });
+      return;
+    }
+    if (!data)
+      throw new UffdError(
+        "HANDSHAKE_TIMEOUT",
+        `process ${peer} connected but sent no mappings within ${config.handshakeTimeoutMs} ms`,
+      );
+    const message = recvWithFds(connection, { maxFds: 4 });
+    for (const fd of message.fds) owned.add(fd);
+    if (message.data.length === 0 && message.fds.length === 0)
+      throw new UffdError("PEER_CLOSED", `process ${peer} closed the connection before sending its mappings`);
+    const memory = mapMemoryFile();
+    const handshake = parseHandshake(message.data, message.fds, memory.size);
+    post({
+      type: "ready",
+      peerPid: peer,
+      regions: handshake.regions,
+      memfd: handshake.memfdFd !== undefined && fdKind(handshake.memfdFd) === "memfd",
+    });
+    stop = serve(handshake.uffdFd, connection, handshake.regions, memory);
+  } catch (error) {
+    const e =
+      error instanceof UffdError ? error : new UffdError("SYSCALL_FAILED", String(error), { cause: error });
+    release();
+    post({
+      type: "stopped",
+      reason: "error",
+      peerPid: peer,
+      error: { code: e.code, message: e.message, errno: e.errno, syscall: e.syscall, address: e.address },
+    });
+    return;
+  }
+  release();
+  post({ type: "stopped", reason: stop, peerPid: peer });
+}
+
+function release(): void {
+  for (const fd of owned) libc.close(fd);
+  owned.clear();
+  for (const cleanup of cleanups.splice(0)) cleanup();
+}
+
+try {
+  run();
+} finally {
+  release();
+  scratch.free();
+}

@@ -1,0 +1,20 @@
+export { UffdError, type UffdErrorCode } from "./errors.ts";
+export {
+  fdKind,
+  type GuestRegion,
+  guestRegionMappingSchema,
+  type Handshake,
+  handshakeSchema,
+  parseHandshake,
+} from "./handshake.ts";
+export * as kernel from "./kernel.ts";
+export { parseScmRights, type ReceivedMessage, receivedFdsOf, recvWithFds } from "./scm-rights.ts";
+export {
+  type Logger,
+  type PageFaultMetrics,
+  PageFaultServer,
+  type PageFaultServerOptions,
+  type PageFaultServerReady,
+  type PageFaultServerStop,
+} from "./server.ts";
+export type { StopReason } from "./worker-protocol.ts";

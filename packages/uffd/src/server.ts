@@ -1,0 +1,298 @@
+// The page-fault server that restores a snapshot's memory: Firecracker connects once, hands over its
+// userfaultfd, and every page the guest touches is copied in from the memory file by a worker thread.
+import { chmodSync, chownSync, existsSync, lstatSync, rmSync, writeSync } from "node:fs";
+import { connect } from "node:net";
+import { pathToFileURL } from "node:url";
+import { Worker } from "node:worker_threads";
+import { z } from "zod";
+import { check, UffdError } from "./errors.ts";
+import type { GuestRegion } from "./handshake.ts";
+import { AF_UNIX, EFD_CLOEXEC, EFD_NONBLOCK, libc, SOCK_CLOEXEC, SOCK_STREAM } from "./libc.ts";
+import { NativeMemory } from "./native-memory.ts";
+import {
+  HISTOGRAM_BUCKETS,
+  METRIC,
+  METRIC_SLOTS,
+  type StopReason,
+  type WorkerConfig,
+  type WorkerMessage,
+} from "./worker-protocol.ts";
+
+export interface Logger {
+  debug(object: object, message: string): void;
+  info(object: object, message: string): void;
+  warn(object: object, message: string): void;
+  error(object: object, message: string): void;
+}
+const silent: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+const optionsSchema = z.strictObject({
+  socketPath: z
+    .string()
+    .min(1)
+    .refine((p) => Buffer.byteLength(p) <= 107, "a Unix socket path holds at most 107 bytes"),
+  memoryFile: z.string().min(1),
+  owner: z
+    .strictObject({ uid: z.number().int().nonnegative(), gid: z.number().int().nonnegative() })
+    .optional(),
+  expectedPeerPid: z.number().int().positive().optional(),
+  acceptTimeoutMs: z.number().int().positive().default(10_000),
+  handshakeTimeoutMs: z.number().int().positive().default(10_000),
+  signal: z.instanceof(AbortSignal).optional(),
+  logger: z.custom<Logger>((v) => typeof v === "object" && v !== null).optional(),
+});
+export type PageFaultServerOptions = z.input<typeof optionsSchema>;
+
+export interface PageFaultServerReady {
+  peerPid: number;
+  regions: GuestRegion[];
+  /** Whether the peer sent a memfd with its userfaultfd. */
+  memfd: boolean;
+}
+
+export interface PageFaultServerStop {
+  /** `closed`: by close(); `peer-exited`: Firecracker hung up; `error`: see `error`. */
+  reason: StopReason;
+  /** Firecracker's pid, when it connected: a stopped server leaves it hanging on its next fault. */
+  peerPid: number | undefined;
+  error: UffdError | undefined;
+}
+
+export interface PageFaultMetrics {
+  faults: number;
+  pagesCopied: number;
+  zeroPages: number;
+  removes: number;
+  bytes: number;
+  eagainRetries: number;
+  eexist: number;
+  /** Service time per fault (event read to page installed), from a log2 histogram: upper bounds. */
+  latencyP50Us: number;
+  latencyP99Us: number;
+}
+
+const workerUrl = (() => {
+  const here = typeof __filename === "string" ? pathToFileURL(__filename).href : import.meta.url;
+  return new URL(here.endsWith(".ts") ? "./fault-worker.ts" : "./fault-worker.js", here);
+})();
+
+/**
+ * `await using server = new PageFaultServer({ socketPath, memoryFile }); await server.listen();` then
+ * `PUT /snapshot/load` with `mem_backend: { backend_type: "Uffd", backend_path: socketPath }`.
+ */
+export class PageFaultServer implements AsyncDisposable {
+  readonly socketPath: string;
+  /** Resolves when Firecracker's handshake was accepted; rejects if the server stops before. */
+  readonly ready: Promise<PageFaultServerReady>;
+  /** Resolves (never rejects) when the server stopped, with why. */
+  readonly stopped: Promise<PageFaultServerStop>;
+
+  readonly #options: z.output<typeof optionsSchema>;
+  readonly #logger: Logger;
+  readonly #resolveReady: (ready: PageFaultServerReady) => void;
+  readonly #rejectReady: (error: UffdError) => void;
+  readonly #resolveStopped: (stop: PageFaultServerStop) => void;
+  readonly #counters = new SharedArrayBuffer(METRIC_SLOTS * 8);
+  readonly #histogram = new SharedArrayBuffer(HISTOGRAM_BUCKETS * 4);
+  #listenFd = -1;
+  #wakeFd = -1;
+  #worker: Worker | undefined;
+  #exited: Promise<void> | undefined;
+  #stop: PageFaultServerStop | undefined;
+  #socketCreated = false;
+  #closing = false;
+
+  constructor(options: PageFaultServerOptions) {
+    const parsed = optionsSchema.safeParse(options);
+    if (!parsed.success)
+      throw new UffdError("INVALID_OPTIONS", `PageFaultServer: ${z.prettifyError(parsed.error)}`);
+    this.#options = parsed.data;
+    this.#logger = parsed.data.logger ?? silent;
+    this.socketPath = parsed.data.socketPath;
+    const ready = Promise.withResolvers<PageFaultServerReady>();
+    const stopped = Promise.withResolvers<PageFaultServerStop>();
+    this.ready = ready.promise;
+    this.ready.catch(() => {}); // a caller that only awaits `stopped` must not see an unhandled rejection
+    this.stopped = stopped.promise;
+    this.#resolveReady = ready.resolve;
+    this.#rejectReady = ready.reject;
+    this.#resolveStopped = stopped.resolve;
+  }
+
+  /** Creates the 0600 socket and starts the worker; resolves once Firecracker can connect. */
+  async listen(): Promise<void> {
+    if (this.#worker) throw new UffdError("INVALID_OPTIONS", "listen() was already called");
+    const { socketPath, signal } = this.#options;
+    if (signal?.aborted) throw new UffdError("CLOSED", "aborted before listen()");
+    await this.#replaceStaleSocket();
+    try {
+      this.#listenFd = check("socket", libc.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      const address = new NativeMemory(112);
+      try {
+        address.view.setUint16(0, AF_UNIX, true);
+        address.bytes.write(socketPath, 2, "utf8");
+        check("bind", libc.bind(this.#listenFd, address.address, 2 + Buffer.byteLength(socketPath) + 1));
+      } finally {
+        address.free();
+      }
+      this.#socketCreated = true;
+      // Before listen(): until then a connect is refused, so nobody slips in while the mode is wider.
+      chmodSync(socketPath, 0o600);
+      if (this.#options.owner) chownSync(socketPath, this.#options.owner.uid, this.#options.owner.gid);
+      check("listen", libc.listen(this.#listenFd, 1));
+      this.#wakeFd = check("eventfd", libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    } catch (error) {
+      this.#releaseMainFds();
+      throw error;
+    }
+    const config: WorkerConfig = {
+      socketPath,
+      listenFd: this.#listenFd,
+      wakeFd: this.#wakeFd,
+      memoryFile: this.#options.memoryFile,
+      acceptTimeoutMs: this.#options.acceptTimeoutMs,
+      handshakeTimeoutMs: this.#options.handshakeTimeoutMs,
+      expectedPeerPid: this.#options.expectedPeerPid,
+      metrics: { counters: this.#counters, histogram: this.#histogram },
+    };
+    const worker = new Worker(workerUrl, { workerData: config });
+    this.#worker = worker;
+    worker.on("message", (message: WorkerMessage) => this.#onMessage(message));
+    worker.on("error", (error) =>
+      this.#finish({
+        reason: "error",
+        peerPid: undefined,
+        error: new UffdError("SYSCALL_FAILED", `the fault worker crashed: ${error.message}`, {
+          cause: error,
+        }),
+      }),
+    );
+    this.#exited = new Promise<void>((resolve) => worker.once("exit", () => resolve())).then(() => {
+      this.#releaseMainFds();
+      this.#finish({
+        reason: "error",
+        peerPid: undefined,
+        error: new UffdError("CLOSED", "the fault worker exited"),
+      });
+    });
+    signal?.addEventListener("abort", () => void this.close(), { once: true });
+    this.#logger.debug({ socketPath }, "page-fault server listening");
+  }
+
+  metrics(): PageFaultMetrics {
+    const counters = new Float64Array(this.#counters);
+    const histogram = new Int32Array(this.#histogram);
+    const counts = Array.from(histogram, (_, i) => Atomics.load(histogram, i));
+    const total = counts.reduce((a, b) => a + b, 0);
+    const percentile = (p: number) => {
+      if (total === 0) return 0;
+      let seen = 0;
+      for (let i = 0; i < counts.length; i++) {
+        seen += counts[i] ?? 0;
+        if (seen >= total * p) return 2 ** i / 1000;
+      }
+      return 2 ** counts.length / 1000;
+    };
+    return {
+      faults: counters[METRIC.faults] ?? 0,
+      pagesCopied: counters[METRIC.pagesCopied] ?? 0,
+      zeroPages: counters[METRIC.zeroPages] ?? 0,
+      removes: counters[METRIC.removes] ?? 0,
+      bytes: counters[METRIC.bytes] ?? 0,
+      eagainRetries: counters[METRIC.eagain] ?? 0,
+      eexist: counters[METRIC.eexist] ?? 0,
+      latencyP50Us: percentile(0.5),
+      latencyP99Us: percentile(0.99),
+    };
+  }
+
+  /** Wakes the fault loop, waits for it to exit (it closes what it owns), then closes the rest. */
+  async close(): Promise<PageFaultServerStop> {
+    this.#closing = true;
+    if (!this.#worker) {
+      this.#releaseMainFds();
+      this.#finish({ reason: "closed", peerPid: undefined, error: undefined });
+      return this.stopped;
+    }
+    if (this.#wakeFd >= 0) {
+      const one = Buffer.alloc(8);
+      one.writeBigUInt64LE(1n);
+      try {
+        writeSync(this.#wakeFd, one);
+      } catch {
+        // already released: the worker has exited
+      }
+    }
+    await this.#exited;
+    return this.stopped;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  #onMessage(message: WorkerMessage): void {
+    if (message.type === "accepted") {
+      // One connection only: stop listening and remove the socket file.
+      this.#closeListener();
+    } else if (message.type === "ready") {
+      this.#logger.info({ peerPid: message.peerPid, regions: message.regions.length }, "handshake accepted");
+      this.#resolveReady({ peerPid: message.peerPid, regions: message.regions, memfd: message.memfd });
+    } else {
+      this.#closeListener(); // the worker is done with it, whatever happened
+      const error = message.error
+        ? new UffdError(message.error.code, message.error.message, {
+            ...(message.error.errno === undefined ? {} : { errno: message.error.errno }),
+            ...(message.error.syscall === undefined ? {} : { syscall: message.error.syscall }),
+            ...(message.error.address === undefined ? {} : { address: message.error.address }),
+          })
+        : undefined;
+      if (message.reason !== "closed" && !this.#closing)
+        this.#logger.warn(
+          { reason: message.reason, peerPid: message.peerPid, error: error?.message },
+          "page-fault server stopped: Firecracker will hang on its next fault and must be killed",
+        );
+      this.#finish({ reason: message.reason, peerPid: message.peerPid, error });
+    }
+  }
+
+  #finish(stop: PageFaultServerStop): void {
+    if (this.#stop) return;
+    this.#stop = stop;
+    this.#rejectReady(
+      stop.error ?? new UffdError("CLOSED", `the server stopped (${stop.reason}) before a handshake`),
+    );
+    this.#resolveStopped(stop);
+  }
+
+  #closeListener(): void {
+    if (this.#listenFd >= 0) libc.close(this.#listenFd);
+    this.#listenFd = -1;
+    if (this.#socketCreated) rmSync(this.socketPath, { force: true });
+    this.#socketCreated = false;
+  }
+
+  #releaseMainFds(): void {
+    this.#closeListener();
+    if (this.#wakeFd >= 0) libc.close(this.#wakeFd);
+    this.#wakeFd = -1;
+  }
+
+  /** A leftover socket file is removed only when nothing listens on it; anything else is refused. */
+  async #replaceStaleSocket(): Promise<void> {
+    const path = this.socketPath;
+    if (!existsSync(path)) return;
+    if (!lstatSync(path).isSocket())
+      throw new UffdError("SOCKET_IN_USE", `${path} exists and is not a socket; refusing to replace it`);
+    const listening = await new Promise<boolean>((resolve) => {
+      const probe = connect(path);
+      probe.once("connect", () => {
+        probe.destroy();
+        resolve(true);
+      });
+      probe.once("error", () => resolve(false));
+    });
+    if (listening) throw new UffdError("SOCKET_IN_USE", `something is listening on ${path}`);
+    rmSync(path, { force: true });
+  }
+}

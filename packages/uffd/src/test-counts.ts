@@ -1,0 +1,37 @@
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+
+export function fdCount(): number {
+  return readdirSync("/proc/self/fd").length;
+}
+
+/** Kinds of this process's fds that matter here: a leaked userfaultfd or memfd shows up by name. */
+export function openSpecialFds(): string[] {
+  const out: string[] = [];
+  for (const fd of readdirSync("/proc/self/fd")) {
+    try {
+      const target = readlinkSync(`/proc/self/fd/${fd}`);
+      if (target.includes("userfaultfd") || target.startsWith("/memfd:") || target.includes("eventfd"))
+        out.push(target);
+    } catch {
+      // closed while listing
+    }
+  }
+  return out;
+}
+
+export function childPids(): number[] {
+  const out: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === process.pid)
+        out.push(Number(entry));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+export const settle = (ms = 30) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -1,0 +1,11 @@
+export {
+  buildTestPeer,
+  runTestPeer,
+  spawnTestPeer,
+  TEST_PEER_CFLAGS,
+  type TestPeerOptions,
+  type TestPeerResult,
+  testPeerArgs,
+  testPeerSource,
+  writeTestMemoryFile,
+} from "./peer.ts";

@@ -1,0 +1,132 @@
+// Builds and runs the test peer (peer/peer.c): a process that does Firecracker's side of the UFFD
+// handshake and then plays the guest, checking every byte it reads against the memory file.
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { UffdError } from "../errors.ts";
+
+const run = promisify(execFile);
+
+/** The peer's C source: shipped in the package, next to this module in src/ and at ../src/testing from dist/. */
+export const testPeerSource = (() => {
+  // ESM and the .ts sources have import.meta.url; in the CJS bundle it is undefined and __dirname is set.
+  const url: string | undefined = import.meta.url;
+  const here = typeof url === "string" ? dirname(fileURLToPath(url)) : __dirname;
+  const candidates = [join(here, "peer", "peer.c"), resolve(here, "../src/testing/peer/peer.c")];
+  return candidates.find((candidate) => existsSync(candidate)) ?? (candidates[0] as string);
+})();
+export const TEST_PEER_CFLAGS = ["-O2", "-Wall", "-pthread", "-march=x86-64"] as const;
+
+/** Compiles the peer with gcc into `outDir` (cached by a hash of source, flags and compiler). */
+export async function buildTestPeer(options: { outDir?: string } = {}): Promise<string> {
+  const outDir = options.outDir ?? join(tmpdir(), "sbx-uffd-peer-cache");
+  const source = readFileSync(testPeerSource);
+  const compiler = (await run("gcc", ["--version"]).catch(() => ({ stdout: "" }))).stdout;
+  if (!compiler)
+    throw new UffdError("INVALID_OPTIONS", "gcc is needed to build the UFFD test peer (apt install gcc)");
+  const hash = createHash("sha256")
+    .update(source)
+    .update(TEST_PEER_CFLAGS.join(" "))
+    .update(compiler)
+    .digest("hex");
+  const binary = join(outDir, `uffd-peer-${hash.slice(0, 16)}`);
+  if (existsSync(binary)) return binary;
+  mkdirSync(outDir, { recursive: true });
+  const temp = `${binary}.${process.pid}.tmp`;
+  await run("gcc", [...TEST_PEER_CFLAGS, "-o", temp, testPeerSource]);
+  renameSync(temp, binary);
+  return binary;
+}
+
+export interface TestPeerOptions {
+  binary: string;
+  socketPath: string;
+  memoryFile: string;
+  /** Bytes of guest memory (a multiple of the page size). */
+  size: number;
+  fileOffset?: number;
+  pageSize?: 4096 | 2097152;
+  backing?: "anon" | "memfd" | "hugetlb";
+  /** `none`: handshake only, then hold the connection for `holdMs`. */
+  mode?: "seq" | "random" | "write" | "none";
+  threads?: number;
+  /** 2 sends the memfd too (with `backing: "memfd"`). */
+  fds?: 0 | 1 | 2;
+  /** Adds a pipe fd to the message (a third, wrong fd). */
+  extraFd?: boolean;
+  /** Sends this body instead of the real mappings. */
+  body?: string;
+  /** madvise(MADV_DONTNEED) this byte range after the pass, then expect zeros there. */
+  remove?: { offset: number; length: number };
+  holdMs?: number;
+}
+
+export interface TestPeerResult {
+  ok: boolean;
+  touched: number;
+  mismatches?: number;
+  zeroChecked?: number;
+  zeroMismatches?: number;
+  elapsedNs?: number;
+}
+
+export function testPeerArgs(o: TestPeerOptions): string[] {
+  const args = ["--socket", o.socketPath, "--file", o.memoryFile, "--size", String(o.size)];
+  if (o.fileOffset) args.push("--file-offset", String(o.fileOffset));
+  if (o.pageSize) args.push("--page", String(o.pageSize));
+  if (o.backing) args.push("--backing", o.backing);
+  if (o.mode) args.push("--mode", o.mode);
+  if (o.threads) args.push("--threads", String(o.threads));
+  if (o.fds !== undefined) args.push("--fds", String(o.fds));
+  if (o.extraFd) args.push("--extra-fd");
+  if (o.body !== undefined) args.push("--body", o.body);
+  if (o.remove) args.push("--remove", `${o.remove.offset}:${o.remove.length}`);
+  if (o.holdMs) args.push("--hold-ms", String(o.holdMs));
+  return args;
+}
+
+/** Starts the peer; the caller owns the process. */
+export function spawnTestPeer(options: TestPeerOptions): ChildProcess {
+  return spawn(options.binary, testPeerArgs(options), { stdio: ["ignore", "pipe", "pipe"] });
+}
+
+/** Runs the peer to completion; rejects with its stderr when it fails. */
+export async function runTestPeer(
+  options: TestPeerOptions & { timeoutMs?: number },
+): Promise<TestPeerResult> {
+  const child = spawnTestPeer(options);
+  let stdout = "";
+  let stderr = "";
+  child.stdout?.on("data", (chunk: Buffer) => {
+    stdout += chunk.toString();
+  });
+  child.stderr?.on("data", (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  const timer = setTimeout(() => child.kill("SIGKILL"), options.timeoutMs ?? 60_000);
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
+    child.once("close", (c, s) => resolve([c, s])),
+  );
+  clearTimeout(timer);
+  if (code !== 0) throw new Error(`test peer failed (exit ${code}, signal ${signal}): ${stderr.trim()}`);
+  return JSON.parse(stdout.trim()) as TestPeerResult;
+}
+
+/** Writes a memory file whose every page differs (a deterministic xorshift stream). */
+export function writeTestMemoryFile(path: string, size: number, seed = 0x9e3779b9): void {
+  const words = new Uint32Array(size / 4);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < words.length; i++) {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    words[i] = x;
+  }
+  writeFileSync(path, new Uint8Array(words.buffer));
+}
