@@ -1,9 +1,11 @@
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { UffdError } from "./errors.ts";
+import { NATIVE_HELPER_TOOLCHAINS, nativeHelperSource } from "./native-helper.ts";
 import { PageFaultServer, type PageFaultServerOptions } from "./server.ts";
 import { childPids, fdCount, openSpecialFds, settle } from "./test-counts.ts";
 import {
@@ -22,8 +24,25 @@ let memoryFile: string;
 let socketPath: string;
 let before: { fds: number; special: string[]; children: number[] };
 
+// Both fault loops are tested: the pure-ffi one always, the native batch helper when gcc can build it.
+const nativeHelper = (() => {
+  const output = join(tmpdir(), `sbx-uffd-native-test-${process.pid}.so`);
+  const { compiler, flags } = NATIVE_HELPER_TOOLCHAINS.amd64;
+  try {
+    execFileSync(compiler, [...flags, "-o", output, nativeHelperSource()], { stdio: "pipe" });
+    return output;
+  } catch (error) {
+    console.log(
+      `[uffd] native-helper tests skipped: ${compiler} could not build it (${String(error).slice(0, 200)})`,
+    );
+    return undefined;
+  }
+})();
 beforeAll(async () => {
   peer = await buildTestPeer();
+});
+afterAll(() => {
+  if (nativeHelper) rmSync(nativeHelper, { force: true });
 });
 beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), "sbx-uffd-test-"));
@@ -40,7 +59,7 @@ afterEach(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function served(
+async function servedWith(
   peerOptions: Partial<TestPeerOptions>,
   serverOptions: Partial<PageFaultServerOptions> = {},
 ) {
@@ -55,10 +74,19 @@ async function served(
     ...peerOptions,
   });
   const stop = await server.stopped;
-  return { result, stop, metrics: server.metrics(), ready: await server.ready };
+  return { result, stop, metrics: server.metrics(), ready: await server.ready, codePath: server.codePath };
 }
 
-describe("the page-fault server restores memory byte-exactly", () => {
+describe.each([
+  { codePath: "pure-ffi", helper: "off" },
+  ...(nativeHelper ? [{ codePath: "native", helper: nativeHelper }] : []),
+])("the page-fault server restores memory byte-exactly ($codePath)", ({ codePath, helper }) => {
+  const served = async (peerOptions: Partial<TestPeerOptions>) => {
+    const outcome = await servedWith(peerOptions, { nativeHelper: helper });
+    expect(outcome.codePath).toBe(codePath);
+    return outcome;
+  };
+
   it("sequential reads, 4 KiB pages; stops cleanly when the peer exits; one connection only", async () => {
     const { result, stop, metrics, ready } = await served({ mode: "seq" });
     expect(result).toMatchObject({ ok: true, touched: SIZE / 4096, mismatches: 0 });
@@ -270,7 +298,7 @@ describe("the page-fault server's lifecycle", () => {
     const notSocket = new PageFaultServer({ socketPath: join(dir, "x"), memoryFile });
     await expect(notSocket.listen()).rejects.toThrow(/not a socket/);
     await notSocket.close();
-    const { result } = await served({ mode: "seq" });
+    const { result } = await servedWith({ mode: "seq" });
     expect(result.mismatches).toBe(0);
   });
 

@@ -4,10 +4,12 @@ import { chmodSync, chownSync, existsSync, lstatSync, rmSync, writeSync } from "
 import { connect } from "node:net";
 import { pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
+import { hostArch } from "@sbx/arch";
 import { z } from "zod";
 import { check, UffdError } from "./errors.ts";
 import type { GuestRegion } from "./handshake.ts";
 import { AF_UNIX, EFD_CLOEXEC, EFD_NONBLOCK, libc, SOCK_CLOEXEC, SOCK_STREAM } from "./libc.ts";
+import { resolveNativeHelper } from "./native-helper.ts";
 import { NativeMemory } from "./native-memory.ts";
 import {
   HISTOGRAM_BUCKETS,
@@ -39,6 +41,9 @@ const optionsSchema = z.strictObject({
   acceptTimeoutMs: z.number().int().positive().default(10_000),
   handshakeTimeoutMs: z.number().int().positive().default(10_000),
   signal: z.instanceof(AbortSignal).optional(),
+  /** `auto` (default): the bundled native batch helper when present, else pure ffi. `off`, or a path. */
+  nativeHelper: z.string().min(1).default("auto"),
+  arch: z.enum(["amd64", "arm64"]).optional(),
   logger: z.custom<Logger>((v) => typeof v === "object" && v !== null).optional(),
 });
 export type PageFaultServerOptions = z.input<typeof optionsSchema>;
@@ -87,6 +92,9 @@ export class PageFaultServer implements AsyncDisposable {
   /** Resolves (never rejects) when the server stopped, with why. */
   readonly stopped: Promise<PageFaultServerStop>;
 
+  /** Which fault loop runs: `native` (the batch helper) or `pure-ffi`. */
+  readonly codePath: "native" | "pure-ffi";
+  readonly #nativeHelper: string | undefined;
   readonly #options: z.output<typeof optionsSchema>;
   readonly #logger: Logger;
   readonly #resolveReady: (ready: PageFaultServerReady) => void;
@@ -109,6 +117,10 @@ export class PageFaultServer implements AsyncDisposable {
     this.#options = parsed.data;
     this.#logger = parsed.data.logger ?? silent;
     this.socketPath = parsed.data.socketPath;
+    this.#nativeHelper = resolveNativeHelper(parsed.data.nativeHelper, parsed.data.arch ?? hostArch());
+    if (this.#nativeHelper !== undefined && !existsSync(this.#nativeHelper))
+      throw new UffdError("INVALID_OPTIONS", `the native helper ${this.#nativeHelper} does not exist`);
+    this.codePath = this.#nativeHelper ? "native" : "pure-ffi";
     const ready = Promise.withResolvers<PageFaultServerReady>();
     const stopped = Promise.withResolvers<PageFaultServerStop>();
     this.ready = ready.promise;
@@ -153,6 +165,7 @@ export class PageFaultServer implements AsyncDisposable {
       acceptTimeoutMs: this.#options.acceptTimeoutMs,
       handshakeTimeoutMs: this.#options.handshakeTimeoutMs,
       expectedPeerPid: this.#options.expectedPeerPid,
+      nativeHelper: this.codePath === "native" ? this.#nativeHelper : undefined,
       metrics: { counters: this.#counters, histogram: this.#histogram },
     };
     const worker = new Worker(workerUrl, { workerData: config });

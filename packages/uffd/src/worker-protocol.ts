@@ -10,6 +10,8 @@ export interface WorkerConfig {
   acceptTimeoutMs: number;
   handshakeTimeoutMs: number;
   expectedPeerPid: number | undefined;
+  /** The native batch helper's path, or undefined for the pure-ffi path. */
+  nativeHelper: string | undefined;
   metrics: { counters: SharedArrayBuffer; histogram: SharedArrayBuffer };
 }
 

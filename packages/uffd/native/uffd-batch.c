@@ -1,0 +1,69 @@
+/*
+ * The optional native batch helper of @sbx/uffd. One ffi call serves faults until something needs the
+ * JS loop's judgement, so the pure-JS loop's three ffi calls per fault (poll, read, ioctl) become one
+ * per burst. It only answers plain page faults with UFFDIO_COPY. A batch holding anything else (a
+ * REMOVE event, a fault in a removed range or outside every region, an ioctl error) is returned to JS
+ * whole, with a status per message; the JS loop decides those. It also returns after max_faults
+ * faults (so JS checks for a wake-up and a hung-up peer) and after spin_ns without events.
+ *
+ * regions: nregions x { base, size, source address, page size }   (uint64)
+ * removed: nremoved x { start, end }                               (uint64)
+ * status:  per message of the returned batch: 0 copied, 1 already present (EEXIST), 2 for JS, or -errno
+ * stats:   { faults copied, faults already present, bytes copied }, added to (JS zeroes them)
+ * Returns the number of messages of a batch JS must look at, 0 when it returned for time or budget,
+ * or -errno when read() failed.
+ */
+#include <errno.h>
+#include <linux/userfaultfd.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+long sbx_uffd_serve_batch(int uffd, struct uffd_msg *msgs, long max_msgs, const uint64_t *regions, long nregions,
+                          const uint64_t *removed, long nremoved, int64_t *status, long spin_ns, int64_t *stats,
+                          long max_faults) {
+  long served = 0;
+  int64_t deadline = 0;
+  while (served < max_faults) {
+    ssize_t n = read(uffd, msgs, (size_t)max_msgs * sizeof *msgs);
+    if (n <= 0) {
+      if (n < 0 && errno != EAGAIN && errno != EINTR) return -errno;
+      if (spin_ns <= 0) return 0;
+      int64_t now = now_ns();
+      if (!deadline) deadline = now + spin_ns;
+      else if (now > deadline) return 0;
+      continue;
+    }
+    deadline = 0;
+    long count = n / (ssize_t)sizeof *msgs;
+    int for_js = 0;
+    for (long i = 0; i < count; i++) {
+      status[i] = 2;
+      if (msgs[i].event != UFFD_EVENT_PAGEFAULT) { for_js = 1; continue; }
+      uint64_t address = msgs[i].arg.pagefault.address;
+      const uint64_t *r = 0;
+      for (long j = 0; j < nregions; j++)
+        if (address >= regions[4 * j] && address < regions[4 * j] + regions[4 * j + 1]) { r = regions + 4 * j; break; }
+      if (!r) { for_js = 1; continue; }
+      uint64_t page = address & ~(r[3] - 1);
+      int is_removed = 0;
+      for (long j = 0; j < nremoved; j++)
+        if (page >= removed[2 * j] && page < removed[2 * j + 1]) { is_removed = 1; break; }
+      if (is_removed) { for_js = 1; continue; }
+      struct uffdio_copy copy = { .dst = page, .src = r[2] + (page - r[0]), .len = r[3], .mode = 0, .copy = 0 };
+      if (ioctl(uffd, UFFDIO_COPY, &copy) == 0) { status[i] = 0; stats[0]++; stats[2] += (int64_t)r[3]; }
+      else if (errno == EEXIST) { status[i] = 1; stats[1]++; }
+      else { status[i] = -errno; for_js = 1; }
+      served++;
+    }
+    if (for_js) return count;
+  }
+  return 0;
+}
