@@ -6,10 +6,11 @@
  * whole, with a status per message; the JS loop decides those. It also returns after max_faults
  * faults (so JS checks for a wake-up and a hung-up peer) and after spin_ns without events.
  *
- * regions: nregions x { base, size, source address, page size }   (uint64)
+ * regions: nregions x { base, size, source address, page size, memory-file offset }   (uint64)
  * removed: nremoved x { start, end }                               (uint64)
  * status:  per message of the returned batch: 0 copied, 1 already present (EEXIST), 2 for JS, or -errno
- * stats:   { faults copied, faults already present, bytes copied }, added to (JS zeroes them)
+ * stats:   { faults copied, faults already present, bytes copied, trace length }, added to (JS zeroes
+ *          them); the memory-file offset of each page copied is appended to trace[] (up to trace_cap)
  * Returns the number of messages of a batch JS must look at, 0 when it returned for time or budget,
  * or -errno when read() failed.
  */
@@ -20,6 +21,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Bumped whenever a signature below changes: the JS side refuses a helper of another version. */
+int sbx_uffd_abi_version(void) { return 2; }
+
 static int64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -28,7 +32,7 @@ static int64_t now_ns(void) {
 
 long sbx_uffd_serve_batch(int uffd, struct uffd_msg *msgs, long max_msgs, const uint64_t *regions, long nregions,
                           const uint64_t *removed, long nremoved, int64_t *status, long spin_ns, int64_t *stats,
-                          long max_faults) {
+                          long max_faults, int64_t *trace, long trace_cap) {
   long served = 0;
   int64_t deadline = 0;
   while (served < max_faults) {
@@ -50,7 +54,7 @@ long sbx_uffd_serve_batch(int uffd, struct uffd_msg *msgs, long max_msgs, const 
       uint64_t address = msgs[i].arg.pagefault.address;
       const uint64_t *r = 0;
       for (long j = 0; j < nregions; j++)
-        if (address >= regions[4 * j] && address < regions[4 * j] + regions[4 * j + 1]) { r = regions + 4 * j; break; }
+        if (address >= regions[5 * j] && address < regions[5 * j] + regions[5 * j + 1]) { r = regions + 5 * j; break; }
       if (!r) { for_js = 1; continue; }
       uint64_t page = address & ~(r[3] - 1);
       int is_removed = 0;
@@ -58,7 +62,12 @@ long sbx_uffd_serve_batch(int uffd, struct uffd_msg *msgs, long max_msgs, const 
         if (page >= removed[2 * j] && page < removed[2 * j + 1]) { is_removed = 1; break; }
       if (is_removed) { for_js = 1; continue; }
       struct uffdio_copy copy = { .dst = page, .src = r[2] + (page - r[0]), .len = r[3], .mode = 0, .copy = 0 };
-      if (ioctl(uffd, UFFDIO_COPY, &copy) == 0) { status[i] = 0; stats[0]++; stats[2] += (int64_t)r[3]; }
+      if (ioctl(uffd, UFFDIO_COPY, &copy) == 0) {
+        status[i] = 0;
+        stats[0]++;
+        stats[2] += (int64_t)r[3];
+        if (stats[3] < trace_cap) trace[stats[3]++] = (int64_t)(r[4] + (page - r[0]));
+      }
       else if (errno == EEXIST) { status[i] = 1; stats[1]++; }
       else { status[i] = -errno; for_js = 1; }
       served++;
@@ -66,4 +75,28 @@ long sbx_uffd_serve_batch(int uffd, struct uffd_msg *msgs, long max_msgs, const 
     if (for_js) return count;
   }
   return 0;
+}
+
+/*
+ * Writes `count` ranges { offset, length } (uint64 pairs) from memory mapped at `base` into `fd` at the
+ * same offsets, looping on short writes. One ffi call for many scattered pages: calling pwrite once per
+ * 4 KiB page from JS costs more than the copy. Returns bytes written, or -errno.
+ */
+long long sbx_pwrite_ranges(int fd, const uint8_t *base, const uint64_t *ranges, long count) {
+  long long total = 0;
+  for (long i = 0; i < count; i++) {
+    uint64_t offset = ranges[2 * i], length = ranges[2 * i + 1];
+    while (length > 0) {
+      ssize_t n = pwrite(fd, base + offset, length, (off_t)offset);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return -errno;
+      }
+      if (n == 0) return -EIO;
+      offset += (uint64_t)n;
+      length -= (uint64_t)n;
+      total += n;
+    }
+  }
+  return total;
 }

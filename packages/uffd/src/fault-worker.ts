@@ -2,17 +2,35 @@
 // serve faults until woken, until the peer hangs up, or until a fault cannot be served. Blocking in
 // poll() here never blocks the caller's event loop. The worker owns every fd it accepts or receives
 // and closes them all before it reports that it stopped, so the main thread never races it on an fd.
-import { closeSync, fstatSync, openSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readFileSync } from "node:fs";
 import { parentPort, workerData } from "node:worker_threads";
 import { DataType, load, open } from "ffi-rs";
 import { check, UffdError } from "./errors.ts";
-import { fdKind, type GuestRegion, parseHandshake } from "./handshake.ts";
-import { PAGE_2M, UFFD_EVENT_PAGEFAULT, UFFD_EVENT_REMOVE, UFFDIO_COPY, UFFDIO_ZEROPAGE } from "./kernel.ts";
+import { type GuestRegion, type Handshake, parseHandshake } from "./handshake.ts";
+import {
+  PAGE_2M,
+  PAGE_4K,
+  UFFD_EVENT_PAGEFAULT,
+  UFFD_EVENT_REMOVE,
+  UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
+  UFFD_PAGEFAULT_FLAG_WP,
+  UFFD_PAGEFAULT_FLAG_WRITE,
+  UFFDIO_COPY,
+  UFFDIO_COPY_MODE_WP,
+  UFFDIO_REGISTER,
+  UFFDIO_REGISTER_MODE_MISSING,
+  UFFDIO_REGISTER_MODE_WP,
+  UFFDIO_WRITEPROTECT,
+  UFFDIO_ZEROPAGE,
+} from "./kernel.ts";
 import {
   EAGAIN,
   EEXIST,
   EINTR,
+  ENOENT,
+  ENXIO,
   ESRCH,
+  F_DUPFD_CLOEXEC,
   libc,
   MAP_PRIVATE,
   POLLERR,
@@ -20,10 +38,13 @@ import {
   POLLIN,
   POLLNVAL,
   PROT_READ,
+  SEEK_DATA,
+  SEEK_HOLE,
   SO_PEERCRED,
   SOCK_CLOEXEC,
   SOL_SOCKET,
 } from "./libc.ts";
+import { NATIVE_HELPER_ABI } from "./native-helper.ts";
 import { NativeMemory } from "./native-memory.ts";
 import { recvWithFds } from "./scm-rights.ts";
 import { METRIC, type WorkerConfig, type WorkerMessage } from "./worker-protocol.ts";
@@ -32,6 +53,9 @@ const config = workerData as WorkerConfig;
 const port = parentPort!;
 const counters = new Float64Array(config.metrics.counters);
 const histogram = new Int32Array(config.metrics.histogram);
+const dirty = new Uint8Array(config.metrics.dirty);
+const trace = new Float64Array(config.metrics.trace);
+const traceCount = new Int32Array(config.metrics.traceCount);
 
 const post = (message: WorkerMessage) => port.postMessage(message);
 const owned = new Set<number>();
@@ -45,6 +69,8 @@ const UCRED = 64;
 const SOCKLEN = 80;
 const COPY = 128;
 const ZERO = 192;
+const WP = 256;
+const REGISTER = 320;
 const DRAIN = 4096;
 const EVENTS = 8192;
 const EVENT_SIZE = 32;
@@ -55,8 +81,6 @@ type StopReason = "closed" | "peer-exited";
 // How long the native helper spins on an empty userfaultfd before the loop falls back to poll(): a
 // fault arriving within it costs no poll and no wake-up (the C baseline spins the same way).
 const SPIN_NS = 200_000;
-// The batch's read() is not timed per fault; a nominal cost keeps the histogram honest.
-const BATCH_READ_NS = 1_000;
 const REMOVED_CAPACITY = 8192;
 // Empty non-blocking reads the pure-ffi loop tries (~3 µs each) before it blocks in poll().
 const SPIN_READS = 16;
@@ -72,28 +96,50 @@ interface NativeHelper {
 }
 
 /** Loads native/uffd-batch.c's shared library and lays out its regions, removed ranges and statuses. */
-function loadNativeHelper(path: string, regions: GuestRegion[], memoryAddress: number): NativeHelper {
+function loadNativeHelper(
+  path: string,
+  regions: GuestRegion[],
+  memoryAddress: number,
+  recordTrace: (offset: number) => void,
+): NativeHelper {
   const library = "sbx-uffd-batch";
   open({ library, path });
-  const memory = new NativeMemory(regions.length * 32 + REMOVED_CAPACITY * 16 + MAX_EVENTS * 8 + 32);
+  const abi = load({
+    library,
+    funcName: "sbx_uffd_abi_version",
+    retType: DataType.I32,
+    paramsType: [],
+    paramsValue: [],
+  });
+  if (abi !== NATIVE_HELPER_ABI)
+    throw new UffdError(
+      "INVALID_OPTIONS",
+      `native helper ${path} has ABI ${abi}, this version needs ${NATIVE_HELPER_ABI}: rebuild it`,
+    );
+  const memory = new NativeMemory(
+    regions.length * 40 + REMOVED_CAPACITY * 16 + MAX_EVENTS * 8 + 32 + MAX_FAULTS_PER_CALL * 8,
+  );
   cleanups.push(() => memory.free());
   const regionsAt = 0;
-  const removedAt = regions.length * 32;
+  const removedAt = regions.length * 40;
   const statusAt = removedAt + REMOVED_CAPACITY * 16;
   const statsAt = statusAt + MAX_EVENTS * 8;
+  const traceAt = statsAt + 32;
   regions.forEach((region, i) => {
-    memory.setU64(regionsAt + i * 32, region.base);
-    memory.setU64(regionsAt + i * 32 + 8, region.size);
-    memory.setU64(regionsAt + i * 32 + 16, memoryAddress + region.offset);
-    memory.setU64(regionsAt + i * 32 + 24, region.pageSize);
+    memory.setU64(regionsAt + i * 40, region.base);
+    memory.setU64(regionsAt + i * 40 + 8, region.size);
+    memory.setU64(regionsAt + i * 40 + 16, memoryAddress + region.offset);
+    memory.setU64(regionsAt + i * 40 + 24, region.pageSize);
+    memory.setU64(regionsAt + i * 40 + 32, region.offset);
   });
   let removedCount = 0;
   const params = {
     library,
     funcName: "sbx_uffd_serve_batch",
     retType: DataType.I64,
-    // (uffd, msgs, max_msgs, regions, nregions, removed, nremoved, status, spin_ns, stats, max_faults)
-    paramsType: [DataType.I32, ...new Array<DataType>(10).fill(DataType.I64)],
+    // (uffd, msgs, max_msgs, regions, nregions, removed, nremoved, status, spin_ns, stats, max_faults,
+    //  trace, trace_cap)
+    paramsType: [DataType.I32, ...new Array<DataType>(12).fill(DataType.I64)],
     paramsValue: [
       0,
       0,
@@ -105,6 +151,8 @@ function loadNativeHelper(path: string, regions: GuestRegion[], memoryAddress: n
       memory.address + statusAt,
       0,
       memory.address + statsAt,
+      MAX_FAULTS_PER_CALL,
+      memory.address + traceAt,
       MAX_FAULTS_PER_CALL,
     ],
   };
@@ -126,7 +174,9 @@ function loadNativeHelper(path: string, regions: GuestRegion[], memoryAddress: n
         present: memory.u64(statsAt + 8),
         bytes: memory.u64(statsAt + 16),
       };
-      memory.bytes.fill(0, statsAt, statsAt + 24);
+      const traced = memory.u64(statsAt + 24);
+      for (let i = 0; i < traced; i++) recordTrace(memory.u64(traceAt + i * 8));
+      memory.bytes.fill(0, statsAt, statsAt + 32);
       return stats;
     },
     addRemoved(start, end) {
@@ -180,23 +230,86 @@ function peerPid(connection: number): number {
   return scratch.view.getInt32(UCRED, true);
 }
 
-function mapMemoryFile(): { address: number; size: number } {
-  let fd: number;
-  try {
-    fd = openSync(config.memoryFile, "r");
-  } catch (cause) {
-    throw new UffdError("MEMORY_FILE_INVALID", `cannot open the memory file ${config.memoryFile}`, { cause });
+interface Layers {
+  /** The base layer's size: every region must lie inside it. */
+  size: number;
+  count: number;
+  /** Where the bytes of memory-file offset `offset` are mapped, from the newest layer that has them. */
+  sourceFor(offset: number): number;
+}
+
+/**
+ * Maps the layer stack: the base (a full memory file), then diffs, newest last. A diff has a page when
+ * its ranges (or, without them, its data extents: SEEK_DATA/SEEK_HOLE) cover it; a hole inherits from
+ * the layer below, never zero.
+ */
+function mapLayers(): Layers {
+  const addresses: number[] = [];
+  let table: Uint8Array | undefined;
+  let baseSize = 0;
+  config.layers.forEach((layer, index) => {
+    let fd: number;
+    try {
+      fd = openSync(layer.path, "r");
+    } catch (cause) {
+      throw new UffdError("MEMORY_FILE_INVALID", `cannot open memory layer ${layer.path}`, { cause });
+    }
+    try {
+      const size = fstatSync(fd).size;
+      if (size === 0) throw new UffdError("MEMORY_FILE_INVALID", `memory layer ${layer.path} is empty`);
+      const address = check(`mmap(${layer.path})`, libc.mmap(0, size, PROT_READ, MAP_PRIVATE, fd, 0));
+      cleanups.push(() => libc.munmap(address, size));
+      addresses.push(address);
+      if (index === 0) {
+        baseSize = size;
+        return;
+      }
+      if (index > 255) throw new UffdError("INVALID_OPTIONS", "at most 256 memory layers");
+      table ??= new Uint8Array(Math.ceil(baseSize / PAGE_4K));
+      const ranges = layer.ranges ?? dataExtents(fd, size);
+      for (const range of ranges) {
+        if (range.offset % PAGE_4K || range.length % PAGE_4K || range.offset + range.length > size)
+          throw new UffdError(
+            "MEMORY_FILE_INVALID",
+            `layer ${layer.path}: range ${range.offset}+${range.length} is unaligned or past its ${size} bytes`,
+          );
+        table.fill(
+          index,
+          range.offset / PAGE_4K,
+          Math.min(table.length, (range.offset + range.length) / PAGE_4K),
+        );
+      }
+    } finally {
+      closeSync(fd); // the mapping keeps the file alive
+    }
+  });
+  const base = addresses[0] as number;
+  return {
+    size: baseSize,
+    count: addresses.length,
+    sourceFor: table
+      ? (offset) => (addresses[table![Math.floor(offset / PAGE_4K)] ?? 0] as number) + offset
+      : (offset) => base + offset,
+  };
+}
+
+/** The data extents of a sparse file, page-aligned (what a Diff snapshot wrote). */
+function dataExtents(fd: number, size: number): { offset: number; length: number }[] {
+  const extents: { offset: number; length: number }[] = [];
+  let position = 0;
+  while (position < size) {
+    const data = libc.lseek(fd, position, SEEK_DATA);
+    if (data.value < 0) {
+      if (data.errno === ENXIO) break; // no more data
+      check("lseek(SEEK_DATA)", data);
+    }
+    const hole = check("lseek(SEEK_HOLE)", libc.lseek(fd, data.value, SEEK_HOLE));
+    const start = data.value - (data.value % PAGE_4K);
+    const end = Math.min(size, Math.ceil(hole / PAGE_4K) * PAGE_4K);
+    extents.push({ offset: start, length: end - start });
+    position = hole;
   }
-  try {
-    const size = fstatSync(fd).size;
-    if (size === 0)
-      throw new UffdError("MEMORY_FILE_INVALID", `the memory file ${config.memoryFile} is empty`);
-    const address = check("mmap(memory file)", libc.mmap(0, size, PROT_READ, MAP_PRIVATE, fd, 0));
-    cleanups.push(() => libc.munmap(address, size));
-    return { address, size };
-  } finally {
-    closeSync(fd); // the mapping keeps the file alive
-  }
+  return extents;
 }
 
 /** Serves faults until woken or until the peer goes away. */
@@ -204,11 +317,13 @@ function serve(
   uffd: number,
   connection: number,
   regions: GuestRegion[],
-  memory: { address: number },
+  layers: Layers,
+  trackDirty: boolean,
 ): StopReason {
   const removed: [number, number][] = [];
   let onRemoveHook: ((start: number, end: number) => void) | undefined;
   let zeroHuge = 0;
+  let zeroSmall = 0;
   const view = scratch.view;
   const events = scratch.address + EVENTS;
 
@@ -223,10 +338,37 @@ function serve(
   };
   const readU64 = (at: number) => view.getUint32(at, true) + view.getUint32(at + 4, true) * 0x1_0000_0000;
 
-  /** One ioctl; the errno, or 0. The per-call result field holds -errno when the ioctl itself says 0. */
-  const copyOrZero = (region: GuestRegion, page: number): number => {
+  const fileOffsetOf = (region: GuestRegion, page: number) => region.offset + (page - region.base);
+  const markDirty = (region: GuestRegion, page: number) => {
+    const first = fileOffsetOf(region, page) / PAGE_4K;
+    dirty.fill(1, first, first + region.pageSize / PAGE_4K);
+  };
+  const zeroSource = (pageSize: number) => {
+    if (pageSize === PAGE_2M) {
+      if (!zeroHuge) {
+        const zeroed = new NativeMemory(PAGE_2M);
+        cleanups.push(() => zeroed.free());
+        zeroHuge = zeroed.address;
+      }
+      return zeroHuge;
+    }
+    if (!zeroSmall) {
+      const zeroed = new NativeMemory(PAGE_4K);
+      cleanups.push(() => zeroed.free());
+      zeroSmall = zeroed.address;
+    }
+    return zeroSmall;
+  };
+
+  /**
+   * Installs one page; the errno, or 0. With dirty tracking a page arrives write-protected unless the
+   * fault that asked for it was a write (then it is dirty already and needs no second fault).
+   */
+  const copyOrZero = (region: GuestRegion, page: number, write: boolean): number => {
     const zero = isRemoved(page);
-    if (zero && region.pageSize !== PAGE_2M) {
+    const protect = trackDirty && !write;
+    if (trackDirty && write) markDirty(region, page);
+    if (zero && region.pageSize !== PAGE_2M && !protect) {
       scratch.setU64(ZERO, page);
       scratch.setU64(ZERO + 8, region.pageSize);
       scratch.setU64(ZERO + 16, 0);
@@ -235,22 +377,12 @@ function serve(
       counters[METRIC.zeroPages] = (counters[METRIC.zeroPages] ?? 0) + (result.value === 0 ? 1 : 0);
       return result.value === 0 ? 0 : result.errno;
     }
-    let source: number;
-    if (zero) {
-      // hugetlb has no UFFDIO_ZEROPAGE: copy from a zeroed huge page instead.
-      if (!zeroHuge) {
-        const zeroed = new NativeMemory(PAGE_2M);
-        cleanups.push(() => zeroed.free());
-        zeroHuge = zeroed.address;
-      }
-      source = zeroHuge;
-    } else {
-      source = memory.address + region.offset + (page - region.base);
-    }
+    // hugetlb has no UFFDIO_ZEROPAGE, and it cannot write-protect: zeros are copied from a zeroed page.
+    const source = zero ? zeroSource(region.pageSize) : layers.sourceFor(fileOffsetOf(region, page));
     scratch.setU64(COPY, page);
     scratch.setU64(COPY + 8, source);
     scratch.setU64(COPY + 16, region.pageSize);
-    scratch.setU64(COPY + 24, 0);
+    scratch.setU64(COPY + 24, protect ? UFFDIO_COPY_MODE_WP : 0);
     scratch.setU64(COPY + 32, 0);
     const result = libc.ioctl(uffd, UFFDIO_COPY, scratch.address + COPY);
     if (result.value === 0) {
@@ -261,6 +393,53 @@ function serve(
     }
     return result.errno || -view.getInt32(COPY + 32, true);
   };
+
+  /** A write to a write-protected page: record it, then let the write through. */
+  const onWriteProtectFault = (address: number) => {
+    const region = regionOf(address);
+    if (!region) return;
+    const page = address - (address % region.pageSize);
+    markDirty(region, page);
+    scratch.setU64(WP, page);
+    scratch.setU64(WP + 8, region.pageSize);
+    scratch.setU64(WP + 16, 0); // mode 0: clear write-protection and wake the faulting thread
+    const result = libc.ioctl(uffd, UFFDIO_WRITEPROTECT, scratch.address + WP);
+    if (result.value !== 0 && result.errno !== ENOENT)
+      throw new UffdError(
+        "FAULT_FAILED",
+        `clearing write-protection at 0x${page.toString(16)} failed: errno ${result.errno}`,
+        {
+          address: page,
+          errno: result.errno,
+          syscall: "ioctl(UFFDIO_WRITEPROTECT)",
+        },
+      );
+    counters[METRIC.writeProtectFaults] = (counters[METRIC.writeProtectFaults] ?? 0) + 1;
+  };
+
+  const recordTrace = (offset: number) => {
+    const n = traceCount[0] as number;
+    if (n < trace.length) {
+      trace[n] = offset;
+      Atomics.store(traceCount, 0, n + 1);
+    }
+  };
+
+  /** Copies the pages of a prefetch list (memory-file offsets) in before the guest asks for them. */
+  const prefetch = (offsets: readonly number[]) => {
+    for (const offset of offsets) {
+      const region = regions.find((r) => offset >= r.offset && offset < r.offset + r.size);
+      if (!region) continue;
+      const page = region.base + (offset - region.offset) - ((offset - region.offset) % region.pageSize);
+      const errno = copyOrZero(region, page, false);
+      if (errno === 0) counters[METRIC.prefetched] = (counters[METRIC.prefetched] ?? 0) + 1;
+      else if (errno === ESRCH) return false;
+      else if (errno !== EEXIST && errno !== EAGAIN)
+        check("ioctl(UFFDIO_COPY) prefetch", { value: -1, errno });
+    }
+    return true;
+  };
+  if (!prefetch(config.prefetch)) return "peer-exited";
 
   const onRemove = (start: number, end: number) => {
     removed.push([start, end]);
@@ -280,13 +459,19 @@ function serve(
     for (let i = 0; i < count; i++) {
       const at = EVENTS + i * EVENT_SIZE;
       const event = view.getUint8(at);
-      if (event === UFFD_EVENT_PAGEFAULT) queued.push(readU64(at + 16));
-      else if (event === UFFD_EVENT_REMOVE) onRemove(readU64(at + 8), readU64(at + 16));
+      if (event === UFFD_EVENT_PAGEFAULT) {
+        const flags = view.getUint32(at + 8, true);
+        if (flags & UFFD_PAGEFAULT_FLAG_WP) onWriteProtectFault(readU64(at + 16));
+        else queued.push(flags & UFFD_PAGEFAULT_FLAG_WRITE ? -readU64(at + 16) : readU64(at + 16));
+      } else if (event === UFFD_EVENT_REMOVE) onRemove(readU64(at + 8), readU64(at + 16));
     }
     return count;
   };
 
-  const serveFault = (address: number) => {
+  /** `queued` holds write faults as negative addresses. */
+  const serveFault = (queuedAddress: number) => {
+    const write = queuedAddress < 0;
+    const address = Math.abs(queuedAddress);
     const region = regionOf(address);
     if (!region)
       throw new UffdError(
@@ -299,8 +484,11 @@ function serve(
     const page = address - (address % region.pageSize);
     const started = performance.now();
     for (let attempt = 0; ; attempt++) {
-      const errno = copyOrZero(region, page);
-      if (errno === 0) break;
+      const errno = copyOrZero(region, page, write);
+      if (errno === 0) {
+        recordTrace(fileOffsetOf(region, page));
+        break;
+      }
       if (errno === EEXIST) {
         counters[METRIC.eexist] = (counters[METRIC.eexist] ?? 0) + 1;
         break;
@@ -345,9 +533,10 @@ function serve(
     return undefined;
   };
 
-  const helper = config.nativeHelper
-    ? loadNativeHelper(config.nativeHelper, regions, memory.address)
-    : undefined;
+  const helper =
+    config.nativeHelper && layers.count === 1 && !trackDirty
+      ? loadNativeHelper(config.nativeHelper, regions, layers.sourceFor(0), recordTrace)
+      : undefined;
   if (helper) {
     onRemoveHook = (start, end) => helper.addRemoved(start, end);
     for (;;) {
@@ -443,15 +632,17 @@ function run(): void {
     for (const fd of message.fds) owned.add(fd);
     if (message.data.length === 0 && message.fds.length === 0)
       throw new UffdError("PEER_CLOSED", `process ${peer} closed the connection before sending its mappings`);
-    const memory = mapMemoryFile();
-    const handshake = parseHandshake(message.data, message.fds, memory.size);
-    post({
-      type: "ready",
-      peerPid: peer,
-      regions: handshake.regions,
-      memfd: handshake.memfdFd !== undefined && fdKind(handshake.memfdFd) === "memfd",
-    });
-    stop = serve(handshake.uffdFd, connection, handshake.regions, memory);
+    const layers = mapLayers();
+    const handshake = parseHandshake(message.data, message.fds, layers.size);
+    const trackDirty = config.trackDirty && enableDirtyTracking(handshake);
+    // The caller may take the memfd (to export memory after Firecracker exits): hand over a duplicate,
+    // so the worker's own copy is closed with everything else it owns.
+    const memfdFd =
+      handshake.memfdFd === undefined
+        ? undefined
+        : check("fcntl(F_DUPFD_CLOEXEC)", libc.fcntl(handshake.memfdFd, F_DUPFD_CLOEXEC, 0));
+    post({ type: "ready", peerPid: peer, regions: handshake.regions, memfdFd, trackDirty });
+    stop = serve(handshake.uffdFd, connection, handshake.regions, layers, trackDirty);
   } catch (error) {
     const e =
       error instanceof UffdError ? error : new UffdError("SYSCALL_FAILED", String(error), { cause: error });
@@ -466,6 +657,47 @@ function run(): void {
   }
   release();
   post({ type: "stopped", reason: stop, peerPid: peer });
+}
+
+/**
+ * Registers the regions for write-protect faults too, through the received fd (UFFDIO_REGISTER acts on
+ * the mm of the process that created the userfaultfd). False, with one warning, where it cannot work:
+ * the caller then falls back to Firecracker's own Diff snapshot.
+ */
+function enableDirtyTracking(handshake: Handshake): boolean {
+  const backing =
+    handshake.memfdFd !== undefined
+      ? "shmem"
+      : handshake.regions.some((r) => r.pageSize === PAGE_2M)
+        ? "hugetlb"
+        : "anonymous";
+  const warn = (why: string) => {
+    post({
+      type: "warning",
+      message: `dirty tracking disabled: ${why}; use Firecracker's Diff snapshot instead`,
+    });
+    return false;
+  };
+  if (!config.writeProtect[backing])
+    return warn(`this arch and kernel cannot write-protect ${backing} memory`);
+  const features = negotiatedFeatures(handshake.uffdFd);
+  if (backing !== "anonymous" && !(features & UFFD_FEATURE_WP_HUGETLBFS_SHMEM))
+    return warn(`the peer did not negotiate UFFD_FEATURE_WP_HUGETLBFS_SHMEM for ${backing} memory`);
+  for (const region of handshake.regions) {
+    scratch.setU64(REGISTER, region.base);
+    scratch.setU64(REGISTER + 8, region.size);
+    scratch.setU64(REGISTER + 16, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
+    scratch.setU64(REGISTER + 24, 0);
+    const result = libc.ioctl(handshake.uffdFd, UFFDIO_REGISTER, scratch.address + REGISTER);
+    if (result.value !== 0) return warn(`UFFDIO_REGISTER with MODE_WP failed (errno ${result.errno})`);
+  }
+  return true;
+}
+
+/** The features Firecracker negotiated, from the fd's fdinfo `API:\t<api>:<features>:<ioctls>` line. */
+function negotiatedFeatures(uffd: number): number {
+  const api = /^API:\s*([0-9a-f]+):([0-9a-f]+):/m.exec(readFileSync(`/proc/self/fdinfo/${uffd}`, "utf8"));
+  return api ? Number.parseInt(api[2] as string, 16) : 0;
 }
 
 function release(): void {

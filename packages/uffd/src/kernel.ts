@@ -46,6 +46,7 @@ export const UFFD_EVENT_UNMAP = 0x16;
 export const UFFD_PAGEFAULT_FLAG_WRITE = 1 << 0;
 export const UFFD_PAGEFAULT_FLAG_WP = 1 << 1;
 export const UFFD_FEATURE_EVENT_REMOVE = 1 << 3;
+export const UFFD_FEATURE_WP_HUGETLBFS_SHMEM = 1 << 12;
 export const UFFDIO_REGISTER_MODE_MISSING = 1 << 0;
 export const UFFDIO_REGISTER_MODE_WP = 1 << 1;
 export const UFFDIO_COPY_MODE_DONTWAKE = 1 << 0;

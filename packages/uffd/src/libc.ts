@@ -59,6 +59,7 @@ export const libc = {
   ftruncate: declare("ftruncate", I32, [I32, I64]),
   copyFileRange: declare("copy_file_range", I64, [I32, I64, I32, I64, I64, I32]),
   fcntl: declare("fcntl", I32, [I32, I32, I32]),
+  lseek: declare("lseek", I64, [I32, I64, I32]),
   eventfd: declare("eventfd", I32, [I32, I32]),
   syscall3: declare("syscall", I64, [I64, I64, I64, I64]),
 };
@@ -83,6 +84,7 @@ export function nativeView(address: number, length: number): Buffer {
 // <sys/mman.h>
 export const PROT_READ = 0x1;
 export const PROT_WRITE = 0x2;
+export const MAP_SHARED = 0x01;
 export const MAP_PRIVATE = 0x02;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_FAILED = -1;
@@ -104,13 +106,27 @@ export const POLLNVAL = 0x20;
 export const O_CLOEXEC = 0o2000000;
 export const O_NONBLOCK = 0o4000;
 export const F_GETFD = 1;
+export const F_DUPFD_CLOEXEC = 1030;
+export const F_ADD_SEALS = 1033;
+export const F_GET_SEALS = 1034;
+export const F_SEAL_SEAL = 0x1;
+export const F_SEAL_SHRINK = 0x2;
+export const F_SEAL_GROW = 0x4;
+export const F_SEAL_WRITE = 0x8;
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+export const ENXIO = 6;
 export const FD_CLOEXEC = 1;
 export const EFD_CLOEXEC = O_CLOEXEC;
 export const EFD_NONBLOCK = O_NONBLOCK;
 // <asm-generic/errno-base.h>, <asm-generic/errno.h>
 export const EINTR = 4;
 export const ESRCH = 3;
+export const ENOENT = 2;
 export const EAGAIN = 11;
 export const ENOMEM = 12;
 export const EEXIST = 17;
 export const EINVAL = 22;
+export const EXDEV = 18;
+export const ENOSYS = 38;
+export const EOPNOTSUPP = 95;

@@ -14,7 +14,7 @@ function control(messages: { level?: number; type?: number; fds: number[]; lengt
     b.writeBigUInt64LE(BigInt(length), 0);
     b.writeInt32LE(m.level ?? 1, 8);
     b.writeInt32LE(m.type ?? 1, 12);
-    m.fds.forEach((fd, i) => b.writeInt32LE(fd, 16 + 4 * i));
+    for (const [i, fd] of m.fds.entries()) b.writeInt32LE(fd, 16 + 4 * i);
     parts.push(b);
   }
   return new Uint8Array(Buffer.concat(parts));

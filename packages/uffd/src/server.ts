@@ -1,14 +1,15 @@
 // The page-fault server that restores a snapshot's memory: Firecracker connects once, hands over its
 // userfaultfd, and every page the guest touches is copied in from the memory file by a worker thread.
-import { chmodSync, chownSync, existsSync, lstatSync, rmSync, writeSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, lstatSync, rmSync, statSync, writeSync } from "node:fs";
 import { connect } from "node:net";
 import { pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
-import { hostArch } from "@sbx/arch";
+import { hostArch, hostKernelRelease, uffdWriteProtectSupported } from "@sbx/arch";
 import { z } from "zod";
 import { check, UffdError } from "./errors.ts";
 import type { GuestRegion } from "./handshake.ts";
 import { AF_UNIX, EFD_CLOEXEC, EFD_NONBLOCK, libc, SOCK_CLOEXEC, SOCK_STREAM } from "./libc.ts";
+import { Memfd } from "./memfd.ts";
 import { resolveNativeHelper } from "./native-helper.ts";
 import { NativeMemory } from "./native-memory.ts";
 import {
@@ -33,7 +34,27 @@ const optionsSchema = z.strictObject({
     .string()
     .min(1)
     .refine((p) => Buffer.byteLength(p) <= 107, "a Unix socket path holds at most 107 bytes"),
-  memoryFile: z.string().min(1),
+  /** The snapshot's memory file; or `layers`. */
+  memoryFile: z.string().min(1).optional(),
+  /** A layer stack: the full memory file first, then diffs (newest last), each with its ranges or sparse. */
+  layers: z
+    .array(
+      z.strictObject({
+        path: z.string().min(1),
+        ranges: z
+          .array(
+            z.strictObject({ offset: z.number().int().nonnegative(), length: z.number().int().positive() }),
+          )
+          .optional(),
+      }),
+    )
+    .min(1)
+    .max(256)
+    .optional(),
+  /** Memory-file offsets to copy in before the first fault (for example an earlier `faultTrace()`). */
+  prefetch: z.array(z.number().int().nonnegative()).default([]),
+  /** Record the pages the guest writes after the restore (write-protect faults); see `dirtyPages()`. */
+  trackDirty: z.boolean().default(false),
   owner: z
     .strictObject({ uid: z.number().int().nonnegative(), gid: z.number().int().nonnegative() })
     .optional(),
@@ -48,11 +69,18 @@ const optionsSchema = z.strictObject({
 });
 export type PageFaultServerOptions = z.input<typeof optionsSchema>;
 
+export interface ByteRange {
+  offset: number;
+  length: number;
+}
+
 export interface PageFaultServerReady {
   peerPid: number;
   regions: GuestRegion[];
-  /** Whether the peer sent a memfd with its userfaultfd. */
+  /** Whether the peer sent a memfd with its userfaultfd (see `takeMemfd()`). */
   memfd: boolean;
+  /** Whether dirty pages are being recorded (asked for, and possible here). */
+  trackDirty: boolean;
 }
 
 export interface PageFaultServerStop {
@@ -71,6 +99,8 @@ export interface PageFaultMetrics {
   bytes: number;
   eagainRetries: number;
   eexist: number;
+  prefetched: number;
+  writeProtectFaults: number;
   /** Service time per fault (event read to page installed), from a log2 histogram: upper bounds. */
   latencyP50Us: number;
   latencyP99Us: number;
@@ -96,6 +126,12 @@ export class PageFaultServer implements AsyncDisposable {
   readonly codePath: "native" | "pure-ffi";
   readonly #nativeHelper: string | undefined;
   readonly #options: z.output<typeof optionsSchema>;
+  readonly #layers: { path: string; ranges?: ByteRange[] | undefined }[];
+  #dirty = new SharedArrayBuffer(0);
+  #trace = new SharedArrayBuffer(0);
+  readonly #traceCount = new SharedArrayBuffer(4);
+  #memfdFd: number | undefined;
+  readonly warnings: string[] = [];
   readonly #logger: Logger;
   readonly #resolveReady: (ready: PageFaultServerReady) => void;
   readonly #rejectReady: (error: UffdError) => void;
@@ -117,10 +153,16 @@ export class PageFaultServer implements AsyncDisposable {
     this.#options = parsed.data;
     this.#logger = parsed.data.logger ?? silent;
     this.socketPath = parsed.data.socketPath;
+    if ((parsed.data.memoryFile === undefined) === (parsed.data.layers === undefined))
+      throw new UffdError("INVALID_OPTIONS", "PageFaultServer: give exactly one of memoryFile and layers");
+    this.#layers = parsed.data.layers ?? [{ path: parsed.data.memoryFile as string }];
     this.#nativeHelper = resolveNativeHelper(parsed.data.nativeHelper, parsed.data.arch ?? hostArch());
     if (this.#nativeHelper !== undefined && !existsSync(this.#nativeHelper))
       throw new UffdError("INVALID_OPTIONS", `the native helper ${this.#nativeHelper} does not exist`);
-    this.codePath = this.#nativeHelper ? "native" : "pure-ffi";
+    // The helper copies from one memory file without write-protection: layers and dirty tracking need
+    // the JS loop's per-page decisions.
+    this.codePath =
+      this.#nativeHelper && this.#layers.length === 1 && !parsed.data.trackDirty ? "native" : "pure-ffi";
     const ready = Promise.withResolvers<PageFaultServerReady>();
     const stopped = Promise.withResolvers<PageFaultServerStop>();
     this.ready = ready.promise;
@@ -157,16 +199,42 @@ export class PageFaultServer implements AsyncDisposable {
       this.#releaseMainFds();
       throw error;
     }
+    let baseSize: number;
+    try {
+      baseSize = statSync(this.#layers[0]!.path).size;
+    } catch (cause) {
+      this.#releaseMainFds();
+      throw new UffdError("MEMORY_FILE_INVALID", `cannot read ${this.#layers[0]!.path}`, { cause });
+    }
+    const pages = Math.ceil(baseSize / 4096);
+    this.#dirty = new SharedArrayBuffer(pages);
+    this.#trace = new SharedArrayBuffer(Math.min(pages, 1 << 20) * 8);
+    const arch = this.#options.arch ?? hostArch();
+    const release = hostKernelRelease();
+    const writeProtect = {
+      anonymous: uffdWriteProtectSupported({ arch, release, backing: "anonymous" }).supported,
+      shmem: uffdWriteProtectSupported({ arch, release, backing: "shmem" }).supported,
+      hugetlb: uffdWriteProtectSupported({ arch, release, backing: "hugetlb" }).supported,
+    };
     const config: WorkerConfig = {
       socketPath,
       listenFd: this.#listenFd,
       wakeFd: this.#wakeFd,
-      memoryFile: this.#options.memoryFile,
+      layers: this.#layers,
+      prefetch: this.#options.prefetch,
+      trackDirty: this.#options.trackDirty,
+      writeProtect,
       acceptTimeoutMs: this.#options.acceptTimeoutMs,
       handshakeTimeoutMs: this.#options.handshakeTimeoutMs,
       expectedPeerPid: this.#options.expectedPeerPid,
       nativeHelper: this.codePath === "native" ? this.#nativeHelper : undefined,
-      metrics: { counters: this.#counters, histogram: this.#histogram },
+      metrics: {
+        counters: this.#counters,
+        histogram: this.#histogram,
+        dirty: this.#dirty,
+        trace: this.#trace,
+        traceCount: this.#traceCount,
+      },
     };
     const worker = new Worker(workerUrl, { workerData: config });
     this.#worker = worker;
@@ -214,9 +282,40 @@ export class PageFaultServer implements AsyncDisposable {
       bytes: counters[METRIC.bytes] ?? 0,
       eagainRetries: counters[METRIC.eagain] ?? 0,
       eexist: counters[METRIC.eexist] ?? 0,
+      prefetched: counters[METRIC.prefetched] ?? 0,
+      writeProtectFaults: counters[METRIC.writeProtectFaults] ?? 0,
       latencyP50Us: percentile(0.5),
       latencyP99Us: percentile(0.99),
     };
+  }
+
+  /** Memory-file ranges the guest wrote since the restore (with `trackDirty`), merged, in order. */
+  dirtyPages(): ByteRange[] {
+    const dirty = new Uint8Array(this.#dirty);
+    const ranges: ByteRange[] = [];
+    for (let page = 0; page < dirty.length; page++) {
+      if (!Atomics.load(dirty, page)) continue;
+      const last = ranges.at(-1);
+      if (last && last.offset + last.length === page * 4096) last.length += 4096;
+      else ranges.push({ offset: page * 4096, length: 4096 });
+    }
+    return ranges;
+  }
+
+  /** Memory-file offsets of the missing-page faults served, in order: a prefetch list for next time. */
+  faultTrace(): number[] {
+    const count = Atomics.load(new Int32Array(this.#traceCount), 0);
+    return Array.from(new Float64Array(this.#trace, 0, count));
+  }
+
+  /**
+   * The guest memory memfd the peer sent, now owned by the caller (export memory with it after
+   * Firecracker exits); undefined when the peer sent none or it was already taken.
+   */
+  takeMemfd(): Memfd | undefined {
+    const fd = this.#memfdFd;
+    this.#memfdFd = undefined;
+    return fd === undefined ? undefined : Memfd.fromFd(fd);
   }
 
   /** Wakes the fault loop, waits for it to exit (it closes what it owns), then closes the rest. */
@@ -250,7 +349,16 @@ export class PageFaultServer implements AsyncDisposable {
       this.#closeListener();
     } else if (message.type === "ready") {
       this.#logger.info({ peerPid: message.peerPid, regions: message.regions.length }, "handshake accepted");
-      this.#resolveReady({ peerPid: message.peerPid, regions: message.regions, memfd: message.memfd });
+      this.#memfdFd = message.memfdFd;
+      this.#resolveReady({
+        peerPid: message.peerPid,
+        regions: message.regions,
+        memfd: message.memfdFd !== undefined,
+        trackDirty: message.trackDirty,
+      });
+    } else if (message.type === "warning") {
+      this.warnings.push(message.message);
+      this.#logger.warn({}, message.message);
     } else {
       this.#closeListener(); // the worker is done with it, whatever happened
       const error = message.error
@@ -287,6 +395,8 @@ export class PageFaultServer implements AsyncDisposable {
 
   #releaseMainFds(): void {
     this.#closeListener();
+    if (this.#memfdFd !== undefined) libc.close(this.#memfdFd);
+    this.#memfdFd = undefined;
     if (this.#wakeFd >= 0) libc.close(this.#wakeFd);
     this.#wakeFd = -1;
   }

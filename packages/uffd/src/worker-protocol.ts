@@ -6,20 +6,41 @@ export interface WorkerConfig {
   socketPath: string;
   listenFd: number;
   wakeFd: number;
-  memoryFile: string;
+  /** The memory layers, base first; a diff layer's `ranges` say which pages it has (else its data extents). */
+  layers: { path: string; ranges?: { offset: number; length: number }[] | undefined }[];
+  /** Memory-file offsets to copy in before the first fault. */
+  prefetch: number[];
+  trackDirty: boolean;
+  /** What @sbx/arch says this arch and kernel can write-protect, per kind of guest memory. */
+  writeProtect: { anonymous: boolean; shmem: boolean; hugetlb: boolean };
   acceptTimeoutMs: number;
   handshakeTimeoutMs: number;
   expectedPeerPid: number | undefined;
   /** The native batch helper's path, or undefined for the pure-ffi path. */
   nativeHelper: string | undefined;
-  metrics: { counters: SharedArrayBuffer; histogram: SharedArrayBuffer };
+  metrics: {
+    counters: SharedArrayBuffer;
+    histogram: SharedArrayBuffer;
+    /** One byte per 4 KiB of the memory file: 1 when written since the restore. */
+    dirty: SharedArrayBuffer;
+    /** Memory-file offsets of served missing-page faults, in order, and how many there are. */
+    trace: SharedArrayBuffer;
+    traceCount: SharedArrayBuffer;
+  };
 }
 
 export type StopReason = "closed" | "peer-exited" | "error";
 
 export type WorkerMessage =
   | { type: "accepted" }
-  | { type: "ready"; peerPid: number; regions: GuestRegion[]; memfd: boolean }
+  | {
+      type: "ready";
+      peerPid: number;
+      regions: GuestRegion[];
+      memfdFd: number | undefined;
+      trackDirty: boolean;
+    }
+  | { type: "warning"; message: string }
   | {
       type: "stopped";
       reason: StopReason;
@@ -42,7 +63,9 @@ export const METRIC = {
   bytes: 4,
   eagain: 5,
   eexist: 6,
+  prefetched: 7,
+  writeProtectFaults: 8,
 } as const;
-export const METRIC_SLOTS = 7;
+export const METRIC_SLOTS = 9;
 /** Latency histogram: bucket i counts faults served in (2^(i-1), 2^i] ns. */
 export const HISTOGRAM_BUCKETS = 40;

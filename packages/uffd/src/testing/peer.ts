@@ -63,6 +63,8 @@ export interface TestPeerOptions {
   /** madvise(MADV_DONTNEED) this byte range after the pass, then expect zeros there. */
   remove?: { offset: number; length: number };
   holdMs?: number;
+  /** After the pass, write 0xEE to byte 0 of these pages (indexes in the region). */
+  writePages?: number[];
 }
 
 export interface TestPeerResult {
@@ -71,6 +73,7 @@ export interface TestPeerResult {
   mismatches?: number;
   zeroChecked?: number;
   zeroMismatches?: number;
+  written?: number;
   elapsedNs?: number;
 }
 
@@ -86,6 +89,7 @@ export function testPeerArgs(o: TestPeerOptions): string[] {
   if (o.body !== undefined) args.push("--body", o.body);
   if (o.remove) args.push("--remove", `${o.remove.offset}:${o.remove.length}`);
   if (o.holdMs) args.push("--hold-ms", String(o.holdMs));
+  if (o.writePages?.length) args.push("--write-pages", o.writePages.join(","));
   return args;
 }
 

@@ -27,6 +27,7 @@
 static const char *socket_path, *file_path, *mode = "seq", *backing = "anon", *body_override;
 static size_t size, page = 4096, file_offset, remove_off, remove_len;
 static int threads = 1, fds_to_send = 1, extra_fd, hold_ms;
+static const char *write_pages; /* comma-separated page indexes written with 0xEE at byte 0 after the pass */
 static uint8_t *mem, *file;
 static volatile long mismatches, touched;
 
@@ -77,6 +78,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--extra-fd")) extra_fd = 1;
     else if (!strcmp(a, "--body")) body_override = v, i++;
     else if (!strcmp(a, "--hold-ms")) hold_ms = atoi(v), i++;
+    else if (!strcmp(a, "--write-pages")) write_pages = v, i++;
     else if (!strcmp(a, "--remove")) { remove_off = strtoull(v, 0, 0); remove_len = strtoull(strchr(v, ':') + 1, 0, 0); i++; }
     else { fprintf(stderr, "peer: unknown argument %s\n", a); return 2; }
   }
@@ -153,6 +155,15 @@ int main(int argc, char **argv) {
   for (int t = 0; t < threads; t++) pthread_join(tids[t], 0);
   uint64_t elapsed = now_ns() - start;
 
+  long written = 0;
+  if (write_pages) {
+    for (const char *at = write_pages; *at;) {
+      size_t p = strtoull(at, (char **)&at, 10);
+      if (p < pages) { mem[p * page] = 0xEE; written++; }
+      if (*at == ',') at++;
+      else if (*at) break;
+    }
+  }
   long zero_mismatches = 0, zero_checked = 0;
   if (remove_len) {
     if (madvise(mem + remove_off, remove_len, MADV_DONTNEED)) die("madvise");
@@ -162,7 +173,7 @@ int main(int argc, char **argv) {
     }
   }
   if (hold_ms) usleep(hold_ms * 1000);
-  printf("{\"ok\":true,\"touched\":%ld,\"mismatches\":%ld,\"zeroChecked\":%ld,\"zeroMismatches\":%ld,\"elapsedNs\":%lu}\n",
-         touched, mismatches, zero_checked, zero_mismatches, (unsigned long)elapsed);
+  printf("{\"ok\":true,\"touched\":%ld,\"mismatches\":%ld,\"zeroChecked\":%ld,\"zeroMismatches\":%ld,\"written\":%ld,\"elapsedNs\":%lu}\n",
+         touched, mismatches, zero_checked, zero_mismatches, written, (unsigned long)elapsed);
   return 0;
 }
