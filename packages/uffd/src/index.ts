@@ -8,6 +8,21 @@ export {
   parseHandshake,
 } from "./handshake.ts";
 export * as kernel from "./kernel.ts";
+export {
+  type ByteRange,
+  createMemfd,
+  type ExportResult,
+  exportRanges,
+  Memfd,
+  type MemfdSeal,
+} from "./memfd.ts";
+export {
+  buildNativeHelper,
+  bundledNativeHelperPath,
+  NATIVE_HELPER_ABI,
+  NATIVE_HELPER_TOOLCHAINS,
+  resolveNativeHelper,
+} from "./native-helper.ts";
 export { parseScmRights, type ReceivedMessage, receivedFdsOf, recvWithFds } from "./scm-rights.ts";
 export {
   type Logger,

@@ -102,3 +102,95 @@ describe.skipIf(skipReason !== undefined)(
     });
   },
 );
+
+describe.skipIf(skipReason !== undefined)(
+  `a real Firecracker Diff snapshot restored from the layer stack${skipReason ? ` (skipped: ${skipReason})` : ""}`,
+  () => {
+    let dir: string;
+    let guest: string;
+    beforeAll(async () => {
+      dir = await mkdtemp(join(tmpdir(), "sbx-uffd-diff-"));
+      guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
+    });
+    afterAll(async () => {
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    it("template → restore (uffd) → run → Diff snapshot → restore from template + diff: the checksum continues", async () => {
+      const path = (name: string) => join(dir, name);
+      {
+        await using fc = await launchFirecracker({
+          binary: firecrackerBin!,
+          id: "sbx-diff-0",
+          logPath: path("fc0.log"),
+        });
+        await configureAndStart(fc.client, {
+          "boot-source": { kernel_image_path: guest, boot_args: "console=ttyS0" },
+          "machine-config": { vcpu_count: 1, mem_size_mib: 128, track_dirty_pages: true },
+        });
+        await fc.waitForConsole(/^SBX-GUEST iter=([2-9]|\d\d+) /, { timeoutMs: 20_000 });
+        await fc.client.patchVm({ state: "Paused" });
+        await fc.client.createSnapshot({
+          snapshot_type: "Full",
+          snapshot_path: path("vmstate0"),
+          mem_file_path: path("mem0"),
+        });
+      }
+
+      let iterationAtDiff: number;
+      {
+        await using server = new PageFaultServer({ socketPath: path("u1.sock"), memoryFile: path("mem0") });
+        await server.listen();
+        await using fc = await launchFirecracker({
+          binary: firecrackerBin!,
+          id: "sbx-diff-1",
+          logPath: path("fc1.log"),
+        });
+        const since = fc.console.position;
+        await fc.client.loadSnapshot({
+          snapshot_path: path("vmstate0"),
+          mem_backend: { backend_type: "Uffd", backend_path: server.socketPath },
+          track_dirty_pages: true,
+          resume_vm: true,
+        });
+        const first = await fc.waitForConsole(/^SBX-GUEST iter=\d+ /, { timeoutMs: 30_000, since });
+        const after = parseTestGuestLine(first.line.text)!.iteration;
+        await fc.waitForConsole(new RegExp(`^SBX-GUEST iter=${after + 2} `), { timeoutMs: 30_000, since });
+        await fc.client.patchVm({ state: "Paused" });
+        await settle(200);
+        iterationAtDiff = Math.max(...fc.console.lines().map((l) => parseTestGuestLine(l)?.iteration ?? 0));
+        await fc.client.createSnapshot({
+          snapshot_type: "Diff",
+          snapshot_path: path("vmstate1"),
+          mem_file_path: path("mem1"),
+        });
+        await fc.kill({ graceMs: 1000 });
+      }
+
+      await using server = new PageFaultServer({
+        socketPath: path("u2.sock"),
+        layers: [{ path: path("mem0") }, { path: path("mem1") }],
+      });
+      await server.listen();
+      await using fc = await launchFirecracker({
+        binary: firecrackerBin!,
+        id: "sbx-diff-2",
+        logPath: path("fc2.log"),
+      });
+      const since = fc.console.position;
+      await fc.client.loadSnapshot({
+        snapshot_path: path("vmstate1"),
+        mem_backend: { backend_type: "Uffd", backend_path: server.socketPath },
+        resume_vm: true,
+      });
+      const next = await fc.waitForConsole(/^SBX-GUEST iter=\d+ sum=[0-9a-f]{8}$/, {
+        timeoutMs: 30_000,
+        since,
+      });
+      const progress = parseTestGuestLine(next.line.text)!;
+      expect(progress.iteration).toBeGreaterThan(iterationAtDiff);
+      expect(progress.checksum).toBe(expectedGuestChecksums(progress.iteration)[progress.iteration - 1]);
+      await fc.kill({ graceMs: 1000 });
+    });
+  },
+);

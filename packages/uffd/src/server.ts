@@ -9,7 +9,7 @@ import { z } from "zod";
 import { check, UffdError } from "./errors.ts";
 import type { GuestRegion } from "./handshake.ts";
 import { AF_UNIX, EFD_CLOEXEC, EFD_NONBLOCK, libc, SOCK_CLOEXEC, SOCK_STREAM } from "./libc.ts";
-import { Memfd } from "./memfd.ts";
+import { type ByteRange, Memfd } from "./memfd.ts";
 import { resolveNativeHelper } from "./native-helper.ts";
 import { NativeMemory } from "./native-memory.ts";
 import {
@@ -68,11 +68,6 @@ const optionsSchema = z.strictObject({
   logger: z.custom<Logger>((v) => typeof v === "object" && v !== null).optional(),
 });
 export type PageFaultServerOptions = z.input<typeof optionsSchema>;
-
-export interface ByteRange {
-  offset: number;
-  length: number;
-}
 
 export interface PageFaultServerReady {
   peerPid: number;
