@@ -1,0 +1,19 @@
+export type CpuTemplateErrorCode =
+  | "INVALID_TEMPLATE"
+  | "INVALID_BITMAP"
+  | "INVALID_FINGERPRINT"
+  | "WRONG_ARCH"
+  | "CONFLICTING_ENV"
+  | "MIXED_FLEET"
+  | "ID_REGISTERS_NOT_WRITABLE"
+  | "HOST_READ_FAILED";
+
+/** The one error class of @sbx/cpu-template; `code` is stable. */
+export class CpuTemplateError extends Error {
+  override name = "CpuTemplateError";
+  readonly code: CpuTemplateErrorCode;
+  constructor(code: CpuTemplateErrorCode, message: string, options: { cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+  }
+}

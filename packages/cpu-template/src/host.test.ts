@@ -1,0 +1,44 @@
+import { accessSync, constants, readFileSync } from "node:fs";
+import { describe, expect, it } from "vitest";
+import { checkCompatibility } from "./compat.ts";
+import { cpuidKey } from "./fingerprint.ts";
+import { hostFingerprint } from "./host.ts";
+
+const kvm = (() => {
+  try {
+    accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
+    return process.arch === "x64";
+  } catch {
+    return false;
+  }
+})();
+if (!kvm) console.log("[cpu-template] host fingerprint test skipped: needs /dev/kvm on x86_64");
+
+describe("hostFingerprint", () => {
+  it.skipIf(!kvm)("reads this host through /dev/kvm and /proc/cpuinfo", () => {
+    const cpuinfo = readFileSync("/proc/cpuinfo", "utf8");
+    const host = hostFingerprint();
+    expect(host.vendor).toBe(/^vendor_id\s*:\s*(.+)$/m.exec(cpuinfo)?.[1]?.trim());
+    expect(host.cpu.family).toBe(Number(/^cpu family\s*:\s*(\d+)$/m.exec(cpuinfo)?.[1]));
+    expect(host.cpu.model).toBe(Number(/^model\s*:\s*(\d+)$/m.exec(cpuinfo)?.[1]));
+    expect(host.cpuid.size).toBeGreaterThan(10);
+    // KVM offers sse2 (leaf 1 edx bit 26) on every x86_64 host.
+    expect((host.cpuid.get(cpuidKey(1, 0))?.[3] ?? 0) & (1 << 26)).not.toBe(0);
+    // The host can take its own snapshots back.
+    expect(checkCompatibility({ source: host, target: host }).compatible).toBe(true);
+  });
+
+  it("on arm64 reads MIDR fields and Features, and never needs a cpu family", () => {
+    const cpuinfo =
+      "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x3\nCPU part\t: 0xd0c\nCPU revision\t: 1\n";
+    const host = hostFingerprint({ arch: "arm64", cpuinfo, kernel: "6.1.0" });
+    expect(host).toMatchObject({ vendor: "arm64:0x41", cpu: { implementer: 0x41, part: 0xd0c } });
+    expect(host.kvmCapabilities).toContain("atomics");
+  });
+
+  it("on x86 a missing family or model is an error", () => {
+    expect(() => hostFingerprint({ arch: "amd64", cpuinfo: "vendor_id : GenuineIntel\n" })).toThrow(
+      /cpu family/,
+    );
+  });
+});

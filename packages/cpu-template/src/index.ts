@@ -1,0 +1,31 @@
+export { applyTemplate } from "./apply.ts";
+export {
+  applyBitmap,
+  type Bitmap,
+  bitmapValue,
+  combineBitmaps,
+  parseBitmap,
+  serializeBitmap,
+} from "./bitmap.ts";
+export { type CpuName, cpuName, STATIC_TEMPLATES, type StaticTemplate, staticTemplate } from "./catalog.ts";
+export { type CliIo, runCli, USAGE } from "./cli.ts";
+export { type CompatibilityVerdict, checkCompatibility, type MissingFeature } from "./compat.ts";
+export { type TemplateChoice, templateFromEnv } from "./env.ts";
+export { CpuTemplateError, type CpuTemplateErrorCode } from "./errors.ts";
+export { ARM64_ID_REGISTERS, X86_FEATURE_REGISTERS } from "./features.ts";
+export {
+  type Fingerprint,
+  fingerprintFileSchema,
+  parseFingerprint,
+  readFingerprintFile,
+} from "./fingerprint.ts";
+export { hostFingerprint } from "./host.ts";
+export { normalizeFleet } from "./normalize.ts";
+export { type Recommendation, recommendTemplate } from "./recommend.ts";
+export {
+  type CpuTemplate,
+  cpuTemplateSchema,
+  cpuTemplateShapeSchema,
+  parseCpuTemplate,
+  templateArch,
+} from "./schema.ts";
