@@ -1,7 +1,7 @@
 // One template for a fleet: the guest sees only what every host can execute.
 import { parseKernelRelease } from "@sbx/arch";
 import { serializeBitmap } from "./bitmap.ts";
-import { fieldValue } from "./compat.ts";
+import { checkCompatibility, fieldValue } from "./compat.ts";
 import { CpuTemplateError } from "./errors.ts";
 import {
   ARCH_CAPABILITIES_NO_BITS,
@@ -30,7 +30,19 @@ export function normalizeFleet(fingerprints: readonly Fingerprint[]): CpuTemplat
       "MIXED_FLEET",
       `the fleet mixes CPU vendors (${[...vendors].join(", ")}): snapshots do not move between vendors, so no template bridges them; keep one template per vendor pool`,
     );
-  return first.arch === "amd64" ? normalizeX86(fingerprints) : normalizeArm64(fingerprints);
+  const template = first.arch === "amd64" ? normalizeX86(fingerprints) : normalizeArm64(fingerprints);
+  // Check the result, not just the recipe: applied on every host, the guest must see the same features,
+  // and no move inside the fleet may take one away.
+  for (const source of fingerprints)
+    for (const target of fingerprints) {
+      const verdict = checkCompatibility({ source, target, template });
+      if (verdict.missing.length > 0)
+        throw new CpuTemplateError(
+          "MIXED_FLEET",
+          `the normalized template still lets ${verdict.missing.map((m) => m.name).join(", ")} differ between hosts`,
+        );
+    }
+  return template;
 }
 
 function normalizeX86(fleet: readonly Fingerprint[]): CpuTemplate {
