@@ -87,6 +87,8 @@ interface Pending {
   what: string;
   resolve: (response: RawResponse) => void;
   reject: (error: FirecrackerError) => void;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
 }
 
 class Connection {
@@ -130,38 +132,34 @@ class Connection {
       if (this.#timer === undefined || this.#timeoutMs !== options.timeoutMs) {
         clearTimeout(this.#timer);
         this.#timeoutMs = options.timeoutMs;
-        this.#timer = setTimeout(() => this.#onTimeout(), options.timeoutMs);
+        // Unref'd for good: the socket keeps the process alive while a request is in flight.
+        this.#timer = setTimeout(() => this.#onTimeout(), options.timeoutMs).unref();
       } else {
         this.#timer.refresh();
       }
+      const pending: Pending = { what, resolve, reject, signal: options.signal, onAbort: undefined };
       const signal = options.signal;
-      const onAbort = signal
-        ? () => this.#fail(new FirecrackerError("ABORTED", `${what} was aborted`, { cause: signal.reason }))
-        : undefined;
-      if (signal && onAbort) signal.addEventListener("abort", onAbort, { once: true });
-      const done = () => {
-        this.#timer?.unref();
-        if (signal && onAbort) signal.removeEventListener("abort", onAbort);
-        this.#pending = undefined;
-      };
-      this.#pending = {
-        what,
-        resolve: (response) => {
-          done();
-          resolve(response);
-        },
-        reject: (error) => {
-          done();
-          reject(error);
-        },
-      };
-      this.#chunks = [];
+      if (signal) {
+        pending.onAbort = () =>
+          this.#fail(new FirecrackerError("ABORTED", `${what} was aborted`, { cause: signal.reason }));
+        signal.addEventListener("abort", pending.onAbort, { once: true });
+      }
+      this.#pending = pending;
+      this.#chunks.length = 0;
       this.#buffered = 0;
       this.#headerEnd = -1;
       this.answered = false;
-      this.#timer.ref();
       this.#socket.write(request);
     });
+  }
+
+  /** The request in flight, detached from this connection's timer and its AbortSignal. */
+  #take(): Pending | undefined {
+    const pending = this.#pending;
+    if (!pending) return undefined;
+    this.#pending = undefined;
+    if (pending.signal && pending.onAbort) pending.signal.removeEventListener("abort", pending.onAbort);
+    return pending;
   }
 
   destroy(): void {
@@ -179,7 +177,7 @@ class Connection {
   }
 
   #fail(error: FirecrackerError): void {
-    const pending = this.#pending;
+    const pending = this.#take();
     this.destroy();
     pending?.reject(error);
   }
@@ -303,8 +301,8 @@ class Connection {
       this.#invalid("answer too large");
       return;
     }
-    const pending = this.#pending;
-    this.#chunks = [];
+    const pending = this.#take();
+    this.#chunks.length = 0;
     this.#buffered = 0;
     pending?.resolve({ status: this.#status, text });
   }
