@@ -68,6 +68,15 @@ export {
   reclaim,
   reclaimSandbox,
 } from "./reclaim.ts";
+export {
+  type CreateSandboxOptions,
+  createSandbox,
+  DEFAULT_ALIVE,
+  defaultSandboxSteps,
+  Sandbox,
+  type SandboxContext,
+  type SnapshotLayers,
+} from "./sandbox.ts";
 export { newSandboxId, resolveIdPrefix, sandboxIdSchema } from "./sandbox-id.ts";
 export {
   networkStep,
