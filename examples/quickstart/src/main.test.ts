@@ -10,7 +10,7 @@ function runQuickstart(env: Record<string, string>) {
   const output = execFileSync(process.execPath, ["--conditions=@sbx/source", main, "--json"], {
     env: { ...process.env, ...env },
     encoding: "utf8",
-    timeout: 30_000,
+    timeout: 60_000,
   });
   return JSON.parse(output.trim().split("\n").at(-1)!);
 }
@@ -30,5 +30,17 @@ describe.skipIf(!existsSync("/bin/busybox"))("quickstart", () => {
     expect(result.target).toBe("arm64");
     expect(result.traits.smtSupported).toBe(false);
     expect(result.uffdRestoreArgs).toContain("SECCOMP_CHOICE_REQUIRED");
+  });
+
+  it("restores memory through the page-fault server, and runs sandboxes when a Firecracker is there", () => {
+    const result = runQuickstart({ TARGET_ARCH: "" });
+    expect(result.restore).toMatchObject({ mismatches: 0 });
+    expect(result.restore.faults).toBeGreaterThan(1000);
+    if (process.env.FIRECRACKER_BIN) {
+      expect(result.sandboxes.createMs).toBeGreaterThan(0);
+      expect(result.sandboxes.resumeMs).toBeGreaterThan(0);
+    } else {
+      expect(result.sandboxes.skipped).toMatch(/FIRECRACKER_BIN/);
+    }
   });
 });

@@ -1,5 +1,6 @@
-// The quick start's main job. It shows what sbx decides for this host, and proves the artifact rules on
-// real binaries: it lays out a throwaway artifact root with this host's busybox and resolves it.
+// The quick start's main job. It shows what sbx decides for this host, proves the artifact rules on real
+// binaries, restores memory through the page-fault server, and, with a Firecracker, runs sandboxes from
+// a snapshot: create, pause to a Diff snapshot, resume from the layers.
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,6 +14,7 @@ import {
   targetArchFromEnv,
   uffdWriteProtectSupported,
 } from "@sbx/arch";
+import { restoreWithTestPeer, sandboxesWithFirecracker } from "./snapshot-demo.ts";
 
 const json = process.argv.includes("--json");
 const log = (line: string) => {
@@ -81,9 +83,14 @@ try {
   rmSync(root, { recursive: true, force: true });
 }
 
+const restore = await restoreWithTestPeer(log);
+const sandboxes = await sandboxesWithFirecracker(log);
+
 if (json) {
   console.log(
     JSON.stringify({
+      restore,
+      sandboxes,
       host,
       target,
       kernel: kernel.raw,
