@@ -1,29 +1,16 @@
 // The normalized template of this host + a Cascade Lake host, applied to a real Firecracker with
 // PUT /cpu-config: Firecracker accepts it and the test guest boots under it.
-import { accessSync, constants } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { configureAndStart, launchFirecracker } from "@sbx/fc-client";
-import { buildTestGuest, TEST_GUEST_READY_MARKER } from "@sbx/fc-client/testing";
+import { buildTestGuest, realFirecracker, TEST_GUEST_READY_MARKER } from "@sbx/fc-client/testing";
 import { describe, expect, it } from "vitest";
 import { hostFingerprint } from "./host.ts";
 import { normalizeFleet } from "./normalize.ts";
 import { fingerprint, sharedSkipReason } from "./test-shared.ts";
 
-const firecrackerBin = process.env.FIRECRACKER_BIN;
-const kvm = (() => {
-  try {
-    accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
-    return process.arch === "x64";
-  } catch {
-    return false;
-  }
-})();
-const skipReason = !firecrackerBin
-  ? "FIRECRACKER_BIN not set"
-  : !kvm
-    ? "needs /dev/kvm on x86_64"
-    : sharedSkipReason;
+const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker({ testGuest: true });
+const skipReason = firecrackerSkip ?? sharedSkipReason;
 if (skipReason) console.log(`[cpu-template] real-Firecracker template test skipped: ${skipReason}`);
 
 describe.skipIf(skipReason !== undefined)(

@@ -3,17 +3,9 @@ import { z } from "zod";
 import { createFirecrackerClient } from "./client.ts";
 import { FirecrackerApiError, FirecrackerError, FirecrackerVersionError } from "./errors.ts";
 import { FirecrackerLaunchError } from "./launch-error.ts";
+import { rejection } from "./test-errors.ts";
 import { fdCount, settle } from "./test-process-counts.ts";
 import { startFakeFirecrackerApi } from "./testing/fake-api-server.ts";
-
-async function rejection(promise: Promise<unknown>): Promise<FirecrackerError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(FirecrackerError);
-  return error as FirecrackerError;
-}
 
 let fdsBefore = 0;
 beforeEach(() => {

@@ -1,31 +1,15 @@
-import { accessSync, constants } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createFirecrackerClient } from "./client.ts";
 import { FirecrackerApiError, FirecrackerError } from "./errors.ts";
 import { type FirecrackerProcess, launchFirecracker } from "./launcher.ts";
+import { rejection } from "./test-errors.ts";
 import { childPids, fdCount, settle } from "./test-process-counts.ts";
+import { realFirecracker } from "./testing/real-firecracker.ts";
 import { parseFirecrackerVersion } from "./versions.ts";
 
-const firecrackerBin = process.env.FIRECRACKER_BIN;
-const kvm = (() => {
-  try {
-    accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-})();
-const skipReason = !firecrackerBin ? "FIRECRACKER_BIN not set" : !kvm ? "/dev/kvm is not usable" : undefined;
+const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker();
+const skipReason = firecrackerSkip;
 if (skipReason) console.log(`[fc-client] real-Firecracker API tests skipped: ${skipReason}`);
-
-async function failure(promise: Promise<unknown>): Promise<FirecrackerError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(FirecrackerError);
-  return error as FirecrackerError;
-}
 
 describe.skipIf(skipReason !== undefined)(
   `the client against a real Firecracker${skipReason ? ` (skipped: ${skipReason})` : ""}`,
@@ -59,9 +43,9 @@ describe.skipIf(skipReason !== undefined)(
     it("refuses a typo locally, and Firecracker itself refuses the same typo", async () => {
       await using client = createFirecrackerClient({ socketPath: fc.client.socketPath });
       const body = { vcpu_count: 1, mem_size_mib: 128, vcpu_countt: 1 };
-      const local = await failure(client.putMachineConfiguration(body as never));
+      const local = await rejection(client.putMachineConfiguration(body as never));
       expect(local.code).toBe("INVALID_REQUEST");
-      const remote = await failure(client.request("PUT", "/machine-config", body));
+      const remote = await rejection(client.request("PUT", "/machine-config", body));
       expect(remote).toBeInstanceOf(FirecrackerApiError);
       expect((remote as FirecrackerApiError).faultMessage).toMatch(/unknown field `vcpu_countt`/);
     });
@@ -70,9 +54,9 @@ describe.skipIf(skipReason !== undefined)(
       await using client = createFirecrackerClient({ socketPath: fc.client.socketPath });
       const version = parseFirecrackerVersion(await client.version())!;
       const body = { snapshot_path: "/nonexistent", mem_file_path: "/nonexistent", clock_realtime: false };
-      const remote = await failure(client.request("PUT", "/snapshot/load", body));
+      const remote = await rejection(client.request("PUT", "/snapshot/load", body));
       if (version.major === 1 && version.minor < 16) {
-        expect((await failure(client.loadSnapshot(body))).code).toBe("VERSION_UNSUPPORTED");
+        expect((await rejection(client.loadSnapshot(body))).code).toBe("VERSION_UNSUPPORTED");
         expect((remote as FirecrackerApiError).faultMessage).toMatch(/unknown field `clock_realtime`/);
       } else {
         expect((remote as FirecrackerApiError).faultMessage).not.toMatch(/unknown field/);

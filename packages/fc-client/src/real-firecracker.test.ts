@@ -1,4 +1,4 @@
-import { accessSync, constants, existsSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,6 +7,7 @@ import { configureAndStart } from "./configure.ts";
 import { launchFirecracker } from "./launcher.ts";
 import { readMetricsFile } from "./metrics.ts";
 import { childPids, fdCount, launcherTempDirs, settle } from "./test-process-counts.ts";
+import { realFirecracker } from "./testing/real-firecracker.ts";
 import {
   buildTestGuest,
   expectedGuestChecksums,
@@ -15,20 +16,8 @@ import {
   type TestGuestProgress,
 } from "./testing/tiny-guest.ts";
 
-const firecrackerBin = process.env.FIRECRACKER_BIN;
-function kvmUsable(): boolean {
-  try {
-    accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-const skipReason = !firecrackerBin
-  ? "FIRECRACKER_BIN not set"
-  : !kvmUsable()
-    ? "/dev/kvm is not usable by this user"
-    : undefined;
+const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker({ testGuest: true });
+const skipReason = firecrackerSkip;
 if (skipReason) console.log(`[fc-client] real-Firecracker tests skipped: ${skipReason}`);
 
 function progressLines(lines: string[]): TestGuestProgress[] {

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { createFirecrackerClient } from "./client.ts";
 import { FirecrackerApiError, FirecrackerError } from "./errors.ts";
+import { rejection } from "./test-errors.ts";
 import { fdCount, settle } from "./test-process-counts.ts";
 
 // Raw servers that misbehave in the ways a crashing or wedged Firecracker can.
@@ -40,20 +41,11 @@ async function rawServer(onRequest: (socket: Socket) => void): Promise<string> {
 const answer = (status: string, body: string) =>
   `HTTP/1.1 ${status}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
 
-async function failure(promise: Promise<unknown>): Promise<FirecrackerError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(FirecrackerError);
-  return error as FirecrackerError;
-}
-
 describe("bad answers from the API socket", () => {
   it("malformed JSON on a 200 → INVALID_RESPONSE", async () => {
     const socketPath = await rawServer((s) => s.write(answer("200 OK", '{"app_name": "Firecracker", ')));
     await using client = createFirecrackerClient({ socketPath, arch: "amd64" });
-    const error = await failure(client.describeInstance());
+    const error = await rejection(client.describeInstance());
     expect(error.code).toBe("INVALID_RESPONSE");
     expect(error.message).toMatch(/not JSON/);
   });
@@ -61,7 +53,7 @@ describe("bad answers from the API socket", () => {
   it("a 200 that is not the spec's model → INVALID_RESPONSE naming the model", async () => {
     const socketPath = await rawServer((s) => s.write(answer("200 OK", '{"firecracker_version": 114}')));
     await using client = createFirecrackerClient({ socketPath, arch: "amd64" });
-    const error = await failure(client.getFirecrackerVersion());
+    const error = await rejection(client.getFirecrackerVersion());
     expect(error.code).toBe("INVALID_RESPONSE");
     expect(error.message).toMatch(/FirecrackerVersion/);
   });
@@ -72,7 +64,7 @@ describe("bad answers from the API socket", () => {
       setTimeout(() => s.destroy(), 10);
     });
     await using client = createFirecrackerClient({ socketPath, arch: "amd64" });
-    const error = await failure(client.describeInstance());
+    const error = await rejection(client.describeInstance());
     expect(error.code).toBe("TRANSPORT");
     expect(error.message).toMatch(/closed before the whole answer/);
   });
@@ -80,7 +72,7 @@ describe("bad answers from the API socket", () => {
   it("a socket that never answers → TIMEOUT after the call's timeout", async () => {
     const socketPath = await rawServer(() => {});
     await using client = createFirecrackerClient({ socketPath, arch: "amd64", timeoutMs: 5_000 });
-    const error = await failure(client.describeInstance({ timeoutMs: 150 }));
+    const error = await rejection(client.describeInstance({ timeoutMs: 150 }));
     expect(error.code).toBe("TIMEOUT");
     expect(error.message).toMatch(/150 ms/);
   });
@@ -88,11 +80,11 @@ describe("bad answers from the API socket", () => {
   it("an AbortSignal → ABORTED, before or during the call", async () => {
     const socketPath = await rawServer(() => {});
     await using client = createFirecrackerClient({ socketPath, arch: "amd64" });
-    expect((await failure(client.describeInstance({ signal: AbortSignal.abort() }))).code).toBe("ABORTED");
+    expect((await rejection(client.describeInstance({ signal: AbortSignal.abort() }))).code).toBe("ABORTED");
     const controller = new AbortController();
     const pending = client.describeInstance({ signal: controller.signal });
     setTimeout(() => controller.abort(new Error("user gave up")), 30);
-    expect((await failure(pending)).code).toBe("ABORTED");
+    expect((await rejection(pending)).code).toBe("ABORTED");
   });
 
   it("a 400 with and without fault_message → FirecrackerApiError", async () => {
@@ -105,16 +97,16 @@ describe("bad answers from the API socket", () => {
       );
     });
     await using client = createFirecrackerClient({ socketPath, arch: "amd64" });
-    const first = await failure(client.putMetrics({ metrics_path: "/m" }));
+    const first = await rejection(client.putMetrics({ metrics_path: "/m" }));
     expect(first).toBeInstanceOf(FirecrackerApiError);
     expect((first as FirecrackerApiError).faultMessage).toBe("Invalid request method and/or path");
-    const second = await failure(client.putMetrics({ metrics_path: "/m" }));
+    const second = await rejection(client.putMetrics({ metrics_path: "/m" }));
     expect(second).toMatchObject({ code: "API_ERROR", status: 400, faultMessage: undefined });
   });
 
   it("no server at the path → TRANSPORT with the fix", async () => {
     await using client = createFirecrackerClient({ socketPath: join(dir, "absent.sock"), arch: "amd64" });
-    const error = await failure(client.describeInstance());
+    const error = await rejection(client.describeInstance());
     expect(error.code).toBe("TRANSPORT");
     expect(error.message).toMatch(/ENOENT.*is Firecracker running/);
   });

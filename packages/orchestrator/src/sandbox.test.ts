@@ -1,29 +1,22 @@
 // End to end with a real Firecracker and the tiny test guest: a template snapshot, 10 sandboxes from it
 // at once through the page-fault server, one paused to a Diff snapshot and resumed from the layers,
 // all killed, nothing left behind.
-import { accessSync, constants, existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { configureAndStart, launchFirecracker } from "@sbx/fc-client";
-import { buildTestGuest, expectedGuestChecksums, parseTestGuestLine } from "@sbx/fc-client/testing";
+import {
+  buildTestGuest,
+  expectedGuestChecksums,
+  parseTestGuestLine,
+  realFirecracker,
+} from "@sbx/fc-client/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createSandbox, defaultSandboxSteps, type Sandbox } from "./sandbox.ts";
 
-const firecrackerBin = process.env.FIRECRACKER_BIN;
-const kvm = (() => {
-  try {
-    accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
-    return process.arch === "x64";
-  } catch {
-    return false;
-  }
-})();
-const skipReason = !firecrackerBin
-  ? "FIRECRACKER_BIN not set"
-  : !kvm
-    ? "needs /dev/kvm on x86_64"
-    : undefined;
+const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker({ testGuest: true });
+const skipReason = firecrackerSkip;
 if (skipReason) console.log(`[orchestrator] sandbox end-to-end test skipped: ${skipReason}`);
 
 const fdCount = () => readdirSync("/proc/self/fd").length;

@@ -1,6 +1,5 @@
 // A real Firecracker restores the test guest's snapshot with its memory served by PageFaultServer;
 // the guest's running checksum after resume proves every page came back byte-exact.
-import { accessSync, constants } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -9,22 +8,15 @@ import {
   buildTestGuest,
   expectedGuestChecksums,
   parseTestGuestLine,
+  realFirecracker,
   TEST_GUEST_READY_MARKER,
 } from "@sbx/fc-client/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PageFaultServer } from "./server.ts";
 import { childPids, fdCount, openSpecialFds, settle } from "./test-counts.ts";
 
-const firecrackerBin = process.env.FIRECRACKER_BIN;
-const kvm = (() => {
-  try {
-    accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-})();
-const skipReason = !firecrackerBin ? "FIRECRACKER_BIN not set" : !kvm ? "/dev/kvm is not usable" : undefined;
+const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker({ testGuest: true });
+const skipReason = firecrackerSkip;
 if (skipReason) console.log(`[uffd] real-Firecracker restore test skipped: ${skipReason}`);
 
 describe.skipIf(skipReason !== undefined)(
