@@ -7,7 +7,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { UffdError } from "./errors.ts";
 import { NATIVE_HELPER_TOOLCHAINS, nativeHelperSource } from "./native-helper.ts";
 import { PageFaultServer, type PageFaultServerOptions } from "./server.ts";
-import { childPids, fdCount, openSpecialFds, settle } from "./test-counts.ts";
+import { leakCheck, settle } from "./test-counts.ts";
 import {
   buildTestPeer,
   runTestPeer,
@@ -22,7 +22,7 @@ let peer: string;
 let dir: string;
 let memoryFile: string;
 let socketPath: string;
-let before: { fds: number; special: string[]; children: number[] };
+let checkLeaks: () => Promise<void>;
 
 // Both fault loops are tested: the pure-ffi one always, the native batch helper when gcc can build it.
 const nativeHelper = (() => {
@@ -49,15 +49,19 @@ beforeEach(() => {
   memoryFile = join(dir, "mem");
   socketPath = join(dir, "uffd.sock");
   writeTestMemoryFile(memoryFile, SIZE + 4 * MiB);
-  before = { fds: fdCount(), special: openSpecialFds(), children: childPids() };
+  checkLeaks = leakCheck();
 });
 afterEach(async () => {
-  await settle();
-  expect(openSpecialFds()).toEqual(before.special);
-  expect(fdCount()).toBeLessThanOrEqual(before.fds);
-  expect(childPids()).toEqual(before.children);
+  await checkLeaks();
   rmSync(dir, { recursive: true, force: true });
 });
+
+/** Starts the test peer against this test's socket and memory file; `closed` settles when it exits. */
+function startPeer(options: Partial<TestPeerOptions>) {
+  const child = spawnTestPeer({ binary: peer, socketPath, memoryFile, size: SIZE, ...options });
+  const closed = new Promise((resolve) => child.once("close", resolve));
+  return { child, closed };
+}
 
 async function servedWith(
   peerOptions: Partial<TestPeerOptions>,
@@ -158,16 +162,7 @@ describe("the page-fault server refuses what Firecracker would not send", () => 
   const refusal = async (peerOptions: Partial<TestPeerOptions>) => {
     await using server = new PageFaultServer({ socketPath, memoryFile });
     await server.listen();
-    const child = spawnTestPeer({
-      binary: peer,
-      socketPath,
-      memoryFile,
-      size: SIZE,
-      mode: "none",
-      holdMs: 3000,
-      ...peerOptions,
-    });
-    const closed = new Promise((resolve) => child.once("close", resolve));
+    const { child, closed } = startPeer({ mode: "none", holdMs: 3000, ...peerOptions });
     const stop = await server.stopped;
     child.kill("SIGKILL");
     await closed;
@@ -202,15 +197,7 @@ describe("the page-fault server refuses what Firecracker would not send", () => 
   it("a peer that is not the expected pid", async () => {
     await using server = new PageFaultServer({ socketPath, memoryFile, expectedPeerPid: 1 });
     await server.listen();
-    const child = spawnTestPeer({
-      binary: peer,
-      socketPath,
-      memoryFile,
-      size: SIZE,
-      mode: "none",
-      holdMs: 2000,
-    });
-    const closed = new Promise((resolve) => child.once("close", resolve));
+    const { child, closed } = startPeer({ mode: "none", holdMs: 2000 });
     const stop = await server.stopped;
     child.kill("SIGKILL");
     await closed;
@@ -223,15 +210,7 @@ describe("the page-fault server's lifecycle", () => {
   it("stops cleanly when the peer is killed mid-run, and reports its pid", async () => {
     await using server = new PageFaultServer({ socketPath, memoryFile });
     await server.listen();
-    const child = spawnTestPeer({
-      binary: peer,
-      socketPath,
-      memoryFile,
-      size: SIZE,
-      mode: "random",
-      threads: 2,
-    });
-    const closed = new Promise((resolve) => child.once("close", resolve));
+    const { child, closed } = startPeer({ mode: "random", threads: 2 });
     await server.ready;
     await settle(20);
     child.kill("SIGKILL");
@@ -271,15 +250,7 @@ describe("the page-fault server's lifecycle", () => {
 
     const busy = new PageFaultServer({ socketPath, memoryFile });
     await busy.listen();
-    const child = spawnTestPeer({
-      binary: peer,
-      socketPath,
-      memoryFile,
-      size: SIZE,
-      mode: "none",
-      holdMs: 5000,
-    });
-    const closed = new Promise((resolve) => child.once("close", resolve));
+    const { child, closed } = startPeer({ mode: "none", holdMs: 5000 });
     await busy.ready;
     expect(await busy.close()).toMatchObject({ reason: "closed", peerPid: child.pid });
     child.kill("SIGKILL");

@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { createMemfd, exportRanges, type Memfd } from "./memfd.ts";
 import { PageFaultServer, type PageFaultServerOptions } from "./server.ts";
-import { childPids, fdCount, openSpecialFds, settle } from "./test-counts.ts";
+import { leakCheck, settle } from "./test-counts.ts";
 import { buildTestPeer, runTestPeer, type TestPeerOptions, writeTestMemoryFile } from "./testing/peer.ts";
 
 const MiB = 1024 * 1024;
@@ -22,20 +22,17 @@ const SIZE = 16 * MiB;
 const PAGE = 4096;
 let peer: string;
 let dir: string;
-let before: { fds: number; special: string[]; children: number[] };
+let checkLeaks: () => Promise<void>;
 
 beforeAll(async () => {
   peer = await buildTestPeer();
 });
 beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), "sbx-uffd-layers-"));
-  before = { fds: fdCount(), special: openSpecialFds(), children: childPids() };
+  checkLeaks = leakCheck();
 });
 afterEach(async () => {
-  await settle();
-  expect(openSpecialFds()).toEqual(before.special);
-  expect(fdCount()).toBeLessThanOrEqual(before.fds);
-  expect(childPids()).toEqual(before.children);
+  await checkLeaks();
   rmSync(dir, { recursive: true, force: true });
 });
 

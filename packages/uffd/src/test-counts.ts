@@ -1,4 +1,5 @@
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { expect } from "vitest";
 
 export function fdCount(): number {
   return readdirSync("/proc/self/fd").length;
@@ -35,3 +36,14 @@ export function childPids(): number[] {
 }
 
 export const settle = (ms = 30) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Snapshot of what a test owns; the returned check fails if fds, userfaultfds, memfds or children leaked. */
+export function leakCheck(): () => Promise<void> {
+  const before = { fds: fdCount(), special: openSpecialFds(), children: childPids() };
+  return async () => {
+    await settle();
+    expect(openSpecialFds()).toEqual(before.special);
+    expect(fdCount()).toBeLessThanOrEqual(before.fds);
+    expect(childPids()).toEqual(before.children);
+  };
+}
