@@ -3,6 +3,7 @@
 // snapshot that becomes the next memory layer; kill stops Firecracker before the page-fault server.
 import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
+import { type CpuTemplate, checkCompatibility, type Fingerprint, hostFingerprint } from "@sbx/cpu-template";
 import { type FirecrackerProcess, launchFirecracker } from "@sbx/fc-client";
 import { PageFaultServer, type PageFaultServerStop } from "@sbx/uffd";
 import { OrchestratorError } from "./errors.ts";
@@ -24,6 +25,11 @@ export interface CreateSandboxOptions {
   /** The console line that proves the guest runs again after the restore. */
   alive?: RegExp;
   aliveTimeoutMs?: number;
+  /**
+   * The template's build-host fingerprint (and CPU template): when given, the first step refuses a
+   * host that could not run what the guest was told it may use. `target` defaults to this host.
+   */
+  compatibility?: { source: Fingerprint; template?: CpuTemplate; target?: Fingerprint };
   /** Edit the create steps (insert, replace, remove by name). */
   steps?: (defaults: StepList<SandboxContext>) => StepList<SandboxContext>;
   signal?: AbortSignal;
@@ -42,6 +48,24 @@ export const DEFAULT_ALIVE = /\S/;
 
 export function defaultSandboxSteps(): StepList<SandboxContext> {
   return new StepList<SandboxContext>([
+    {
+      name: "compatibility",
+      run(context) {
+        const check = context.options.compatibility;
+        if (!check) return;
+        const verdict = checkCompatibility({
+          source: check.source,
+          target: check.target ?? hostFingerprint(),
+          ...(check.template ? { template: check.template } : {}),
+        });
+        if (!verdict.compatible)
+          throw new OrchestratorError(
+            "TEMPLATE_INVALID",
+            `this host cannot resume the template: ${[...verdict.reasons, ...verdict.missing.map((m) => `${m.name} (${m.where})`)].join("; ")}`,
+            { details: { missing: verdict.missing, reasons: verdict.reasons } },
+          );
+      },
+    },
     {
       name: "directory",
       async run(context) {
