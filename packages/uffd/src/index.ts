@@ -31,5 +31,6 @@ export {
   type PageFaultServerOptions,
   type PageFaultServerReady,
   type PageFaultServerStop,
+  prewarmPageFaultWorkers,
 } from "./server.ts";
 export type { StopReason } from "./worker-protocol.ts";

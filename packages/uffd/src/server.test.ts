@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { UffdError } from "./errors.ts";
 import { NATIVE_HELPER_TOOLCHAINS, nativeHelperSource } from "./native-helper.ts";
-import { PageFaultServer, type PageFaultServerOptions } from "./server.ts";
+import { PageFaultServer, type PageFaultServerOptions, prewarmPageFaultWorkers } from "./server.ts";
 import { leakCheck, settle } from "./test-counts.ts";
 import {
   buildTestPeer,
@@ -271,6 +271,21 @@ describe("the page-fault server's lifecycle", () => {
     await notSocket.close();
     const { result } = await servedWith({ mode: "seq" });
     expect(result.mismatches).toBe(0);
+  });
+
+  it("hands out a warm worker when one is prewarmed, and serves the same bytes", async () => {
+    prewarmPageFaultWorkers(1);
+    try {
+      await settle(300); // let the warm worker load its modules
+      const { result, codePath } = await servedWith({ mode: "seq" }, { nativeHelper: "off" });
+      expect(result.mismatches).toBe(0);
+      expect(codePath).toBe("pure-ffi");
+      const again = await servedWith({ mode: "random" });
+      expect(again.result.mismatches).toBe(0);
+    } finally {
+      prewarmPageFaultWorkers(0);
+    }
+    expect(() => prewarmPageFaultWorkers(-1)).toThrow(UffdError);
   });
 
   it("validates its options", () => {
