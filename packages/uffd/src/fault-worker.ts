@@ -50,15 +50,15 @@ import { recvWithFds } from "./scm-rights.ts";
 import { METRIC, type WorkerConfig, type WorkerMessage } from "./worker-protocol.ts";
 
 const port = parentPort!;
-// A worker started ahead of time (a warm pool) waits for its configuration: loading this module and its
-// imports takes ~150 ms, which would otherwise sit between Firecracker's connect and its first fault.
-const config = ((workerData as WorkerConfig | undefined) ??
-  (await new Promise<WorkerConfig>((resolve) => port.once("message", resolve)))) as WorkerConfig;
-const counters = new Float64Array(config.metrics.counters);
-const histogram = new Int32Array(config.metrics.histogram);
-const dirty = new Uint8Array(config.metrics.dirty);
-const trace = new Float64Array(config.metrics.trace);
-const traceCount = new Int32Array(config.metrics.traceCount);
+// Set by start(): from workerData, or, for a worker started ahead of time (a warm pool), from its first
+// message. Loading this module takes ~150 ms, which would otherwise sit between Firecracker's connect
+// and its first fault.
+let config: WorkerConfig;
+let counters: Float64Array;
+let histogram: Int32Array;
+let dirty: Uint8Array;
+let trace: Float64Array;
+let traceCount: Int32Array;
 
 const post = (message: WorkerMessage) => port.postMessage(message);
 const owned = new Set<number>();
@@ -709,9 +709,21 @@ function release(): void {
   for (const cleanup of cleanups.splice(0)) cleanup();
 }
 
-try {
-  run();
-} finally {
-  release();
-  scratch.free();
+function start(received: WorkerConfig): void {
+  config = received;
+  counters = new Float64Array(config.metrics.counters);
+  histogram = new Int32Array(config.metrics.histogram);
+  dirty = new Uint8Array(config.metrics.dirty);
+  trace = new Float64Array(config.metrics.trace);
+  traceCount = new Int32Array(config.metrics.traceCount);
+  try {
+    run();
+  } finally {
+    release();
+    scratch.free();
+  }
 }
+
+const initial = workerData as WorkerConfig | undefined;
+if (initial) start(initial);
+else port.once("message", start);
