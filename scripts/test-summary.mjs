@@ -8,6 +8,8 @@ const root = new URL("..", import.meta.url).pathname;
 let passed = 0;
 let failed = 0;
 let skipped = 0;
+// Failures are listed again in summary.txt, right above the totals: CI logs are often read from the tail.
+const failures = [];
 for (const group of ["packages", "examples"]) {
   const groupDir = join(root, group);
   if (!existsSync(groupDir)) continue;
@@ -18,7 +20,7 @@ for (const group of ["packages", "examples"]) {
     if (!manifest.scripts?.test) continue;
     const reportPath = join(root, ".reports", `${group}-${dir}.json`);
     if (!existsSync(reportPath)) {
-      console.error(`${group}/${dir}: no vitest report (the test run crashed or timed out)`);
+      failures.push(`${group}/${dir}: no vitest report (the test run crashed or timed out)`);
       failed += 1;
       continue;
     }
@@ -27,16 +29,24 @@ for (const group of ["packages", "examples"]) {
     failed += report.numFailedTests;
     skipped += report.numPendingTests + report.numTodoTests;
     for (const file of report.testResults) {
-      const failedInFile = file.assertionResults.filter((a) => a.status === "failed").length;
+      const failedTests = file.assertionResults.filter((a) => a.status === "failed");
+      const relativeName = file.name.startsWith(root) ? file.name.slice(root.length) : file.name;
+      for (const test of failedTests) {
+        const firstLine = String(test.failureMessages?.[0] ?? "")
+          .split("\n")[0]
+          .slice(0, 300);
+        failures.push(`FAILED ${relativeName} > ${test.fullName}: ${firstLine}`);
+      }
       // A file that failed to load reports no tests at all; count it so the total cannot hide it.
-      if (file.status === "failed" && failedInFile === 0) {
-        console.error(`${file.name}: ${file.message || "failed to run"}`);
+      if (file.status === "failed" && failedTests.length === 0) {
+        failures.push(`FAILED ${relativeName}: ${String(file.message || "failed to run").slice(0, 300)}`);
         failed += 1;
       }
     }
   }
 }
 const line = `tests: ${passed} passed, ${failed} failed, ${skipped} skipped`;
-writeFileSync(join(root, ".reports", "summary.txt"), `${line}\n`);
-console.log(line);
+const summary = [...failures, line].join("\n");
+writeFileSync(join(root, ".reports", "summary.txt"), `${summary}\n`);
+console.log(summary);
 process.exit(failed > 0 ? 1 : 0);

@@ -282,7 +282,9 @@ export class PageFaultServer implements AsyncDisposable {
       }),
     );
     this.#exited = new Promise<void>((resolve) => worker.once("exit", () => resolve())).then(() => {
-      this.#releaseMainFds();
+      // The memfd stays: it is what a caller exports guest memory from after Firecracker exited, and
+      // the worker may exit before the caller gets to takeMemfd(). close() releases it if untaken.
+      this.#releaseMainFds({ keepMemfd: true });
       this.#finish({
         reason: "error",
         peerPid: undefined,
@@ -369,6 +371,7 @@ export class PageFaultServer implements AsyncDisposable {
       }
     }
     await this.#exited;
+    this.#releaseMainFds();
     return this.stopped;
   }
 
@@ -426,10 +429,12 @@ export class PageFaultServer implements AsyncDisposable {
     this.#socketCreated = false;
   }
 
-  #releaseMainFds(): void {
+  #releaseMainFds(options: { keepMemfd?: boolean } = {}): void {
     this.#closeListener();
-    if (this.#memfdFd !== undefined) libc.close(this.#memfdFd);
-    this.#memfdFd = undefined;
+    if (this.#memfdFd !== undefined && !options.keepMemfd) {
+      libc.close(this.#memfdFd);
+      this.#memfdFd = undefined;
+    }
     if (this.#wakeFd >= 0) libc.close(this.#wakeFd);
     this.#wakeFd = -1;
   }

@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { createMemfd, exportRanges, type Memfd } from "./memfd.ts";
 import { PageFaultServer, type PageFaultServerOptions } from "./server.ts";
-import { leakCheck, settle } from "./test-counts.ts";
+import { leakCheck } from "./test-counts.ts";
 import { buildTestPeer, runTestPeer, type TestPeerOptions, writeTestMemoryFile } from "./testing/peer.ts";
 
 const MiB = 1024 * 1024;
@@ -57,7 +57,7 @@ function writeDiff(path: string, source: Buffer, pages: number[]): void {
 async function serve(
   server: Partial<PageFaultServerOptions>,
   peerOptions: Partial<TestPeerOptions> & { memoryFile: string },
-  whileOpen: (server: PageFaultServer) => void = () => {},
+  whileOpen: (server: PageFaultServer) => void | Promise<void> = () => {},
 ) {
   const socketPath = join(dir, "uffd.sock");
   await using pfs = new PageFaultServer({ socketPath, ...server } as PageFaultServerOptions);
@@ -70,7 +70,7 @@ async function serve(
     ...peerOptions,
   });
   await pfs.stopped;
-  whileOpen(pfs);
+  await whileOpen(pfs);
   return { result, server: pfs, ready: await pfs.ready };
 }
 
@@ -199,7 +199,9 @@ describe("memfd", () => {
     const { result, ready } = await serve(
       { memoryFile },
       { memoryFile, backing: "memfd", fds: 2, mode: "seq", writePages: [1, 2, 500] },
-      (server) => {
+      async (server) => {
+        // Long enough for the fault worker to exit too: the memfd must survive that (CI once lost it).
+        await new Promise((resolve) => setTimeout(resolve, 300));
         taken = server.takeMemfd(); // the caller owns it now: it outlives the server
         again = server.takeMemfd();
       },
