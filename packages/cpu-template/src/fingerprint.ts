@@ -94,6 +94,47 @@ export function parseFingerprint(json: unknown, source = "fingerprint"): Fingerp
   };
 }
 
+export type FingerprintFile = z.infer<typeof fingerprintFileSchema>;
+
+const hex = (value: number | bigint) => `0x${value.toString(16)}`;
+const bits = (value: number | bigint, width: number) => `0b${BigInt(value).toString(2).padStart(width, "0")}`;
+
+/**
+ * The inverse of `parseFingerprint`: Firecracker's fingerprint format, e.g. to store the build host's
+ * fingerprint in a template's metadata. Only numeric KVM capabilities survive (the format's rule).
+ */
+export function fingerprintToFile(f: Fingerprint): FingerprintFile {
+  const registers = ["eax", "ebx", "ecx", "edx"] as const;
+  const capabilities = f.kvmCapabilities.filter((c) => /^!?\d+$/.test(c));
+  const guest =
+    f.arch === "amd64"
+      ? {
+          kvm_capabilities: capabilities,
+          cpuid_modifiers: [...f.cpuid].map(([key, regs]) => {
+            const [leaf, subleaf] = key.split(".").map(Number) as [number, number];
+            return {
+              leaf: hex(leaf),
+              subleaf: hex(subleaf),
+              flags: 0,
+              modifiers: regs.map((value, i) => ({ register: registers[i]!, bitmap: bits(value >>> 0, 32) })),
+            };
+          }),
+          msr_modifiers: [...f.msrs].map(([addr, value]) => ({ addr: hex(addr), bitmap: bits(value, 64) })),
+        }
+      : {
+          kvm_capabilities: capabilities,
+          vcpu_features: [],
+          // Firecracker writes every arm64 register as 128 bits, whatever its KVM size.
+          reg_modifiers: [...f.registers].map(([addr, value]) => ({ addr, bitmap: bits(value, 128) })),
+        };
+  return fingerprintFileSchema.parse({
+    firecracker_version: f.firecrackerVersion,
+    kernel_version: f.kernelVersion,
+    microcode_version: f.microcodeVersion,
+    guest_cpu_config: guest,
+  });
+}
+
 export function readFingerprintFile(path: string): Fingerprint {
   let json: unknown;
   try {

@@ -1,7 +1,7 @@
 import { accessSync, constants, readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { checkCompatibility } from "./compat.ts";
-import { cpuidKey } from "./fingerprint.ts";
+import { cpuidKey, fingerprintToFile, parseFingerprint } from "./fingerprint.ts";
 import { hostFingerprint } from "./host.ts";
 
 const kvm = (() => {
@@ -26,6 +26,9 @@ describe("hostFingerprint", () => {
     expect((host.cpuid.get(cpuidKey(1, 0))?.[3] ?? 0) & (1 << 26)).not.toBe(0);
     // The host can take its own snapshots back.
     expect(checkCompatibility({ source: host, target: host }).compatible).toBe(true);
+    // Stored as JSON in a template's metadata and read back for the compatibility check.
+    const stored = JSON.parse(JSON.stringify(fingerprintToFile(host)));
+    expect(parseFingerprint(stored)).toEqual({ ...host, cpu: expect.objectContaining(host.cpu) });
   });
 
   it("on arm64 reads MIDR fields and Features, and never needs a cpu family", () => {

@@ -15,7 +15,9 @@ export { CpuTemplateError, type CpuTemplateErrorCode } from "./errors.ts";
 export { ARM64_ID_REGISTERS, X86_FEATURE_REGISTERS } from "./features.ts";
 export {
   type Fingerprint,
+  type FingerprintFile,
   fingerprintFileSchema,
+  fingerprintToFile,
   parseFingerprint,
   readFingerprintFile,
 } from "./fingerprint.ts";

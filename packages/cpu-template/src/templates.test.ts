@@ -8,7 +8,7 @@ import { checkCompatibility } from "./compat.ts";
 import { templateFromEnv } from "./env.ts";
 import { CpuTemplateError } from "./errors.ts";
 import { X86_FEATURE_REGISTERS } from "./features.ts";
-import { cpuidKey, type Fingerprint } from "./fingerprint.ts";
+import { cpuidKey, type Fingerprint, fingerprintToFile, parseFingerprint } from "./fingerprint.ts";
 import { normalizeFleet } from "./normalize.ts";
 import { recommendTemplate } from "./recommend.ts";
 import { cpuTemplateShapeSchema, parseCpuTemplate } from "./schema.ts";
@@ -122,6 +122,21 @@ onShared("fingerprints of real hosts", () => {
     expect(cpuName(fingerprint("ARM_NEOVERSE_V1_6.1"))).toBe("Neoverse V1");
     expect(cpuName(fingerprint("ARM_NEOVERSE_N1_6.1"))).toBe("Neoverse N1");
     expect(fingerprint("AMD_MILAN_5.10").vendor).toBe("AuthenticAMD");
+  });
+
+  it("survive fingerprintToFile → parseFingerprint unchanged, in Firecracker's own layout", () => {
+    for (const name of allFingerprintNames()) {
+      const parsed = fingerprint(name);
+      const file = fingerprintToFile(parsed);
+      expect(parseFingerprint(JSON.parse(JSON.stringify(file))), name).toEqual(parsed);
+      const original = JSON.parse(
+        readFileSync(join(TEMPLATES_DIR, "fingerprints", `fingerprint_${name}host.json`), "utf8"),
+      );
+      const leafCount = (f: {
+        guest_cpu_config: { cpuid_modifiers?: unknown[]; reg_modifiers?: unknown[] };
+      }) => (f.guest_cpu_config.cpuid_modifiers ?? f.guest_cpu_config.reg_modifiers ?? []).length;
+      expect(leafCount(file), name).toBe(leafCount(original));
+    }
   });
 });
 

@@ -15,6 +15,8 @@ export type OrchestratorErrorCode =
   | "ID_PREFIX_AMBIGUOUS"
   | "INVALID_ID"
   | "TEMPLATE_INVALID"
+  | "TEMPLATE_NOT_FOUND"
+  | "PROVISION_FAILED"
   | "ARCH_MISMATCH"
   | "WAIT_TIMEOUT"
   | "WAIT_ENDED"

@@ -8,7 +8,7 @@ import { type FirecrackerProcess, launchFirecracker } from "@sbx/fc-client";
 import { PageFaultServer, type PageFaultServerStop } from "@sbx/uffd";
 import { OrchestratorError } from "./errors.ts";
 import { newSandboxId } from "./sandbox-id.ts";
-import { runSteps, type Step, StepList, type StepRunResult } from "./steps.ts";
+import { runSteps, StepList, type StepRunResult } from "./steps.ts";
 
 /** A snapshot to start from: the VM state and the memory layers (full memory first, diffs after). */
 export interface SnapshotLayers {

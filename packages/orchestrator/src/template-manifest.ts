@@ -57,5 +57,7 @@ export const templateManifestSchema = z.object({
     vmstate: templateFileSchema,
     memory: templateFileSchema,
   }),
+  /** The TAP the snapshot reopens by name; every sandbox's namespace must have it. */
+  network: z.object({ tapName: z.string().min(1).max(15), guestMac: z.string() }).optional(),
 });
 export type TemplateManifest = z.infer<typeof templateManifestSchema>;

@@ -106,18 +106,20 @@ describe("sbx", () => {
   it("resolves id prefixes and lists the matches of an ambiguous one", async () => {
     await record("a1b2c3d4e5f6", await self());
     await record("a1ffffffffff", await self());
-    const ambiguous = await sbx("sandbox", "pause", "a1");
+    const ambiguous = await sbx("sandbox", "kill", "a1");
     expect(ambiguous.code).toBe(1);
     expect(ambiguous.stderr).toContain("a1b2c3d4e5f6, a1ffffffffff");
-    const json = JSON.parse((await sbx("sandbox", "resume", "a1", "--json")).stdout);
+    const json = JSON.parse((await sbx("sandbox", "kill", "a1", "--json")).stdout);
     expect(json.error).toMatchObject({
       code: "ID_PREFIX_AMBIGUOUS",
       details: { matches: ["a1b2c3d4e5f6", "a1ffffffffff"] },
     });
     expect((await sbx("sandbox", "kill", "zz")).stderr).toContain('no sandbox id starts with "zz"');
-    const pause = await sbx("sandbox", "pause", "a1b");
-    expect(pause.stderr).toContain("a1b2c3d4e5f6");
-    expect(pause.stderr).toContain("not available yet");
+    // Owned by a live process that does not answer: refused, not killed behind its back.
+    const kill = await sbx("sandbox", "kill", "a1b");
+    expect(kill.code).toBe(1);
+    expect(kill.stderr).toContain(`a1b2c3d4e5f6 belongs to running pid ${process.pid}`);
+    expect((await state.listSandboxes()).records).toHaveLength(2);
   });
 
   it("kills an orphaned sandbox from its record", async () => {
@@ -136,15 +138,20 @@ describe("sbx", () => {
     expect((await state.listSandboxes()).records).toEqual([]);
   });
 
-  it("says plainly which commands are not wired yet", async () => {
+  it("says to start sbx serve for the commands that need a running orchestrator", async () => {
     for (const argv of [
-      ["template", "build", "/tmp/layout"],
       ["sandbox", "create", "--template", "base"],
+      ["sandbox", "pause", "a1"],
+      ["sandbox", "resume", "a1"],
     ]) {
       const result = await sbx(...argv);
       expect(result.code).toBe(1);
-      expect(result.stderr).toMatch(/not available yet/);
+      expect(result.stderr).toMatch(/needs the orchestrator: start `sbx serve`/);
     }
+    expect((await sbx("template", "build", "/tmp/layout")).code).toBe(2); // no --name
+    const missing = await sbx("template", "build", join(root, "no-such-layout"), "--name", "x", "--json");
+    expect(missing.code).toBe(1);
+    expect(JSON.parse(missing.stdout).error.message).toMatch(/no-such-layout/);
   });
 
   it("runs as a program from source", async () => {

@@ -1,11 +1,22 @@
+import { readFile } from "node:fs/promises";
+import { resolve as resolvePath } from "node:path";
 import { parseArgs } from "node:util";
 import { configFromEnv, type OrchestratorConfig } from "../config.ts";
+import {
+  controlRequest,
+  controlServerRunning,
+  controlSocketPath,
+  listPausedSandboxes,
+  serveControl,
+} from "../control.ts";
 import { formatDoctorReport, runDoctor } from "../doctor.ts";
 import { OrchestratorError } from "../errors.ts";
+import { Orchestrator } from "../orchestrator.ts";
 import { checkProcessIdentity } from "../process-identity.ts";
 import { reclaimSandbox } from "../reclaim.ts";
 import { resolveIdPrefix } from "../sandbox-id.ts";
 import { type SandboxRecord, StateDirectory } from "../state-dir.ts";
+import { templateDrift } from "../template-build.ts";
 
 export interface CliIo {
   stdout: { write(text: string): unknown };
@@ -17,14 +28,18 @@ export const USAGE = `usage: sbx <command> [options]
 
 commands:
   doctor                           check this host and the configured artifacts, with fixes
-  template build <oci-layout>      build a template from an OCI image layout (--name NAME)
-  sandbox create --template NAME   start a sandbox from a template
-  sandbox list                     list the sandboxes in the state directory
-  sandbox pause <id>               pause a sandbox to a diff snapshot
-  sandbox resume <id>              resume a paused sandbox
+  serve                            run the orchestrator: owns the sandboxes, answers the commands below
+  template build <oci-layout>      build a template from an OCI image layout, only when it drifted
+                                   (--name NAME [--memory MIB] [--vcpus N] [--provision FILE]
+                                    [--no-network] [--ready-line REGEX] [--force])
+  sandbox create --template NAME   start a sandbox from a template [--alive-line REGEX]
+  sandbox list                     list running and paused sandboxes
+  sandbox pause <id>               pause a sandbox to a diff snapshot (the VM stops; resume continues it)
+  sandbox resume <paused>          resume a paused sandbox (the name \`sandbox list\` shows)
   sandbox kill <id>                stop a sandbox and remove everything it owns
 
-<id> may be any unique prefix of a sandbox id.
+<id> and <paused> may be any unique prefix. create, pause, resume and kill need \`sbx serve\` running;
+template build and kill work without it.
 options: --json (machine-readable output), --help
 configuration: environment variables, see docs/operations.md (TARGET_ARCH, FIRECRACKER_BIN, SBX_STATE_DIR, ...)
 `;
@@ -41,6 +56,13 @@ interface Parsed {
   help: boolean;
   name: string | undefined;
   template: string | undefined;
+  memory: string | undefined;
+  vcpus: string | undefined;
+  provision: string | undefined;
+  noNetwork: boolean;
+  readyLine: string | undefined;
+  aliveLine: string | undefined;
+  force: boolean;
 }
 
 function parse(argv: string[]): Parsed {
@@ -54,6 +76,13 @@ function parse(argv: string[]): Parsed {
         help: { type: "boolean", short: "h", default: false },
         name: { type: "string" },
         template: { type: "string" },
+        memory: { type: "string" },
+        vcpus: { type: "string" },
+        provision: { type: "string" },
+        "no-network": { type: "boolean", default: false },
+        "ready-line": { type: "string" },
+        "alive-line": { type: "string" },
+        force: { type: "boolean", default: false },
       },
     });
     return {
@@ -62,17 +91,17 @@ function parse(argv: string[]): Parsed {
       help: values.help ?? false,
       name: values.name,
       template: values.template,
+      memory: values.memory,
+      vcpus: values.vcpus,
+      provision: values.provision,
+      noNetwork: values["no-network"] ?? false,
+      readyLine: values["ready-line"],
+      aliveLine: values["alive-line"],
+      force: values.force ?? false,
     };
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
-}
-
-function notAvailable(what: string): OrchestratorError {
-  return new OrchestratorError(
-    "NOT_AVAILABLE",
-    `${what} is not available yet in this build of sbx: it needs the Firecracker client, page-fault server, rootfs and CPU-template packages wired into the orchestrator`,
-  );
 }
 
 interface ListedSandbox {
@@ -130,6 +159,17 @@ function formatList(sandboxes: ListedSandbox[]): string {
     .join("\n")}\n`;
 }
 
+async function daemon(config: OrchestratorConfig, what: string): Promise<string> {
+  const socketPath = controlSocketPath(config);
+  if (!(await controlServerRunning(socketPath))) {
+    throw new OrchestratorError(
+      "NOT_AVAILABLE",
+      `${what} needs the orchestrator: start \`sbx serve\` (same SBX_STATE_DIR, ${config.stateDir}) and run this again`,
+    );
+  }
+  return socketPath;
+}
+
 async function sandboxCommand(args: Parsed, io: CliIo, config: OrchestratorConfig): Promise<number> {
   const [, action, idPrefix, ...extra] = args.positionals;
   const print = (value: unknown, text: string) =>
@@ -138,30 +178,48 @@ async function sandboxCommand(args: Parsed, io: CliIo, config: OrchestratorConfi
     case "list": {
       if (idPrefix !== undefined) throw new UsageError("sandbox list takes no arguments");
       const { sandboxes, invalid } = await listSandboxes(config);
+      const paused = await listPausedSandboxes(config);
       print(
-        { sandboxes, invalid },
-        formatList(sandboxes) + invalid.map((i) => `unreadable: ${i.path}: ${i.reason}\n`).join(""),
+        { sandboxes, paused: paused.map((p) => ({ name: p.name, ...p.paused })), invalid },
+        formatList(sandboxes) +
+          paused
+            .map((p) => `paused  ${p.name}  template ${p.paused.template}  ${p.paused.pausedAt}\n`)
+            .join("") +
+          invalid.map((i) => `unreadable: ${i.path}: ${i.reason}\n`).join(""),
       );
       return EXIT_OK;
     }
-    case "create":
+    case "create": {
       if (idPrefix !== undefined) throw new UsageError("sandbox create takes --template NAME, not an id");
       if (!args.template) throw new UsageError("sandbox create needs --template NAME");
-      throw notAvailable("sbx sandbox create");
+      const socket = await daemon(config, "sbx sandbox create");
+      const created = (await controlRequest(socket, {
+        op: "create",
+        template: args.template,
+        ...(args.aliveLine ? { alive: args.aliveLine } : {}),
+      })) as { id: string; pid: number };
+      print(created, `${created.id}\n`);
+      return EXIT_OK;
+    }
     case "pause":
     case "resume":
     case "kill": {
       if (idPrefix === undefined || extra.length > 0)
         throw new UsageError(`sandbox ${action} takes one id (or unique prefix)`);
-      const { stateDir, records } = await listSandboxes(config);
-      const id = resolveIdPrefix(
-        idPrefix,
-        records.map((r) => r.id),
-      );
-      const record = records.find((r) => r.id === id)!;
-      const ownerRunning = (await checkProcessIdentity(record.owner)).same;
-      if (action === "kill" && !ownerRunning) {
-        // Nobody manages this sandbox any more: clean it up from its record, as reclaim would.
+      if (action === "kill" && !(await controlServerRunning(controlSocketPath(config)))) {
+        // Nobody manages these sandboxes any more: clean one up from its record, as reclaim would.
+        const { stateDir, records } = await listSandboxes(config);
+        const id = resolveIdPrefix(
+          idPrefix,
+          records.map((r) => r.id),
+        );
+        const record = records.find((r) => r.id === id)!;
+        if ((await checkProcessIdentity(record.owner)).same) {
+          throw new OrchestratorError(
+            "NOT_AVAILABLE",
+            `sandbox ${id} belongs to running pid ${record.owner.pid}, which does not answer on ${controlSocketPath(config)}`,
+          );
+        }
         const result = await reclaimSandbox(stateDir, record);
         print(
           result,
@@ -171,11 +229,108 @@ async function sandboxCommand(args: Parsed, io: CliIo, config: OrchestratorConfi
         );
         return result.errors.length === 0 ? EXIT_OK : EXIT_FAILED;
       }
-      throw notAvailable(`sbx sandbox ${action} (${id}, owned by running pid ${record.owner.pid})`);
+      const socket = await daemon(config, `sbx sandbox ${action}`);
+      if (action === "kill") {
+        const killed = (await controlRequest(socket, { op: "kill", id: idPrefix })) as { id: string };
+        print(killed, `killed ${killed.id}\n`);
+      } else if (action === "pause") {
+        const paused = (await controlRequest(socket, { op: "pause", id: idPrefix })) as { name: string };
+        print(paused, `paused as ${paused.name}\n`);
+      } else {
+        const resumed = (await controlRequest(socket, {
+          op: "resume",
+          paused: idPrefix,
+          ...(args.aliveLine ? { alive: args.aliveLine } : {}),
+        })) as { id: string };
+        print(resumed, `${resumed.id}\n`);
+      }
+      return EXIT_OK;
     }
     default:
       throw new UsageError(action ? `unknown sandbox command "${action}"` : "sandbox needs a command");
   }
+}
+
+function positiveInteger(value: string | undefined, option: string): number | undefined {
+  if (value === undefined) return undefined;
+  if (!/^\d+$/.test(value) || Number(value) < 1) throw new UsageError(`${option} takes a positive integer`);
+  return Number(value);
+}
+
+async function templateBuild(layout: string, args: Parsed, io: CliIo, config: OrchestratorConfig) {
+  if (!args.name) throw new UsageError("template build needs --name NAME");
+  const memoryMib = positiveInteger(args.memory, "--memory");
+  const vcpuCount = positiveInteger(args.vcpus, "--vcpus");
+  const request = {
+    name: args.name,
+    ociLayout: resolvePath(layout),
+    network: !args.noNetwork,
+    ...(memoryMib === undefined ? {} : { memoryMib }),
+    ...(vcpuCount === undefined ? {} : { vcpuCount }),
+    ...(args.provision === undefined ? {} : { provisionScript: await readFile(args.provision, "utf8") }),
+  };
+  const print = (value: { rebuilt: boolean; reason: string; name: string }) =>
+    io.stdout.write(
+      args.json
+        ? `${JSON.stringify(value, null, 2)}\n`
+        : value.rebuilt
+          ? `built template ${value.name} (${value.reason})\n`
+          : `template ${value.name} is current; nothing to do (--force rebuilds)\n`,
+    );
+  const socketPath = controlSocketPath(config);
+  if (await controlServerRunning(socketPath)) {
+    const result = (await controlRequest(socketPath, {
+      op: "build",
+      request,
+      force: args.force,
+      ...(args.readyLine ? { readyMarker: args.readyLine } : {}),
+    })) as { rebuilt: boolean; reason: string; name: string };
+    print(result);
+    return EXIT_OK;
+  }
+  const reason = args.force ? "forced" : await templateDrift(config, request);
+  if (reason === null) {
+    print({ name: args.name, rebuilt: false, reason: "current" });
+    return EXIT_OK;
+  }
+  await using orchestrator = await Orchestrator.open(config);
+  const built = await orchestrator.buildTemplate({
+    request,
+    ...(args.readyLine ? { readyMarker: new RegExp(args.readyLine, "m") } : {}),
+    onEvent: (event) => {
+      if (args.json) return;
+      if (event.kind === "step-start") io.stderr.write(`[${event.index + 1}/${event.total}] ${event.step}\n`);
+      if (event.kind === "step-failed")
+        io.stderr.write(`    ${event.step} failed after ${event.durationMs.toFixed(0)} ms\n`);
+    },
+  });
+  print({
+    name: built.manifest.name,
+    rebuilt: true,
+    reason,
+    ...(args.json ? { manifest: built.manifest } : {}),
+  });
+  return EXIT_OK;
+}
+
+/** `sbx serve`: runs until SIGINT or SIGTERM, then kills every sandbox it owns. */
+async function serve(io: CliIo, config: OrchestratorConfig, json: boolean): Promise<number> {
+  const orchestrator = await Orchestrator.open(config);
+  const server = await serveControl(orchestrator);
+  const socketPath = controlSocketPath(config);
+  io.stdout.write(
+    json
+      ? `${JSON.stringify({ listening: socketPath, pid: process.pid })}\n`
+      : `sbx serve: listening on ${socketPath} (pid ${process.pid})\n`,
+  );
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once("SIGINT", () => resolve("SIGINT"));
+    process.once("SIGTERM", () => resolve("SIGTERM"));
+  });
+  io.stderr.write(`sbx serve: ${signal}: stopping ${orchestrator.sandboxes.length} sandboxes\n`);
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  await orchestrator.close();
+  return EXIT_OK;
 }
 
 async function dispatch(args: Parsed, io: CliIo): Promise<number> {
@@ -195,12 +350,14 @@ async function dispatch(args: Parsed, io: CliIo): Promise<number> {
     case "template": {
       if (sub !== "build")
         throw new UsageError(sub ? `unknown template command "${sub}"` : "template needs a command");
-      if (rest.length !== 1)
-        throw new UsageError("template build takes one OCI image layout (a directory or .tar)");
-      throw notAvailable("sbx template build");
+      if (rest.length !== 1) throw new UsageError("template build takes one OCI image layout directory");
+      return templateBuild(rest[0] as string, args, io, config);
     }
     case "sandbox":
       return sandboxCommand(args, io, config);
+    case "serve":
+      if (sub !== undefined) throw new UsageError("serve takes no arguments");
+      return serve(io, config, args.json);
     default:
       throw new UsageError(`unknown command "${command}"`);
   }

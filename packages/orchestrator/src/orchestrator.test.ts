@@ -1,0 +1,130 @@
+// The whole flow with a real Firecracker and the tiny test guest: template build from an OCI image
+// (rootfs drive, TAP in a network namespace), sandboxes from it, each in its own network namespace
+// with its own copy of the disk, pause to a Diff snapshot and resume, and nothing left behind.
+import { readdirSync, readlinkSync, statSync } from "node:fs";
+import { rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  buildTestGuest,
+  parseTestGuestLine,
+  realFirecracker,
+  TEST_GUEST_READY_MARKER,
+} from "@sbx/fc-client/testing";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { listNetworkNamespaces } from "./network.ts";
+import { Orchestrator, type TemplateSandbox } from "./orchestrator.ts";
+import { diskSlotPath, TEMPLATE_FILES } from "./template-build.ts";
+import { childPids, networkSkipReason } from "./test-capabilities.ts";
+import { type TemplateFixture, templateFixture, testResolver } from "./test-template-fixture.ts";
+
+const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker({ testGuest: true });
+const skipReason = firecrackerSkip ?? networkSkipReason();
+if (skipReason) console.log(`[orchestrator] template end-to-end test skipped: ${skipReason}`);
+
+const fdCount = () => readdirSync("/proc/self/fd").length;
+const GUEST_LINE = /^SBX-GUEST iter=\d+ sum=[0-9a-f]{8}$/;
+
+/** The inode of the file a process has open at `path` (as that process sees the path). */
+function openFileInode(pid: number, path: string): number | undefined {
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      if (readlinkSync(`/proc/${pid}/fd/${fd}`) === path) return statSync(`/proc/${pid}/fd/${fd}`).ino;
+    } catch {
+      // closed while we looked
+    }
+  }
+  return undefined;
+}
+
+describe.skipIf(skipReason !== undefined)(
+  `orchestrator with Firecracker${skipReason ? ` (skipped: ${skipReason})` : ""}`,
+  () => {
+    let fixture: TemplateFixture;
+    let orchestrator: Orchestrator;
+    let before: { fds: number; children: number[]; namespaces: string[] };
+
+    beforeAll(async () => {
+      const guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
+      fixture = await templateFixture({ firecrackerBin: firecrackerBin as string });
+      before = { fds: fdCount(), children: childPids(), namespaces: await listNetworkNamespaces() };
+      orchestrator = await Orchestrator.open(fixture.config);
+      const built = await orchestrator.buildTemplate({
+        request: { name: "guest", ociLayout: fixture.layoutDir, memoryMib: 128, vcpuCount: 1 },
+        resolver: testResolver(guest, firecrackerBin),
+        readyMarker: TEST_GUEST_READY_MARKER,
+      });
+      expect(built.manifest.network?.tapName).toBe(fixture.config.tapName);
+      expect(built.timings.map((t) => t.step)).toContain("snapshot");
+    }, 120_000);
+
+    afterAll(async () => {
+      await orchestrator?.close();
+      if (fixture) await rm(fixture.dir, { recursive: true, force: true });
+    });
+
+    it("starts sandboxes in their own network namespaces, each with its own copy of the disk", async () => {
+      const sandboxes = await Promise.all(
+        [0, 1, 2].map(() => orchestrator.createSandbox({ template: "guest", alive: GUEST_LINE })),
+      );
+      try {
+        const slot = diskSlotPath(fixture.config);
+        const seen = new Set<number>();
+        const namespaces = new Set<string>();
+        for (const sandbox of sandboxes) {
+          const pid = sandbox.firecracker.pid;
+          // Firecracker opened the snapshot's disk path, and behind it is this sandbox's own copy.
+          const inode = openFileInode(pid, slot);
+          expect(inode).toBe(statSync(join(sandbox.directory, TEMPLATE_FILES.rootfs)).ino);
+          seen.add(inode as number);
+          namespaces.add(readlinkSync(`/proc/${pid}/ns/net`));
+          expect(sandbox.networkNamespace).toMatch(/^sbx-/);
+        }
+        expect(seen.size).toBe(3);
+        expect(namespaces.size).toBe(3);
+        expect(namespaces.has(readlinkSync("/proc/self/ns/net"))).toBe(false);
+        expect(orchestrator.sandboxes).toHaveLength(3);
+      } finally {
+        // Killing one leaves the others running.
+        await sandboxes[0]!.kill();
+        expect(orchestrator.sandboxes).toHaveLength(2);
+        const since = sandboxes[1]!.firecracker.console.position;
+        await sandboxes[1]!.firecracker.waitForConsole(GUEST_LINE, { timeoutMs: 30_000, since });
+        await Promise.all(sandboxes.map((s) => s.kill()));
+      }
+      expect(orchestrator.sandboxes).toHaveLength(0);
+    });
+
+    it("pauses to a Diff snapshot with the disk beside it, and resumes where the guest was", async () => {
+      let sandbox: TemplateSandbox | undefined = await orchestrator.createSandbox({
+        template: "guest",
+        alive: GUEST_LINE,
+      });
+      const lastIteration = () =>
+        Math.max(
+          ...sandbox!.firecracker.console.lines().map((line) => parseTestGuestLine(line)?.iteration ?? 0),
+        );
+      const since = sandbox.firecracker.console.position;
+      await sandbox.firecracker.waitForConsole(GUEST_LINE, { timeoutMs: 30_000, since });
+      const pausedAt = lastIteration();
+      const paused = await sandbox.pause();
+      expect(paused.layers).toHaveLength(2);
+      expect(statSync(paused.disk).size).toBeGreaterThan(0);
+      expect(orchestrator.sandboxes).toHaveLength(0);
+      sandbox = await orchestrator.createSandbox({ template: "guest", from: paused, alive: GUEST_LINE });
+      try {
+        expect(lastIteration()).toBeGreaterThanOrEqual(pausedAt);
+      } finally {
+        await sandbox.kill();
+      }
+    });
+
+    it("leaves no process, fd, namespace or sandbox directory behind", async () => {
+      expect(childPids()).toEqual(before.children);
+      expect((await listNetworkNamespaces()).sort()).toEqual([...before.namespaces].sort());
+      expect(readdirSync(join(fixture.config.stateDir, "sandboxes"))).toEqual([]);
+      // The orchestrator's own lock file is the one fd it holds while open.
+      expect(fdCount()).toBeLessThanOrEqual(before.fds + 1);
+    });
+  },
+);

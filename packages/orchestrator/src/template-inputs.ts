@@ -1,0 +1,147 @@
+// Everything a template is made of, resolved by one function for both the build and the drift check:
+// a drift check that looked at other inputs than the build would silently reuse a stale template.
+import { mkdir, readFile, rm } from "node:fs/promises";
+import { join } from "node:path";
+import {
+  buildKernelCmdline,
+  GUEST_INIT,
+  injectGuestFiles,
+  readOciLayout,
+  resolveBusybox,
+  unpackImage,
+} from "@sbx/rootfs";
+import { z } from "zod";
+import {
+  type ArtifactResolver,
+  type BootArtifacts,
+  defaultArtifactResolver,
+  resolveBootParameters,
+  type TemplateSpec,
+} from "./boot-parameters.ts";
+import type { OrchestratorConfig } from "./config.ts";
+import { OrchestratorError } from "./errors.ts";
+import { parseCidr } from "./ipv4.ts";
+import type { BootParameters } from "./template-manifest.ts";
+
+const templateName = z
+  .string()
+  .regex(
+    /^[a-z0-9][a-z0-9._-]{0,63}$/,
+    "a template name is 1-64 of a-z 0-9 . _ - and starts with a letter or digit",
+  );
+
+/** What a caller asks for; everything else comes from the config and the artifacts. */
+export const templateRequestSchema = z.object({
+  name: templateName,
+  /** An OCI image layout directory (e.g. from `skopeo copy docker://alpine oci:./alpine`). */
+  ociLayout: z.string().min(1),
+  /** Pick an image of the layout by its `org.opencontainers.image.ref.name`. */
+  tag: z.string().min(1).optional(),
+  vcpuCount: z.number().int().min(1).max(32).optional(),
+  memoryMib: z.number().int().min(16).optional(),
+  smt: z.boolean().optional(),
+  hugePages: z.enum(["None", "2M"]).optional(),
+  /** Runs once, in a provisioning boot before the snapshotted boot (e.g. `apk add curl`). */
+  provisionScript: z.string().optional(),
+  /** Replaces the command line sbx derives (console, network, init). */
+  kernelCommandLine: z.string().optional(),
+  /** Give the VM a network interface on the sandbox TAP (default true). */
+  network: z.boolean().default(true),
+});
+export type TemplateRequest = z.input<typeof templateRequestSchema>;
+export type ParsedTemplateRequest = z.output<typeof templateRequestSchema>;
+
+export function parseTemplateRequest(request: TemplateRequest): ParsedTemplateRequest {
+  const parsed = templateRequestSchema.safeParse(request);
+  if (!parsed.success) {
+    throw new OrchestratorError("INVALID_OPTIONS", `template request: ${z.prettifyError(parsed.error)}`, {
+      cause: parsed.error,
+    });
+  }
+  return parsed.data;
+}
+
+export interface TemplateInputs {
+  artifacts: BootArtifacts;
+  spec: TemplateSpec;
+  boot: BootParameters;
+  /** The unpacked image with sbx's guest files: the rootfs content. */
+  rootDir: string;
+  /** The guest's `init=`. */
+  init: string;
+}
+
+/**
+ * Resolves the artifacts, unpacks the image into `workDir/root` and injects the guest files, then
+ * turns it all into boot parameters. The build goes on to make the ext4 image from `rootDir`; the
+ * drift check compares `boot` with template.json and throws the directory away.
+ */
+export async function resolveTemplateInputs(
+  config: OrchestratorConfig,
+  request: ParsedTemplateRequest,
+  workDir: string,
+  options: { resolver?: ArtifactResolver; signal?: AbortSignal } = {},
+): Promise<TemplateInputs> {
+  // The image first: a wrong path is the most likely mistake, and the cheapest to report.
+  const layout = await readOciLayout(request.ociLayout);
+  const artifacts = await (options.resolver ?? defaultArtifactResolver).resolve(config);
+  const busybox = await resolveBusybox({
+    dir: config.busyboxDir,
+    version: config.busyboxVersion,
+    arch: config.targetArch,
+  });
+  const rootDir = join(workDir, "root");
+  await mkdir(workDir, { recursive: true, mode: 0o700 });
+  await rm(rootDir, { recursive: true, force: true });
+  const unpacked = await unpackImage({
+    layout,
+    platform: config.targetArch,
+    dest: rootDir,
+    ...(request.tag === undefined ? {} : { tag: request.tag }),
+    ...(options.signal ? { signal: options.signal } : {}),
+  });
+  const injected = await injectGuestFiles({
+    root: rootDir,
+    busybox,
+    ...(request.provisionScript === undefined ? {} : { provisionScript: request.provisionScript }),
+  });
+  const initScript = await readFile(join(rootDir, GUEST_INIT), "utf8");
+  const spec: TemplateSpec = {
+    ociManifestDigest: unpacked.manifestDigest,
+    ...(request.vcpuCount === undefined ? {} : { vcpuCount: request.vcpuCount }),
+    ...(request.memoryMib === undefined ? {} : { memoryMib: request.memoryMib }),
+    ...(request.smt === undefined ? {} : { smt: request.smt }),
+    ...(request.hugePages === undefined ? {} : { hugePages: request.hugePages }),
+    kernelCommandLine:
+      request.kernelCommandLine ?? defaultCommandLine(config, injected.init, request.network),
+    initScript,
+    ...(request.provisionScript === undefined ? {} : { provisionScript: request.provisionScript }),
+  };
+  // The artifacts were just resolved and digested: resolve them once, not twice.
+  const boot = await resolveBootParameters(config, spec, { resolve: async () => artifacts });
+  if (boot.busybox.sha256 !== busybox.sha256) {
+    throw new OrchestratorError(
+      "TEMPLATE_INVALID",
+      `the busybox the rootfs got (${busybox.path}) is not the one the artifact resolver digested`,
+    );
+  }
+  return { artifacts, spec, boot, rootDir, init: injected.init };
+}
+
+/** The recorded command line: no boot-time values (clock, provisioning flag), so it can drift-check. */
+function defaultCommandLine(config: OrchestratorConfig, init: string, network: boolean): string {
+  const tap = parseCidr(config.tapAddress);
+  return buildKernelCmdline({
+    arch: config.targetArch,
+    init,
+    ...(network && tap
+      ? {
+          network: {
+            clientIp: config.guestAddress,
+            gatewayIp: config.tapAddress.split("/")[0] as string,
+            prefixLength: tap.prefixLength,
+          },
+        }
+      : {}),
+  });
+}

@@ -1,0 +1,68 @@
+// What template tests share: an OCI layout, a busybox directory, a config in a fresh state directory,
+// and an artifact resolver whose "kernel" may be the tiny test guest.
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { hostArch, sha256File } from "@sbx/arch";
+import { writeBusyboxFixture, writeOciLayout } from "@sbx/rootfs/testing";
+import { type ArtifactResolver, firecrackerVersionOf, resolveBusyboxArtifact } from "./boot-parameters.ts";
+import { createConfig, type OrchestratorConfig } from "./config.ts";
+
+export interface TemplateFixture {
+  dir: string;
+  layoutDir: string;
+  config: OrchestratorConfig;
+}
+
+export async function templateFixture(options: { firecrackerBin?: string } = {}): Promise<TemplateFixture> {
+  const dir = await mkdtemp(join(tmpdir(), "sbx-template-test-"));
+  const arch = hostArch();
+  const busyboxDir = join(dir, "busybox");
+  await writeBusyboxFixture({ dir: busyboxDir, arch });
+  const layoutDir = join(dir, "layout");
+  await writeOciLayout({
+    dir: layoutDir,
+    images: [
+      {
+        platform: { os: "linux", architecture: arch },
+        layers: [
+          {
+            compression: "gzip",
+            entries: [
+              { path: "etc/", type: "directory", mode: 0o755 },
+              { path: "etc/motd", content: "built by sbx tests\n", mode: 0o644 },
+              { path: "app/", type: "directory", mode: 0o755 },
+              { path: "app/run", content: "#!/bin/sh\necho app\n", mode: 0o755 },
+            ],
+          },
+        ],
+        runtimeConfig: { Cmd: ["/app/run"] },
+      },
+    ],
+  });
+  const config = createConfig({
+    stateDir: join(dir, "state"),
+    busyboxDir,
+    maxConcurrentCreates: 16,
+    ...(options.firecrackerBin ? { firecrackerBin: options.firecrackerBin } : {}),
+  });
+  return { dir, layoutDir, config };
+}
+
+/** Resolves the configured busybox and Firecracker for real, with `kernel` standing in for the kernel. */
+export function testResolver(kernel: string, firecracker?: string): ArtifactResolver {
+  return {
+    async resolve(config) {
+      const fcPath = firecracker ?? "/bin/true";
+      return {
+        firecracker: {
+          path: fcPath,
+          version: (firecracker && (await firecrackerVersionOf(fcPath))) || config.firecrackerVersion,
+          sha256: await sha256File(fcPath),
+        },
+        kernel: { path: kernel, sha256: await sha256File(kernel) },
+        busybox: await resolveBusyboxArtifact(config),
+      };
+    },
+  };
+}
