@@ -32,14 +32,27 @@ describe.skipIf(!existsSync("/bin/busybox"))("quickstart", () => {
     expect(result.uffdRestoreArgs).toContain("SECCOMP_CHOICE_REQUIRED");
   });
 
-  it("restores memory through the page-fault server, and runs sandboxes when a Firecracker is there", () => {
+  it("restores memory through the page-fault server, builds a template, and runs sandboxes when a Firecracker is there", () => {
     const result = runQuickstart({ TARGET_ARCH: "" });
     expect(result.restore).toMatchObject({ mismatches: 0 });
     expect(result.restore.faults).toBeGreaterThan(1000);
+    expect(result.sandboxes.error).toBeUndefined();
     if (process.env.FIRECRACKER_BIN) {
-      expect(result.sandboxes.createMs).toBeGreaterThan(0);
+      expect(result.sandboxes.templateMs).toBeGreaterThan(0);
+      expect(Object.keys(result.sandboxes.createSteps)).toEqual([
+        "compatibility",
+        "state-record",
+        "network",
+        "disk",
+        "page-fault-server",
+        "firecracker",
+        "snapshot-load",
+        "wait-alive",
+      ]);
       expect(result.sandboxes.resumeMs).toBeGreaterThan(0);
     } else {
+      // Everything up to the boot still ran: the rootfs from the locally generated OCI image.
+      expect(result.sandboxes.rootfsMs).toBeGreaterThan(0);
       expect(result.sandboxes.skipped).toMatch(/FIRECRACKER_BIN/);
     }
   });

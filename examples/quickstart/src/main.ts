@@ -14,7 +14,7 @@ import {
   targetArchFromEnv,
   uffdWriteProtectSupported,
 } from "@sbx/arch";
-import { restoreWithTestPeer, sandboxesWithFirecracker } from "./snapshot-demo.ts";
+import { restoreWithTestPeer, templateAndSandboxes } from "./snapshot-demo.ts";
 
 const json = process.argv.includes("--json");
 const log = (line: string) => {
@@ -84,7 +84,7 @@ try {
 }
 
 const restore = await restoreWithTestPeer(log);
-const sandboxes = await sandboxesWithFirecracker(log);
+const sandboxes = await templateAndSandboxes(log);
 
 if (json) {
   console.log(

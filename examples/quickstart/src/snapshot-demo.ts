@@ -1,11 +1,22 @@
 // The snapshot half of the main job: memory restored through the page-fault server, always (with the
-// test peer standing in for Firecracker), and real sandboxes when a Firecracker is available.
-import { accessSync, constants, mkdtempSync, rmSync } from "node:fs";
+// test peer standing in for Firecracker); a template from a local OCI image, always up to the boot;
+// and, with a Firecracker, the template snapshot and sandboxes from it.
+import { accessSync, constants, mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { configureAndStart, launchFirecracker } from "@sbx/fc-client";
-import { buildTestGuest, parseTestGuestLine } from "@sbx/fc-client/testing";
-import { createSandbox } from "@sbx/orchestrator";
+import { hostArch, sha256File } from "@sbx/arch";
+import { buildTestGuest, parseTestGuestLine, TEST_GUEST_READY_MARKER } from "@sbx/fc-client/testing";
+import {
+  type ArtifactResolver,
+  createConfig,
+  firecrackerVersionOf,
+  Orchestrator,
+  parseTemplateRequest,
+  resolveBusyboxArtifact,
+  resolveTemplateInputs,
+} from "@sbx/orchestrator";
+import { buildExt4Image } from "@sbx/rootfs";
+import { writeBusyboxFixture, writeOciLayout } from "@sbx/rootfs/testing";
 import { PageFaultServer, prewarmPageFaultWorkers } from "@sbx/uffd";
 import { buildTestPeer, runTestPeer, writeTestMemoryFile } from "@sbx/uffd/testing";
 
@@ -61,85 +72,134 @@ function firecrackerSkipReason(): string | undefined {
   return undefined;
 }
 
-export async function sandboxesWithFirecracker(
-  log: (line: string) => void,
-): Promise<Record<string, unknown>> {
-  const skip = firecrackerSkipReason();
-  if (skip) {
-    log(`sandboxes        skipped: ${skip}`);
-    return { skipped: skip };
-  }
-  const binary = process.env.FIRECRACKER_BIN as string;
-  const dir = mkdtempSync(join(tmpdir(), "sbx-quickstart-fc-"));
+/** An OCI image layout generated here (no registry needed) and the host's static busybox. */
+async function localInputs(dir: string) {
+  const arch = hostArch();
+  const busyboxDir = join(dir, "busybox");
+  await writeBusyboxFixture({ dir: busyboxDir, arch });
+  const layoutDir = join(dir, "image");
+  await writeOciLayout({
+    dir: layoutDir,
+    images: [
+      {
+        platform: { os: "linux", architecture: arch },
+        layers: [
+          {
+            compression: "gzip",
+            entries: [
+              { path: "app/", type: "directory", mode: 0o755 },
+              { path: "app/hello", content: "#!/bin/sh\necho hello from the sandbox\n", mode: 0o755 },
+            ],
+          },
+        ],
+        runtimeConfig: { Cmd: ["/app/hello"] },
+      },
+    ],
+  });
+  return { busyboxDir, layoutDir };
+}
+
+/** A resolver whose "kernel" is the tiny test guest: this machine's KVM cannot boot a stock kernel. */
+function testGuestResolver(guest: string, firecracker: string): ArtifactResolver {
+  return {
+    async resolve(config) {
+      return {
+        firecracker: {
+          path: firecracker,
+          version: (await firecrackerVersionOf(firecracker)) ?? config.firecrackerVersion,
+          sha256: await sha256File(firecracker),
+        },
+        kernel: { path: guest, sha256: await sha256File(guest) },
+        busybox: await resolveBusyboxArtifact(config),
+      };
+    },
+  };
+}
+
+/**
+ * The template half. Always: the rootfs from an OCI image built here, with the boot parameters a
+ * template would record. With a Firecracker: the whole template build, sandboxes from it in their
+ * own network namespaces, a pause to a Diff snapshot and a resume.
+ */
+export async function templateAndSandboxes(log: (line: string) => void): Promise<Record<string, unknown>> {
+  const dir = mkdtempSync(join(tmpdir(), "sbx-quickstart-template-"));
+  const result: Record<string, unknown> = {};
   try {
-    const guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
-    const template = { vmstate: join(dir, "vmstate"), layers: [join(dir, "mem")] };
-    let t = performance.now();
-    {
-      await using fc = await launchFirecracker({
-        binary,
-        id: "quickstart-template",
-        logPath: join(dir, "template.log"),
+    const { busyboxDir, layoutDir } = await localInputs(dir);
+    const skip = firecrackerSkipReason();
+    const firecrackerBin = skip ? undefined : (process.env.FIRECRACKER_BIN as string);
+    const config = createConfig({
+      stateDir: join(dir, "state"),
+      busyboxDir,
+      ...(firecrackerBin ? { firecrackerBin } : {}),
+    });
+    const request = { name: "hello", ociLayout: layoutDir, memoryMib: 128, vcpuCount: 1 };
+    if (!firecrackerBin) {
+      const t = performance.now();
+      const inputs = await resolveTemplateInputs(config, parseTemplateRequest(request), join(dir, "work"), {
+        resolver: testGuestResolver("/bin/true", "/bin/true"),
       });
-      await configureAndStart(fc.client, {
-        "boot-source": { kernel_image_path: guest, boot_args: "console=ttyS0" },
-        "machine-config": { vcpu_count: 1, mem_size_mib: 128, track_dirty_pages: true },
-      });
-      await fc.waitForConsole(/^SBX-GUEST iter=\d+ /, { timeoutMs: 30_000 });
-      await fc.client.patchVm({ state: "Paused" });
-      await fc.client.createSnapshot({
-        snapshot_type: "Full",
-        snapshot_path: template.vmstate,
-        mem_file_path: template.layers[0]!,
-      });
+      const rootfs = join(dir, "rootfs.ext4");
+      await buildExt4Image({ sourceDir: inputs.rootDir, output: rootfs, size: "auto", label: "rootfs" });
+      const ms = performance.now() - t;
+      log(
+        `rootfs           ext4 from a local OCI image + busybox + init in ${ms.toFixed(0)} ms: ${(statSync(rootfs).size / 1048576).toFixed(1)} MiB, image ${inputs.boot.ociManifestDigest.slice(0, 19)}…`,
+      );
+      log(`kernel cmdline   ${inputs.boot.kernelCommandLine}`);
+      log(`sandboxes        skipped: ${skip}`);
+      return { rootfsMs: Math.round(ms), skipped: skip };
     }
-    const templateMs = performance.now() - t;
-    log(`template         booted the test guest, paused, Full snapshot: ${templateMs.toFixed(0)} ms`);
+    const guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
+    const network = process.getuid?.() === 0;
+    await using orchestrator = await Orchestrator.open(config);
+    let t = performance.now();
+    const built = await orchestrator.buildTemplate({
+      request: { ...request, network },
+      resolver: testGuestResolver(guest, firecrackerBin),
+      readyMarker: TEST_GUEST_READY_MARKER,
+    });
+    result.templateMs = Math.round(performance.now() - t);
+    log(
+      `template         OCI image → rootfs → boot → Full snapshot → template.json: ${result.templateMs} ms (${built.timings.map((s) => `${s.step} ${s.durationMs.toFixed(0)}`).join(", ")})`,
+    );
     const alive = /^SBX-GUEST iter=\d+ sum=/;
     prewarmPageFaultWorkers(4); // page-fault workers loaded ahead of time, as a service would keep them
     await new Promise((resolve) => setTimeout(resolve, 300));
     t = performance.now();
     const sandboxes = await Promise.all(
-      [0, 1, 2].map((i) =>
-        createSandbox({
-          firecrackerBin: binary,
-          snapshot: template,
-          directory: join(dir, `sandbox-${i}`),
-          alive,
-        }),
-      ),
+      [0, 1, 2].map(() => orchestrator.createSandbox({ template: "hello", alive })),
     );
-    const createMs = performance.now() - t;
+    result.createMs = Math.round(performance.now() - t);
+    result.createSteps = Object.fromEntries(
+      sandboxes[0]!.timings.map((step) => [step.step, Math.round(step.durationMs)]),
+    );
     log(
-      `sandboxes        3 created at once through the page-fault server, each running: ${createMs.toFixed(0)} ms`,
+      `sandboxes        3 created at once, each with its own ${network ? "network namespace and " : ""}disk copy, memory through its page-fault server: ${result.createMs} ms`,
     );
-    try {
-      t = performance.now();
-      const layers = await sandboxes[0]!.pause();
-      const pauseMs = performance.now() - t;
-      t = performance.now();
-      await using resumed = await createSandbox({
-        firecrackerBin: binary,
-        snapshot: layers,
-        directory: join(dir, "resumed"),
-        alive,
-      });
-      const resumeMs = performance.now() - t;
-      const iteration = parseTestGuestLine(
-        resumed.firecracker.console.lines().find((l) => alive.test(l)) ?? "",
-      )?.iteration;
-      log(
-        `pause/resume     Diff snapshot ${pauseMs.toFixed(0)} ms; resumed from template + diff in ${resumeMs.toFixed(0)} ms (guest at iteration ${iteration})`,
-      );
-      return {
-        templateMs: Math.round(templateMs),
-        createMs: Math.round(createMs),
-        pauseMs: Math.round(pauseMs),
-        resumeMs: Math.round(resumeMs),
-      };
-    } finally {
-      await Promise.all(sandboxes.map((s) => s.kill()));
-    }
+    log(
+      `                 one create, by step (ms): ${Object.entries(
+        result.createSteps as Record<string, number>,
+      )
+        .map(([step, ms]) => `${step} ${ms}`)
+        .join(", ")}`,
+    );
+    t = performance.now();
+    const paused = await sandboxes[0]!.pause();
+    result.pauseMs = Math.round(performance.now() - t);
+    t = performance.now();
+    const resumed = await orchestrator.createSandbox({ template: "hello", from: paused, alive });
+    result.resumeMs = Math.round(performance.now() - t);
+    const iteration = parseTestGuestLine(
+      resumed.firecracker.console.lines().find((l) => alive.test(l)) ?? "",
+    )?.iteration;
+    log(
+      `pause/resume     Diff snapshot + disk ${result.pauseMs} ms; resumed from template + diff in ${result.resumeMs} ms (guest at iteration ${iteration})`,
+    );
+    return result;
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    log(`template         failed: ${reason}`);
+    return { ...result, error: reason };
   } finally {
     prewarmPageFaultWorkers(0);
     rmSync(dir, { recursive: true, force: true });

@@ -30,6 +30,16 @@ export {
   type StaticCpuTemplate,
 } from "./config.ts";
 export {
+  type ControlRequest,
+  controlRequest,
+  controlRequestSchema,
+  controlServerRunning,
+  controlSocketPath,
+  listPausedSandboxes,
+  type SandboxSummary,
+  serveControl,
+} from "./control.ts";
+export {
   type DoctorCheck,
   type DoctorHost,
   type DoctorStatus,
@@ -51,6 +61,17 @@ export {
   networkNamesFor,
   teardownNetworkNamespace,
 } from "./network.ts";
+export {
+  type CreateFromTemplateOptions,
+  defaultTemplateSandboxSteps,
+  type OpenOrchestratorOptions,
+  Orchestrator,
+  type PausedSandbox,
+  pausedSandboxSchema,
+  readPausedSandbox,
+  TemplateSandbox,
+  type TemplateSandboxContext,
+} from "./orchestrator.ts";
 export { type OrchestratorState, openOrchestratorState } from "./orchestrator-state.ts";
 export {
   checkProcessIdentity,
@@ -105,6 +126,23 @@ export {
   type StepTiming,
 } from "./steps.ts";
 export {
+  type BuildTemplateOptions,
+  type BuiltTemplate,
+  buildTemplate,
+  defaultTemplateBuildSteps,
+  diskSlotPath,
+  ensureDiskSlot,
+  GUEST_INTERFACE_ID,
+  GUEST_MAC,
+  ROOTFS_DRIVE_ID,
+  readTemplate,
+  TEMPLATE_FILES,
+  type TemplateBuildContext,
+  templateDrift,
+  templatesDir,
+  templateVmConfig,
+} from "./template-build.ts";
+export {
   type Difference,
   describeDifferences,
   diffBootParameters,
@@ -113,6 +151,14 @@ export {
   verifyTemplateFiles,
 } from "./template-drift.ts";
 export {
+  type ParsedTemplateRequest,
+  parseTemplateRequest,
+  resolveTemplateInputs,
+  type TemplateInputs,
+  type TemplateRequest,
+  templateRequestSchema,
+} from "./template-inputs.ts";
+export {
   type BootParameters,
   bootParametersSchema,
   type CpuTemplateRecord,
@@ -120,6 +166,12 @@ export {
   type TemplateManifest,
   templateManifestSchema,
 } from "./template-manifest.ts";
+export {
+  type BindMount,
+  type VmNamespaceOptions,
+  type WrappedLaunch,
+  wrapInVmNamespaces,
+} from "./vm-namespace.ts";
 export {
   type LineEvent,
   type LineSource,
