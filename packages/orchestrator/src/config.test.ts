@@ -36,8 +36,15 @@ describe("createConfig", () => {
       provisioningTimeoutMs: ARCH_DEFAULTS.amd64.provisioningTimeoutMs,
       kernelName: "vmlinux",
       firecrackerBin: undefined,
+      useMemfd: "off",
     });
     expect(Object.isFrozen(config)).toBe(true);
+  });
+
+  it("reads SBX_USE_MEMFD and names it when the value is not a mode", () => {
+    expect(configFromEnv({ SBX_USE_MEMFD: "prefer" }).useMemfd).toBe("prefer");
+    const issues = issuesOf(() => configFromEnv({ SBX_USE_MEMFD: "yes" }));
+    expect(issues).toEqual([expect.objectContaining({ option: "useMemfd", variable: "SBX_USE_MEMFD" })]);
   });
 
   it("defaults the target arch to the host and uses per-arch timeouts", () => {

@@ -38,7 +38,12 @@ export const CONFIG_DEFAULTS = Object.freeze({
   tapName: "vmtap0",
   tapAddress: "192.168.241.1/29",
   guestAddress: "192.168.241.2",
+  /** Guest memory memfd from Firecracker (a fork feature; upstream never sends one): off by default. */
+  useMemfd: "off",
 });
+
+export const USE_MEMFD_MODES = ["off", "prefer", "require"] as const;
+export type UseMemfdMode = (typeof USE_MEMFD_MODES)[number];
 
 /** Firecracker's static CPU templates, by their API spelling. */
 export const STATIC_CPU_TEMPLATES = ["C3", "T2", "T2S", "T2CL", "T2A", "V1N1"] as const;
@@ -102,6 +107,11 @@ export const orchestratorOptionsSchema = z.object({
     .trim()
     .refine((text) => parseIpv4(text) !== undefined, { message: "must be an IPv4 address" })
     .optional(),
+  /**
+   * off: never expect a memfd. prefer: use it when Firecracker sends one, else warn and count a
+   * fallback. require: a create without one fails (MEMFD_MISSING).
+   */
+  useMemfd: z.enum(USE_MEMFD_MODES).optional(),
 });
 export type OrchestratorOptions = z.input<typeof orchestratorOptionsSchema>;
 type OptionName = keyof OrchestratorOptions;
@@ -128,6 +138,7 @@ export interface OrchestratorConfig {
   tapName: string;
   tapAddress: string;
   guestAddress: string;
+  useMemfd: UseMemfdMode;
 }
 
 type ValueKind = "string" | "integer";
@@ -157,6 +168,7 @@ export const CONFIG_ENV_VARIABLES: Readonly<Record<OptionName, { variable: strin
     tapName: { variable: "SBX_TAP_NAME", kind: "string" },
     tapAddress: { variable: "SBX_TAP_ADDRESS", kind: "string" },
     guestAddress: { variable: "SBX_GUEST_ADDRESS", kind: "string" },
+    useMemfd: { variable: "SBX_USE_MEMFD", kind: "string" },
   });
 
 export interface ConfigIssue {
@@ -266,6 +278,7 @@ function resolveConfig(
     tapName: options.tapName ?? CONFIG_DEFAULTS.tapName,
     tapAddress: options.tapAddress ?? CONFIG_DEFAULTS.tapAddress,
     guestAddress: options.guestAddress ?? CONFIG_DEFAULTS.guestAddress,
+    useMemfd: options.useMemfd ?? (CONFIG_DEFAULTS.useMemfd as UseMemfdMode),
   };
 
   if (config.maxConcurrentCreates > config.maxSandboxes && options.maxConcurrentCreates !== undefined) {

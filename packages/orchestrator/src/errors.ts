@@ -17,6 +17,7 @@ export type OrchestratorErrorCode =
   | "TEMPLATE_INVALID"
   | "TEMPLATE_NOT_FOUND"
   | "PROVISION_FAILED"
+  | "MEMFD_MISSING"
   | "ARCH_MISMATCH"
   | "WAIT_TIMEOUT"
   | "WAIT_ENDED"

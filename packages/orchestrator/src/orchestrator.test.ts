@@ -119,6 +119,27 @@ describe.skipIf(skipReason !== undefined)(
       }
     });
 
+    it("useMemfd: require refuses a Firecracker that sends no memfd; prefer goes on and counts it", async () => {
+      const before = orchestrator.metrics();
+      const refused = await orchestrator
+        .createSandbox({ template: "guest", alive: GUEST_LINE, useMemfd: "require" })
+        .catch((e: unknown) => e);
+      expect(refused).toMatchObject({ code: "STEP_FAILED", details: { step: "snapshot-load" } });
+      expect((refused as Error).cause).toMatchObject({ code: "MEMFD_MISSING" });
+      expect(readdirSync(join(fixture.config.stateDir, "sandboxes"))).toEqual([]);
+      await using sandbox = await orchestrator.createSandbox({
+        template: "guest",
+        alive: GUEST_LINE,
+        useMemfd: "prefer",
+      });
+      expect(sandbox.firecracker.exitStatus).toBeUndefined();
+      expect(orchestrator.metrics()).toMatchObject({
+        memfdFallbacks: before.memfdFallbacks + 1,
+        createFailures: before.createFailures + 1,
+        sandboxesCreated: before.sandboxesCreated + 1,
+      });
+    });
+
     it("leaves no process, fd, namespace or sandbox directory behind", async () => {
       expect(childPids()).toEqual(before.children);
       expect((await listNetworkNamespaces()).sort()).toEqual([...before.namespaces].sort());

@@ -17,7 +17,7 @@ import { type FirecrackerProcess, launchFirecracker } from "@sbx/fc-client";
 import { PageFaultServer, type PageFaultServerStop } from "@sbx/uffd";
 import { z } from "zod";
 import { resolveFirecrackerBinary } from "./boot-parameters.ts";
-import type { OrchestratorConfig } from "./config.ts";
+import type { OrchestratorConfig, UseMemfdMode } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
 import { runCommand } from "./exec.ts";
 import { type OrchestratorState, openOrchestratorState } from "./orchestrator-state.ts";
@@ -63,14 +63,26 @@ export interface CreateFromTemplateOptions {
   from?: PausedSandbox;
   /** The console line that proves the guest runs again; default any line. */
   alive?: RegExp;
+  /** Overrides the config's `useMemfd` for this sandbox. */
+  useMemfd?: UseMemfdMode;
   aliveTimeoutMs?: number;
   steps?: (defaults: StepList<TemplateSandboxContext>) => StepList<TemplateSandboxContext>;
   onEvent?: (event: StepEvent) => void;
   signal?: AbortSignal;
 }
 
+/** Counters an operator graphs: a fallback is never silent. */
+export interface OrchestratorMetrics {
+  sandboxesCreated: number;
+  createFailures: number;
+  /** Creates that wanted Firecracker's memfd (`useMemfd: prefer`) and went on without one. */
+  memfdFallbacks: number;
+}
+
 export interface TemplateSandboxContext extends SandboxCreateContext {
   options: CreateFromTemplateOptions;
+  metrics: OrchestratorMetrics;
+  logger: Logger;
   templateDir: string;
   manifest: TemplateManifest;
   diskPath?: string;
@@ -198,6 +210,21 @@ export function defaultTemplateSandboxSteps(): StepList<TemplateSandboxContext> 
           track_dirty_pages: true,
           resume_vm: true,
         });
+        const mode = context.options.useMemfd ?? context.state.config.useMemfd;
+        if (mode === "off") return;
+        const ready = await required(context.server, "the page-fault server").ready;
+        if (ready.memfd) return;
+        if (mode === "require") {
+          throw new OrchestratorError(
+            "MEMFD_MISSING",
+            "Firecracker sent no guest-memory memfd with its userfaultfd (upstream Firecracker never does; it is a fork feature): use a Firecracker that sends one, or set SBX_USE_MEMFD=prefer or off",
+          );
+        }
+        context.metrics.memfdFallbacks += 1;
+        context.logger.warn?.(
+          { id: context.sandboxId, memfdFallbacks: context.metrics.memfdFallbacks },
+          "useMemfd=prefer: Firecracker sent no memfd; pause falls back to Firecracker's own Diff snapshot",
+        );
       },
     },
     {
@@ -305,6 +332,7 @@ export class Orchestrator implements AsyncDisposable {
   readonly state: OrchestratorState;
   readonly #live = new Set<TemplateSandbox>();
   readonly #logger: Logger;
+  readonly #metrics: OrchestratorMetrics = { sandboxesCreated: 0, createFailures: 0, memfdFallbacks: 0 };
 
   private constructor(state: OrchestratorState, logger: Logger) {
     this.state = state;
@@ -322,6 +350,10 @@ export class Orchestrator implements AsyncDisposable {
 
   get config(): OrchestratorConfig {
     return this.state.config;
+  }
+
+  metrics(): OrchestratorMetrics {
+    return { ...this.#metrics };
   }
 
   /** The sandboxes this orchestrator started and has not killed. */
@@ -355,13 +387,22 @@ export class Orchestrator implements AsyncDisposable {
         options,
         templateDir: directory,
         manifest,
+        metrics: this.#metrics,
+        logger: this.#logger,
       };
       const defaults = defaultTemplateSandboxSteps();
       const steps = options.steps ? options.steps(defaults) : defaults;
-      const result = await runSteps(steps, context, {
-        ...(options.signal ? { signal: options.signal } : {}),
-        ...(options.onEvent ? { onEvent: options.onEvent } : {}),
-      });
+      let result: StepRunResult;
+      try {
+        result = await runSteps(steps, context, {
+          ...(options.signal ? { signal: options.signal } : {}),
+          ...(options.onEvent ? { onEvent: options.onEvent } : {}),
+        });
+      } catch (error) {
+        this.#metrics.createFailures += 1;
+        throw error;
+      }
+      this.#metrics.sandboxesCreated += 1;
       if (!context.firecracker || !context.server || !context.sandboxDir) {
         await result.cleanup();
         throw new OrchestratorError("STEP_FAILED", "the create steps finished without a running VM");

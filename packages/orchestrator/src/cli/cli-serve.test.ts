@@ -8,8 +8,10 @@ import { fileURLToPath } from "node:url";
 import { hostArch } from "@sbx/arch";
 import { buildTestGuest, realFirecracker, TEST_GUEST_READY_MARKER } from "@sbx/fc-client/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { configFromEnv } from "../config.ts";
 import { controlServerRunning, controlSocketPath } from "../control.ts";
 import { listNetworkNamespaces } from "../network.ts";
+import { Orchestrator } from "../orchestrator.ts";
 import { networkSkipReason } from "../test-capabilities.ts";
 import { type TemplateFixture, templateFixture } from "../test-template-fixture.ts";
 import { runCli } from "./cli.ts";
@@ -19,6 +21,28 @@ const skipReason = firecrackerSkip ?? networkSkipReason();
 if (skipReason) console.log(`[orchestrator] sbx serve end-to-end test skipped: ${skipReason}`);
 
 const GUEST_LINE = "^SBX-GUEST iter=\\d+ sum=";
+
+async function startServe(env: Record<string, string>): Promise<ChildProcess> {
+  const main = fileURLToPath(new URL("./main.ts", import.meta.url));
+  const child = spawn(process.execPath, ["--conditions=@sbx/source", main, "serve"], {
+    env,
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.once("data", () => resolve());
+    child.once("exit", (code) => reject(new Error(`sbx serve exited with ${code}`)));
+  });
+  return child;
+}
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
 
 describe.skipIf(skipReason !== undefined)(
   `sbx serve and the sandbox commands${skipReason ? ` (skipped: ${skipReason})` : ""}`,
@@ -55,15 +79,7 @@ describe.skipIf(skipReason !== undefined)(
         FIRECRACKER_BIN: firecrackerBin as string,
         PATH: process.env.PATH ?? "/usr/bin:/bin",
       };
-      const main = fileURLToPath(new URL("./main.ts", import.meta.url));
-      server = spawn(process.execPath, ["--conditions=@sbx/source", main, "serve"], {
-        env,
-        stdio: ["ignore", "pipe", "inherit"],
-      });
-      await new Promise<void>((resolve, reject) => {
-        server.stdout!.once("data", () => resolve());
-        server.once("exit", (code) => reject(new Error(`sbx serve exited with ${code}`)));
-      });
+      server = await startServe(env);
     }, 60_000);
 
     afterAll(async () => {
@@ -141,6 +157,30 @@ describe.skipIf(skipReason !== undefined)(
       expect((await listNetworkNamespaces()).sort()).toEqual([...namespacesBefore].sort());
       const listed = JSON.parse((await sbx("sandbox", "list", "--json")).stdout);
       expect(listed.sandboxes).toEqual([]);
+    }, 60_000);
+
+    it("after a crash (SIGKILL), the next start reclaims the orphaned Firecracker, namespace and files", async () => {
+      server = await startServe(env);
+      const created = await sbx("sandbox", "create", "--template", "guest", "--json");
+      expect(created.code, created.stderr).toBe(0);
+      const { id, pid, networkNamespace } = JSON.parse(created.stdout) as {
+        id: string;
+        pid: number;
+        networkNamespace: string;
+      };
+      expect(alive(pid)).toBe(true);
+      const exited = new Promise((resolve) => server.once("exit", resolve));
+      server.kill("SIGKILL"); // the page-fault server dies with it: this Firecracker would hang
+      await exited;
+      expect(alive(pid)).toBe(true);
+      expect(await listNetworkNamespaces()).toContain(networkNamespace);
+
+      await using orchestrator = await Orchestrator.open(configFromEnv(env));
+      expect(orchestrator.state.reclaimed.reclaimed.map((r) => r.id)).toEqual([id]);
+      for (let i = 0; i < 100 && alive(pid); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(alive(pid)).toBe(false);
+      expect((await listNetworkNamespaces()).sort()).toEqual([...namespacesBefore].sort());
+      expect((await orchestrator.state.stateDir.listSandboxes()).records).toEqual([]);
     }, 60_000);
   },
 );
