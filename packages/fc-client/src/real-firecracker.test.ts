@@ -142,5 +142,23 @@ describe.skipIf(skipReason !== undefined)(
       await fc.waitForConsole(TEST_GUEST_READY_MARKER, { timeoutMs: 10_000 });
       expect((await fc.client.describeInstance()).state).toBe("Running");
     });
+
+    it("a provisioning boot prints the exit marker and ends in a reset that makes Firecracker exit", async () => {
+      for (const [extra, status] of [
+        ["", 0],
+        [" sbx.test-provision-status=7", 7],
+      ] as const) {
+        await using fc = await launchFirecracker({ binary: firecrackerBin!, id: "sbx-real-provision" });
+        await configureAndStart(fc.client, {
+          "boot-source": { kernel_image_path: guestPath, boot_args: `console=ttyS0 sbx.provision=1${extra}` },
+          "machine-config": { vcpu_count: 1, mem_size_mib: 128 },
+        });
+        const exit = await fc.exited;
+        expect(exit.exitCode).toBe(0);
+        const lines = fc.console.lines();
+        expect(lines).toContain(`SBX_PROVISION_EXIT status=${status}`);
+        expect(lines).not.toContain(TEST_GUEST_READY_MARKER);
+      }
+    });
   },
 );

@@ -119,6 +119,50 @@ describe.skipIf(skipReason !== undefined)(
       }
     });
 
+    it("provisions in a first boot that ends in a reset, repairs the rootfs, then snapshots a second boot", async () => {
+      const guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
+      const events: string[] = [];
+      const request = {
+        name: "provisioned",
+        ociLayout: fixture.layoutDir,
+        memoryMib: 128,
+        vcpuCount: 1,
+        network: false,
+        provisionScript: "echo provisioning\n",
+      };
+      const built = await orchestrator.buildTemplate({
+        request,
+        resolver: testResolver(guest, firecrackerBin),
+        readyMarker: TEST_GUEST_READY_MARKER,
+        onEvent: (event) => event.kind === "step-end" && events.push(event.step),
+      });
+      expect(events.slice(events.indexOf("provision"), events.indexOf("snapshot") + 1)).toEqual([
+        "provision",
+        "boot",
+        "wait-ready",
+        "snapshot",
+      ]);
+      expect(built.manifest.boot.provisionScriptSha256).toMatch(/^[0-9a-f]{64}$/);
+      // A failing provisioning script fails the build with its status; nothing is published.
+      const failed = await orchestrator
+        .buildTemplate({
+          request: {
+            ...request,
+            name: "provision-fails",
+            kernelCommandLine: "console=ttyS0 sbx.test-provision-status=5",
+          },
+          resolver: testResolver(guest, firecrackerBin),
+          readyMarker: TEST_GUEST_READY_MARKER,
+        })
+        .catch((e: unknown) => e);
+      expect(failed).toMatchObject({ code: "STEP_FAILED", details: { step: "provision" } });
+      expect((failed as Error).cause).toMatchObject({ code: "PROVISION_FAILED", details: { status: 5 } });
+      expect(readdirSync(join(fixture.config.stateDir, "templates")).sort()).toEqual([
+        "guest",
+        "provisioned",
+      ]);
+    }, 120_000);
+
     it("useMemfd: require refuses a Firecracker that sends no memfd; prefer goes on and counts it", async () => {
       const before = orchestrator.metrics();
       const refused = await orchestrator

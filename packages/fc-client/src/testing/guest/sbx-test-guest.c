@@ -16,6 +16,11 @@
  * sequence continues exactly where it stopped; the checksum of iteration N is a pure function of
  * N (see expectedGuestChecksums in ../tiny-guest.ts), so a wrong or partly lost memory image shows up as a
  * wrong checksum. No libc, no SSE (Firecracker does not enable it), no interrupts.
+ *
+ * A provisioning boot (the kernel command line has `sbx.provision=1`, as sbx's template build passes
+ * it) instead prints what sbx's provisioning runner prints, `SBX_PROVISION_EXIT status=<n>` (n from
+ * `sbx.test-provision-status=<n>`, default 0), and resets the machine through the i8042 controller,
+ * which makes Firecracker exit: the clean shutdown the build waits for.
  */
 
 typedef unsigned int u32;
@@ -91,7 +96,34 @@ static void step(void) {
   state.iteration = iteration;
 }
 
-void sbx_guest_main(void) {
+/* Finds `name` as a whole word of the command line; returns what follows it, or 0. */
+static const char *cmdline_find(const char *cmdline, const char *name) {
+  for (const char *p = cmdline; *p; p++) {
+    if (p != cmdline && p[-1] != ' ') continue;
+    const char *a = p;
+    const char *b = name;
+    while (*b && *a == *b) a++, b++;
+    if (!*b && (*a == ' ' || *a == '\0' || b[-1] == '=')) return a;
+  }
+  return 0;
+}
+
+static void provision_and_reset(const char *cmdline) {
+  u32 status = 0;
+  const char *value = cmdline_find(cmdline, "sbx.test-provision-status=");
+  while (value && *value >= '0' && *value <= '9') status = status * 10u + (u32)(*value++ - '0');
+  put_str("SBX-GUEST provisioning\n");
+  put_str("SBX_PROVISION_EXIT status=");
+  put_dec(status);
+  put_char('\n');
+  outb(0x64, 0xfe); /* i8042 reset: Firecracker stops the VM and exits */
+  for (;;) __asm__ volatile("hlt");
+}
+
+void sbx_guest_main(const unsigned char *zero_page) {
+  /* boot_params.hdr.cmd_line_ptr (offset 0x228), below 4 GiB: identity-mapped like all low memory. */
+  const char *cmdline = zero_page ? (const char *)(u64)(*(const volatile u32 *)(zero_page + 0x228)) : 0;
+  if (cmdline && cmdline_find(cmdline, "sbx.provision=1")) provision_and_reset(cmdline);
   put_str("SBX-GUEST-READY\n");
   for (;;) {
     step();
@@ -115,6 +147,7 @@ __asm__(
     "  cli\n"
     "  lea stack+16384(%rip), %rsp\n"
     "  xor %ebp, %ebp\n"
+    "  mov %rsi, %rdi\n" /* the zero page, sbx_guest_main's argument */
     "  call sbx_guest_main\n"
     "1: hlt\n"
     "  jmp 1b\n"
