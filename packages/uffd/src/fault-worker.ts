@@ -89,6 +89,9 @@ const REMOVED_CAPACITY = 8192;
 const SPIN_READS = 16;
 // The helper returns after this many faults so the loop notices close() and a hung-up peer promptly.
 const MAX_FAULTS_PER_CALL = 4096;
+// No faults for this long after some were served: the restore's burst is over (gaps inside a burst,
+// while Firecracker finishes loading or the vCPU is descheduled, last a few milliseconds at most).
+const QUIET_MS = 100;
 
 interface NativeHelper {
   serveBatch(uffd: number, events: number, maxEvents: number, spinNs: number): number;
@@ -540,6 +543,20 @@ function serve(
     config.nativeHelper && layers.count === 1 && !trackDirty
       ? loadNativeHelper(config.nativeHelper, regions, layers.sourceFor(0), recordTrace)
       : undefined;
+  // The server refills its warm workers on this signal, not during the restore's fault burst, when a
+  // worker's start-up (~150 ms of CPU) would compete with the fault loop for the host's cores.
+  let servedAny = false;
+  let quietAnnounced = false;
+  /** Blocks until the peer, the wake fd or a fault needs the loop; announces the first long quiet. */
+  const waitIdle = (): StopReason | "uffd" | undefined => {
+    if (servedAny && !quietAnnounced) {
+      const state = checkPeer(QUIET_MS);
+      if (state !== undefined) return state;
+      quietAnnounced = true;
+      post({ type: "quiet" });
+    }
+    return checkPeer(-1);
+  };
   if (helper) {
     onRemoveHook = (start, end) => helper.addRemoved(start, end);
     for (;;) {
@@ -562,7 +579,9 @@ function serve(
       }
       if (count === 0) {
         // Quiet for a while, or a budget of faults served: look at the peer and the wake fd.
-        const state = checkPeer(stats.copied + stats.present > 0 ? 0 : -1);
+        const busy = stats.copied + stats.present > 0;
+        if (busy) servedAny = true;
+        const state = busy ? checkPeer(0) : waitIdle();
         if (state === "closed" || state === "peer-exited") return state;
         continue;
       }
@@ -590,6 +609,7 @@ function serve(
   for (;;) {
     if (drain() > 0) {
       idle = 0;
+      servedAny = true;
       while (queued.length > 0) if (!serveFault(queued.shift() as number)) return "peer-exited";
       if (++busy % 64 === 0) {
         const state = checkPeer(0);
@@ -599,7 +619,7 @@ function serve(
     }
     if (++idle < SPIN_READS) continue;
     idle = 0;
-    const state = checkPeer(-1);
+    const state = waitIdle();
     if (state === "closed" || state === "peer-exited") return state;
   }
 }

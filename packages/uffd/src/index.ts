@@ -32,5 +32,6 @@ export {
   type PageFaultServerReady,
   type PageFaultServerStop,
   prewarmPageFaultWorkers,
+  warmPageFaultWorkerCount,
 } from "./server.ts";
 export type { StopReason } from "./worker-protocol.ts";

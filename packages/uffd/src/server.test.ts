@@ -6,7 +6,12 @@ import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { UffdError } from "./errors.ts";
 import { NATIVE_HELPER_TOOLCHAINS, nativeHelperSource } from "./native-helper.ts";
-import { PageFaultServer, type PageFaultServerOptions, prewarmPageFaultWorkers } from "./server.ts";
+import {
+  PageFaultServer,
+  type PageFaultServerOptions,
+  prewarmPageFaultWorkers,
+  warmPageFaultWorkerCount,
+} from "./server.ts";
 import { leakCheck, settle } from "./test-counts.ts";
 import {
   buildTestPeer,
@@ -286,6 +291,36 @@ describe("the page-fault server's lifecycle", () => {
       prewarmPageFaultWorkers(0);
     }
     expect(() => prewarmPageFaultWorkers(-1)).toThrow(UffdError);
+  });
+
+  it("replaces a taken warm worker once the restore goes quiet, not during its fault burst", async () => {
+    prewarmPageFaultWorkers(1);
+    try {
+      await settle(300);
+      expect(warmPageFaultWorkerCount()).toBe(1);
+      await using server = new PageFaultServer({ socketPath, memoryFile });
+      await server.listen();
+      expect(warmPageFaultWorkerCount()).toBe(0); // taken; a new one now would compete with the faults
+      const peerRun = runTestPeer({
+        binary: peer,
+        socketPath,
+        memoryFile,
+        size: SIZE,
+        mode: "seq",
+        holdMs: 2000,
+      });
+      await server.ready;
+      let faultsWhenRefilled = -1;
+      for (let i = 0; i < 150 && faultsWhenRefilled < 0; i++) {
+        if (warmPageFaultWorkerCount() === 1) faultsWhenRefilled = server.metrics().faults;
+        else await settle(10);
+      }
+      // Refilled while the peer still holds its connection, and only after every page was served.
+      expect(faultsWhenRefilled).toBe(SIZE / 4096);
+      expect((await peerRun).mismatches).toBe(0);
+    } finally {
+      prewarmPageFaultWorkers(0);
+    }
   });
 
   it("validates its options", () => {

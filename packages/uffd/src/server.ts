@@ -122,14 +122,27 @@ function spawnWarmWorker(): void {
 function takeWarmWorker(): Worker | undefined {
   const worker = warmWorkers.shift();
   if (worker) worker.removeAllListeners("exit");
-  while (warmWorkers.length < warmTarget) spawnWarmWorker();
   return worker;
+}
+
+// Not at take time: a new worker's start-up would run during the restore that took the warm one.
+function refillWarmWorkers(): void {
+  while (warmWorkers.length < warmTarget) spawnWarmWorker();
+}
+
+/** A restore that never goes quiet still gets its warm worker replaced after this long. */
+const REFILL_FALLBACK_MS = 3_000;
+
+/** How many warm fault workers wait for a server right now (for metrics and tests). */
+export function warmPageFaultWorkerCount(): number {
+  return warmWorkers.length;
 }
 
 /**
  * Keeps `count` fault workers started ahead of time, so a server's `listen()` hands Firecracker a worker
- * that is already loaded (saves ~150 ms per restore on a busy host). 0 (the default) stops warming and
- * ends the idle ones.
+ * that is already loaded (saves ~150 ms per restore on a busy host). A worker taken by a server is
+ * replaced once that server's restore goes quiet (or its peer leaves), never during the fault burst.
+ * 0 (the default) stops warming and ends the idle ones.
  */
 export function prewarmPageFaultWorkers(count: number): void {
   if (!Number.isInteger(count) || count < 0)
@@ -159,6 +172,7 @@ export class PageFaultServer implements AsyncDisposable {
   #trace = new SharedArrayBuffer(0);
   readonly #traceCount = new SharedArrayBuffer(4);
   #memfdFd: number | undefined;
+  #refillTimer: NodeJS.Timeout | undefined;
   readonly warnings: string[] = [];
   readonly #logger: Logger;
   readonly #resolveReady: (ready: PageFaultServerReady) => void;
@@ -271,6 +285,8 @@ export class PageFaultServer implements AsyncDisposable {
       warm.postMessage(config);
     }
     this.#worker = worker;
+    this.#refillTimer = setTimeout(() => this.#refill(), REFILL_FALLBACK_MS);
+    this.#refillTimer.unref();
     worker.on("message", (message: WorkerMessage) => this.#onMessage(message));
     worker.on("error", (error) =>
       this.#finish({
@@ -285,6 +301,7 @@ export class PageFaultServer implements AsyncDisposable {
       // The memfd stays: it is what a caller exports guest memory from after Firecracker exited, and
       // the worker may exit before the caller gets to takeMemfd(). close() releases it if untaken.
       this.#releaseMainFds({ keepMemfd: true });
+      this.#refill();
       this.#finish({
         reason: "error",
         peerPid: undefined,
@@ -392,6 +409,8 @@ export class PageFaultServer implements AsyncDisposable {
         memfd: message.memfdFd !== undefined,
         trackDirty: message.trackDirty,
       });
+    } else if (message.type === "quiet") {
+      this.#refill();
     } else if (message.type === "warning") {
       this.warnings.push(message.message);
       this.#logger.warn({}, message.message);
@@ -411,6 +430,11 @@ export class PageFaultServer implements AsyncDisposable {
         );
       this.#finish({ reason: message.reason, peerPid: message.peerPid, error });
     }
+  }
+
+  #refill(): void {
+    clearTimeout(this.#refillTimer);
+    refillWarmWorkers();
   }
 
   #finish(stop: PageFaultServerStop): void {

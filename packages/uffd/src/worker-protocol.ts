@@ -41,6 +41,8 @@ export type WorkerMessage =
       trackDirty: boolean;
     }
   | { type: "warning"; message: string }
+  /** The first quiet moment after faults were served: the restore's burst is over. */
+  | { type: "quiet" }
   | {
       type: "stopped";
       reason: StopReason;
