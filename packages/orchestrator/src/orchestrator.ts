@@ -61,8 +61,11 @@ export interface CreateFromTemplateOptions {
   template: string;
   /** Resume a paused sandbox instead of starting from the template's own snapshot. */
   from?: PausedSandbox;
-  /** The console line that proves the guest runs again; default any line. */
-  alive?: RegExp;
+  /**
+   * The console line that proves the guest runs again; default any line. `false` skips the wait, for
+   * guests that print nothing after a restore (check them another way, e.g. over the network).
+   */
+  alive?: RegExp | false;
   /** Overrides the config's `useMemfd` for this sandbox. */
   useMemfd?: UseMemfdMode;
   aliveTimeoutMs?: number;
@@ -231,10 +234,12 @@ export function defaultTemplateSandboxSteps(): StepList<TemplateSandboxContext> 
       name: "wait-alive",
       async run(context) {
         const fc = required(context.firecracker, "Firecracker");
-        await fc.waitForConsole(context.options.alive ?? DEFAULT_ALIVE, {
-          timeoutMs: context.options.aliveTimeoutMs ?? context.state.config.readyTimeoutMs,
-          ...(context.consoleSince === undefined ? {} : { since: context.consoleSince }),
-        });
+        if (context.options.alive !== false) {
+          await fc.waitForConsole(context.options.alive ?? DEFAULT_ALIVE, {
+            timeoutMs: context.options.aliveTimeoutMs ?? context.state.config.readyTimeoutMs,
+            ...(context.consoleSince === undefined ? {} : { since: context.consoleSince }),
+          });
+        }
         await updateSandboxRecord(context, (record) => ({ ...record, state: "running" }));
       },
     },
