@@ -1,8 +1,9 @@
+import { execFileSync } from "node:child_process";
 import { accessSync, constants, readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { checkCompatibility } from "./compat.ts";
 import { cpuidKey, fingerprintToFile, parseFingerprint } from "./fingerprint.ts";
-import { hostFingerprint } from "./host.ts";
+import { ARM64_KVM_IOCTLS, hostFingerprint } from "./host.ts";
 
 const kvm = (() => {
   try {
@@ -43,5 +44,38 @@ describe("hostFingerprint", () => {
     expect(() => hostFingerprint({ arch: "amd64", cpuinfo: "vendor_id : GenuineIntel\n" })).toThrow(
       /cpu family/,
     );
+  });
+});
+
+const crossGcc = (() => {
+  try {
+    execFileSync("aarch64-linux-gnu-gcc", ["--version"], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+describe("arm64 KVM ioctls", () => {
+  it.skipIf(!crossGcc)("match <linux/kvm.h> as compiled for aarch64", () => {
+    const source = `#include <linux/kvm.h>
+unsigned long v[] = { KVM_CREATE_VM, KVM_CREATE_VCPU, KVM_ARM_PREFERRED_TARGET, KVM_ARM_VCPU_INIT,
+  KVM_GET_ONE_REG, sizeof(struct kvm_vcpu_init), sizeof(struct kvm_one_reg) };`;
+    const assembly = execFileSync("aarch64-linux-gnu-gcc", ["-x", "c", "-S", "-o", "-", "-"], {
+      input: source,
+      encoding: "utf8",
+    });
+    const values = [...assembly.matchAll(/\.xword\s+(\d+)/g)].map((m) => Number(m[1]));
+    const io = ARM64_KVM_IOCTLS;
+    // The struct sizes are what readArm64Registers lays out in its scratch memory.
+    expect(values).toEqual([
+      io.KVM_CREATE_VM,
+      io.KVM_CREATE_VCPU,
+      io.KVM_ARM_PREFERRED_TARGET,
+      io.KVM_ARM_VCPU_INIT,
+      io.KVM_GET_ONE_REG,
+      32,
+      16,
+    ]);
   });
 });

@@ -6,7 +6,7 @@ import { release } from "node:os";
 import { type Arch, hostArch } from "@sbx/arch";
 import { createExternalBuffer, DataType, type FieldType, load, open } from "ffi-rs";
 import { CpuTemplateError } from "./errors.ts";
-import { IA32_ARCH_CAPABILITIES } from "./features.ts";
+import { ARM64_ID_REGISTERS, IA32_ARCH_CAPABILITIES } from "./features.ts";
 import { cpuidKey, type Fingerprint, familyModelStepping, vendorString } from "./fingerprint.ts";
 
 const LIBRARY = "sbx-cpu-template-libc";
@@ -57,6 +57,59 @@ function withNativeMemory<T>(length: number, use: (address: number, view: DataVi
   }
 }
 
+/** `<linux/kvm.h>` ioctls for reading an arm64 vCPU's ID registers (checked against gcc in host.test.ts). */
+export const ARM64_KVM_IOCTLS = Object.freeze({
+  KVM_CREATE_VM: 0xae01,
+  KVM_CREATE_VCPU: 0xae41,
+  KVM_ARM_PREFERRED_TARGET: 0x8020aeaf,
+  KVM_ARM_VCPU_INIT: 0x4020aeae,
+  KVM_GET_ONE_REG: 0x4010aeab,
+});
+/** MIDR_EL1's KVM register id: implementer and part, as Firecracker's arm64 fingerprints carry it. */
+const MIDR_EL1 = "0x603000000013c000";
+
+function ioctl(fd: number, request: number, argument: number): { value: number; errnoCode: number } {
+  return libcCall("ioctl", DataType.I32, [DataType.I32, DataType.I64, DataType.I64], [fd, request, argument]);
+}
+
+/**
+ * What a guest vCPU sees in its ID registers on this arm64 host: a throwaway VM and vCPU initialised to
+ * KVM's preferred target (as Firecracker does), then KVM_GET_ONE_REG for each register the fleet logic
+ * compares. Values a kernel cannot report are left out, not guessed.
+ */
+function readArm64Registers(kvm: number): Map<string, bigint> {
+  const io = ARM64_KVM_IOCTLS;
+  const vm = ioctl(kvm, io.KVM_CREATE_VM, 0);
+  if (vm.value < 0)
+    throw new CpuTemplateError("HOST_READ_FAILED", `KVM_CREATE_VM failed: errno ${vm.errnoCode}`);
+  try {
+    const vcpu = ioctl(vm.value, io.KVM_CREATE_VCPU, 0);
+    if (vcpu.value < 0)
+      throw new CpuTemplateError("HOST_READ_FAILED", `KVM_CREATE_VCPU failed: errno ${vcpu.errnoCode}`);
+    try {
+      // [0, 32): struct kvm_vcpu_init; [40, 56): struct kvm_one_reg; [56, 64): the register's value.
+      return withNativeMemory(64, (address, view) => {
+        if (ioctl(vm.value, io.KVM_ARM_PREFERRED_TARGET, address).value !== 0)
+          throw new CpuTemplateError("HOST_READ_FAILED", "KVM_ARM_PREFERRED_TARGET failed");
+        if (ioctl(vcpu.value, io.KVM_ARM_VCPU_INIT, address).value !== 0)
+          throw new CpuTemplateError("HOST_READ_FAILED", "KVM_ARM_VCPU_INIT failed");
+        const registers = new Map<string, bigint>();
+        for (const id of [MIDR_EL1, ...Object.keys(ARM64_ID_REGISTERS)]) {
+          view.setBigUint64(40, BigInt(id), true);
+          view.setBigUint64(48, BigInt(address + 56), true);
+          if (ioctl(vcpu.value, io.KVM_GET_ONE_REG, address + 40).value === 0)
+            registers.set(id, view.getBigUint64(56, true));
+        }
+        return registers;
+      });
+    } finally {
+      closeSync(vcpu.value);
+    }
+  } finally {
+    closeSync(vm.value);
+  }
+}
+
 export function hostFingerprint(
   options: { arch?: Arch; cpuinfo?: string; kernel?: string } = {},
 ): Fingerprint {
@@ -70,6 +123,25 @@ export function hostFingerprint(
     const part = field("CPU part");
     if (!implementer || !part)
       throw new CpuTemplateError("HOST_READ_FAILED", "/proc/cpuinfo lacks CPU implementer/part");
+    // On an arm64 host, what KVM offers a guest; a cpuinfo passed in (tests, other hosts) has no registers.
+    let registers = new Map<string, bigint>();
+    if (options.cpuinfo === undefined && hostArch() === "arm64") {
+      let kvm: number;
+      try {
+        kvm = openSync("/dev/kvm", "r+");
+      } catch (cause) {
+        throw new CpuTemplateError(
+          "HOST_READ_FAILED",
+          "cannot open /dev/kvm (KVM is needed to read what guests can be offered)",
+          { cause },
+        );
+      }
+      try {
+        registers = readArm64Registers(kvm);
+      } finally {
+        closeSync(kvm);
+      }
+    }
     return {
       arch,
       vendor: `arm64:0x${Number(implementer).toString(16)}`,
@@ -79,7 +151,7 @@ export function hostFingerprint(
       microcodeVersion: field("CPU revision") ?? "unknown",
       cpuid: new Map(),
       msrs: new Map(),
-      registers: new Map(),
+      registers,
       kvmCapabilities: (field("Features") ?? "").split(/\s+/).filter(Boolean),
     };
   }
