@@ -8,15 +8,13 @@ import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { hostArch, sha256File } from "@sbx/arch";
+import { hostArch } from "@sbx/arch";
 import { hostFingerprint } from "@sbx/cpu-template";
 import { buildTestGuest, TEST_GUEST_READY_MARKER } from "@sbx/fc-client/testing";
 import {
-  type ArtifactResolver,
+  artifactResolverWith,
   createConfig,
-  firecrackerVersionOf,
   Orchestrator,
-  resolveBusyboxArtifact,
   type Step,
   type StepList,
   TEMPLATE_FILES,
@@ -59,22 +57,6 @@ const fakeSnapshot: Step<TemplateBuildContext> = {
   },
 };
 
-function resolverFor(kernel: string, firecracker: string): ArtifactResolver {
-  return {
-    async resolve(config) {
-      return {
-        firecracker: {
-          path: firecracker,
-          version: (await firecrackerVersionOf(firecracker)) ?? config.firecrackerVersion,
-          sha256: await sha256File(firecracker),
-        },
-        kernel: { path: kernel, sha256: await sha256File(kernel) },
-        busybox: await resolveBusyboxArtifact(config),
-      };
-    },
-  };
-}
-
 const dir = await mkdtemp(join(tmpdir(), "sbx-custom-step-"));
 try {
   const arch = hostArch();
@@ -111,7 +93,7 @@ try {
   await using orchestrator = await Orchestrator.open(config);
   const built = await orchestrator.buildTemplate({
     request: { name: "custom", ociLayout: join(dir, "image"), memoryMib: 128, vcpuCount: 1, network: false },
-    resolver: resolverFor(kernel, firecrackerBin ?? "/bin/true"),
+    resolver: artifactResolverWith({ kernel, firecracker: firecrackerBin ?? "/bin/true" }),
     readyMarker: TEST_GUEST_READY_MARKER,
     steps: customize,
   });

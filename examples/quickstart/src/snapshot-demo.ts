@@ -4,15 +4,13 @@
 import { accessSync, constants, mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { hostArch, sha256File } from "@sbx/arch";
+import { hostArch } from "@sbx/arch";
 import { buildTestGuest, parseTestGuestLine, TEST_GUEST_READY_MARKER } from "@sbx/fc-client/testing";
 import {
-  type ArtifactResolver,
+  artifactResolverWith,
   createConfig,
-  firecrackerVersionOf,
   Orchestrator,
   parseTemplateRequest,
-  resolveBusyboxArtifact,
   resolveTemplateInputs,
 } from "@sbx/orchestrator";
 import { buildExt4Image } from "@sbx/rootfs";
@@ -99,23 +97,6 @@ async function localInputs(dir: string) {
   return { busyboxDir, layoutDir };
 }
 
-/** A resolver whose "kernel" is the tiny test guest: this machine's KVM cannot boot a stock kernel. */
-function testGuestResolver(guest: string, firecracker: string): ArtifactResolver {
-  return {
-    async resolve(config) {
-      return {
-        firecracker: {
-          path: firecracker,
-          version: (await firecrackerVersionOf(firecracker)) ?? config.firecrackerVersion,
-          sha256: await sha256File(firecracker),
-        },
-        kernel: { path: guest, sha256: await sha256File(guest) },
-        busybox: await resolveBusyboxArtifact(config),
-      };
-    },
-  };
-}
-
 /**
  * The template half. Always: the rootfs from an OCI image built here, with the boot parameters a
  * template would record. With a Firecracker: the whole template build, sandboxes from it in their
@@ -137,7 +118,7 @@ export async function templateAndSandboxes(log: (line: string) => void): Promise
     if (!firecrackerBin) {
       const t = performance.now();
       const inputs = await resolveTemplateInputs(config, parseTemplateRequest(request), join(dir, "work"), {
-        resolver: testGuestResolver("/bin/true", "/bin/true"),
+        resolver: artifactResolverWith({ kernel: "/bin/true", firecracker: "/bin/true" }),
       });
       const rootfs = join(dir, "rootfs.ext4");
       await buildExt4Image({ sourceDir: inputs.rootDir, output: rootfs, size: "auto", label: "rootfs" });
@@ -155,7 +136,8 @@ export async function templateAndSandboxes(log: (line: string) => void): Promise
     let t = performance.now();
     const built = await orchestrator.buildTemplate({
       request: { ...request, network },
-      resolver: testGuestResolver(guest, firecrackerBin),
+      // This machine's KVM cannot boot a stock kernel: the tiny test guest stands in for it.
+      resolver: artifactResolverWith({ kernel: guest, firecracker: firecrackerBin }),
       readyMarker: TEST_GUEST_READY_MARKER,
     });
     result.templateMs = Math.round(performance.now() - t);

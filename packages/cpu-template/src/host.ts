@@ -68,6 +68,18 @@ export const ARM64_KVM_IOCTLS = Object.freeze({
 /** MIDR_EL1's KVM register id: implementer and part, as Firecracker's arm64 fingerprints carry it. */
 const MIDR_EL1 = "0x603000000013c000";
 
+function openKvm(): number {
+  try {
+    return openSync("/dev/kvm", "r+");
+  } catch (cause) {
+    throw new CpuTemplateError(
+      "HOST_READ_FAILED",
+      "cannot open /dev/kvm (KVM is needed to read what guests can be offered)",
+      { cause },
+    );
+  }
+}
+
 function ioctl(fd: number, request: number, argument: number): { value: number; errnoCode: number } {
   return libcCall("ioctl", DataType.I32, [DataType.I32, DataType.I64, DataType.I64], [fd, request, argument]);
 }
@@ -126,16 +138,7 @@ export function hostFingerprint(
     // On an arm64 host, what KVM offers a guest; a cpuinfo passed in (tests, other hosts) has no registers.
     let registers = new Map<string, bigint>();
     if (options.cpuinfo === undefined && hostArch() === "arm64") {
-      let kvm: number;
-      try {
-        kvm = openSync("/dev/kvm", "r+");
-      } catch (cause) {
-        throw new CpuTemplateError(
-          "HOST_READ_FAILED",
-          "cannot open /dev/kvm (KVM is needed to read what guests can be offered)",
-          { cause },
-        );
-      }
+      const kvm = openKvm();
       try {
         registers = readArm64Registers(kvm);
       } finally {
@@ -157,16 +160,7 @@ export function hostFingerprint(
   }
   if (field("cpu family") === undefined || field("model") === undefined)
     throw new CpuTemplateError("HOST_READ_FAILED", "/proc/cpuinfo lacks cpu family/model on an x86 host");
-  let kvm: number;
-  try {
-    kvm = openSync("/dev/kvm", "r+");
-  } catch (cause) {
-    throw new CpuTemplateError(
-      "HOST_READ_FAILED",
-      "cannot open /dev/kvm (KVM is needed to read what guests can be offered)",
-      { cause },
-    );
-  }
+  const kvm = openKvm();
   try {
     const cpuid = withNativeMemory(8 + MAX_ENTRIES * 40, (address, view) => {
       view.setUint32(0, MAX_ENTRIES, true);

@@ -115,20 +115,52 @@ export const defaultArtifactResolver: ArtifactResolver = {
     const firecracker = await resolveFirecrackerBinary(config);
     const version =
       config.targetArch === hostArch() ? await firecrackerVersionOf(firecracker.path) : undefined;
-    const artifacts: BootArtifacts = {
+    return withConfiguredParts(config, {
       firecracker: { ...firecracker, version: version ?? config.firecrackerVersion },
       kernel: await resolveKernel(config),
-      busybox: await resolveBusyboxArtifact(config),
-    };
-    if (config.cpuTemplate.kind === "custom") {
-      artifacts.customCpuTemplate = {
-        path: config.cpuTemplate.path,
-        sha256: await sha256File(config.cpuTemplate.path),
-      };
-    }
-    return artifacts;
+    });
   },
 };
+
+/** Adds what always comes from the config: busybox and, when configured, the custom CPU template. */
+async function withConfiguredParts(
+  config: OrchestratorConfig,
+  artifacts: Pick<BootArtifacts, "firecracker" | "kernel">,
+): Promise<BootArtifacts> {
+  const resolved: BootArtifacts = { ...artifacts, busybox: await resolveBusyboxArtifact(config) };
+  if (config.cpuTemplate.kind === "custom") {
+    resolved.customCpuTemplate = {
+      path: config.cpuTemplate.path,
+      sha256: await sha256File(config.cpuTemplate.path),
+    };
+  }
+  return resolved;
+}
+
+/**
+ * Busybox (and a custom CPU template) from the config as usual, but the kernel and Firecracker from
+ * these paths, digested like the rest: kernels built outside the artifact root, a test guest, or a
+ * Firecracker binary of your own. Without `firecracker`, the configured one.
+ */
+export function artifactResolverWith(paths: {
+  kernel: string;
+  firecracker?: string | undefined;
+}): ArtifactResolver {
+  return {
+    async resolve(config) {
+      const firecracker = paths.firecracker
+        ? { path: paths.firecracker, sha256: await sha256File(paths.firecracker) }
+        : await resolveFirecrackerBinary(config);
+      return withConfiguredParts(config, {
+        firecracker: {
+          ...firecracker,
+          version: (await firecrackerVersionOf(firecracker.path)) ?? config.firecrackerVersion,
+        },
+        kernel: { path: paths.kernel, sha256: await sha256File(paths.kernel) },
+      });
+    },
+  };
+}
 
 function sha256Text(text: string): string {
   return createHash("sha256").update(text).digest("hex");

@@ -1,6 +1,7 @@
 export { AddressPool, type SandboxAddresses } from "./address-pool.ts";
 export {
   type ArtifactResolver,
+  artifactResolverWith,
   assertCanRunFirecracker,
   type BootArtifacts,
   DEFAULT_KERNEL_COMMAND_LINE,
@@ -90,6 +91,7 @@ export {
   reclaimSandbox,
 } from "./reclaim.ts";
 export {
+  assertCanResume,
   type CreateSandboxOptions,
   createSandbox,
   DEFAULT_ALIVE,
@@ -100,6 +102,7 @@ export {
 } from "./sandbox.ts";
 export { newSandboxId, resolveIdPrefix, sandboxIdSchema } from "./sandbox-id.ts";
 export {
+  allocateNetwork,
   networkStep,
   newSandboxCreateContext,
   type SandboxCreateContext,
@@ -116,6 +119,7 @@ export {
 } from "./state-dir.ts";
 export {
   type RunStepsOptions,
+  requireFromStep,
   runSteps,
   type Step,
   type StepCleanup,

@@ -22,7 +22,7 @@ import { OrchestratorError } from "./errors.ts";
 import { runCommand } from "./exec.ts";
 import { type OrchestratorState, openOrchestratorState } from "./orchestrator-state.ts";
 import { processIdentity } from "./process-identity.ts";
-import { DEFAULT_ALIVE } from "./sandbox.ts";
+import { assertCanResume, DEFAULT_ALIVE } from "./sandbox.ts";
 import { newSandboxId } from "./sandbox-id.ts";
 import {
   networkStep,
@@ -31,7 +31,7 @@ import {
   updateSandboxRecord,
 } from "./sandbox-steps.ts";
 import { writeJsonAtomic } from "./state-dir.ts";
-import { runSteps, type StepEvent, StepList, type StepRunResult } from "./steps.ts";
+import { requireFromStep, runSteps, type StepEvent, StepList, type StepRunResult } from "./steps.ts";
 import {
   type BuildTemplateOptions,
   type BuiltTemplate,
@@ -94,13 +94,6 @@ export interface TemplateSandboxContext extends SandboxCreateContext {
   consoleSince?: number;
 }
 
-function required<T>(value: T | undefined, what: string): T {
-  if (value === undefined) {
-    throw new OrchestratorError("STEP_FAILED", `${what} is missing: a step it depends on was removed`);
-  }
-  return value;
-}
-
 async function customTemplateOf(manifest: TemplateManifest): Promise<CpuTemplate | undefined> {
   const cpu = manifest.boot.cpuTemplate;
   if (cpu.kind !== "custom") return undefined;
@@ -116,22 +109,10 @@ export function defaultTemplateSandboxSteps(): StepList<TemplateSandboxContext> 
           context.manifest.hostFingerprint,
           `template ${context.manifest.name}`,
         );
-        const template = await customTemplateOf(context.manifest);
-        const verdict = checkCompatibility({
+        assertCanResume(`template "${context.manifest.name}"`, {
           source,
-          target: hostFingerprint(),
-          ...(template ? { template } : {}),
+          template: await customTemplateOf(context.manifest),
         });
-        if (!verdict.compatible) {
-          throw new OrchestratorError(
-            "TEMPLATE_INVALID",
-            `this host cannot resume template "${context.manifest.name}": ${[
-              ...verdict.reasons,
-              ...verdict.missing.map((m) => `${m.name} (${m.where})`),
-            ].join("; ")}`,
-            { details: { missing: verdict.missing, reasons: verdict.reasons } },
-          );
-        }
       },
     },
     stateRecordStep(),
@@ -147,7 +128,10 @@ export function defaultTemplateSandboxSteps(): StepList<TemplateSandboxContext> 
       name: "disk",
       async run(context) {
         const source = context.options.from?.disk ?? join(context.templateDir, TEMPLATE_FILES.rootfs);
-        const disk = join(required(context.sandboxDir, "the sandbox directory"), TEMPLATE_FILES.rootfs);
+        const disk = join(
+          requireFromStep(context.sandboxDir, "the sandbox directory"),
+          TEMPLATE_FILES.rootfs,
+        );
         // Copy-on-write where the filesystem can (reflink), sparse elsewhere: two sandboxes never share blocks.
         await runCommand(["cp", "--reflink=auto", "--sparse=always", "--", source, disk]);
         await ensureDiskSlot(context.state.config);
@@ -159,7 +143,7 @@ export function defaultTemplateSandboxSteps(): StepList<TemplateSandboxContext> 
       async run(context) {
         const layers = context.options.from?.layers ?? [join(context.templateDir, TEMPLATE_FILES.memory)];
         const server = new PageFaultServer({
-          socketPath: join(required(context.sandboxDir, "the sandbox directory"), "uffd.sock"),
+          socketPath: join(requireFromStep(context.sandboxDir, "the sandbox directory"), "uffd.sock"),
           layers: layers.map((path) => ({ path })),
           trackDirty: false,
         });
@@ -173,11 +157,11 @@ export function defaultTemplateSandboxSteps(): StepList<TemplateSandboxContext> 
       async run(context, { signal }) {
         const config = context.state.config;
         const binary = (await resolveFirecrackerBinary(config)).path;
-        const sandboxDir = required(context.sandboxDir, "the sandbox directory");
+        const sandboxDir = requireFromStep(context.sandboxDir, "the sandbox directory");
         const fc = await launchFirecracker({
           ...wrapInVmNamespaces(binary, {
             ...(context.network ? { networkNamespace: context.network.name } : {}),
-            binds: [{ source: required(context.diskPath, "the disk"), target: diskSlotPath(config) }],
+            binds: [{ source: requireFromStep(context.diskPath, "the disk"), target: diskSlotPath(config) }],
           }),
           id: context.sandboxId,
           arch: config.targetArch,
@@ -201,13 +185,13 @@ export function defaultTemplateSandboxSteps(): StepList<TemplateSandboxContext> 
     {
       name: "snapshot-load",
       async run(context) {
-        const fc = required(context.firecracker, "Firecracker");
+        const fc = requireFromStep(context.firecracker, "Firecracker");
         context.consoleSince = fc.console.position;
         await fc.client.loadSnapshot({
           snapshot_path: context.options.from?.vmstate ?? join(context.templateDir, TEMPLATE_FILES.vmstate),
           mem_backend: {
             backend_type: "Uffd",
-            backend_path: required(context.server, "the page-fault server").socketPath,
+            backend_path: requireFromStep(context.server, "the page-fault server").socketPath,
           },
           // Not saved in snapshots: without it the next pause could not write a Diff snapshot.
           track_dirty_pages: true,
@@ -215,7 +199,7 @@ export function defaultTemplateSandboxSteps(): StepList<TemplateSandboxContext> 
         });
         const mode = context.options.useMemfd ?? context.state.config.useMemfd;
         if (mode === "off") return;
-        const ready = await required(context.server, "the page-fault server").ready;
+        const ready = await requireFromStep(context.server, "the page-fault server").ready;
         if (ready.memfd) return;
         if (mode === "require") {
           throw new OrchestratorError(
@@ -233,7 +217,7 @@ export function defaultTemplateSandboxSteps(): StepList<TemplateSandboxContext> 
     {
       name: "wait-alive",
       async run(context) {
-        const fc = required(context.firecracker, "Firecracker");
+        const fc = requireFromStep(context.firecracker, "Firecracker");
         if (context.options.alive !== false) {
           await fc.waitForConsole(context.options.alive ?? DEFAULT_ALIVE, {
             timeoutMs: context.options.aliveTimeoutMs ?? context.state.config.readyTimeoutMs,
@@ -265,9 +249,9 @@ export class TemplateSandbox implements AsyncDisposable {
     this.#onGone = onGone;
     this.id = context.sandboxId;
     this.template = context.manifest.name;
-    this.directory = required(context.sandboxDir, "the sandbox directory");
-    this.firecracker = required(context.firecracker, "Firecracker");
-    this.server = required(context.server, "the page-fault server");
+    this.directory = requireFromStep(context.sandboxDir, "the sandbox directory");
+    this.firecracker = requireFromStep(context.firecracker, "Firecracker");
+    this.server = requireFromStep(context.server, "the page-fault server");
     this.timings = steps.timings;
     // Firecracker would hang on its next fault without its page-fault server: kill it at once.
     void this.server.stopped.then((stop: PageFaultServerStop) => {
@@ -299,7 +283,7 @@ export class TemplateSandbox implements AsyncDisposable {
       const from = this.#context.options.from;
       const layers = [...(from?.layers ?? [join(this.#context.templateDir, TEMPLATE_FILES.memory)]), memory];
       // The VM is paused: its disk is quiet while it is copied.
-      await copyFile(required(this.#context.diskPath, "the disk"), join(dir, TEMPLATE_FILES.rootfs));
+      await copyFile(requireFromStep(this.#context.diskPath, "the disk"), join(dir, TEMPLATE_FILES.rootfs));
       const paused = pausedSandboxSchema.parse({
         schemaVersion: 1,
         id: this.id,

@@ -83,32 +83,54 @@ export function networkStep(): Step<SandboxCreateContext> {
   return {
     name: "network",
     async run(context, { signal }) {
-      const { config, addressPool } = context.state;
-      const addresses = addressPool.allocate();
       const names = networkNamesFor(context.sandboxId);
-      try {
-        await updateSandboxRecord(context, (record) => ({
-          ...record,
-          networkNamespace: { ...names, addressIndex: addresses.index },
-        }));
-        context.addresses = addresses;
-        context.network = await createNetworkNamespace({
-          ...names,
-          addresses,
-          tapName: config.tapName,
-          tapAddress: config.tapAddress,
-          guestAddress: config.guestAddress,
-          signal,
-        });
-      } catch (error) {
-        addressPool.release(addresses.index);
-        throw error;
-      }
-      const network = context.network;
-      return async () => {
-        await network.teardown();
-        addressPool.release(addresses.index);
-      };
+      const { network, release } = await allocateNetwork(context.state, names, {
+        signal,
+        // Recorded before it exists: teardown is idempotent, a namespace that exists unrecorded would leak.
+        beforeCreate: (addressIndex) =>
+          updateSandboxRecord(context, (record) => ({
+            ...record,
+            networkNamespace: { ...names, addressIndex },
+          })).then(() => undefined),
+      });
+      context.addresses = network.addresses;
+      context.network = network;
+      return release;
+    },
+  };
+}
+
+/**
+ * A network namespace with the sandbox TAP, and a /30 from the address pool for its veth pair. The
+ * address goes back to the pool when creating fails or `release` runs (after teardown).
+ */
+export async function allocateNetwork(
+  state: OrchestratorState,
+  names: { name: string; hostVethName: string },
+  options: { signal?: AbortSignal; beforeCreate?: (addressIndex: number) => Promise<void> } = {},
+): Promise<{ network: NetworkNamespace; release: () => Promise<void> }> {
+  const { addressPool, config } = state;
+  const addresses = addressPool.allocate();
+  let network: NetworkNamespace;
+  try {
+    await options.beforeCreate?.(addresses.index);
+    network = await createNetworkNamespace({
+      ...names,
+      addresses,
+      tapName: config.tapName,
+      tapAddress: config.tapAddress,
+      guestAddress: config.guestAddress,
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+  } catch (error) {
+    addressPool.release(addresses.index);
+    throw error;
+  }
+  return {
+    network,
+    release: async () => {
+      await network.teardown();
+      addressPool.release(addresses.index);
     },
   };
 }

@@ -46,24 +46,34 @@ export interface SandboxContext {
 
 export const DEFAULT_ALIVE = /\S/;
 
+/**
+ * Refuses (TEMPLATE_INVALID, naming the missing features) a host that could not run what a snapshot's
+ * guest was told it may use: a snapshot moved to an older CPU dies with SIGILL.
+ */
+export function assertCanResume(
+  what: string,
+  check: { source: Fingerprint; template?: CpuTemplate | undefined; target?: Fingerprint },
+): void {
+  const verdict = checkCompatibility({
+    source: check.source,
+    target: check.target ?? hostFingerprint(),
+    ...(check.template ? { template: check.template } : {}),
+  });
+  if (!verdict.compatible)
+    throw new OrchestratorError(
+      "TEMPLATE_INVALID",
+      `this host cannot resume ${what}: ${[...verdict.reasons, ...verdict.missing.map((m) => `${m.name} (${m.where})`)].join("; ")}`,
+      { details: { missing: verdict.missing, reasons: verdict.reasons } },
+    );
+}
+
 export function defaultSandboxSteps(): StepList<SandboxContext> {
   return new StepList<SandboxContext>([
     {
       name: "compatibility",
       run(context) {
         const check = context.options.compatibility;
-        if (!check) return;
-        const verdict = checkCompatibility({
-          source: check.source,
-          target: check.target ?? hostFingerprint(),
-          ...(check.template ? { template: check.template } : {}),
-        });
-        if (!verdict.compatible)
-          throw new OrchestratorError(
-            "TEMPLATE_INVALID",
-            `this host cannot resume the template: ${[...verdict.reasons, ...verdict.missing.map((m) => `${m.name} (${m.where})`)].join("; ")}`,
-            { details: { missing: verdict.missing, reasons: verdict.reasons } },
-          );
+        if (check) assertCanResume("the template", check);
       },
     },
     {

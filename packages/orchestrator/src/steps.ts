@@ -1,5 +1,13 @@
 import { OrchestratorError } from "./errors.ts";
 
+/** A value an earlier step was to put in the context; a clear error when a fork removed that step. */
+export function requireFromStep<T>(value: T | undefined, what: string): T {
+  if (value === undefined) {
+    throw new OrchestratorError("STEP_FAILED", `${what} is missing: a step it depends on was removed`);
+  }
+  return value;
+}
+
 /** What a step may return: a cleanup that undoes it, run in reverse order when a later step fails. */
 export type StepCleanup = (() => void | Promise<void>) | AsyncDisposable | Disposable;
 

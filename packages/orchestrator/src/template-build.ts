@@ -22,10 +22,11 @@ import { buildExt4Image, parseProvisionExit, READY_MARKER, repairExt4 } from "@s
 import { type ArtifactResolver, assertCanRunFirecracker } from "./boot-parameters.ts";
 import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
-import { createNetworkNamespace, type NetworkNamespace, networkNamesFor } from "./network.ts";
+import { type NetworkNamespace, networkNamesFor } from "./network.ts";
 import type { OrchestratorState } from "./orchestrator-state.ts";
+import { allocateNetwork } from "./sandbox-steps.ts";
 import { writeJsonAtomic } from "./state-dir.ts";
-import { runSteps, type StepEvent, StepList, type StepRunResult } from "./steps.ts";
+import { requireFromStep, runSteps, type StepEvent, StepList, type StepRunResult } from "./steps.ts";
 import { describeDifferences, diffBootParameters, verifyTemplateFiles } from "./template-drift.ts";
 import {
   type ParsedTemplateRequest,
@@ -98,16 +99,9 @@ export interface TemplateBuildContext {
   templateDir?: string;
 }
 
-function required<T>(value: T | undefined, what: string): T {
-  if (value === undefined) {
-    throw new OrchestratorError("STEP_FAILED", `${what} is missing: a step it depends on was removed`);
-  }
-  return value;
-}
-
 /** Firecracker's whole VM description for a template boot (the provisioning one or the final one). */
 export function templateVmConfig(context: TemplateBuildContext, bootArgs: string): FullVmConfiguration {
-  const { boot } = required(context.inputs, "the template inputs");
+  const { boot } = requireFromStep(context.inputs, "the template inputs");
   const cpu = boot.cpuTemplate;
   const config: FullVmConfiguration = {
     "boot-source": { kernel_image_path: boot.kernel.path, boot_args: bootArgs },
@@ -137,10 +131,12 @@ export function templateVmConfig(context: TemplateBuildContext, bootArgs: string
 }
 
 async function launchTemplateVm(context: TemplateBuildContext, id: string, signal: AbortSignal) {
-  const binary = required(context.inputs, "the template inputs").artifacts.firecracker.path;
+  const binary = requireFromStep(context.inputs, "the template inputs").artifacts.firecracker.path;
   const wrapped = wrapInVmNamespaces(binary, {
     ...(context.network ? { networkNamespace: context.network.name } : {}),
-    binds: [{ source: required(context.rootfsPath, "the rootfs"), target: diskSlotPath(context.config) }],
+    binds: [
+      { source: requireFromStep(context.rootfsPath, "the rootfs"), target: diskSlotPath(context.config) },
+    ],
   });
   return launchFirecracker({
     ...wrapped,
@@ -179,7 +175,7 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
     {
       name: "rootfs",
       async run(context) {
-        const inputs = required(context.inputs, "the template inputs");
+        const inputs = requireFromStep(context.inputs, "the template inputs");
         const output = join(context.stagingDir, TEMPLATE_FILES.rootfs);
         await buildExt4Image({ sourceDir: inputs.rootDir, output, size: "auto", label: "rootfs" });
         await rm(join(context.stagingDir, "work"), { recursive: true, force: true });
@@ -189,7 +185,7 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
     {
       name: "cpu-template",
       async run(context) {
-        const cpu = required(context.inputs, "the template inputs").boot.cpuTemplate;
+        const cpu = requireFromStep(context.inputs, "the template inputs").boot.cpuTemplate;
         if (cpu.kind === "custom") {
           const text = await readFile(cpu.path, "utf8");
           if ((await sha256File(cpu.path)) !== cpu.sha256) {
@@ -208,26 +204,10 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
       name: "network",
       async run(context, { signal }) {
         if (!context.request.network) return;
-        const { addressPool, config } = context.state;
-        const addresses = addressPool.allocate();
-        try {
-          context.network = await createNetworkNamespace({
-            ...networkNamesFor(`build-${randomBytes(4).toString("hex")}`),
-            addresses,
-            tapName: config.tapName,
-            tapAddress: config.tapAddress,
-            guestAddress: config.guestAddress,
-            signal,
-          });
-        } catch (error) {
-          addressPool.release(addresses.index);
-          throw error;
-        }
-        const network = context.network;
-        return async () => {
-          await network.teardown();
-          addressPool.release(addresses.index);
-        };
+        const names = networkNamesFor(`build-${randomBytes(4).toString("hex")}`);
+        const { network, release } = await allocateNetwork(context.state, names, { signal });
+        context.network = network;
+        return release;
       },
     },
     {
@@ -235,7 +215,7 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
       async run(context, { signal }) {
         if (context.request.provisionScript === undefined) return;
         assertCanRunFirecracker(context.config);
-        const inputs = required(context.inputs, "the template inputs");
+        const inputs = requireFromStep(context.inputs, "the template inputs");
         await ensureDiskSlot(context.config);
         const bootArgs = `${inputs.boot.kernelCommandLine} ${epochArgument()} sbx.provision=1`;
         await using fc = await launchTemplateVm(context, "provision", signal);
@@ -264,14 +244,14 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
             { details: { status, console } },
           );
         }
-        await repairExt4(required(context.rootfsPath, "the rootfs"));
+        await repairExt4(requireFromStep(context.rootfsPath, "the rootfs"));
       },
     },
     {
       name: "boot",
       async run(context, { signal }) {
         assertCanRunFirecracker(context.config);
-        const inputs = required(context.inputs, "the template inputs");
+        const inputs = requireFromStep(context.inputs, "the template inputs");
         await ensureDiskSlot(context.config);
         const fc = await launchTemplateVm(context, "template", signal);
         context.firecracker = fc;
@@ -293,7 +273,7 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
     {
       name: "wait-ready",
       async run(context) {
-        const fc = required(context.firecracker, "the template VM");
+        const fc = requireFromStep(context.firecracker, "the template VM");
         await fc.waitForConsole(context.options.readyMarker ?? READY_MARKER, {
           timeoutMs: context.config.readyTimeoutMs,
         });
@@ -302,7 +282,7 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
     {
       name: "snapshot",
       async run(context) {
-        const fc = required(context.firecracker, "the template VM");
+        const fc = requireFromStep(context.firecracker, "the template VM");
         await fc.client.patchVm({ state: "Paused" });
         // Full: the template is the base every sandbox's memory is layered on.
         await fc.client.createSnapshot({
@@ -317,7 +297,7 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
     {
       name: "manifest",
       async run(context) {
-        const inputs = required(context.inputs, "the template inputs");
+        const inputs = requireFromStep(context.inputs, "the template inputs");
         const file = async (name: string) => ({
           file: name,
           sizeBytes: (await stat(join(context.stagingDir, name))).size,
@@ -333,7 +313,7 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
           name: context.request.name,
           createdAt: new Date().toISOString(),
           boot: inputs.boot,
-          hostFingerprint: fingerprintToFile(required(context.fingerprint, "the host fingerprint")),
+          hostFingerprint: fingerprintToFile(requireFromStep(context.fingerprint, "the host fingerprint")),
           rootfs,
           snapshot: { vmstate, memory },
           ...(context.network ? { network: { tapName: context.network.tapName, guestMac: GUEST_MAC } } : {}),

@@ -3,9 +3,9 @@
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { hostArch, sha256File } from "@sbx/arch";
+import { hostArch } from "@sbx/arch";
 import { writeBusyboxFixture, writeOciLayout } from "@sbx/rootfs/testing";
-import { type ArtifactResolver, firecrackerVersionOf, resolveBusyboxArtifact } from "./boot-parameters.ts";
+import { type ArtifactResolver, artifactResolverWith } from "./boot-parameters.ts";
 import { createConfig, type OrchestratorConfig } from "./config.ts";
 
 export interface TemplateFixture {
@@ -49,20 +49,7 @@ export async function templateFixture(options: { firecrackerBin?: string } = {})
   return { dir, layoutDir, config };
 }
 
-/** Resolves the configured busybox and Firecracker for real, with `kernel` standing in for the kernel. */
+/** The configured busybox, with `kernel` standing in for the kernel (default Firecracker: /bin/true). */
 export function testResolver(kernel: string, firecracker?: string): ArtifactResolver {
-  return {
-    async resolve(config) {
-      const fcPath = firecracker ?? "/bin/true";
-      return {
-        firecracker: {
-          path: fcPath,
-          version: (firecracker && (await firecrackerVersionOf(fcPath))) || config.firecrackerVersion,
-          sha256: await sha256File(fcPath),
-        },
-        kernel: { path: kernel, sha256: await sha256File(kernel) },
-        busybox: await resolveBusyboxArtifact(config),
-      };
-    },
-  };
+  return artifactResolverWith({ kernel, firecracker: firecracker ?? "/bin/true" });
 }
