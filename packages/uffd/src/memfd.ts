@@ -123,12 +123,15 @@ export function exportRanges(
   const fd = openSync(destination, constants.O_RDWR | constants.O_CREAT, 0o600);
   try {
     if (fstatSync(fd).size < memfd.size) check("ftruncate", libc.ftruncate(fd, memfd.size));
-    const chunks = ranges.flatMap((r) => {
-      const parts: ByteRange[] = [];
-      for (let at = 0; at < r.length; at += CHUNK)
-        parts.push({ offset: r.offset + at, length: Math.min(CHUNK, r.length - at) });
-      return parts;
-    });
+    // Split only what one pwrite cannot take; the common case (pages, huge pages) is used as given.
+    const chunks: readonly ByteRange[] = !ranges.some((r) => r.length > CHUNK)
+      ? ranges
+      : ranges.flatMap((r) => {
+          const parts: ByteRange[] = [];
+          for (let at = 0; at < r.length; at += CHUNK)
+            parts.push({ offset: r.offset + at, length: Math.min(CHUNK, r.length - at) });
+          return parts;
+        });
     if (chunks.length === 0) return { bytes: 0, method: "pwrite" };
     const viaCopy = tryCopyFileRange(memfd.fd, fd, chunks);
     if (viaCopy !== undefined) return { bytes: viaCopy, method: "copy_file_range" };
@@ -138,7 +141,7 @@ export function exportRanges(
   }
 }
 
-function tryCopyFileRange(input: number, output: number, chunks: ByteRange[]): number | undefined {
+function tryCopyFileRange(input: number, output: number, chunks: readonly ByteRange[]): number | undefined {
   const offsets = new NativeMemory(16);
   try {
     let total = 0;
@@ -180,7 +183,7 @@ let helperLoaded: string | undefined;
 function pwriteFromMapping(
   memfd: Memfd,
   fd: number,
-  chunks: ByteRange[],
+  chunks: readonly ByteRange[],
   helperChoice: string,
 ): ExportResult {
   const mapping = check("mmap(memfd)", libc.mmap(0, memfd.size, PROT_READ, MAP_SHARED, memfd.fd, 0));
@@ -193,9 +196,13 @@ function pwriteFromMapping(
       }
       const list = new NativeMemory(Math.max(16, chunks.length * 16));
       try {
+        // Two u32 halves per u64: a BigInt per value costs more than the copy of a 4 KiB page.
+        const words = new Uint32Array(list.bytes.buffer, list.bytes.byteOffset, chunks.length * 4);
         chunks.forEach((c, i) => {
-          list.setU64(i * 16, c.offset);
-          list.setU64(i * 16 + 8, c.length);
+          words[i * 4] = c.offset % 2 ** 32;
+          words[i * 4 + 1] = Math.floor(c.offset / 2 ** 32);
+          words[i * 4 + 2] = c.length % 2 ** 32;
+          words[i * 4 + 3] = Math.floor(c.length / 2 ** 32);
         });
         const written = load({
           library: "sbx-uffd-export",
