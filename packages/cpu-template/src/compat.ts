@@ -28,6 +28,8 @@ export interface CompatibilityVerdict {
   scope: string;
 }
 
+const ID_AA64PFR0_EL1 = "0x603000000013c020";
+
 const SCOPE =
   "CPUID-level: the guest is not told about a feature the target lacks; a guest that executes a masked instruction the source CPU has can still fault after the move";
 
@@ -66,6 +68,18 @@ export function checkCompatibility(options: {
   }
   if (reasons.some((r) => r.startsWith("different")))
     return { compatible: false, missing, reasons, scope: SCOPE };
+  if (source.arch === "arm64") {
+    // The vGIC's saved state only restores onto the same GIC version, whatever the CPU template says.
+    const gic = (f: Fingerprint) => {
+      const pfr0 = f.registers.get(ID_AA64PFR0_EL1);
+      return pfr0 === undefined ? undefined : fieldValue(pfr0, 24, false);
+    };
+    const [from, to] = [gic(source), gic(target)];
+    if (from !== undefined && to !== undefined && from !== to)
+      reasons.push(
+        `arm64 GIC version differs (ID_AA64PFR0_EL1.GIC ${from} → ${to}): Firecracker restores the vGIC state only onto the same GIC version`,
+      );
+  }
 
   if (source.arch === "amd64") {
     for (const reg of X86_FEATURE_REGISTERS) {
