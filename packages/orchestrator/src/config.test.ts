@@ -41,6 +41,18 @@ describe("createConfig", () => {
     expect(Object.isFrozen(config)).toBe(true);
   });
 
+  it("reads the arm64 seccomp decision: a filter path or an explicit opt-out", () => {
+    expect(configFromEnv({ SBX_ALLOW_NO_SECCOMP: "yes" }).allowNoSeccomp).toBe(true);
+    expect(configFromEnv({}).allowNoSeccomp).toBe(false);
+    expect(configFromEnv({ SBX_SECCOMP_FILTER: "/etc/sbx/arm64.bpf" }).seccompFilter).toBe(
+      "/etc/sbx/arm64.bpf",
+    );
+    const issues = issuesOf(() =>
+      configFromEnv({ SBX_ALLOW_NO_SECCOMP: "maybe", SBX_SECCOMP_FILTER: "rel.bpf" }),
+    );
+    expect(issues.map((i) => i.variable).sort()).toEqual(["SBX_ALLOW_NO_SECCOMP", "SBX_SECCOMP_FILTER"]);
+  });
+
   it("reads SBX_USE_MEMFD and names it when the value is not a mode", () => {
     expect(configFromEnv({ SBX_USE_MEMFD: "prefer" }).useMemfd).toBe("prefer");
     const issues = issuesOf(() => configFromEnv({ SBX_USE_MEMFD: "yes" }));

@@ -112,6 +112,12 @@ export const orchestratorOptionsSchema = z.object({
    * fallback. require: a create without one fails (MEMFD_MISSING).
    */
   useMemfd: z.enum(USE_MEMFD_MODES).optional(),
+  /**
+   * UFFD restores on arm64 need a seccomp decision (Firecracker's default aarch64 filter lacks the
+   * userfaultfd syscalls): a compiled filter that allows them (recommended), or no seccomp at all.
+   */
+  seccompFilter: absolutePath.optional(),
+  allowNoSeccomp: z.boolean().optional(),
 });
 export type OrchestratorOptions = z.input<typeof orchestratorOptionsSchema>;
 type OptionName = keyof OrchestratorOptions;
@@ -139,9 +145,11 @@ export interface OrchestratorConfig {
   tapAddress: string;
   guestAddress: string;
   useMemfd: UseMemfdMode;
+  seccompFilter: string | undefined;
+  allowNoSeccomp: boolean;
 }
 
-type ValueKind = "string" | "integer";
+type ValueKind = "string" | "integer" | "boolean";
 
 /** The environment variable behind each option; `configFromEnv` reads exactly these. */
 export const CONFIG_ENV_VARIABLES: Readonly<Record<OptionName, { variable: string; kind: ValueKind }>> =
@@ -169,6 +177,8 @@ export const CONFIG_ENV_VARIABLES: Readonly<Record<OptionName, { variable: strin
     tapAddress: { variable: "SBX_TAP_ADDRESS", kind: "string" },
     guestAddress: { variable: "SBX_GUEST_ADDRESS", kind: "string" },
     useMemfd: { variable: "SBX_USE_MEMFD", kind: "string" },
+    seccompFilter: { variable: "SBX_SECCOMP_FILTER", kind: "string" },
+    allowNoSeccomp: { variable: "SBX_ALLOW_NO_SECCOMP", kind: "boolean" },
   });
 
 export interface ConfigIssue {
@@ -279,6 +289,8 @@ function resolveConfig(
     tapAddress: options.tapAddress ?? CONFIG_DEFAULTS.tapAddress,
     guestAddress: options.guestAddress ?? CONFIG_DEFAULTS.guestAddress,
     useMemfd: options.useMemfd ?? (CONFIG_DEFAULTS.useMemfd as UseMemfdMode),
+    seccompFilter: options.seccompFilter,
+    allowNoSeccomp: options.allowNoSeccomp ?? false,
   };
 
   if (config.maxConcurrentCreates > config.maxSandboxes && options.maxConcurrentCreates !== undefined) {
@@ -347,6 +359,15 @@ export function configFromEnv(
         continue;
       }
       input[option] = Number(raw);
+    } else if (kind === "boolean") {
+      const value = { "1": true, true: true, yes: true, "0": false, false: false, no: false }[
+        raw.toLowerCase()
+      ];
+      if (value === undefined) {
+        preIssues.push({ option, variable, value: raw, message: "must be 1/true/yes or 0/false/no" });
+        continue;
+      }
+      input[option] = value;
     } else {
       input[option] = raw;
     }

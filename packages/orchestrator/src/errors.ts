@@ -18,6 +18,7 @@ export type OrchestratorErrorCode =
   | "TEMPLATE_NOT_FOUND"
   | "PROVISION_FAILED"
   | "MEMFD_MISSING"
+  | "ARTIFACT_INVALID"
   | "ARCH_MISMATCH"
   | "WAIT_TIMEOUT"
   | "WAIT_ENDED"

@@ -16,7 +16,11 @@ import {
 import { type FirecrackerProcess, launchFirecracker } from "@sbx/fc-client";
 import { PageFaultServer, type PageFaultServerStop } from "@sbx/uffd";
 import { z } from "zod";
-import { resolveFirecrackerBinary } from "./boot-parameters.ts";
+import {
+  type ArtifactResolver,
+  defaultArtifactResolver,
+  resolveFirecrackerBinary,
+} from "./boot-parameters.ts";
 import type { OrchestratorConfig, UseMemfdMode } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
 import { runCommand } from "./exec.ts";
@@ -166,8 +170,12 @@ export function defaultTemplateSandboxSteps(): StepList<TemplateSandboxContext> 
           id: context.sandboxId,
           arch: config.targetArch,
           socketPath: join(sandboxDir, "firecracker.sock"),
+          // Logger and metrics are not in a snapshot: they are set at launch, before the load.
           logPath: join(sandboxDir, "firecracker.log"),
+          metricsPath: join(sandboxDir, "firecracker.metrics"),
           uffdRestore: true,
+          ...(config.seccompFilter ? { seccompFilter: config.seccompFilter } : {}),
+          ...(config.allowNoSeccomp ? { allowNoSeccomp: true } : {}),
           signal,
         });
         context.firecracker = fc;
@@ -315,6 +323,13 @@ export class TemplateSandbox implements AsyncDisposable {
 
 export interface OpenOrchestratorOptions {
   logger?: Logger;
+  /**
+   * Resolve and verify every artifact (Firecracker, kernel, busybox, custom CPU template) before
+   * anything starts, with the functions the build uses: a missing or mismatched artifact fails here,
+   * with the fix, not in the middle of a build. `sbx serve` does this.
+   */
+  checkArtifacts?: boolean;
+  resolver?: ArtifactResolver;
 }
 
 export class Orchestrator implements AsyncDisposable {
@@ -334,6 +349,17 @@ export class Orchestrator implements AsyncDisposable {
     options: OpenOrchestratorOptions = {},
   ): Promise<Orchestrator> {
     const logger = options.logger ?? silentLogger;
+    if (options.checkArtifacts) {
+      try {
+        await (options.resolver ?? defaultArtifactResolver).resolve(config);
+      } catch (cause) {
+        throw new OrchestratorError(
+          "ARTIFACT_INVALID",
+          `an artifact is missing or wrong: ${(cause as Error).message} (\`sbx doctor\` lists every check with its fix)`,
+          { cause, details: { code: (cause as { code?: string }).code } },
+        );
+      }
+    }
     return new Orchestrator(await openOrchestratorState(config, { logger }), logger);
   }
 

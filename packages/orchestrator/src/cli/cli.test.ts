@@ -1,4 +1,5 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -152,6 +153,16 @@ describe("sbx", () => {
     const missing = await sbx("template", "build", join(root, "no-such-layout"), "--name", "x", "--json");
     expect(missing.code).toBe(1);
     expect(JSON.parse(missing.stdout).error.message).toMatch(/no-such-layout/);
+  });
+
+  it("sbx serve refuses to start when an artifact is missing, with the fix, and takes no lock", async () => {
+    const result = await sbx("serve", "--json");
+    expect(result.code).toBe(1);
+    const error = JSON.parse(result.stdout).error;
+    expect(error.code).toBe("ARTIFACT_INVALID");
+    expect(error.message).toMatch(/sbx doctor/);
+    expect(existsSync(join(root, "state", "orchestrator.lock"))).toBe(false);
+    expect(existsSync(join(root, "state", "sbx.sock"))).toBe(false);
   });
 
   it("runs as a program from source", async () => {

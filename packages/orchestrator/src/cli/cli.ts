@@ -315,7 +315,7 @@ async function templateBuild(layout: string, args: Parsed, io: CliIo, config: Or
 
 /** `sbx serve`: runs until SIGINT or SIGTERM, then kills every sandbox it owns. */
 async function serve(io: CliIo, config: OrchestratorConfig, json: boolean): Promise<number> {
-  const orchestrator = await Orchestrator.open(config);
+  const orchestrator = await Orchestrator.open(config, { checkArtifacts: true });
   const server = await serveControl(orchestrator);
   const socketPath = controlSocketPath(config);
   io.stdout.write(
