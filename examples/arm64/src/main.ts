@@ -32,7 +32,11 @@ const codeOf = (error: unknown) =>
   error instanceof ArchError || error instanceof OrchestratorError ? error.code : String(error);
 
 // What a Graviton host's orchestrator would be started with (the Go orchestrator's variable names).
-const config = configFromEnv({ TARGET_ARCH: "aarch64", FC_CPU_TEMPLATE: "V1N1" });
+const config = configFromEnv({
+  TARGET_ARCH: "aarch64",
+  FC_CPU_TEMPLATE: "V1N1",
+  SBX_SECCOMP_FILTER: "/etc/sbx/arm64-uffd.bpf",
+});
 const traits = archTraits(config.targetArch);
 log(`target           ${config.targetArch} (from TARGET_ARCH=aarch64); this host is ${hostArch()}`);
 log(`CPU template     ${JSON.stringify(config.cpuTemplate)} (V1N1 is the Neoverse V1 → N1 static template)`);
