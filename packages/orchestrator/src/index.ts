@@ -177,9 +177,11 @@ export {
   wrapInVmNamespaces,
 } from "./vm-namespace.ts";
 export {
+  type ConsoleWaiter,
   type LineEvent,
   type LineSource,
   type WaitForLineOptions,
   type WaitForLineResult,
+  waitForConsoleLogged,
   waitForLine,
 } from "./wait-for-line.ts";

@@ -47,6 +47,7 @@ import {
 } from "./template-build.ts";
 import type { TemplateManifest } from "./template-manifest.ts";
 import { wrapInVmNamespaces } from "./vm-namespace.ts";
+import { waitForConsoleLogged } from "./wait-for-line.ts";
 
 /** A paused sandbox on disk: resume it with `createSandbox({ template, from })`. */
 export const pausedSandboxSchema = z.object({
@@ -227,8 +228,11 @@ export function defaultTemplateSandboxSteps(): StepList<TemplateSandboxContext> 
       async run(context) {
         const fc = requireFromStep(context.firecracker, "Firecracker");
         if (context.options.alive !== false) {
-          await fc.waitForConsole(context.options.alive ?? DEFAULT_ALIVE, {
+          await waitForConsoleLogged(fc, context.options.alive ?? DEFAULT_ALIVE, {
+            what: `sandbox ${context.sandboxId} to run again`,
             timeoutMs: context.options.aliveTimeoutMs ?? context.state.config.readyTimeoutMs,
+            logIntervalMs: context.state.config.waitLogIntervalMs,
+            logger: context.logger,
             ...(context.consoleSince === undefined ? {} : { since: context.consoleSince }),
           });
         }
@@ -377,7 +381,7 @@ export class Orchestrator implements AsyncDisposable {
   }
 
   buildTemplate(options: BuildTemplateOptions): Promise<BuiltTemplate> {
-    return buildTemplate(this.state, options);
+    return buildTemplate(this.state, { logger: this.#logger, ...options });
   }
 
   async createSandbox(options: CreateFromTemplateOptions): Promise<TemplateSandbox> {

@@ -4,7 +4,7 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { hostArch, sha256File } from "@sbx/arch";
+import { hostArch, type Logger, sha256File } from "@sbx/arch";
 import {
   type CpuTemplate,
   type Fingerprint,
@@ -37,6 +37,7 @@ import {
 } from "./template-inputs.ts";
 import { type TemplateManifest, templateManifestSchema } from "./template-manifest.ts";
 import { wrapInVmNamespaces } from "./vm-namespace.ts";
+import { waitForConsoleLogged } from "./wait-for-line.ts";
 
 /** File names inside a template directory. */
 export const TEMPLATE_FILES = Object.freeze({
@@ -79,6 +80,8 @@ export interface BuildTemplateOptions {
   steps?: (defaults: StepList<TemplateBuildContext>) => StepList<TemplateBuildContext>;
   onEvent?: (event: StepEvent) => void;
   signal?: AbortSignal;
+  /** Progress of long waits (boot, provisioning), at most every `waitLogIntervalMs`. */
+  logger?: Logger;
 }
 
 export interface TemplateBuildContext {
@@ -221,11 +224,18 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
         await using fc = await launchTemplateVm(context, "provision", signal);
         await configureAndStart(fc.client, templateVmConfig(context, bootArgs), { signal });
         // The provisioning runner ends in a clean shutdown; Firecracker exits with the VM.
+        const started = performance.now();
+        const progress = setInterval(() => {
+          context.options.logger?.info?.(
+            { elapsedMs: Math.round(performance.now() - started), lastLine: fc.console.lines(1)[0] },
+            `still provisioning template ${context.request.name}`,
+          );
+        }, context.config.waitLogIntervalMs);
         const timeout = AbortSignal.timeout(context.config.provisioningTimeoutMs);
         const exited = await Promise.race([
           fc.exited,
           new Promise<undefined>((resolve) => timeout.addEventListener("abort", () => resolve(undefined))),
-        ]);
+        ]).finally(() => clearInterval(progress));
         const console = fc.console.lines(40);
         if (exited === undefined) {
           throw new OrchestratorError(
@@ -274,8 +284,11 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
       name: "wait-ready",
       async run(context) {
         const fc = requireFromStep(context.firecracker, "the template VM");
-        await fc.waitForConsole(context.options.readyMarker ?? READY_MARKER, {
+        await waitForConsoleLogged(fc, context.options.readyMarker ?? READY_MARKER, {
+          what: `template ${context.request.name}'s ready marker`,
           timeoutMs: context.config.readyTimeoutMs,
+          logIntervalMs: context.config.waitLogIntervalMs,
+          ...(context.options.logger ? { logger: context.options.logger } : {}),
         });
       },
     },

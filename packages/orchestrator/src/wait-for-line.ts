@@ -98,3 +98,45 @@ export function waitForLine(options: WaitForLineOptions): Promise<WaitForLineRes
     if (settled) unsubscribe();
   });
 }
+
+/** What `waitForConsoleLogged` needs of a Firecracker process (`@sbx/fc-client`'s FirecrackerProcess). */
+export interface ConsoleWaiter {
+  readonly console: { lines(n?: number): string[] };
+  waitForConsole(
+    pattern: string | RegExp,
+    options: { timeoutMs: number; since?: number },
+  ): Promise<{ line: { text: string } }>;
+}
+
+/**
+ * `fc.waitForConsole` with progress: logs "still waiting for <what>" with the last console line at
+ * most every `logIntervalMs`, so a slow boot is visible long before its timeout (whose error already
+ * carries the last console lines).
+ */
+export async function waitForConsoleLogged(
+  fc: ConsoleWaiter,
+  pattern: string | RegExp,
+  options: { what: string; timeoutMs: number; since?: number; logIntervalMs: number; logger?: Logger },
+): Promise<string> {
+  const logger = options.logger ?? silentLogger;
+  const started = performance.now();
+  const progress = setInterval(() => {
+    logger.info?.(
+      {
+        what: options.what,
+        elapsedMs: Math.round(performance.now() - started),
+        lastLine: fc.console.lines(1)[0],
+      },
+      `still waiting for ${options.what}`,
+    );
+  }, options.logIntervalMs);
+  try {
+    const match = await fc.waitForConsole(pattern, {
+      timeoutMs: options.timeoutMs,
+      ...(options.since === undefined ? {} : { since: options.since }),
+    });
+    return match.line.text;
+  } finally {
+    clearInterval(progress);
+  }
+}
