@@ -79,23 +79,23 @@ function normalizeX86(fleet: readonly Fingerprint[]): CpuTemplate {
       modifiers,
     });
   const template: CpuTemplate = { cpuid_modifiers };
-  // Never claim a mitigation the hardware lacks: AND the *_NO bits of IA32_ARCH_CAPABILITIES.
-  const caps = fleet.map((f) => f.msrs.get(IA32_ARCH_CAPABILITIES));
-  if (caps.every((c) => c !== undefined)) {
-    let mask = 0n;
-    for (const bit of Object.keys(ARCH_CAPABILITIES_NO_BITS).map(BigInt)) {
-      const someHave = caps.some((c) => (c as bigint) & (1n << bit));
-      const allHave = caps.every((c) => (c as bigint) & (1n << bit));
-      if (someHave && !allHave) mask |= 1n << bit;
-    }
-    if (mask)
-      template.msr_modifiers = [
-        {
-          addr: `0x${IA32_ARCH_CAPABILITIES.toString(16)}`,
-          bitmap: serializeBitmap({ width: 64, mask, value: 0n }),
-        },
-      ];
+  // Never claim a mitigation the hardware lacks: AND the *_NO bits of IA32_ARCH_CAPABILITIES. A host
+  // whose fingerprint has no such MSR claims none of them (AMD fingerprints often omit it while KVM on
+  // an AMD host still emulates it), so the hosts that do claim some must hide them too.
+  const caps = fleet.map((f) => f.msrs.get(IA32_ARCH_CAPABILITIES) ?? 0n);
+  let mask = 0n;
+  for (const bit of Object.keys(ARCH_CAPABILITIES_NO_BITS).map(BigInt)) {
+    const someHave = caps.some((c) => c & (1n << bit));
+    const allHave = caps.every((c) => c & (1n << bit));
+    if (someHave && !allHave) mask |= 1n << bit;
   }
+  if (mask)
+    template.msr_modifiers = [
+      {
+        addr: `0x${IA32_ARCH_CAPABILITIES.toString(16)}`,
+        bitmap: serializeBitmap({ width: 64, mask, value: 0n }),
+      },
+    ];
   return template;
 }
 

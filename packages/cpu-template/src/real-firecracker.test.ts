@@ -1,4 +1,4 @@
-// The normalized template of this host + a Cascade Lake host, applied to a real Firecracker with
+// The normalized template of this host + an older host of the same vendor (Cascade Lake or Milan), applied to a real Firecracker with
 // PUT /cpu-config: Firecracker accepts it and the test guest boots under it.
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -18,7 +18,9 @@ describe.skipIf(skipReason !== undefined)(
   () => {
     it("is accepted by PUT /cpu-config and the guest boots under it", async () => {
       const host = hostFingerprint();
-      const template = normalizeFleet([host, fingerprint("INTEL_CASCADELAKE_6.1")]);
+      // Snapshots never move between vendors, so the fleet peer is of the host's own vendor.
+      const peer = fingerprint(host.vendor === "AuthenticAMD" ? "AMD_MILAN_6.1" : "INTEL_CASCADELAKE_6.1");
+      const template = normalizeFleet([host, peer]);
       expect(template.cpuid_modifiers!.length).toBeGreaterThan(0);
       const guest = await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") });
       await using fc = await launchFirecracker({

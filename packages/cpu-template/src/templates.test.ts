@@ -7,7 +7,7 @@ import { cpuName } from "./catalog.ts";
 import { checkCompatibility } from "./compat.ts";
 import { templateFromEnv } from "./env.ts";
 import { CpuTemplateError } from "./errors.ts";
-import { X86_FEATURE_REGISTERS } from "./features.ts";
+import { IA32_ARCH_CAPABILITIES, X86_FEATURE_REGISTERS } from "./features.ts";
 import { cpuidKey, type Fingerprint, fingerprintToFile, parseFingerprint } from "./fingerprint.ts";
 import { normalizeFleet } from "./normalize.ts";
 import { recommendTemplate } from "./recommend.ts";
@@ -217,6 +217,25 @@ onShared("fleet normalization", () => {
     );
     expect(featureView(fleet[0]!, template)).toEqual(and);
     expect(featureView(fleet[1]!, template)).not.toEqual(raw[1]); // Ice Lake gave something up
+  });
+
+  it("hides the mitigation claims of IA32_ARCH_CAPABILITIES from hosts when another host has no such MSR", () => {
+    const milan = fingerprint("AMD_MILAN_6.1");
+    expect(milan.msrs.has(IA32_ARCH_CAPABILITIES)).toBe(false);
+    // An AMD host whose KVM emulates the MSR and claims RDCL_NO (bit 0) and MDS_NO (bit 5).
+    const claiming = { ...milan, msrs: new Map([[IA32_ARCH_CAPABILITIES, 0b100001n]]) };
+    const template = normalizeFleet([claiming, milan]);
+    expect(template.msr_modifiers).toEqual([
+      { addr: "0x10a", bitmap: expect.stringMatching(/^0b[01x]{64}$/) },
+    ]);
+    const bitmap = template.msr_modifiers![0]!.bitmap.slice(2);
+    expect([bitmap.at(-1), bitmap.at(-6)]).toEqual(["0", "0"]); // both claims forced off
+    expect(bitmap.replace(/x/g, "")).toBe("00");
+    expect(checkCompatibility({ source: claiming, target: milan, template }).missing).toEqual([]);
+    expect(checkCompatibility({ source: claiming, target: milan }).missing.map((m) => m.name)).toEqual([
+      "RDCL_NO",
+      "MDS_NO",
+    ]);
   });
 
   it("refuses mixed vendors and architectures with the reason", () => {
