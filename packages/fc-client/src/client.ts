@@ -175,11 +175,12 @@ export function createFirecrackerClient<E extends FirecrackerExtensions = NoExte
 
   /** What this call needs from the running version; undefined (the common case) when nothing. */
   function versionNeeds(id: OperationId, payload: unknown): VersionNeed[] | undefined {
-    const needs: VersionNeed[] = [];
     const operationSince = OPERATION_SINCE[id];
-    if (operationSince) needs.push({ minimum: operationSince });
     const definition = (OPERATIONS[id] as OperationSpec).body?.definition;
     const fieldSince = definition ? FIELD_SINCE[definition] : undefined;
+    if (!operationSince && !fieldSince) return undefined;
+    const needs: VersionNeed[] = [];
+    if (operationSince) needs.push({ minimum: operationSince });
     if (fieldSince && payload && typeof payload === "object") {
       const declared = options.extensions?.[id] ?? {};
       for (const [field, value] of Object.entries(payload)) {

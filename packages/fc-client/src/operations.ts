@@ -172,6 +172,7 @@ export type OperationId = keyof Operations;
 
 /** Fills `{name}` path segments from the body field of the same name, URI-encoded. */
 export function operationPath(operation: OperationSpec, body: unknown): string {
+  if (!operation.path.includes("{")) return operation.path; // most paths: no regex on every call
   return operation.path.replace(/\{(\w+)\}/g, (_, name: string) => {
     const value = (body as Record<string, unknown> | undefined)?.[name];
     if (typeof value !== "string" || value.length === 0)

@@ -77,6 +77,25 @@ describe("bad answers from the API socket", () => {
     expect(error.message).toMatch(/150 ms/);
   });
 
+  it("times out a request on a kept-alive connection whose earlier requests had other timeouts", async () => {
+    // Answers the first two requests, then goes silent: the third waits on the same connection.
+    let requests = 0;
+    const socketPath = await rawServer((socket) => {
+      if (++requests <= 2) socket.write(answer("200 OK", '{"firecracker_version":"1.16.1"}'));
+    });
+    await using client = createFirecrackerClient({ socketPath, arch: "amd64" });
+    await client.getFirecrackerVersion({ timeoutMs: 60_000 });
+    // A shorter timeout than the armed one must not wait for the armed one.
+    await client.getFirecrackerVersion({ timeoutMs: 200 });
+    const started = performance.now();
+    const error = await rejection(client.getFirecrackerVersion({ timeoutMs: 300 }));
+    expect(error.code).toBe("TIMEOUT");
+    expect(error.message).toMatch(/300 ms/);
+    // Not before its own deadline (timers may fire up to a millisecond early), and not at the old 60 s.
+    expect(performance.now() - started).toBeGreaterThanOrEqual(298);
+    expect(requests).toBe(3);
+  });
+
   it("an AbortSignal → ABORTED, before or during the call", async () => {
     const socketPath = await rawServer(() => {});
     await using client = createFirecrackerClient({ socketPath, arch: "amd64" });
@@ -124,5 +143,48 @@ describe("bad answers from the API socket", () => {
     for (let i = 0; i < 5; i++)
       expect((await client.getFirecrackerVersion()).firecracker_version).toBe("1.16.1");
     expect(connections).toBe(1);
+  });
+
+  it("reads headers in any case, and refuses a Content-Length that is not a plain number", async () => {
+    const version = '{"firecracker_version":"1.16.1"}';
+    const path = await rawServer((socket) =>
+      socket.write(`HTTP/1.1 200 OK\r\ncOnTeNt-LeNgTh:   ${version.length}  \r\n\r\n${version}`),
+    );
+    await using client = createFirecrackerClient({ socketPath: path, arch: "amd64" });
+    expect((await client.getFirecrackerVersion()).firecracker_version).toBe("1.16.1");
+    for (const bad of ["", "-1", "1e3", "12abc", "99999999999999999999"]) {
+      const badPath = join(dir, `bad-${sockets.size}.sock`);
+      const badServer = createServer((socket) => {
+        sockets.add(socket);
+        socket.on("data", () => socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${bad}\r\n\r\n{}`));
+      });
+      await new Promise<void>((resolve) => badServer.listen(badPath, resolve));
+      try {
+        await using badClient = createFirecrackerClient({ socketPath: badPath, arch: "amd64" });
+        const error = await rejection(badClient.describeInstance());
+        expect(error.code).toBe("INVALID_RESPONSE");
+        expect(error.message).toContain("bad Content-Length");
+      } finally {
+        for (const socket of sockets) socket.destroy();
+        await new Promise<void>((resolve) => badServer.close(() => resolve()));
+      }
+    }
+  });
+
+  it("does not reuse a connection the server answered with Connection: close", async () => {
+    let connections = 0;
+    const path = join(dir, "api.sock");
+    server = createServer((socket) => {
+      connections++;
+      sockets.add(socket);
+      socket.on("data", () => {
+        const body = '{"firecracker_version":"1.16.1"}';
+        socket.end(`HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+      });
+    });
+    await new Promise<void>((resolve) => server!.listen(path, resolve));
+    await using client = createFirecrackerClient({ socketPath: path, arch: "amd64" });
+    for (let i = 0; i < 3; i++) await client.getFirecrackerVersion();
+    expect(connections).toBe(3);
   });
 });

@@ -32,6 +32,7 @@ import {
   ESRCH,
   F_DUPFD_CLOEXEC,
   libc,
+  libcUnchecked,
   MAP_PRIVATE,
   POLLERR,
   POLLHUP,
@@ -367,6 +368,21 @@ function serve(
   };
 
   /**
+   * UFFDIO_COPY or UFFDIO_ZEROPAGE, the errno or 0, without paying for ffi-rs's errno on every fault.
+   * The kernel writes -errno into the struct's result field for most failures; for the ones it returns
+   * before writing it (EAGAIN while the peer's map changes, ESRCH once its mm is gone) the call is
+   * repeated with errno, which is safe: installing a page twice is EEXIST the second time.
+   */
+  const installPage = (request: number, at: number, resultAt: number): number => {
+    scratch.setU64(resultAt, 0);
+    if (libcUnchecked.ioctl(uffd, request, scratch.address + at) === 0) return 0;
+    const reported = view.getInt32(resultAt, true);
+    if (reported < 0) return -reported;
+    const result = libc.ioctl(uffd, request, scratch.address + at);
+    return result.value === 0 ? 0 : result.errno;
+  };
+
+  /**
    * Installs one page; the errno, or 0. With dirty tracking a page arrives write-protected unless the
    * fault that asked for it was a write (then it is dirty already and needs no second fault).
    */
@@ -378,10 +394,9 @@ function serve(
       scratch.setU64(ZERO, page);
       scratch.setU64(ZERO + 8, region.pageSize);
       scratch.setU64(ZERO + 16, 0);
-      scratch.setU64(ZERO + 24, 0);
-      const result = libc.ioctl(uffd, UFFDIO_ZEROPAGE, scratch.address + ZERO);
-      counters[METRIC.zeroPages] = (counters[METRIC.zeroPages] ?? 0) + (result.value === 0 ? 1 : 0);
-      return result.value === 0 ? 0 : result.errno;
+      const errno = installPage(UFFDIO_ZEROPAGE, ZERO, ZERO + 24);
+      if (errno === 0) counters[METRIC.zeroPages] = (counters[METRIC.zeroPages] ?? 0) + 1;
+      return errno;
     }
     // hugetlb has no UFFDIO_ZEROPAGE, and it cannot write-protect: zeros are copied from a zeroed page.
     const source = zero ? zeroSource(region.pageSize) : layers.sourceFor(fileOffsetOf(region, page));
@@ -389,15 +404,13 @@ function serve(
     scratch.setU64(COPY + 8, source);
     scratch.setU64(COPY + 16, region.pageSize);
     scratch.setU64(COPY + 24, protect ? UFFDIO_COPY_MODE_WP : 0);
-    scratch.setU64(COPY + 32, 0);
-    const result = libc.ioctl(uffd, UFFDIO_COPY, scratch.address + COPY);
-    if (result.value === 0) {
+    const errno = installPage(UFFDIO_COPY, COPY, COPY + 32);
+    if (errno === 0) {
       if (zero) counters[METRIC.zeroPages] = (counters[METRIC.zeroPages] ?? 0) + 1;
       else counters[METRIC.pagesCopied] = (counters[METRIC.pagesCopied] ?? 0) + 1;
       counters[METRIC.bytes] = (counters[METRIC.bytes] ?? 0) + region.pageSize;
-      return 0;
     }
-    return result.errno || -view.getInt32(COPY + 32, true);
+    return errno;
   };
 
   /** A write to a write-protected page: record it, then let the write through. */
@@ -454,14 +467,25 @@ function serve(
   };
 
   const queued: number[] = [];
-  /** Reads what is pending; REMOVEs are applied at once, faults are queued. */
-  const drain = (): number => {
-    const result = libc.read(uffd, events, EVENT_SIZE * MAX_EVENTS);
-    if (result.value < 0) {
-      if (result.errno === EAGAIN || result.errno === EINTR) return 0;
-      check("read(userfaultfd)", result);
+  /**
+   * Reads what is pending; REMOVEs are applied at once, faults are queued. Unchecked, a failed read
+   * counts as empty (EAGAIN is the common case while spinning); the loop checks the read that follows
+   * a poll, so a real error still surfaces.
+   */
+  const drain = (checked = true): number => {
+    let length: number;
+    if (checked) {
+      const result = libc.read(uffd, events, EVENT_SIZE * MAX_EVENTS);
+      if (result.value < 0) {
+        if (result.errno === EAGAIN || result.errno === EINTR) return 0;
+        check("read(userfaultfd)", result);
+      }
+      length = result.value;
+    } else {
+      length = libcUnchecked.read(uffd, events, EVENT_SIZE * MAX_EVENTS);
+      if (length < 0) return 0;
     }
-    const count = Math.floor(result.value / EVENT_SIZE);
+    const count = Math.floor(length / EVENT_SIZE);
     for (let i = 0; i < count; i++) {
       const at = EVENTS + i * EVENT_SIZE;
       const event = view.getUint8(at);
@@ -606,8 +630,11 @@ function serve(
   // 64 busy rounds.
   let idle = 0;
   let busy = 0;
+  let checkNextRead = true;
   for (;;) {
-    if (drain() > 0) {
+    const drained = drain(checkNextRead);
+    checkNextRead = false;
+    if (drained > 0) {
       idle = 0;
       servedAny = true;
       while (queued.length > 0) if (!serveFault(queued.shift() as number)) return "peer-exited";
@@ -621,6 +648,7 @@ function serve(
     idle = 0;
     const state = waitIdle();
     if (state === "closed" || state === "peer-exited") return state;
+    checkNextRead = true;
   }
 }
 

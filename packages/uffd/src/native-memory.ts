@@ -19,12 +19,17 @@ export class NativeMemory {
     this.view = new DataView(this.bytes.buffer, this.bytes.byteOffset, length);
   }
 
+  // Two 32-bit halves instead of a BigInt: these run several times per page fault, and a BigInt is an
+  // allocation each time. Values are addresses and sizes, non-negative and below 2^53.
   u64(offset: number): number {
-    return Number(this.view.getBigUint64(offset, true));
+    return this.view.getUint32(offset, true) + this.view.getUint32(offset + 4, true) * 0x1_0000_0000;
   }
 
   setU64(offset: number, value: number): void {
-    this.view.setBigUint64(offset, BigInt(value), true);
+    if (!Number.isSafeInteger(value) || value < 0)
+      throw new RangeError(`setU64: ${value} is not a non-negative safe integer`);
+    this.view.setUint32(offset, value % 0x1_0000_0000, true);
+    this.view.setUint32(offset + 4, Math.floor(value / 0x1_0000_0000), true);
   }
 
   free(): void {
