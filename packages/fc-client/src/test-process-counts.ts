@@ -30,3 +30,16 @@ export function launcherTempDirs(idPrefix: string): string[] {
 export async function settle(ms = 50): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/**
+ * The fd count once it reaches `expected`, or after `withinMs` whatever it is then: closing a socket
+ * completes on a later event-loop turn, later still on a loaded machine. A leak never settles.
+ */
+export async function settledFdCount(expected: number, withinMs = 2000): Promise<number> {
+  const deadline = performance.now() + withinMs;
+  for (;;) {
+    const count = fdCount();
+    if (count === expected || performance.now() > deadline) return count;
+    await settle(10);
+  }
+}

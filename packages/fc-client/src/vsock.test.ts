@@ -1,17 +1,19 @@
-import { readdirSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { FirecrackerLaunchError } from "./launch-error.ts";
+import { fdCount, settledFdCount } from "./test-process-counts.ts";
 import { dialVsock, vsockListenPath } from "./vsock.ts";
 
-const fdCount = () => readdirSync("/proc/self/fd").length;
+/** The listener's side of every connection, so a test can close them before it counts its own fds. */
+const accepted = new Set<Socket>();
 
 /** A stand-in for Firecracker's host-side vsock socket: CONNECT <port> → OK <n> for known ports. */
 function fakeVsockListener(path: string, behaviour: (socket: Socket, port: number) => void): Promise<Server> {
   const server = createServer((socket) => {
+    accepted.add(socket);
     let buffered = "";
     const onData = (chunk: Buffer) => {
       buffered += chunk.toString("latin1");
@@ -38,6 +40,8 @@ describe("dialVsock", () => {
     dir = await mkdtemp(join(tmpdir(), "sbx-test-vsock-"));
   });
   afterEach(async () => {
+    for (const socket of accepted) socket.destroy();
+    accepted.clear();
     await new Promise((r) => (server ? server.close(r) : r(undefined)));
     server = undefined;
     await rm(dir, { recursive: true, force: true });
@@ -64,8 +68,8 @@ describe("dialVsock", () => {
     expect(received).toBe("helloecho:ping");
     await new Promise<void>((r) => socket.end(() => r()));
     socket.destroy();
-    await new Promise((r) => setTimeout(r, 20));
-    expect(fdCount()).toBe(before);
+    for (const peer of accepted) peer.destroy();
+    expect(await settledFdCount(before)).toBe(before);
   });
 
   it("fails with VSOCK_CONNECT_FAILED when nobody listens in the guest, the socket is missing, or no reply comes", async () => {
@@ -91,8 +95,8 @@ describe("dialVsock", () => {
     controller.abort();
     expect((await aborted) as Error).toBeInstanceOf(Error);
     await expect(dialVsock({ udsPath: path, port: -1 })).rejects.toThrow(/integer/);
-    await new Promise((r) => setTimeout(r, 20));
-    expect(fdCount()).toBe(before);
+    for (const peer of accepted) peer.destroy();
+    expect(await settledFdCount(before)).toBe(before);
   });
 
   it("names the path for guest-initiated connections", () => {
