@@ -219,6 +219,16 @@ onShared("fleet normalization", () => {
     expect(featureView(fleet[1]!, template)).not.toEqual(raw[1]); // Ice Lake gave something up
   });
 
+  it("gives every AMD host identical feature leaves too (Milan on 5.10, 6.1 and 6.18)", () => {
+    const fleet = ["AMD_MILAN_5.10", "AMD_MILAN_6.1", "AMD_MILAN_6.18"].map(fingerprint);
+    const template = normalizeFleet(fleet);
+    expect(() => parseCpuTemplate(template)).not.toThrow();
+    expect(new Set(fleet.map((f) => JSON.stringify(featureView(f, template)))).size).toBe(1);
+    for (const source of fleet)
+      for (const target of fleet)
+        expect(checkCompatibility({ source, target, template }).missing).toEqual([]);
+  });
+
   it("hides the mitigation claims of IA32_ARCH_CAPABILITIES from hosts when another host has no such MSR", () => {
     const milan = fingerprint("AMD_MILAN_6.1");
     expect(milan.msrs.has(IA32_ARCH_CAPABILITIES)).toBe(false);
