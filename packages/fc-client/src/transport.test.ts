@@ -13,9 +13,12 @@ let dir: string;
 let server: Server | undefined;
 const sockets = new Set<Socket>();
 let fdsBefore = 0;
+/** Connections the current test's rawServer accepted. */
+let connections = 0;
 
 beforeEach(() => {
   fdsBefore = fdCount();
+  connections = 0;
   dir = mkdtempSync(join(tmpdir(), "sbx-fc-transport-"));
 });
 afterEach(async () => {
@@ -31,6 +34,7 @@ afterEach(async () => {
 async function rawServer(onRequest: (socket: Socket) => void): Promise<string> {
   const path = join(dir, "api.sock");
   server = createServer((socket) => {
+    connections++;
     sockets.add(socket);
     socket.on("data", () => onRequest(socket));
   });
@@ -131,14 +135,9 @@ describe("bad answers from the API socket", () => {
   });
 
   it("reuses one keep-alive connection for a sequence of calls", async () => {
-    let connections = 0;
-    const path = join(dir, "api.sock");
-    server = createServer((socket) => {
-      connections++;
-      sockets.add(socket);
-      socket.on("data", () => socket.write(answer("200 OK", '{"firecracker_version":"1.16.1"}')));
-    });
-    await new Promise<void>((resolve) => server!.listen(path, resolve));
+    const path = await rawServer((socket) =>
+      socket.write(answer("200 OK", '{"firecracker_version":"1.16.1"}')),
+    );
     await using client = createFirecrackerClient({ socketPath: path, arch: "amd64" });
     for (let i = 0; i < 5; i++)
       expect((await client.getFirecrackerVersion()).firecracker_version).toBe("1.16.1");
@@ -147,42 +146,23 @@ describe("bad answers from the API socket", () => {
 
   it("reads headers in any case, and refuses a Content-Length that is not a plain number", async () => {
     const version = '{"firecracker_version":"1.16.1"}';
-    const path = await rawServer((socket) =>
-      socket.write(`HTTP/1.1 200 OK\r\ncOnTeNt-LeNgTh:   ${version.length}  \r\n\r\n${version}`),
-    );
+    let reply = `HTTP/1.1 200 OK\r\ncOnTeNt-LeNgTh:   ${version.length}  \r\n\r\n${version}`;
+    const path = await rawServer((socket) => socket.write(reply));
     await using client = createFirecrackerClient({ socketPath: path, arch: "amd64" });
     expect((await client.getFirecrackerVersion()).firecracker_version).toBe("1.16.1");
     for (const bad of ["", "-1", "1e3", "12abc", "99999999999999999999"]) {
-      const badPath = join(dir, `bad-${sockets.size}.sock`);
-      const badServer = createServer((socket) => {
-        sockets.add(socket);
-        socket.on("data", () => socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${bad}\r\n\r\n{}`));
-      });
-      await new Promise<void>((resolve) => badServer.listen(badPath, resolve));
-      try {
-        await using badClient = createFirecrackerClient({ socketPath: badPath, arch: "amd64" });
-        const error = await rejection(badClient.describeInstance());
-        expect(error.code).toBe("INVALID_RESPONSE");
-        expect(error.message).toContain("bad Content-Length");
-      } finally {
-        for (const socket of sockets) socket.destroy();
-        await new Promise<void>((resolve) => badServer.close(() => resolve()));
-      }
+      reply = `HTTP/1.1 200 OK\r\nContent-Length: ${bad}\r\n\r\n{}`;
+      const error = await rejection(client.describeInstance());
+      expect(error.code).toBe("INVALID_RESPONSE");
+      expect(error.message).toContain("bad Content-Length");
     }
   });
 
   it("does not reuse a connection the server answered with Connection: close", async () => {
-    let connections = 0;
-    const path = join(dir, "api.sock");
-    server = createServer((socket) => {
-      connections++;
-      sockets.add(socket);
-      socket.on("data", () => {
-        const body = '{"firecracker_version":"1.16.1"}';
-        socket.end(`HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
-      });
-    });
-    await new Promise<void>((resolve) => server!.listen(path, resolve));
+    const body = '{"firecracker_version":"1.16.1"}';
+    const path = await rawServer((socket) =>
+      socket.end(`HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: ${body.length}\r\n\r\n${body}`),
+    );
     await using client = createFirecrackerClient({ socketPath: path, arch: "amd64" });
     for (let i = 0; i < 3; i++) await client.getFirecrackerVersion();
     expect(connections).toBe(3);

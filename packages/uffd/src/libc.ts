@@ -20,15 +20,19 @@ export interface CallResult {
 
 type Declared = (...args: number[]) => CallResult;
 
-function declare(funcName: string, retType: DataType, paramsType: DataType[]): Declared {
-  const params = {
+/** ffi-rs's description of a call, built once and reused: only `paramsValue` changes per call. */
+function callParams(funcName: string, retType: DataType, paramsType: DataType[]) {
+  return {
     library: LIBRARY,
     funcName,
     retType,
     paramsType: paramsType as FieldType[],
     paramsValue: new Array<number>(paramsType.length).fill(0),
-    errno: true as const,
   };
+}
+
+function declare(funcName: string, retType: DataType, paramsType: DataType[]): Declared {
+  const params = { ...callParams(funcName, retType, paramsType), errno: true as const };
   return (...args: number[]) => {
     ensureOpen();
     for (let i = 0; i < args.length; i++) params.paramsValue[i] = args[i] as number;
@@ -43,13 +47,7 @@ function declare(funcName: string, retType: DataType, paramsType: DataType[]): D
  * errno another way when the call fails (the kernel's own report in the struct, or a checked retry).
  */
 function declareUnchecked(funcName: string, retType: DataType, paramsType: DataType[]) {
-  const params = {
-    library: LIBRARY,
-    funcName,
-    retType,
-    paramsType: paramsType as FieldType[],
-    paramsValue: new Array<number>(paramsType.length).fill(0),
-  };
+  const params = callParams(funcName, retType, paramsType);
   return (a: number, b: number, c: number): number => {
     ensureOpen();
     params.paramsValue[0] = a;
