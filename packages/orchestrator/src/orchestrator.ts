@@ -8,13 +8,11 @@ import { join } from "node:path";
 import { type Logger, silentLogger } from "@sbx/arch";
 import {
   type CpuTemplate,
-  checkCompatibility,
-  hostFingerprint,
   parseCpuTemplate,
   parseFingerprint,
 } from "@sbx/cpu-template";
 import { type FirecrackerProcess, launchFirecracker } from "@sbx/fc-client";
-import { PageFaultServer, type PageFaultServerStop } from "@sbx/uffd";
+import type { PageFaultServer, PageFaultServerStop } from "@sbx/uffd";
 import { z } from "zod";
 import {
   type ArtifactResolver,
@@ -26,7 +24,7 @@ import { OrchestratorError } from "./errors.ts";
 import { runCommand } from "./exec.ts";
 import { type OrchestratorState, openOrchestratorState } from "./orchestrator-state.ts";
 import { processIdentity } from "./process-identity.ts";
-import { assertCanResume, DEFAULT_ALIVE } from "./sandbox.ts";
+import { assertCanResume, DEFAULT_ALIVE, startPageFaultServer } from "./sandbox.ts";
 import { newSandboxId } from "./sandbox-id.ts";
 import {
   networkStep,
@@ -147,14 +145,11 @@ export function defaultTemplateSandboxSteps(): StepList<TemplateSandboxContext> 
       name: "page-fault-server",
       async run(context) {
         const layers = context.options.from?.layers ?? [join(context.templateDir, TEMPLATE_FILES.memory)];
-        const server = new PageFaultServer({
-          socketPath: join(requireFromStep(context.sandboxDir, "the sandbox directory"), "uffd.sock"),
-          layers: layers.map((path) => ({ path })),
-          trackDirty: false,
-        });
-        await server.listen();
-        context.server = server;
-        return server;
+        context.server = await startPageFaultServer(
+          requireFromStep(context.sandboxDir, "the sandbox directory"),
+          layers,
+        );
+        return context.server;
       },
     },
     {

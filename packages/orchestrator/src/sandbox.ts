@@ -67,6 +67,23 @@ export function assertCanResume(
     );
 }
 
+/**
+ * A listening page-fault server at `{directory}/uffd.sock` for a memory layer stack (full memory
+ * first). Dirty pages come from Firecracker's own Diff snapshot, so the server does not track them.
+ */
+export async function startPageFaultServer(
+  directory: string,
+  layers: readonly string[],
+): Promise<PageFaultServer> {
+  const server = new PageFaultServer({
+    socketPath: join(directory, "uffd.sock"),
+    layers: layers.map((path) => ({ path })),
+    trackDirty: false,
+  });
+  await server.listen();
+  return server;
+}
+
 export function defaultSandboxSteps(): StepList<SandboxContext> {
   return new StepList<SandboxContext>([
     {
@@ -86,14 +103,8 @@ export function defaultSandboxSteps(): StepList<SandboxContext> {
     {
       name: "page-fault-server",
       async run(context) {
-        const server = new PageFaultServer({
-          socketPath: join(context.directory, "uffd.sock"),
-          layers: context.options.snapshot.layers.map((path) => ({ path })),
-          trackDirty: false,
-        });
-        await server.listen();
-        context.server = server;
-        return server;
+        context.server = await startPageFaultServer(context.directory, context.options.snapshot.layers);
+        return context.server;
       },
     },
     {

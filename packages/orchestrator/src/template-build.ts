@@ -37,7 +37,7 @@ import {
 } from "./template-inputs.ts";
 import { type TemplateManifest, templateManifestSchema } from "./template-manifest.ts";
 import { wrapInVmNamespaces } from "./vm-namespace.ts";
-import { waitForConsoleLogged } from "./wait-for-line.ts";
+import { startProgressLog, waitForConsoleLogged } from "./wait-for-line.ts";
 
 /** File names inside a template directory. */
 export const TEMPLATE_FILES = Object.freeze({
@@ -224,18 +224,17 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
         await using fc = await launchTemplateVm(context, "provision", signal);
         await configureAndStart(fc.client, templateVmConfig(context, bootArgs), { signal });
         // The provisioning runner ends in a clean shutdown; Firecracker exits with the VM.
-        const started = performance.now();
-        const progress = setInterval(() => {
-          context.options.logger?.info?.(
-            { elapsedMs: Math.round(performance.now() - started), lastLine: fc.console.lines(1)[0] },
-            `still provisioning template ${context.request.name}`,
-          );
-        }, context.config.waitLogIntervalMs);
+        const stopProgress = startProgressLog({
+          logger: context.options.logger,
+          intervalMs: context.config.waitLogIntervalMs,
+          message: `still provisioning template ${context.request.name}`,
+          fields: () => ({ lastLine: fc.console.lines(1)[0] }),
+        });
         const timeout = AbortSignal.timeout(context.config.provisioningTimeoutMs);
         const exited = await Promise.race([
           fc.exited,
           new Promise<undefined>((resolve) => timeout.addEventListener("abort", () => resolve(undefined))),
-        ]).finally(() => clearInterval(progress));
+        ]).finally(stopProgress);
         const console = fc.console.lines(40);
         if (exited === undefined) {
           throw new OrchestratorError(

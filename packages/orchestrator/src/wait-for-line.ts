@@ -1,4 +1,4 @@
-import { type Logger, silentLogger } from "@sbx/arch";
+import type { Logger } from "@sbx/arch";
 import { OrchestratorError } from "./errors.ts";
 
 export type LineEvent = { kind: "line"; line: string } | { kind: "end"; reason?: string };
@@ -26,6 +26,26 @@ export interface WaitForLineOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * Logs `message` with the elapsed time and `fields()` every `intervalMs` until the returned function
+ * is called: how every long wait here shows it is still alive long before its timeout.
+ */
+export function startProgressLog(options: {
+  logger: Logger | undefined;
+  intervalMs: number;
+  message: string;
+  fields: () => Record<string, unknown>;
+}): () => void {
+  const started = performance.now();
+  const timer = setInterval(() => {
+    options.logger?.info?.(
+      { ...options.fields(), elapsedMs: Math.round(performance.now() - started) },
+      options.message,
+    );
+  }, options.intervalMs);
+  return () => clearInterval(timer);
+}
+
 export interface WaitForLineResult {
   line: string;
   elapsedMs: number;
@@ -36,7 +56,6 @@ export interface WaitForLineResult {
  * when the source ends first, the error carries the last console lines, which usually say why.
  */
 export function waitForLine(options: WaitForLineOptions): Promise<WaitForLineResult> {
-  const logger = options.logger ?? silentLogger;
   const keep = options.keepLines ?? 20;
   const matches =
     typeof options.match === "function"
@@ -52,7 +71,7 @@ export function waitForLine(options: WaitForLineOptions): Promise<WaitForLineRes
       if (settled) return;
       settled = true;
       clearTimeout(timeout);
-      clearInterval(progress);
+      stopProgress();
       options.signal?.removeEventListener("abort", onAbort);
       unsubscribe();
       if ("error" in outcome) reject(outcome.error);
@@ -73,12 +92,12 @@ export function waitForLine(options: WaitForLineOptions): Promise<WaitForLineRes
       () => finish({ error: failure("WAIT_TIMEOUT", `no match after ${options.timeoutMs} ms`) }),
       options.timeoutMs,
     );
-    const progress = setInterval(() => {
-      logger.info?.(
-        { what: options.what, elapsedMs: Math.round(performance.now() - started), lastLine: recent.at(-1) },
-        `still waiting for ${options.what}`,
-      );
-    }, options.logIntervalMs ?? 5_000);
+    const stopProgress = startProgressLog({
+      logger: options.logger,
+      intervalMs: options.logIntervalMs ?? 5_000,
+      message: `still waiting for ${options.what}`,
+      fields: () => ({ what: options.what, lastLine: recent.at(-1) }),
+    });
     if (options.signal?.aborted) {
       onAbort();
       return;
@@ -118,18 +137,12 @@ export async function waitForConsoleLogged(
   pattern: string | RegExp,
   options: { what: string; timeoutMs: number; since?: number; logIntervalMs: number; logger?: Logger },
 ): Promise<string> {
-  const logger = options.logger ?? silentLogger;
-  const started = performance.now();
-  const progress = setInterval(() => {
-    logger.info?.(
-      {
-        what: options.what,
-        elapsedMs: Math.round(performance.now() - started),
-        lastLine: fc.console.lines(1)[0],
-      },
-      `still waiting for ${options.what}`,
-    );
-  }, options.logIntervalMs);
+  const stopProgress = startProgressLog({
+    logger: options.logger,
+    intervalMs: options.logIntervalMs,
+    message: `still waiting for ${options.what}`,
+    fields: () => ({ what: options.what, lastLine: fc.console.lines(1)[0] }),
+  });
   try {
     const match = await fc.waitForConsole(pattern, {
       timeoutMs: options.timeoutMs,
@@ -137,6 +150,6 @@ export async function waitForConsoleLogged(
     });
     return match.line.text;
   } finally {
-    clearInterval(progress);
+    stopProgress();
   }
 }
