@@ -196,13 +196,9 @@ function pwriteFromMapping(
       }
       const list = new NativeMemory(Math.max(16, chunks.length * 16));
       try {
-        // Two u32 halves per u64: a BigInt per value costs more than the copy of a 4 KiB page.
-        const words = new Uint32Array(list.bytes.buffer, list.bytes.byteOffset, chunks.length * 4);
         chunks.forEach((c, i) => {
-          words[i * 4] = c.offset % 2 ** 32;
-          words[i * 4 + 1] = Math.floor(c.offset / 2 ** 32);
-          words[i * 4 + 2] = c.length % 2 ** 32;
-          words[i * 4 + 3] = Math.floor(c.length / 2 ** 32);
+          list.setU64(i * 16, c.offset);
+          list.setU64(i * 16 + 8, c.length);
         });
         const written = load({
           library: "sbx-uffd-export",
