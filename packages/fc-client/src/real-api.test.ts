@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createFirecrackerClient } from "./client.ts";
-import { FirecrackerApiError, } from "./errors.ts";
+import { FirecrackerApiError } from "./errors.ts";
 import { type FirecrackerProcess, launchFirecracker } from "./launcher.ts";
 import { rejection } from "./test-errors.ts";
 import { childPids, fdCount, settle } from "./test-process-counts.ts";

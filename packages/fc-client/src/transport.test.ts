@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { createFirecrackerClient } from "./client.ts";
-import { FirecrackerApiError, } from "./errors.ts";
+import { FirecrackerApiError } from "./errors.ts";
 import { rejection } from "./test-errors.ts";
 import { fdCount, settle } from "./test-process-counts.ts";
 

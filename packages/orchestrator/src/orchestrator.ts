@@ -6,11 +6,7 @@ import { randomBytes } from "node:crypto";
 import { copyFile, mkdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { type Logger, silentLogger } from "@sbx/arch";
-import {
-  type CpuTemplate,
-  parseCpuTemplate,
-  parseFingerprint,
-} from "@sbx/cpu-template";
+import { type CpuTemplate, parseCpuTemplate, parseFingerprint } from "@sbx/cpu-template";
 import { type FirecrackerProcess, launchFirecracker } from "@sbx/fc-client";
 import type { PageFaultServer, PageFaultServerStop } from "@sbx/uffd";
 import { z } from "zod";
