@@ -1,22 +1,40 @@
 // Prints JSON: faults/s and GiB/s for a region restored by PageFaultServer (pure-ffi path) and, in the
 // same run against the same peer and memory file, by a C reference handler compiled from
 // bench/c-handler.c (spinning on a non-blocking userfaultfd, batched reads, UFFDIO_COPY). Scenarios:
-// 4 KiB pages with 1 and 4 faulting threads (sequential and random), and 2 MiB pages when hugepages
-// can be reserved. Both fault loops are measured: pure ffi and the native batch helper. Targets: on
+// 4 KiB pages with 1 and 4 faulting threads (sequential and random), a three-layer stack (a resumed
+// paused sandbox) against the C handler serving the flattened file, and 2 MiB pages when hugepages
+// can be reserved (BENCH_SCENARIOS=name,name runs a subset). Both fault loops are measured: pure ffi and the native batch helper. Targets: on
 // 4 KiB pages >= 0.75 of the C handler with the helper (never below 0.6) and >= 0.5 on pure ffi;
 // >= 0.9 on 2 MiB pages. The C handler is started and listening before the peer connects; so is ours:
 // a warm fault worker (prewarmPageFaultWorkers, as a service keeps them), and every run starts on a
 // quiet host. A cold worker's start-up (~150 ms of module loading) is measured separately.
 import { execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  fsyncSync,
+  ftruncateSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { hostArch } from "@sbx/arch";
 import { benchEnvironment } from "../../../scripts/bench-environment.ts";
+import { openNativeHelper } from "../src/helper-binding.ts";
+import { lseekExtents } from "../src/layers.ts";
 import { resolveNativeHelper } from "../src/native-helper.ts";
-import { PageFaultServer, prewarmPageFaultWorkers, warmPageFaultWorkerCount } from "../src/server.ts";
+import {
+  PageFaultServer,
+  type PageFaultServerOptions,
+  prewarmPageFaultWorkers,
+  warmPageFaultWorkerCount,
+} from "../src/server.ts";
 import {
   buildTestPeer,
   runTestPeer,
@@ -41,12 +59,76 @@ execFileSync("gcc", [
   new URL("./c-handler.c", import.meta.url).pathname,
 ]);
 
-type Scenario = { name: string; peer: Partial<TestPeerOptions>; pageSize: number };
+/**
+ * A layered restore (what resuming a paused sandbox is): the base, then two sparse diffs, newest last.
+ * Every third page comes from the first diff, every fifth from the second (which wins where both have
+ * it), each with bytes of its own. The peer checks against, and the C handler serves, the flattened
+ * file. The server gets each diff's pages as ranges, so the figure is the fault loop's; finding them
+ * with SEEK_DATA (what a Firecracker Diff snapshot needs) is timed separately, as `layerScanMs`.
+ */
+function writeLayers() {
+  const pages = SIZE / 4096;
+  const flattened = readFileSync(memoryFile);
+  const diffs = [
+    { path: join(dir, "diff1"), every: 3, at: 1, mask: 0x5a },
+    { path: join(dir, "diff2"), every: 5, at: 2, mask: 0xa5 },
+  ];
+  const layers: NonNullable<PageFaultServerOptions["layers"]> = [{ path: memoryFile }];
+  for (const diff of diffs) {
+    const ranges: { offset: number; length: number }[] = [];
+    const fd = openSync(diff.path, "w");
+    try {
+      for (let page = diff.at; page < pages; page += diff.every) {
+        const bytes = flattened.subarray(page * 4096, (page + 1) * 4096);
+        for (let i = 0; i < bytes.length; i++) bytes[i] = (bytes[i] as number) ^ diff.mask;
+        writeSync(fd, bytes, 0, bytes.length, page * 4096);
+        ranges.push({ offset: page * 4096, length: 4096 });
+      }
+      ftruncateSync(fd, SIZE);
+      fsyncSync(fd); // written back now, not by a flusher thread competing with the measured runs
+    } finally {
+      closeSync(fd);
+    }
+    layers.push({ path: diff.path, ranges });
+  }
+  const path = join(dir, "flattened");
+  writeFileSync(path, flattened, { flush: true });
+  return { layers, flattened: path, diffs: diffs.map((diff) => diff.path) };
+}
+
+/** How long finding the diffs' pages with SEEK_DATA/SEEK_HOLE takes: two ffi calls per extent, or the helper. */
+function layerScanMs(diffs: string[]): Record<string, number> {
+  const scan = (list: (fd: number, size: number) => unknown[]) => {
+    const started = performance.now();
+    let extents = 0;
+    for (const path of diffs) {
+      const fd = openSync(path, "r");
+      try {
+        extents += list(fd, SIZE).length;
+      } finally {
+        closeSync(fd);
+      }
+    }
+    return { ms: Number((performance.now() - started).toFixed(1)), extents };
+  };
+  const pure = scan(lseekExtents);
+  const cleanups: (() => void)[] = [];
+  try {
+    const native = nativeHelper ? scan(openNativeHelper(nativeHelper, cleanups).listExtents) : undefined;
+    return { extents: pure.extents, pureFfi: pure.ms, ...(native ? { nativeHelper: native.ms } : {}) };
+  } finally {
+    for (const cleanup of cleanups) cleanup();
+  }
+}
+const layered = writeLayers();
+
+type Scenario = { name: string; peer: Partial<TestPeerOptions>; pageSize: number; layered?: boolean };
 const scenarios: Scenario[] = [
   { name: "4k-seq-1thread", peer: { mode: "seq", threads: 1 }, pageSize: 4096 },
   { name: "4k-random-1thread", peer: { mode: "random", threads: 1 }, pageSize: 4096 },
   { name: "4k-seq-4threads", peer: { mode: "seq", threads: 4 }, pageSize: 4096 },
   { name: "4k-random-4threads", peer: { mode: "random", threads: 4 }, pageSize: 4096 },
+  { name: "4k-random-4threads-3layers", peer: { mode: "random", threads: 4 }, pageSize: 4096, layered: true },
   {
     name: "2m-seq-1thread",
     peer: { mode: "seq", threads: 1, pageSize: 2097152, backing: "hugetlb" },
@@ -74,14 +156,19 @@ async function withServer(
   options: Partial<TestPeerOptions>,
   pageSize: number,
   nativeHelper: string,
+  layers?: typeof layered,
 ): Promise<Figure> {
   await warmWorkerReady();
-  await using server = new PageFaultServer({ socketPath, memoryFile, nativeHelper });
+  await using server = new PageFaultServer({
+    socketPath,
+    ...(layers ? { layers: layers.layers } : { memoryFile }),
+    nativeHelper,
+  });
   await server.listen();
   const result = await runTestPeer({
     binary: peer,
     socketPath,
-    memoryFile,
+    memoryFile: layers?.flattened ?? memoryFile,
     size: SIZE,
     timeoutMs: 300_000,
     ...options,
@@ -119,15 +206,19 @@ async function coldStartMs(): Promise<number> {
   return Number(ms.toFixed(1));
 }
 
-async function withCHandler(options: Partial<TestPeerOptions>, pageSize: number): Promise<Figure> {
+async function withCHandler(
+  options: Partial<TestPeerOptions>,
+  pageSize: number,
+  file = memoryFile,
+): Promise<Figure> {
   await sleep(300);
-  const handler = spawn(cHandler, [socketPath, memoryFile], { stdio: ["ignore", "pipe", "inherit"] });
+  const handler = spawn(cHandler, [socketPath, file], { stdio: ["ignore", "pipe", "inherit"] });
   const exited = once(handler, "exit");
   await once(createInterface({ input: handler.stdout! }), "line");
   const result = await runTestPeer({
     binary: peer,
     socketPath,
-    memoryFile,
+    memoryFile: file,
     size: SIZE,
     timeoutMs: 300_000,
     ...options,
@@ -155,11 +246,19 @@ function reserveHugePages(count: number): (() => void) | undefined {
   }
 }
 
+const only = process.env.BENCH_SCENARIOS?.split(",").filter(Boolean);
+const unknown = only?.filter((name) => !scenarios.some((scenario) => scenario.name === name)) ?? [];
+if (unknown.length > 0)
+  throw new Error(
+    `BENCH_SCENARIOS: no scenario ${unknown.join(", ")} (${scenarios.map((s) => s.name).join(", ")})`,
+  );
+
 const results: Record<string, unknown> = {};
 try {
   results.coldWorkerStartMs = await coldStartMs();
+  results.layerScanMs = layerScanMs(layered.diffs);
   prewarmPageFaultWorkers(1);
-  for (const scenario of scenarios) {
+  for (const scenario of scenarios.filter((s) => !only || only.includes(s.name))) {
     let restore: (() => void) | undefined;
     if (scenario.pageSize === 2 * MiB) {
       restore = reserveHugePages(SIZE / (2 * MiB) + 2);
@@ -173,9 +272,11 @@ try {
       // and compare medians.
       const runs = { c: [] as Figure[], pure: [] as Figure[], native: [] as Figure[] };
       for (let r = 0; r < REPEATS; r++) {
-        runs.c.push(await withCHandler(scenario.peer, scenario.pageSize));
-        runs.pure.push(await withServer(scenario.peer, scenario.pageSize, "off"));
-        if (nativeHelper) runs.native.push(await withServer(scenario.peer, scenario.pageSize, nativeHelper));
+        const layers = scenario.layered ? layered : undefined;
+        runs.c.push(await withCHandler(scenario.peer, scenario.pageSize, layers?.flattened));
+        runs.pure.push(await withServer(scenario.peer, scenario.pageSize, "off", layers));
+        if (nativeHelper)
+          runs.native.push(await withServer(scenario.peer, scenario.pageSize, nativeHelper, layers));
       }
       const c = median(runs.c);
       const pure = median(runs.pure);

@@ -2,11 +2,11 @@
 // serve faults until woken, until the peer hangs up, or until a fault cannot be served. Blocking in
 // poll() here never blocks the caller's event loop. The worker owns every fd it accepts or receives
 // and closes them all before it reports that it stopped, so the main thread never races it on an fd.
-import { closeSync, fstatSync, openSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { parentPort, workerData } from "node:worker_threads";
-import { DataType, load, open } from "ffi-rs";
 import { check, UffdError } from "./errors.ts";
 import { type GuestRegion, type Handshake, parseHandshake } from "./handshake.ts";
+import { MAX_EVENTS, type NativeHelperBinding, openNativeHelper } from "./helper-binding.ts";
 import {
   PAGE_2M,
   PAGE_4K,
@@ -23,29 +23,24 @@ import {
   UFFDIO_WRITEPROTECT,
   UFFDIO_ZEROPAGE,
 } from "./kernel.ts";
+import { type Layers, mapLayers } from "./layers.ts";
 import {
   EAGAIN,
   EEXIST,
   EINTR,
   ENOENT,
-  ENXIO,
   ESRCH,
   F_DUPFD_CLOEXEC,
   libc,
   libcUnchecked,
-  MAP_PRIVATE,
   POLLERR,
   POLLHUP,
   POLLIN,
   POLLNVAL,
-  PROT_READ,
-  SEEK_DATA,
-  SEEK_HOLE,
   SO_PEERCRED,
   SOCK_CLOEXEC,
   SOL_SOCKET,
 } from "./libc.ts";
-import { NATIVE_HELPER_ABI } from "./native-helper.ts";
 import { NativeMemory } from "./native-memory.ts";
 import { recvWithFds } from "./scm-rights.ts";
 import { METRIC, type WorkerConfig, type WorkerMessage } from "./worker-protocol.ts";
@@ -78,128 +73,17 @@ const REGISTER = 320;
 const DRAIN = 4096;
 const EVENTS = 8192;
 const EVENT_SIZE = 32;
-const MAX_EVENTS = 64;
 
 type StopReason = "closed" | "peer-exited";
 
 // How long the native helper spins on an empty userfaultfd before the loop falls back to poll(): a
 // fault arriving within it costs no poll and no wake-up (the C baseline spins the same way).
 const SPIN_NS = 200_000;
-const REMOVED_CAPACITY = 8192;
 // Empty non-blocking reads the pure-ffi loop tries (~3 µs each) before it blocks in poll().
 const SPIN_READS = 16;
-// The helper returns after this many faults so the loop notices close() and a hung-up peer promptly.
-const MAX_FAULTS_PER_CALL = 4096;
 // No faults for this long after some were served: the restore's burst is over (gaps inside a burst,
 // while Firecracker finishes loading or the vCPU is descheduled, last a few milliseconds at most).
 const QUIET_MS = 100;
-
-interface NativeHelper {
-  serveBatch(uffd: number, events: number, maxEvents: number, spinNs: number): number;
-  status(index: number): number;
-  /** Faults the helper served since the last call, then zeroes them. */
-  takeStats(): { copied: number; present: number; bytes: number };
-  addRemoved(start: number, end: number): void;
-}
-
-/** Loads native/uffd-batch.c's shared library and lays out its regions, removed ranges and statuses. */
-function loadNativeHelper(
-  path: string,
-  regions: GuestRegion[],
-  memoryAddress: number,
-  recordTrace: (offset: number) => void,
-): NativeHelper {
-  const library = "sbx-uffd-batch";
-  open({ library, path });
-  const abi = load({
-    library,
-    funcName: "sbx_uffd_abi_version",
-    retType: DataType.I32,
-    paramsType: [],
-    paramsValue: [],
-  });
-  if (abi !== NATIVE_HELPER_ABI)
-    throw new UffdError(
-      "INVALID_OPTIONS",
-      `native helper ${path} has ABI ${abi}, this version needs ${NATIVE_HELPER_ABI}: rebuild it`,
-    );
-  const memory = new NativeMemory(
-    regions.length * 40 + REMOVED_CAPACITY * 16 + MAX_EVENTS * 8 + 32 + MAX_FAULTS_PER_CALL * 8,
-  );
-  cleanups.push(() => memory.free());
-  const regionsAt = 0;
-  const removedAt = regions.length * 40;
-  const statusAt = removedAt + REMOVED_CAPACITY * 16;
-  const statsAt = statusAt + MAX_EVENTS * 8;
-  const traceAt = statsAt + 32;
-  regions.forEach((region, i) => {
-    memory.setU64(regionsAt + i * 40, region.base);
-    memory.setU64(regionsAt + i * 40 + 8, region.size);
-    memory.setU64(regionsAt + i * 40 + 16, memoryAddress + region.offset);
-    memory.setU64(regionsAt + i * 40 + 24, region.pageSize);
-    memory.setU64(regionsAt + i * 40 + 32, region.offset);
-  });
-  let removedCount = 0;
-  const params = {
-    library,
-    funcName: "sbx_uffd_serve_batch",
-    retType: DataType.I64,
-    // (uffd, msgs, max_msgs, regions, nregions, removed, nremoved, status, spin_ns, stats, max_faults,
-    //  trace, trace_cap)
-    paramsType: [DataType.I32, ...new Array<DataType>(12).fill(DataType.I64)],
-    paramsValue: [
-      0,
-      0,
-      0,
-      memory.address + regionsAt,
-      regions.length,
-      memory.address + removedAt,
-      0,
-      memory.address + statusAt,
-      0,
-      memory.address + statsAt,
-      MAX_FAULTS_PER_CALL,
-      memory.address + traceAt,
-      MAX_FAULTS_PER_CALL,
-    ],
-  };
-  return {
-    serveBatch(uffd, events, maxEvents, spinNs) {
-      params.paramsValue[0] = uffd;
-      params.paramsValue[1] = events;
-      params.paramsValue[2] = maxEvents;
-      params.paramsValue[6] = removedCount;
-      params.paramsValue[8] = spinNs;
-      return load(params as never) as unknown as number;
-    },
-    status(index) {
-      return Number(memory.view.getBigInt64(statusAt + index * 8, true));
-    },
-    takeStats() {
-      const stats = {
-        copied: memory.u64(statsAt),
-        present: memory.u64(statsAt + 8),
-        bytes: memory.u64(statsAt + 16),
-      };
-      const traced = memory.u64(statsAt + 24);
-      for (let i = 0; i < traced; i++) recordTrace(memory.u64(traceAt + i * 8));
-      memory.bytes.fill(0, statsAt, statsAt + 32);
-      return stats;
-    },
-    addRemoved(start, end) {
-      // Past capacity the helper sees no more ranges, so it must stop copying: widen the last entry to
-      // cover everything, and every fault goes to the JS path, which keeps the full list.
-      if (removedCount < REMOVED_CAPACITY) {
-        memory.setU64(removedAt + removedCount * 16, start);
-        memory.setU64(removedAt + removedCount * 16 + 8, end);
-        removedCount++;
-      } else {
-        memory.setU64(removedAt + (REMOVED_CAPACITY - 1) * 16, 0);
-        memory.setU64(removedAt + (REMOVED_CAPACITY - 1) * 16 + 8, Number.MAX_SAFE_INTEGER);
-      }
-    },
-  };
-}
 
 function pollFor(fds: number[], timeoutMs: number): number[] {
   fds.forEach((fd, i) => {
@@ -237,88 +121,6 @@ function peerPid(connection: number): number {
   return scratch.view.getInt32(UCRED, true);
 }
 
-interface Layers {
-  /** The base layer's size: every region must lie inside it. */
-  size: number;
-  count: number;
-  /** Where the bytes of memory-file offset `offset` are mapped, from the newest layer that has them. */
-  sourceFor(offset: number): number;
-}
-
-/**
- * Maps the layer stack: the base (a full memory file), then diffs, newest last. A diff has a page when
- * its ranges (or, without them, its data extents: SEEK_DATA/SEEK_HOLE) cover it; a hole inherits from
- * the layer below, never zero.
- */
-function mapLayers(): Layers {
-  const addresses: number[] = [];
-  let table: Uint8Array | undefined;
-  let baseSize = 0;
-  config.layers.forEach((layer, index) => {
-    let fd: number;
-    try {
-      fd = openSync(layer.path, "r");
-    } catch (cause) {
-      throw new UffdError("MEMORY_FILE_INVALID", `cannot open memory layer ${layer.path}`, { cause });
-    }
-    try {
-      const size = fstatSync(fd).size;
-      if (size === 0) throw new UffdError("MEMORY_FILE_INVALID", `memory layer ${layer.path} is empty`);
-      const address = check(`mmap(${layer.path})`, libc.mmap(0, size, PROT_READ, MAP_PRIVATE, fd, 0));
-      cleanups.push(() => libc.munmap(address, size));
-      addresses.push(address);
-      if (index === 0) {
-        baseSize = size;
-        return;
-      }
-      if (index > 255) throw new UffdError("INVALID_OPTIONS", "at most 256 memory layers");
-      table ??= new Uint8Array(Math.ceil(baseSize / PAGE_4K));
-      const ranges = layer.ranges ?? dataExtents(fd, size);
-      for (const range of ranges) {
-        if (range.offset % PAGE_4K || range.length % PAGE_4K || range.offset + range.length > size)
-          throw new UffdError(
-            "MEMORY_FILE_INVALID",
-            `layer ${layer.path}: range ${range.offset}+${range.length} is unaligned or past its ${size} bytes`,
-          );
-        table.fill(
-          index,
-          range.offset / PAGE_4K,
-          Math.min(table.length, (range.offset + range.length) / PAGE_4K),
-        );
-      }
-    } finally {
-      closeSync(fd); // the mapping keeps the file alive
-    }
-  });
-  const base = addresses[0] as number;
-  return {
-    size: baseSize,
-    count: addresses.length,
-    sourceFor: table
-      ? (offset) => (addresses[table![Math.floor(offset / PAGE_4K)] ?? 0] as number) + offset
-      : (offset) => base + offset,
-  };
-}
-
-/** The data extents of a sparse file, page-aligned (what a Diff snapshot wrote). */
-function dataExtents(fd: number, size: number): { offset: number; length: number }[] {
-  const extents: { offset: number; length: number }[] = [];
-  let position = 0;
-  while (position < size) {
-    const data = libc.lseek(fd, position, SEEK_DATA);
-    if (data.value < 0) {
-      if (data.errno === ENXIO) break; // no more data
-      check("lseek(SEEK_DATA)", data);
-    }
-    const hole = check("lseek(SEEK_HOLE)", libc.lseek(fd, data.value, SEEK_HOLE));
-    const start = data.value - (data.value % PAGE_4K);
-    const end = Math.min(size, Math.ceil(hole / PAGE_4K) * PAGE_4K);
-    extents.push({ offset: start, length: end - start });
-    position = hole;
-  }
-  return extents;
-}
-
 /** Serves faults until woken or until the peer goes away. */
 function serve(
   uffd: number,
@@ -326,6 +128,7 @@ function serve(
   regions: GuestRegion[],
   layers: Layers,
   trackDirty: boolean,
+  native: NativeHelperBinding | undefined,
 ): StopReason {
   const removed: [number, number][] = [];
   let onRemoveHook: ((start: number, end: number) => void) | undefined;
@@ -563,10 +366,8 @@ function serve(
     return undefined;
   };
 
-  const helper =
-    config.nativeHelper && layers.count === 1 && !trackDirty
-      ? loadNativeHelper(config.nativeHelper, regions, layers.sourceFor(0), recordTrace)
-      : undefined;
+  // Only when dirty tracking was not asked for, even if it turned out unavailable: `codePath` said so.
+  const helper = native && !config.trackDirty ? native.batchServer(regions, layers, recordTrace) : undefined;
   // The server refills its warm workers on this signal, not during the restore's fault burst, when a
   // worker's start-up (~150 ms of CPU) would compete with the fault loop for the host's cores.
   let servedAny = false;
@@ -656,6 +457,10 @@ function run(): void {
   let stop: StopReason;
   let peer: number | undefined;
   try {
+    const native = config.nativeHelper ? openNativeHelper(config.nativeHelper, cleanups) : undefined;
+    // Before accepting: scanning a diff's extents and mapping the layers would otherwise delay the
+    // guest's first page, and the layer stack is known from the start.
+    const layers = mapLayers(config.layers, cleanups, native?.listExtents);
     const accepted = acceptPeer();
     if (typeof accepted !== "number") {
       post({ type: "stopped", reason: accepted });
@@ -683,7 +488,6 @@ function run(): void {
     for (const fd of message.fds) owned.add(fd);
     if (message.data.length === 0 && message.fds.length === 0)
       throw new UffdError("PEER_CLOSED", `process ${peer} closed the connection before sending its mappings`);
-    const layers = mapLayers();
     const handshake = parseHandshake(message.data, message.fds, layers.size);
     const trackDirty = config.trackDirty && enableDirtyTracking(handshake);
     // The caller may take the memfd (to export memory after Firecracker exits): hand over a duplicate,
@@ -693,7 +497,7 @@ function run(): void {
         ? undefined
         : check("fcntl(F_DUPFD_CLOEXEC)", libc.fcntl(handshake.memfdFd, F_DUPFD_CLOEXEC, 0));
     post({ type: "ready", peerPid: peer, regions: handshake.regions, memfdFd, trackDirty });
-    stop = serve(handshake.uffdFd, connection, handshake.regions, layers, trackDirty);
+    stop = serve(handshake.uffdFd, connection, handshake.regions, layers, trackDirty, native);
   } catch (error) {
     const e =
       error instanceof UffdError ? error : new UffdError("SYSCALL_FAILED", String(error), { cause: error });

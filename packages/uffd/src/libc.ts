@@ -90,6 +90,45 @@ export const libc = {
   syscall3: declare("syscall", I64, [I64, I64, I64, I64]),
 };
 
+/**
+ * Calls every function above once with arguments that make it fail at once or do nothing (fd -1, zero
+ * lengths, syscall -1). ffi-rs resolves a symbol on its first call and stores it in one process-wide
+ * map without a lock, so a first call on one thread while another thread looks a symbol up is a data
+ * race. The server runs this on the main thread before it starts a fault worker; after it, every
+ * thread only reads the map.
+ */
+export function resolveLibcSymbols(): void {
+  const harmless: Record<keyof typeof libc, number[]> = {
+    socket: [-1, 0, 0],
+    bind: [-1, 0, 0],
+    listen: [-1, 0],
+    accept4: [-1, 0, 0, 0],
+    recvmsg: [-1, 0, 0],
+    getsockopt: [-1, 0, 0, 0, 0],
+    close: [-1],
+    poll: [0, 0, 0],
+    read: [-1, 0, 0],
+    write: [-1, 0, 0],
+    pread: [-1, 0, 0, 0],
+    pwrite: [-1, 0, 0, 0],
+    ioctl: [-1, 0, 0],
+    mmap: [0, 0, 0, 0, -1, 0],
+    munmap: [0, 0],
+    ftruncate: [-1, 0],
+    copyFileRange: [-1, 0, -1, 0, 0, 0],
+    fcntl: [-1, 0, 0],
+    lseek: [-1, 0, 0],
+    eventfd: [0, -1],
+    syscall3: [-1, 0, 0, 0],
+  };
+  for (const [name, args] of Object.entries(harmless)) libc[name as keyof typeof libc](...args);
+  libcUnchecked.read(-1, 0, 0);
+  libcUnchecked.ioctl(-1, 0, 0);
+  ensureOpen();
+  pointerParams.paramsValue[0] = 0;
+  load(pointerParams as never); // memset(NULL, 0, 0): touches nothing
+}
+
 const pointerParams = {
   library: LIBRARY,
   funcName: "memset",

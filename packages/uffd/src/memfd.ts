@@ -3,9 +3,10 @@
 // exited, without reading another process's memory (process_vm_readv).
 import { closeSync, constants, fstatSync, openSync } from "node:fs";
 import { hostArch } from "@sbx/arch";
-import { DataType, load, open } from "ffi-rs";
+import { DataType, load } from "ffi-rs";
 import { check, UffdError } from "./errors.ts";
 import { fdKind } from "./handshake.ts";
+import { helperLibrary, readyNativeHelper } from "./helper-binding.ts";
 import { MFD_ALLOW_SEALING, MFD_CLOEXEC, MFD_HUGETLB, SYSCALLS } from "./kernel.ts";
 import {
   EINVAL,
@@ -21,7 +22,6 @@ import {
   MAP_SHARED,
   PROT_READ,
 } from "./libc.ts";
-import { resolveNativeHelper } from "./native-helper.ts";
 import { NativeMemory } from "./native-memory.ts";
 
 const SEALS = { seal: F_SEAL_SEAL, shrink: F_SEAL_SHRINK, grow: F_SEAL_GROW, write: F_SEAL_WRITE } as const;
@@ -178,8 +178,6 @@ function tryCopyFileRange(input: number, output: number, chunks: readonly ByteRa
   }
 }
 
-let helperLoaded: string | undefined;
-
 function pwriteFromMapping(
   memfd: Memfd,
   fd: number,
@@ -188,12 +186,10 @@ function pwriteFromMapping(
 ): ExportResult {
   const mapping = check("mmap(memfd)", libc.mmap(0, memfd.size, PROT_READ, MAP_SHARED, memfd.fd, 0));
   try {
-    const helper = resolveNativeHelper(helperChoice, hostArch());
+    // A stale bundled helper falls back to the loop below, which `method: "pwrite"` reports.
+    const helper = readyNativeHelper(helperChoice, hostArch(), () => {});
     if (helper) {
-      if (helperLoaded !== helper) {
-        open({ library: "sbx-uffd-export", path: helper });
-        helperLoaded = helper;
-      }
+      const library = helperLibrary(helper);
       const list = new NativeMemory(Math.max(16, chunks.length * 16));
       try {
         chunks.forEach((c, i) => {
@@ -201,7 +197,7 @@ function pwriteFromMapping(
           list.setU64(i * 16 + 8, c.length);
         });
         const written = load({
-          library: "sbx-uffd-export",
+          library,
           funcName: "sbx_pwrite_ranges",
           retType: DataType.I64,
           paramsType: [DataType.I32, DataType.I64, DataType.I64, DataType.I64],

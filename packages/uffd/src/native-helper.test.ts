@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { detectBinaryArch } from "@sbx/arch";
@@ -10,6 +10,8 @@ import {
   NATIVE_HELPER_TOOLCHAINS,
   resolveNativeHelper,
 } from "./native-helper.ts";
+import { PageFaultServer } from "./server.ts";
+import { buildTestNativeHelper } from "./test-native-helper.ts";
 
 const hasCompiler = (compiler: string) => {
   try {
@@ -35,6 +37,32 @@ describe("the native batch helper", () => {
     expect(resolveNativeHelper("auto", "amd64", { SBX_UFFD_NATIVE_HELPER: "off" })).toBeUndefined();
     expect(bundledNativeHelperPath("arm64")).toMatch(/native\/linux-arm64\/libsbx-uffd\.so$/);
   });
+
+  it.skipIf(!hasCompiler("gcc"))(
+    "is checked when the server is made: each path is its own library, and another ABI is refused",
+    () => {
+      const dir = mkdtempSync(join(tmpdir(), "sbx-uffd-helper-"));
+      const good = buildTestNativeHelper();
+      try {
+        const source = join(dir, "stale.c");
+        writeFileSync(source, "int sbx_uffd_abi_version(void) { return 1; }\n");
+        const stale = join(dir, "stale.so");
+        execFileSync("gcc", ["-shared", "-fPIC", "-o", stale, source]);
+        const server = (nativeHelper: string) =>
+          new PageFaultServer({ socketPath: join(dir, "uffd.sock"), memoryFile: source, nativeHelper });
+        expect(server(good.path as string).codePath).toBe("native");
+        // Opened after a good helper: a shared library name would have kept calling the good one.
+        expect(() => server(stale)).toThrow(
+          expect.objectContaining({ code: "INVALID_OPTIONS", message: expect.stringMatching(/ABI 1\b/) }),
+        );
+        expect(server(good.path as string).codePath).toBe("native");
+        expect(server("off").codePath).toBe("pure-ffi");
+      } finally {
+        good.remove();
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 
   for (const arch of ["amd64", "arm64"] as const) {
     const { compiler } = NATIVE_HELPER_TOOLCHAINS[arch];

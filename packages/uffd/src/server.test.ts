@@ -1,11 +1,9 @@
-import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { UffdError } from "./errors.ts";
-import { NATIVE_HELPER_TOOLCHAINS, nativeHelperSource } from "./native-helper.ts";
 import {
   PageFaultServer,
   type PageFaultServerOptions,
@@ -13,6 +11,7 @@ import {
   warmPageFaultWorkerCount,
 } from "./server.ts";
 import { leakCheck, settle } from "./test-counts.ts";
+import { buildTestNativeHelper, faultLoops } from "./test-native-helper.ts";
 import {
   buildTestPeer,
   runTestPeer,
@@ -30,25 +29,11 @@ let socketPath: string;
 let checkLeaks: () => Promise<void>;
 
 // Both fault loops are tested: the pure-ffi one always, the native batch helper when gcc can build it.
-const nativeHelper = (() => {
-  const output = join(tmpdir(), `sbx-uffd-native-test-${process.pid}.so`);
-  const { compiler, flags } = NATIVE_HELPER_TOOLCHAINS.amd64;
-  try {
-    execFileSync(compiler, [...flags, "-o", output, nativeHelperSource()], { stdio: "pipe" });
-    return output;
-  } catch (error) {
-    console.log(
-      `[uffd] native-helper tests skipped: ${compiler} could not build it (${String(error).slice(0, 200)})`,
-    );
-    return undefined;
-  }
-})();
+const nativeHelper = buildTestNativeHelper();
 beforeAll(async () => {
   peer = await buildTestPeer();
 });
-afterAll(() => {
-  if (nativeHelper) rmSync(nativeHelper, { force: true });
-});
+afterAll(() => nativeHelper.remove());
 beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), "sbx-uffd-test-"));
   memoryFile = join(dir, "mem");
@@ -86,82 +71,85 @@ async function servedWith(
   return { result, stop, metrics: server.metrics(), ready: await server.ready, codePath: server.codePath };
 }
 
-describe.each([
-  { codePath: "pure-ffi", helper: "off" },
-  ...(nativeHelper ? [{ codePath: "native", helper: nativeHelper }] : []),
-])("the page-fault server restores memory byte-exactly ($codePath)", ({ codePath, helper }) => {
-  const served = async (peerOptions: Partial<TestPeerOptions>) => {
-    const outcome = await servedWith(peerOptions, { nativeHelper: helper });
-    expect(outcome.codePath).toBe(codePath);
-    return outcome;
-  };
+describe.each(faultLoops(nativeHelper.path))(
+  "the page-fault server restores memory byte-exactly ($codePath)",
+  ({ codePath, helper }) => {
+    const served = async (peerOptions: Partial<TestPeerOptions>) => {
+      const outcome = await servedWith(peerOptions, { nativeHelper: helper });
+      expect(outcome.codePath).toBe(codePath);
+      return outcome;
+    };
 
-  it("sequential reads, 4 KiB pages; stops cleanly when the peer exits; one connection only", async () => {
-    const { result, stop, metrics, ready } = await served({ mode: "seq" });
-    expect(result).toMatchObject({ ok: true, touched: SIZE / 4096, mismatches: 0 });
-    expect(metrics).toMatchObject({
-      faults: SIZE / 4096,
-      pagesCopied: SIZE / 4096,
-      bytes: SIZE,
-      zeroPages: 0,
+    it("sequential reads, 4 KiB pages; stops cleanly when the peer exits; one connection only", async () => {
+      const { result, stop, metrics, ready } = await served({ mode: "seq" });
+      expect(result).toMatchObject({ ok: true, touched: SIZE / 4096, mismatches: 0 });
+      expect(metrics).toMatchObject({
+        faults: SIZE / 4096,
+        pagesCopied: SIZE / 4096,
+        bytes: SIZE,
+        zeroPages: 0,
+      });
+      expect(metrics.latencyP50Us).toBeGreaterThan(0);
+      expect(stop.reason).toBe("peer-exited");
+      expect(ready.regions[0]).toMatchObject({ size: SIZE, pageSize: 4096 });
+      expect(existsSync(socketPath)).toBe(false);
     });
-    expect(metrics.latencyP50Us).toBeGreaterThan(0);
-    expect(stop.reason).toBe("peer-exited");
-    expect(ready.regions[0]).toMatchObject({ size: SIZE, pageSize: 4096 });
-    expect(existsSync(socketPath)).toBe(false);
-  });
 
-  it("random reads and writes from 4 threads", async () => {
-    const random = await served({ mode: "random", threads: 4 });
-    expect(random.result.mismatches).toBe(0);
-    expect(random.metrics.faults).toBeGreaterThan(1000);
-    const write = await served({ mode: "write", threads: 4 });
-    expect(write.result).toMatchObject({ touched: SIZE / 4096, mismatches: 0 });
-    expect(write.metrics.faults).toBe(SIZE / 4096);
-  });
+    it("random reads and writes from 4 threads", async () => {
+      const random = await served({ mode: "random", threads: 4 });
+      expect(random.result.mismatches).toBe(0);
+      expect(random.metrics.faults).toBeGreaterThan(1000);
+      const write = await served({ mode: "write", threads: 4 });
+      expect(write.result).toMatchObject({ touched: SIZE / 4096, mismatches: 0 });
+      expect(write.metrics.faults).toBe(SIZE / 4096);
+    });
 
-  it("a region at a file offset, and memfd-backed guest memory sent as a second fd", async () => {
-    const offset = await served({ mode: "seq", fileOffset: 4 * MiB });
-    expect(offset.result.mismatches).toBe(0);
-    const memfd = await served({ mode: "seq", backing: "memfd", fds: 2 });
-    expect(memfd.result.mismatches).toBe(0);
-    expect(memfd.ready.memfd).toBe(true);
-  });
+    it("a region at a file offset, and memfd-backed guest memory sent as a second fd", async () => {
+      const offset = await served({ mode: "seq", fileOffset: 4 * MiB });
+      expect(offset.result.mismatches).toBe(0);
+      const memfd = await served({ mode: "seq", backing: "memfd", fds: 2 });
+      expect(memfd.result.mismatches).toBe(0);
+      expect(memfd.ready.memfd).toBe(true);
+    });
 
-  it("REMOVE events: a madvised range comes back as zero pages", async () => {
-    const { result, metrics } = await served({ mode: "seq", remove: { offset: 4 * MiB, length: 64 * 4096 } });
-    expect(result).toMatchObject({ mismatches: 0, zeroChecked: 64, zeroMismatches: 0 });
-    expect(metrics.removes).toBeGreaterThanOrEqual(1);
-    expect(metrics.zeroPages).toBe(64);
-  });
-
-  it("2 MiB hugetlb pages, when hugepages can be reserved", async (context) => {
-    const path = "/proc/sys/vm/nr_hugepages";
-    const original = readFileSync(path, "utf8").trim();
-    const needed = SIZE / (2 * MiB);
-    // Two spare: a hugetlb UFFDIO_COPY into MAP_NORESERVE memory may take a temporary page.
-    const reserve = needed + 2;
-    try {
-      writeFileSync(path, String(Number(original) + reserve));
-      const free = Number(/HugePages_Free:\s+(\d+)/.exec(readFileSync("/proc/meminfo", "utf8"))?.[1] ?? 0);
-      if (free < reserve) {
-        console.log(`[uffd] hugetlb test skipped: only ${free} of ${reserve} huge pages could be reserved`);
-        context.skip();
-      }
+    it("REMOVE events: a madvised range comes back as zero pages", async () => {
       const { result, metrics } = await served({
         mode: "seq",
-        pageSize: 2097152,
-        backing: "hugetlb",
-        remove: { offset: 4 * MiB, length: 2 * MiB },
+        remove: { offset: 4 * MiB, length: 64 * 4096 },
       });
-      expect(result).toMatchObject({ mismatches: 0, zeroMismatches: 0 });
-      expect(metrics.faults).toBe(needed + 1);
-      expect(metrics.zeroPages).toBe(1);
-    } finally {
-      writeFileSync(path, original);
-    }
-  });
-});
+      expect(result).toMatchObject({ mismatches: 0, zeroChecked: 64, zeroMismatches: 0 });
+      expect(metrics.removes).toBeGreaterThanOrEqual(1);
+      expect(metrics.zeroPages).toBe(64);
+    });
+
+    it("2 MiB hugetlb pages, when hugepages can be reserved", async (context) => {
+      const path = "/proc/sys/vm/nr_hugepages";
+      const original = readFileSync(path, "utf8").trim();
+      const needed = SIZE / (2 * MiB);
+      // Two spare: a hugetlb UFFDIO_COPY into MAP_NORESERVE memory may take a temporary page.
+      const reserve = needed + 2;
+      try {
+        writeFileSync(path, String(Number(original) + reserve));
+        const free = Number(/HugePages_Free:\s+(\d+)/.exec(readFileSync("/proc/meminfo", "utf8"))?.[1] ?? 0);
+        if (free < reserve) {
+          console.log(`[uffd] hugetlb test skipped: only ${free} of ${reserve} huge pages could be reserved`);
+          context.skip();
+        }
+        const { result, metrics } = await served({
+          mode: "seq",
+          pageSize: 2097152,
+          backing: "hugetlb",
+          remove: { offset: 4 * MiB, length: 2 * MiB },
+        });
+        expect(result).toMatchObject({ mismatches: 0, zeroMismatches: 0 });
+        expect(metrics.faults).toBe(needed + 1);
+        expect(metrics.zeroPages).toBe(1);
+      } finally {
+        writeFileSync(path, original);
+      }
+    });
+  },
+);
 
 describe("the page-fault server refuses what Firecracker would not send", () => {
   const refusal = async (peerOptions: Partial<TestPeerOptions>) => {

@@ -8,9 +8,17 @@ import { hostArch, hostKernelRelease, uffdWriteProtectSupported } from "@sbx/arc
 import { z } from "zod";
 import { check, UffdError } from "./errors.ts";
 import type { GuestRegion } from "./handshake.ts";
-import { AF_UNIX, EFD_CLOEXEC, EFD_NONBLOCK, libc, SOCK_CLOEXEC, SOCK_STREAM } from "./libc.ts";
+import { readyNativeHelper } from "./helper-binding.ts";
+import {
+  AF_UNIX,
+  EFD_CLOEXEC,
+  EFD_NONBLOCK,
+  libc,
+  resolveLibcSymbols,
+  SOCK_CLOEXEC,
+  SOCK_STREAM,
+} from "./libc.ts";
 import { type ByteRange, Memfd } from "./memfd.ts";
-import { resolveNativeHelper } from "./native-helper.ts";
 import { NativeMemory } from "./native-memory.ts";
 import {
   HISTOGRAM_BUCKETS,
@@ -109,8 +117,19 @@ const workerUrl = (() => {
 const warmWorkers: Worker[] = [];
 let warmTarget = 0;
 
+let libcResolved = false;
+
+/** Every fault worker starts through here: see resolveLibcSymbols for why the main thread goes first. */
+function startFaultWorker(workerData: WorkerConfig | undefined): Worker {
+  if (!libcResolved) {
+    resolveLibcSymbols();
+    libcResolved = true;
+  }
+  return new Worker(workerUrl, { workerData });
+}
+
 function spawnWarmWorker(): void {
-  const worker = new Worker(workerUrl, { workerData: undefined });
+  const worker = startFaultWorker(undefined);
   worker.unref(); // an idle warm worker never keeps the process alive
   worker.once("exit", () => {
     const at = warmWorkers.indexOf(worker);
@@ -198,13 +217,17 @@ export class PageFaultServer implements AsyncDisposable {
     if ((parsed.data.memoryFile === undefined) === (parsed.data.layers === undefined))
       throw new UffdError("INVALID_OPTIONS", "PageFaultServer: give exactly one of memoryFile and layers");
     this.#layers = parsed.data.layers ?? [{ path: parsed.data.memoryFile as string }];
-    this.#nativeHelper = resolveNativeHelper(parsed.data.nativeHelper, parsed.data.arch ?? hostArch());
-    if (this.#nativeHelper !== undefined && !existsSync(this.#nativeHelper))
-      throw new UffdError("INVALID_OPTIONS", `the native helper ${this.#nativeHelper} does not exist`);
-    // The helper copies from one memory file without write-protection: layers and dirty tracking need
-    // the JS loop's per-page decisions.
-    this.codePath =
-      this.#nativeHelper && this.#layers.length === 1 && !parsed.data.trackDirty ? "native" : "pure-ffi";
+    // Opened here on the main thread: a worker must never be the first to open it (see prepareNativeHelper).
+    this.#nativeHelper = readyNativeHelper(
+      parsed.data.nativeHelper,
+      parsed.data.arch ?? hostArch(),
+      (message) => {
+        this.warnings.push(message);
+        this.#logger.warn({}, message);
+      },
+    );
+    // The helper copies without write-protection: dirty tracking needs the JS loop's per-fault decisions.
+    this.codePath = this.#nativeHelper && !parsed.data.trackDirty ? "native" : "pure-ffi";
     const ready = Promise.withResolvers<PageFaultServerReady>();
     const stopped = Promise.withResolvers<PageFaultServerStop>();
     this.ready = ready.promise;
@@ -269,7 +292,7 @@ export class PageFaultServer implements AsyncDisposable {
       acceptTimeoutMs: this.#options.acceptTimeoutMs,
       handshakeTimeoutMs: this.#options.handshakeTimeoutMs,
       expectedPeerPid: this.#options.expectedPeerPid,
-      nativeHelper: this.codePath === "native" ? this.#nativeHelper : undefined,
+      nativeHelper: this.#nativeHelper,
       metrics: {
         counters: this.#counters,
         histogram: this.#histogram,
@@ -279,7 +302,7 @@ export class PageFaultServer implements AsyncDisposable {
       },
     };
     const warm = takeWarmWorker();
-    const worker = warm ?? new Worker(workerUrl, { workerData: config });
+    const worker = warm ?? startFaultWorker(config);
     if (warm) {
       warm.ref();
       warm.postMessage(config);

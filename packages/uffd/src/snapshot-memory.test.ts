@@ -11,10 +11,11 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { createMemfd, exportRanges, type Memfd } from "./memfd.ts";
 import { PageFaultServer, type PageFaultServerOptions } from "./server.ts";
 import { leakCheck } from "./test-counts.ts";
+import { buildTestNativeHelper, faultLoops } from "./test-native-helper.ts";
 import { buildTestPeer, runTestPeer, type TestPeerOptions, writeTestMemoryFile } from "./testing/peer.ts";
 
 const MiB = 1024 * 1024;
@@ -23,10 +24,12 @@ const PAGE = 4096;
 let peer: string;
 let dir: string;
 let checkLeaks: () => Promise<void>;
+const nativeHelper = buildTestNativeHelper();
 
 beforeAll(async () => {
   peer = await buildTestPeer();
 });
+afterAll(() => nativeHelper.remove());
 beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), "sbx-uffd-layers-"));
   checkLeaks = leakCheck();
@@ -74,8 +77,8 @@ async function serve(
   return { result, server: pfs, ready: await pfs.ready };
 }
 
-describe("layered memory", () => {
-  it("serves every page from the newest layer that has it; holes inherit from the parent", async () => {
+describe.each(faultLoops(nativeHelper.path))("layered memory ($codePath)", ({ codePath, helper }) => {
+  it("serves every page from the newest layer that has it; holes inherit from the parent; REMOVE zeroes", async () => {
     const base = join(dir, "base");
     writeTestMemoryFile(base, SIZE, 1);
     writeTestMemoryFile(join(dir, "src1"), SIZE, 2);
@@ -91,27 +94,44 @@ describe("layered memory", () => {
     for (const p of d1Pages) one.copy(expected, p * PAGE, p * PAGE, (p + 1) * PAGE);
     for (const p of d2Pages) two.copy(expected, p * PAGE, p * PAGE, (p + 1) * PAGE);
     writeFileSync(join(dir, "expected"), expected);
-
-    const { result, server } = await serve(
+    const layers = [
+      { path: base },
+      { path: join(dir, "diff1") }, // pages found with SEEK_DATA / SEEK_HOLE
       {
-        layers: [
-          { path: base },
-          { path: join(dir, "diff1") }, // pages found with SEEK_DATA / SEEK_HOLE
-          {
-            path: join(dir, "diff2"),
-            ranges: [
-              { offset: 15 * PAGE, length: 11 * PAGE },
-              { offset: 2000 * PAGE, length: PAGE },
-            ],
-          },
+        path: join(dir, "diff2"),
+        ranges: [
+          { offset: 15 * PAGE, length: 11 * PAGE },
+          { offset: 2000 * PAGE, length: PAGE },
         ],
       },
+    ];
+
+    const random = await serve(
+      { layers, nativeHelper: helper },
       { memoryFile: join(dir, "expected"), mode: "random", threads: 2 },
     );
-    expect(result.mismatches).toBe(0);
-    expect(server.codePath).toBe("pure-ffi");
-  });
+    expect(random.result.mismatches).toBe(0);
+    expect(random.server.codePath).toBe(codePath);
 
+    // Every page once, in order, from one thread: the trace says which file offsets were served, and a
+    // madvised range spanning base and diff pages comes back as zeros, not as any layer's bytes.
+    const seq = await serve(
+      { layers, nativeHelper: helper },
+      { memoryFile: join(dir, "expected"), mode: "seq", remove: { offset: 8 * PAGE, length: 16 * PAGE } },
+    );
+    expect(seq.result).toMatchObject({
+      touched: SIZE / PAGE,
+      mismatches: 0,
+      zeroChecked: 16,
+      zeroMismatches: 0,
+    });
+    // The trace holds one entry per page of the file at most: the zero-page refaults come after it filled.
+    expect(seq.server.faultTrace()).toEqual(Array.from({ length: SIZE / PAGE }, (_, page) => page * PAGE));
+    expect(seq.server.metrics()).toMatchObject({ zeroPages: 16, pagesCopied: SIZE / PAGE });
+  });
+});
+
+describe("layered memory", () => {
   it("refuses a diff range past its file", async () => {
     const base = join(dir, "base");
     writeTestMemoryFile(base, SIZE);

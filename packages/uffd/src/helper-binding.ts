@@ -1,0 +1,240 @@
+// The fault worker's ffi-rs binding of the optional native helper (native/uffd-batch.c): one call
+// serves a burst of faults, another lists a sparse file's data extents. See native-helper.ts for
+// finding and building it.
+import { existsSync } from "node:fs";
+import type { Arch } from "@sbx/arch";
+import { DataType, load, open } from "ffi-rs";
+import { UffdError } from "./errors.ts";
+import type { GuestRegion } from "./handshake.ts";
+import type { ByteExtent, Layers } from "./layers.ts";
+import { NATIVE_HELPER_ABI, resolveNativeHelper } from "./native-helper.ts";
+import { NativeMemory } from "./native-memory.ts";
+
+/** How many ranges REMOVE events can add before the helper hands every fault to the JS loop. */
+export const REMOVED_CAPACITY = 8192;
+/** The helper returns after this many faults so the loop notices close() and a hung-up peer promptly. */
+export const MAX_FAULTS_PER_CALL = 4096;
+/** Messages one read of the userfaultfd takes at most; the event buffer must hold this many. */
+export const MAX_EVENTS = 64;
+const EXTENTS_PER_CALL = 4096;
+
+export interface BatchServer {
+  /** Serves faults; the number of messages JS must look at, 0 for time or budget, or -errno. */
+  serveBatch(uffd: number, events: number, maxEvents: number, spinNs: number): number;
+  /** Per message of the last batch: 0 copied, 1 already present, 2 for JS, or -errno. */
+  status(index: number): number;
+  /** Faults the helper served since the last call, then zeroes them. */
+  takeStats(): { copied: number; present: number; bytes: number };
+  addRemoved(start: number, end: number): void;
+}
+
+export interface NativeHelperBinding {
+  /** A sparse file's data extents, one ffi call per 4096 of them instead of two per extent. */
+  listExtents(fd: number, size: number): ByteExtent[];
+  /** Lays out the regions, layers, removed ranges and statuses the batch loop reads. */
+  batchServer(regions: GuestRegion[], layers: Layers, recordTrace: (offset: number) => void): BatchServer;
+}
+
+const librariesByPath = new Map<string, string>();
+
+/**
+ * The ffi-rs library name of the helper at `path`, opened and ABI-checked once per thread. Each path
+ * gets a name of its own: ffi-rs ignores a second open() of a name, so a shared name would keep
+ * calling whichever helper was opened first.
+ */
+export function helperLibrary(path: string): string {
+  const known = librariesByPath.get(path);
+  if (known) return known;
+  const library = `sbx-uffd-helper:${path}`;
+  open({ library, path });
+  const abi = load({
+    library,
+    funcName: "sbx_uffd_abi_version",
+    retType: DataType.I32,
+    paramsType: [],
+    paramsValue: [],
+  });
+  if (abi !== NATIVE_HELPER_ABI)
+    throw new UffdError(
+      "INVALID_OPTIONS",
+      `native helper ${path} has ABI ${abi}, this version needs ${NATIVE_HELPER_ABI}: rebuild it (pnpm --filter @sbx/uffd build:native)`,
+    );
+  librariesByPath.set(path, library);
+  return library;
+}
+
+/**
+ * Opens the helper on the main thread and resolves each of its functions there, with calls that do
+ * nothing (a bad fd, zero counts), before any worker uses it. ffi-rs keeps its libraries and symbols
+ * in one process-wide map without a lock: the first open of a library or the first call of a function
+ * inserts into it, and an insert while a worker thread looks something up is a data race. After this,
+ * workers only read.
+ */
+export function prepareNativeHelper(path: string): void {
+  const library = helperLibrary(path);
+  const call = (funcName: string, paramsType: DataType[], paramsValue: number[]) =>
+    load({ library, funcName, retType: DataType.I64, paramsType, paramsValue } as never);
+  call(
+    "sbx_uffd_serve_batch",
+    [DataType.I32, ...new Array<DataType>(14).fill(DataType.I64)],
+    [-1, ...new Array<number>(14).fill(0)],
+  );
+  call(
+    "sbx_data_extents",
+    [DataType.I32, DataType.I64, DataType.I64, DataType.I64, DataType.I64],
+    [-1, 0, 0, 0, 0],
+  );
+  call("sbx_pwrite_ranges", [DataType.I32, DataType.I64, DataType.I64, DataType.I64], [-1, 0, 0, 0]);
+}
+
+/**
+ * The helper for `choice` ("auto", "off" or a path), opened and prepared on this thread (the main one),
+ * or undefined for pure ffi. A helper asked for by path or SBX_UFFD_NATIVE_HELPER must work; a stale
+ * bundled one (a checkout not rebuilt since the helper changed) means pure ffi, reported to `warn`.
+ */
+export function readyNativeHelper(
+  choice: string,
+  arch: Arch,
+  warn: (message: string) => void,
+): string | undefined {
+  const path = resolveNativeHelper(choice, arch);
+  if (path === undefined) return undefined;
+  if (!existsSync(path)) throw new UffdError("INVALID_OPTIONS", `the native helper ${path} does not exist`);
+  try {
+    prepareNativeHelper(path);
+    return path;
+  } catch (error) {
+    if (choice !== "auto" || process.env.SBX_UFFD_NATIVE_HELPER) throw error;
+    warn(`${(error as Error).message}; using pure ffi`);
+    return undefined;
+  }
+}
+
+/** Opens the helper and checks its ABI; native memory it allocates is freed by `cleanups`. */
+export function openNativeHelper(path: string, cleanups: (() => void)[]): NativeHelperBinding {
+  const library = helperLibrary(path);
+  const extentsOut = new NativeMemory(EXTENTS_PER_CALL * 16);
+  cleanups.push(() => extentsOut.free());
+  const extentsParams = {
+    library,
+    funcName: "sbx_data_extents",
+    retType: DataType.I64,
+    // (fd, start, size, out, cap)
+    paramsType: [DataType.I32, DataType.I64, DataType.I64, DataType.I64, DataType.I64],
+    paramsValue: [0, 0, 0, extentsOut.address, EXTENTS_PER_CALL],
+  };
+  const listExtents = (fd: number, size: number): ByteExtent[] => {
+    const extents: ByteExtent[] = [];
+    let position = 0;
+    for (;;) {
+      extentsParams.paramsValue[0] = fd;
+      extentsParams.paramsValue[1] = position;
+      extentsParams.paramsValue[2] = size;
+      const count = load(extentsParams as never) as unknown as number;
+      if (count < 0)
+        throw new UffdError("SYSCALL_FAILED", `lseek(SEEK_DATA/SEEK_HOLE) failed: errno ${-count}`, {
+          errno: -count,
+          syscall: "lseek",
+        });
+      for (let i = 0; i < count; i++)
+        extents.push({ offset: extentsOut.u64(i * 16), length: extentsOut.u64(i * 16 + 8) });
+      if (count < EXTENTS_PER_CALL) return extents;
+      const last = extents.at(-1) as ByteExtent;
+      position = last.offset + last.length;
+    }
+  };
+
+  const batchServer = (
+    regions: GuestRegion[],
+    layers: Layers,
+    recordTrace: (offset: number) => void,
+  ): BatchServer => {
+    const memory = new NativeMemory(
+      regions.length * 32 +
+        layers.addresses.length * 8 +
+        REMOVED_CAPACITY * 16 +
+        MAX_EVENTS * 8 +
+        32 +
+        MAX_FAULTS_PER_CALL * 8,
+    );
+    cleanups.push(() => memory.free());
+    const regionsAt = 0;
+    const layersAt = regions.length * 32;
+    const removedAt = layersAt + layers.addresses.length * 8;
+    const statusAt = removedAt + REMOVED_CAPACITY * 16;
+    const statsAt = statusAt + MAX_EVENTS * 8;
+    const traceAt = statsAt + 32;
+    regions.forEach((region, i) => {
+      memory.setU64(regionsAt + i * 32, region.base);
+      memory.setU64(regionsAt + i * 32 + 8, region.size);
+      memory.setU64(regionsAt + i * 32 + 16, region.pageSize);
+      memory.setU64(regionsAt + i * 32 + 24, region.offset);
+    });
+    layers.addresses.forEach((address, i) => {
+      memory.setU64(layersAt + i * 8, address);
+    });
+    let removedCount = 0;
+    const params = {
+      library,
+      funcName: "sbx_uffd_serve_batch",
+      retType: DataType.I64,
+      // (uffd, msgs, max_msgs, regions, nregions, layer_addrs, layer_of_page, removed, nremoved, status,
+      //  spin_ns, stats, max_faults, trace, trace_cap)
+      paramsType: [DataType.I32, ...new Array<DataType>(14).fill(DataType.I64)],
+      paramsValue: [
+        0,
+        0,
+        0,
+        memory.address + regionsAt,
+        regions.length,
+        memory.address + layersAt,
+        layers.layerOfPage,
+        memory.address + removedAt,
+        0,
+        memory.address + statusAt,
+        0,
+        memory.address + statsAt,
+        MAX_FAULTS_PER_CALL,
+        memory.address + traceAt,
+        MAX_FAULTS_PER_CALL,
+      ],
+    };
+    return {
+      serveBatch(uffd, events, maxEvents, spinNs) {
+        params.paramsValue[0] = uffd;
+        params.paramsValue[1] = events;
+        params.paramsValue[2] = maxEvents;
+        params.paramsValue[8] = removedCount;
+        params.paramsValue[10] = spinNs;
+        return load(params as never) as unknown as number;
+      },
+      status(index) {
+        return Number(memory.view.getBigInt64(statusAt + index * 8, true));
+      },
+      takeStats() {
+        const stats = {
+          copied: memory.u64(statsAt),
+          present: memory.u64(statsAt + 8),
+          bytes: memory.u64(statsAt + 16),
+        };
+        const traced = memory.u64(statsAt + 24);
+        for (let i = 0; i < traced; i++) recordTrace(memory.u64(traceAt + i * 8));
+        memory.bytes.fill(0, statsAt, statsAt + 32);
+        return stats;
+      },
+      addRemoved(start, end) {
+        // Past capacity the helper sees no more ranges, so it must stop copying: widen the last entry to
+        // cover everything, and every fault goes to the JS path, which keeps the full list.
+        if (removedCount < REMOVED_CAPACITY) {
+          memory.setU64(removedAt + removedCount * 16, start);
+          memory.setU64(removedAt + removedCount * 16 + 8, end);
+          removedCount++;
+        } else {
+          memory.setU64(removedAt + (REMOVED_CAPACITY - 1) * 16, 0);
+          memory.setU64(removedAt + (REMOVED_CAPACITY - 1) * 16 + 8, Number.MAX_SAFE_INTEGER);
+        }
+      },
+    };
+  };
+  return { listExtents, batchServer };
+}
