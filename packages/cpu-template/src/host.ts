@@ -10,10 +10,24 @@ import { ARM64_ID_REGISTERS, IA32_ARCH_CAPABILITIES } from "./features.ts";
 import { cpuidKey, type Fingerprint, familyModelStepping, vendorString } from "./fingerprint.ts";
 
 const LIBRARY = "sbx-cpu-template-libc";
-let opened = false;
+// Opened when the module loads, not on first use: ffi-rs keeps its libraries in one process-wide map
+// without a lock, and @sbx/uffd's fault workers look up theirs in it from other threads. A first open
+// during a restore (the orchestrator fingerprints the host on every create) would insert into that map
+// while a worker reads it. Loading happens at import, before any sandbox runs. Where there is no
+// libc.so.6 (macOS, musl) importing still works; hostFingerprint() then reports the failure.
+const openLibc = () => open({ library: LIBRARY, path: "libc.so.6" });
+let opened = (() => {
+  try {
+    openLibc();
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
 function libcCall(funcName: string, retType: DataType, paramsType: DataType[], paramsValue: number[]) {
   if (!opened) {
-    open({ library: LIBRARY, path: "libc.so.6" });
+    openLibc();
     opened = true;
   }
   return load({
