@@ -145,11 +145,14 @@ export async function templateAndSandboxes(log: (line: string) => void): Promise
       `template         OCI image → rootfs → boot → Full snapshot → template.json: ${result.templateMs} ms (${built.timings.map((s) => `${s.step} ${s.durationMs.toFixed(0)}`).join(", ")})`,
     );
     const alive = /^SBX-GUEST iter=\d+ sum=/;
+    // A liveness bound, not a target: creates return at the first guest line. On a busy host (a test
+    // run where other packages' guests spin the same two cores) that line took longer than 10 s.
+    const aliveTimeoutMs = 60_000;
     prewarmPageFaultWorkers(4); // page-fault workers loaded ahead of time, as a service would keep them
     await new Promise((resolve) => setTimeout(resolve, 300));
     t = performance.now();
     const sandboxes = await Promise.all(
-      [0, 1, 2].map(() => orchestrator.createSandbox({ template: "hello", alive })),
+      [0, 1, 2].map(() => orchestrator.createSandbox({ template: "hello", alive, aliveTimeoutMs })),
     );
     result.createMs = Math.round(performance.now() - t);
     result.createSteps = Object.fromEntries(
@@ -169,7 +172,12 @@ export async function templateAndSandboxes(log: (line: string) => void): Promise
     const paused = await sandboxes[0]!.pause();
     result.pauseMs = Math.round(performance.now() - t);
     t = performance.now();
-    const resumed = await orchestrator.createSandbox({ template: "hello", from: paused, alive });
+    const resumed = await orchestrator.createSandbox({
+      template: "hello",
+      from: paused,
+      alive,
+      aliveTimeoutMs,
+    });
     result.resumeMs = Math.round(performance.now() - t);
     const iteration = parseTestGuestLine(
       resumed.firecracker.console.lines().find((l) => alive.test(l)) ?? "",
