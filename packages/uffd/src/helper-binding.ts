@@ -1,6 +1,6 @@
-// The fault worker's ffi-rs binding of the optional native helper (native/uffd-batch.c): one call
-// serves a burst of faults, another lists a sparse file's data extents. See native-helper.ts for
-// finding and building it.
+// The ffi-rs binding of the optional native helper (native/uffd-batch.c): the server opens and checks
+// it on the main thread, the fault worker serves bursts of faults and lists a diff's extents with it,
+// and the memfd export writes ranges with it. native-helper.ts finds and builds it.
 import { existsSync } from "node:fs";
 import type { Arch } from "@sbx/arch";
 import { DataType, load, open } from "ffi-rs";
