@@ -63,28 +63,48 @@ export function helperLibrary(path: string): string {
   return library;
 }
 
+const { I32, I64 } = DataType;
+/** The helper's functions and their parameters (native/uffd-batch.c); each returns a long. */
+const HELPER_FUNCTIONS = {
+  // (uffd, msgs, max_msgs, regions, nregions, layer_addrs, layer_of_page, removed, nremoved, status,
+  //  spin_ns, stats, max_faults, trace, trace_cap)
+  sbx_uffd_serve_batch: [I32, ...new Array<DataType>(14).fill(I64)],
+  // (fd, start, size, out, cap)
+  sbx_data_extents: [I32, I64, I64, I64, I64],
+  // (fd, base, ranges, count)
+  sbx_pwrite_ranges: [I32, I64, I64, I64],
+} as const satisfies Record<string, readonly DataType[]>;
+
+/** A reusable ffi-rs call description for one helper function: callers fill `paramsValue` per call. */
+export function helperCall(library: string, funcName: keyof typeof HELPER_FUNCTIONS) {
+  const paramsType = HELPER_FUNCTIONS[funcName];
+  return {
+    library,
+    funcName,
+    retType: I64,
+    paramsType: [...paramsType],
+    paramsValue: new Array<number>(paramsType.length).fill(0),
+  };
+}
+
+const preparedPaths = new Set<string>();
+
 /**
  * Opens the helper on the main thread and resolves each of its functions there, with calls that do
- * nothing (a bad fd, zero counts), before any worker uses it. ffi-rs keeps its libraries and symbols
+ * nothing (fd -1 and zero counts), before any worker uses it. ffi-rs keeps its libraries and symbols
  * in one process-wide map without a lock: the first open of a library or the first call of a function
  * inserts into it, and an insert while a worker thread looks something up is a data race. After this,
- * workers only read.
+ * workers only read. Once per path.
  */
 export function prepareNativeHelper(path: string): void {
+  if (preparedPaths.has(path)) return;
   const library = helperLibrary(path);
-  const call = (funcName: string, paramsType: DataType[], paramsValue: number[]) =>
-    load({ library, funcName, retType: DataType.I64, paramsType, paramsValue } as never);
-  call(
-    "sbx_uffd_serve_batch",
-    [DataType.I32, ...new Array<DataType>(14).fill(DataType.I64)],
-    [-1, ...new Array<number>(14).fill(0)],
-  );
-  call(
-    "sbx_data_extents",
-    [DataType.I32, DataType.I64, DataType.I64, DataType.I64, DataType.I64],
-    [-1, 0, 0, 0, 0],
-  );
-  call("sbx_pwrite_ranges", [DataType.I32, DataType.I64, DataType.I64, DataType.I64], [-1, 0, 0, 0]);
+  for (const funcName of Object.keys(HELPER_FUNCTIONS) as (keyof typeof HELPER_FUNCTIONS)[]) {
+    const call = helperCall(library, funcName);
+    call.paramsValue[0] = -1;
+    load(call as never);
+  }
+  preparedPaths.add(path);
 }
 
 /**
@@ -115,14 +135,9 @@ export function openNativeHelper(path: string, cleanups: (() => void)[]): Native
   const library = helperLibrary(path);
   const extentsOut = new NativeMemory(EXTENTS_PER_CALL * 16);
   cleanups.push(() => extentsOut.free());
-  const extentsParams = {
-    library,
-    funcName: "sbx_data_extents",
-    retType: DataType.I64,
-    // (fd, start, size, out, cap)
-    paramsType: [DataType.I32, DataType.I64, DataType.I64, DataType.I64, DataType.I64],
-    paramsValue: [0, 0, 0, extentsOut.address, EXTENTS_PER_CALL],
-  };
+  const extentsParams = helperCall(library, "sbx_data_extents");
+  extentsParams.paramsValue[3] = extentsOut.address;
+  extentsParams.paramsValue[4] = EXTENTS_PER_CALL;
   const listExtents = (fd: number, size: number): ByteExtent[] => {
     const extents: ByteExtent[] = [];
     let position = 0;
@@ -174,31 +189,25 @@ export function openNativeHelper(path: string, cleanups: (() => void)[]): Native
       memory.setU64(layersAt + i * 8, address);
     });
     let removedCount = 0;
-    const params = {
-      library,
-      funcName: "sbx_uffd_serve_batch",
-      retType: DataType.I64,
-      // (uffd, msgs, max_msgs, regions, nregions, layer_addrs, layer_of_page, removed, nremoved, status,
-      //  spin_ns, stats, max_faults, trace, trace_cap)
-      paramsType: [DataType.I32, ...new Array<DataType>(14).fill(DataType.I64)],
-      paramsValue: [
-        0,
-        0,
-        0,
-        memory.address + regionsAt,
-        regions.length,
-        memory.address + layersAt,
-        layers.layerOfPage,
-        memory.address + removedAt,
-        0,
-        memory.address + statusAt,
-        0,
-        memory.address + statsAt,
-        MAX_FAULTS_PER_CALL,
-        memory.address + traceAt,
-        MAX_FAULTS_PER_CALL,
-      ],
-    };
+    const params = helperCall(library, "sbx_uffd_serve_batch");
+    // Fixed for the server's life; uffd, msgs, max_msgs, nremoved and spin_ns are set per call.
+    params.paramsValue = [
+      0,
+      0,
+      0,
+      memory.address + regionsAt,
+      regions.length,
+      memory.address + layersAt,
+      layers.layerOfPage,
+      memory.address + removedAt,
+      0,
+      memory.address + statusAt,
+      0,
+      memory.address + statsAt,
+      MAX_FAULTS_PER_CALL,
+      memory.address + traceAt,
+      MAX_FAULTS_PER_CALL,
+    ];
     return {
       serveBatch(uffd, events, maxEvents, spinNs) {
         params.paramsValue[0] = uffd;

@@ -95,9 +95,12 @@ export const libc = {
  * lengths, syscall -1). ffi-rs resolves a symbol on its first call and stores it in one process-wide
  * map without a lock, so a first call on one thread while another thread looks a symbol up is a data
  * race. The server runs this on the main thread before it starts a fault worker; after it, every
- * thread only reads the map.
+ * thread only reads the map. Once per process.
  */
+let symbolsResolved = false;
+
 export function resolveLibcSymbols(): void {
+  if (symbolsResolved) return;
   const harmless: Record<keyof typeof libc, number[]> = {
     socket: [-1, 0, 0],
     bind: [-1, 0, 0],
@@ -127,6 +130,7 @@ export function resolveLibcSymbols(): void {
   ensureOpen();
   pointerParams.paramsValue[0] = 0;
   load(pointerParams as never); // memset(NULL, 0, 0): touches nothing
+  symbolsResolved = true;
 }
 
 const pointerParams = {

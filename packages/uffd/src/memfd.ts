@@ -3,10 +3,10 @@
 // exited, without reading another process's memory (process_vm_readv).
 import { closeSync, constants, fstatSync, openSync } from "node:fs";
 import { hostArch } from "@sbx/arch";
-import { DataType, load } from "ffi-rs";
+import { load } from "ffi-rs";
 import { check, UffdError } from "./errors.ts";
 import { fdKind } from "./handshake.ts";
-import { helperLibrary, readyNativeHelper } from "./helper-binding.ts";
+import { helperCall, helperLibrary, readyNativeHelper } from "./helper-binding.ts";
 import { MFD_ALLOW_SEALING, MFD_CLOEXEC, MFD_HUGETLB, SYSCALLS } from "./kernel.ts";
 import {
   EINVAL,
@@ -189,20 +189,15 @@ function pwriteFromMapping(
     // A stale bundled helper falls back to the loop below, which `method: "pwrite"` reports.
     const helper = readyNativeHelper(helperChoice, hostArch(), () => {});
     if (helper) {
-      const library = helperLibrary(helper);
       const list = new NativeMemory(Math.max(16, chunks.length * 16));
       try {
         chunks.forEach((c, i) => {
           list.setU64(i * 16, c.offset);
           list.setU64(i * 16 + 8, c.length);
         });
-        const written = load({
-          library,
-          funcName: "sbx_pwrite_ranges",
-          retType: DataType.I64,
-          paramsType: [DataType.I32, DataType.I64, DataType.I64, DataType.I64],
-          paramsValue: [fd, mapping, list.address, chunks.length],
-        }) as unknown as number;
+        const call = helperCall(helperLibrary(helper), "sbx_pwrite_ranges");
+        call.paramsValue = [fd, mapping, list.address, chunks.length];
+        const written = load(call as never) as unknown as number;
         if (written < 0) check("pwrite", { value: -1, errno: -written });
         return { bytes: written, method: "pwrite-native" };
       } finally {

@@ -117,14 +117,9 @@ const workerUrl = (() => {
 const warmWorkers: Worker[] = [];
 let warmTarget = 0;
 
-let libcResolved = false;
-
 /** Every fault worker starts through here: see resolveLibcSymbols for why the main thread goes first. */
 function startFaultWorker(workerData: WorkerConfig | undefined): Worker {
-  if (!libcResolved) {
-    resolveLibcSymbols();
-    libcResolved = true;
-  }
+  resolveLibcSymbols();
   return new Worker(workerUrl, { workerData });
 }
 
