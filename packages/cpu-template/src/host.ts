@@ -178,12 +178,7 @@ export function hostFingerprint(
   try {
     const cpuid = withNativeMemory(8 + MAX_ENTRIES * 40, (address, view) => {
       view.setUint32(0, MAX_ENTRIES, true);
-      const result = libcCall(
-        "ioctl",
-        DataType.I32,
-        [DataType.I32, DataType.I64, DataType.I64],
-        [kvm, KVM_GET_SUPPORTED_CPUID, address],
-      );
+      const result = ioctl(kvm, KVM_GET_SUPPORTED_CPUID, address);
       if (result.value !== 0)
         throw new CpuTemplateError(
           "HOST_READ_FAILED",
@@ -207,12 +202,7 @@ export function hostFingerprint(
     withNativeMemory(8 + 16, (address, view) => {
       view.setUint32(0, 1, true);
       view.setUint32(8, IA32_ARCH_CAPABILITIES, true);
-      const result = libcCall(
-        "ioctl",
-        DataType.I32,
-        [DataType.I32, DataType.I64, DataType.I64],
-        [kvm, KVM_GET_MSRS, address],
-      );
+      const result = ioctl(kvm, KVM_GET_MSRS, address);
       if (result.value === 1) msrs.set(IA32_ARCH_CAPABILITIES, view.getBigUint64(16, true));
     });
     const leaf0 = cpuid.get(cpuidKey(0, 0));
