@@ -2,9 +2,11 @@
 // same run against the same peer and memory file, by a C reference handler compiled from
 // bench/c-handler.c (spinning on a non-blocking userfaultfd, batched reads, UFFDIO_COPY). Scenarios:
 // 4 KiB pages with 1 and 4 faulting threads (sequential and random), a three-layer stack (a resumed
-// paused sandbox) against the C handler serving the flattened file, and 2 MiB pages when hugepages
-// can be reserved (BENCH_SCENARIOS=name,name runs a subset). Both fault loops are measured: pure ffi and the native batch helper. Targets: on
-// 4 KiB pages >= 0.75 of the C handler with the helper (never below 0.6) and >= 0.5 on pure ffi;
+// paused sandbox) against the C handler serving the flattened file, dirty tracking (every page copied
+// write-protected; the C handler does not protect), and 2 MiB pages when hugepages can be reserved
+// (BENCH_SCENARIOS=name,name runs a subset). Both fault loops are measured: pure ffi and the native
+// batch helper. Targets: on 4 KiB pages >= 0.75 of the C handler with the helper (never below 0.6) and
+// >= 0.5 on pure ffi;
 // >= 0.9 on 2 MiB pages. The C handler is started and listening before the peer connects; so is ours:
 // a warm fault worker (prewarmPageFaultWorkers, as a service keeps them), and every run starts on a
 // quiet host. A cold worker's start-up (~150 ms of module loading) is measured separately.
@@ -122,13 +124,26 @@ function layerScanMs(diffs: string[]): Record<string, number> {
 }
 const layered = writeLayers();
 
-type Scenario = { name: string; peer: Partial<TestPeerOptions>; pageSize: number; layered?: boolean };
+type Scenario = {
+  name: string;
+  peer: Partial<TestPeerOptions>;
+  pageSize: number;
+  layered?: boolean;
+  /** Our server write-protects every page it copies (the C handler does not: that is the cost shown). */
+  trackDirty?: boolean;
+};
 const scenarios: Scenario[] = [
   { name: "4k-seq-1thread", peer: { mode: "seq", threads: 1 }, pageSize: 4096 },
   { name: "4k-random-1thread", peer: { mode: "random", threads: 1 }, pageSize: 4096 },
   { name: "4k-seq-4threads", peer: { mode: "seq", threads: 4 }, pageSize: 4096 },
   { name: "4k-random-4threads", peer: { mode: "random", threads: 4 }, pageSize: 4096 },
   { name: "4k-random-4threads-3layers", peer: { mode: "random", threads: 4 }, pageSize: 4096, layered: true },
+  {
+    name: "4k-random-4threads-dirty",
+    peer: { mode: "random", threads: 4 },
+    pageSize: 4096,
+    trackDirty: true,
+  },
   {
     name: "2m-seq-1thread",
     peer: { mode: "seq", threads: 1, pageSize: 2097152, backing: "hugetlb" },
@@ -157,12 +172,14 @@ async function withServer(
   pageSize: number,
   nativeHelper: string,
   layers?: typeof layered,
+  trackDirty = false,
 ): Promise<Figure> {
   await warmWorkerReady();
   await using server = new PageFaultServer({
     socketPath,
     ...(layers ? { layers: layers.layers } : { memoryFile }),
     nativeHelper,
+    trackDirty,
   });
   await server.listen();
   const result = await runTestPeer({
@@ -274,9 +291,10 @@ try {
       for (let r = 0; r < REPEATS; r++) {
         const layers = scenario.layered ? layered : undefined;
         runs.c.push(await withCHandler(scenario.peer, scenario.pageSize, layers?.flattened));
-        runs.pure.push(await withServer(scenario.peer, scenario.pageSize, "off", layers));
+        const dirty = scenario.trackDirty ?? false;
+        runs.pure.push(await withServer(scenario.peer, scenario.pageSize, "off", layers, dirty));
         if (nativeHelper)
-          runs.native.push(await withServer(scenario.peer, scenario.pageSize, nativeHelper, layers));
+          runs.native.push(await withServer(scenario.peer, scenario.pageSize, nativeHelper, layers, dirty));
       }
       const c = median(runs.c);
       const pure = median(runs.pure);

@@ -1,18 +1,24 @@
 /*
  * The optional native batch helper of @sbx/uffd. One ffi call serves faults until something needs the
  * JS loop's judgement, so the pure-ffi loop's ffi call per fault (and its read per batch) becomes one
- * per burst. It only answers plain page faults with UFFDIO_COPY. A batch holding anything else (a
- * REMOVE event, a fault in a removed range or outside every region, an ioctl error) is returned to JS
- * whole, with a status per message; the JS loop decides those. It also returns after max_faults
- * faults (so JS checks for a wake-up and a hung-up peer) and after spin_ns without events.
+ * per burst. It answers missing-page faults with UFFDIO_COPY and, with dirty tracking, write-protect
+ * faults with UFFDIO_WRITEPROTECT. A batch holding anything else (a REMOVE event, a fault in a removed
+ * range or outside every region, an ioctl error) is returned to JS whole, with a status per message;
+ * the JS loop decides those. It also returns after max_faults faults (so JS checks for a wake-up and
+ * a hung-up peer) and after spin_ns without events.
  *
  * regions: nregions x { base, size, page size, memory-file offset }           (uint64)
  * layers:  a page at memory-file offset o comes from layer_addrs[layer_of_page[o / 4096]] + o, the
  *          mapping of the newest layer that has it; layer_of_page is NULL when there is one layer (0)
  * removed: nremoved x { start, end }                               (uint64)
- * status:  per message of the returned batch: 0 copied, 1 already present (EEXIST), 2 for JS, or -errno
- * stats:   { faults copied, faults already present, bytes copied, trace length }, added to (JS zeroes
- *          them); the memory-file offset of each page copied is appended to trace[] (up to trace_cap)
+ * status:  per message of the returned batch: 0 copied, 1 already present (EEXIST), 2 for JS,
+ *          3 write-protection cleared, or -errno
+ * stats:   { faults copied, faults already present, bytes copied, trace length, write-protect faults },
+ *          added to (JS zeroes them); the memory-file offset of each page copied is appended to trace[]
+ *          (up to trace_cap)
+ * dirty:   NULL, or dirty_pages bytes, one per 4 KiB page of the memory file: dirty tracking. A
+ *          read fault's page arrives write-protected; a write fault's page, or a write to a protected
+ *          one, is marked 1 here (the shared bytes dirtyPages() reads) before the write can proceed.
  * Returns the number of messages of a batch JS must look at, 0 when it returned for time or budget,
  * or -errno when read() failed.
  */
@@ -25,7 +31,7 @@
 #include <unistd.h>
 
 /* Bumped whenever a signature below changes: the JS side refuses a helper of another version. */
-int sbx_uffd_abi_version(void) { return 3; }
+int sbx_uffd_abi_version(void) { return 4; }
 
 static int64_t now_ns(void) {
   struct timespec ts;
@@ -33,9 +39,15 @@ static int64_t now_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* Bounded by the map's own length, whatever the regions say. */
+static void mark_dirty(uint8_t *dirty, long dirty_pages, uint64_t offset, uint64_t length) {
+  for (uint64_t page = offset / 4096; page < (offset + length) / 4096 && page < (uint64_t)dirty_pages; page++)
+    dirty[page] = 1;
+}
+
 long sbx_uffd_serve_batch(int uffd, struct uffd_msg *msgs, long max_msgs, const uint64_t *regions, long nregions,
                           const uint64_t *layer_addrs, const uint8_t *layer_of_page, const uint64_t *removed, long nremoved, int64_t *status, long spin_ns, int64_t *stats,
-                          long max_faults, int64_t *trace, long trace_cap) {
+                          long max_faults, int64_t *trace, long trace_cap, uint8_t *dirty, long dirty_pages) {
   long served = 0;
   int64_t deadline = 0;
   while (served < max_faults) {
@@ -60,13 +72,30 @@ long sbx_uffd_serve_batch(int uffd, struct uffd_msg *msgs, long max_msgs, const 
         if (address >= regions[4 * j] && address < regions[4 * j] + regions[4 * j + 1]) { r = regions + 4 * j; break; }
       if (!r) { for_js = 1; continue; }
       uint64_t page = address & ~(r[2] - 1);
+      uint64_t offset = r[3] + (page - r[0]);
+      uint64_t flags = msgs[i].arg.pagefault.flags;
+      if (flags & UFFD_PAGEFAULT_FLAG_WP) {
+        if (!dirty) { for_js = 1; continue; }
+        mark_dirty(dirty, dirty_pages, offset, r[2]);
+        /* mode 0: clear the protection and wake the writer. ENOENT: the range went away meanwhile. */
+        struct uffdio_writeprotect wp = { .range = { .start = page, .len = r[2] }, .mode = 0 };
+        if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) == 0 || errno == ENOENT) { status[i] = 3; stats[4]++; }
+        else { status[i] = -errno; for_js = 1; }
+        served++;
+        continue;
+      }
       int is_removed = 0;
       for (long j = 0; j < nremoved; j++)
         if (page >= removed[2 * j] && page < removed[2 * j + 1]) { is_removed = 1; break; }
       if (is_removed) { for_js = 1; continue; }
-      uint64_t offset = r[3] + (page - r[0]);
       uint64_t source = layer_addrs[layer_of_page ? layer_of_page[offset / 4096] : 0] + offset;
-      struct uffdio_copy copy = { .dst = page, .src = source, .len = r[2], .mode = 0, .copy = 0 };
+      uint64_t mode = 0;
+      if (dirty) {
+        /* A write fault's page is dirty already: installed writable, it costs no second fault. */
+        if (flags & UFFD_PAGEFAULT_FLAG_WRITE) mark_dirty(dirty, dirty_pages, offset, r[2]);
+        else mode = UFFDIO_COPY_MODE_WP;
+      }
+      struct uffdio_copy copy = { .dst = page, .src = source, .len = r[2], .mode = mode, .copy = 0 };
       if (ioctl(uffd, UFFDIO_COPY, &copy) == 0) {
         status[i] = 0;
         stats[0]++;

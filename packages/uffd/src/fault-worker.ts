@@ -366,8 +366,7 @@ function serve(
     return undefined;
   };
 
-  // Only when dirty tracking was not asked for, even if it turned out unavailable: `codePath` said so.
-  const helper = native && !config.trackDirty ? native.batchServer(regions, layers, recordTrace) : undefined;
+  const helper = native?.batchServer(regions, layers, recordTrace, trackDirty ? dirty : undefined);
   // The server refills its warm workers on this signal, not during the restore's fault burst, when a
   // worker's start-up (~150 ms of CPU) would compete with the fault loop for the host's cores.
   let servedAny = false;
@@ -389,6 +388,8 @@ function serve(
       const count = helper.serveBatch(uffd, events, MAX_EVENTS, SPIN_NS);
       if (count < 0) check("read(userfaultfd)", { value: -1, errno: -count });
       const stats = helper.takeStats();
+      if (stats.writeProtect > 0)
+        counters[METRIC.writeProtectFaults] = (counters[METRIC.writeProtectFaults] ?? 0) + stats.writeProtect;
       if (stats.copied + stats.present > 0) {
         counters[METRIC.faults] = (counters[METRIC.faults] ?? 0) + stats.copied + stats.present;
         counters[METRIC.pagesCopied] = (counters[METRIC.pagesCopied] ?? 0) + stats.copied;
@@ -404,7 +405,7 @@ function serve(
       }
       if (count === 0) {
         // Quiet for a while, or a budget of faults served: look at the peer and the wake fd.
-        const busy = stats.copied + stats.present > 0;
+        const busy = stats.copied + stats.present + stats.writeProtect > 0;
         if (busy) servedAny = true;
         const state = busy ? checkPeer(0) : waitIdle();
         if (state === "closed" || state === "peer-exited") return state;
@@ -412,14 +413,17 @@ function serve(
       }
       for (let i = 0; i < count; i++) {
         const status = helper.status(i);
-        if (status === 0 || status === 1) continue; // served, and counted in the stats
+        if (status === 0 || status === 1 || status === 3) continue; // served, and counted in the stats
         const at = EVENTS + i * EVENT_SIZE;
         const event = view.getUint8(at);
         if (event === UFFD_EVENT_REMOVE) onRemove(readU64(at + 8), readU64(at + 16));
         else if (event === UFFD_EVENT_PAGEFAULT) {
           if (status === -ESRCH) return "peer-exited";
           // Removed ranges, EAGAIN and the unexpected go through the JS path, which knows what to do.
-          if (!serveFault(readU64(at + 16))) return "peer-exited";
+          const address = readU64(at + 16);
+          const flags = view.getUint32(at + 8, true);
+          if (flags & UFFD_PAGEFAULT_FLAG_WP) onWriteProtectFault(address);
+          else if (!serveFault(flags & UFFD_PAGEFAULT_FLAG_WRITE ? -address : address)) return "peer-exited";
         }
       }
       while (queued.length > 0) if (!serveFault(queued.shift() as number)) return "peer-exited";

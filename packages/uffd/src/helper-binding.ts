@@ -7,6 +7,7 @@ import { DataType, load, open } from "ffi-rs";
 import { UffdError } from "./errors.ts";
 import type { GuestRegion } from "./handshake.ts";
 import type { ByteExtent, Layers } from "./layers.ts";
+import { addressOf } from "./libc.ts";
 import { NATIVE_HELPER_ABI, resolveNativeHelper } from "./native-helper.ts";
 import { NativeMemory } from "./native-memory.ts";
 
@@ -17,22 +18,35 @@ export const MAX_FAULTS_PER_CALL = 4096;
 /** Messages one read of the userfaultfd takes at most; the event buffer must hold this many. */
 export const MAX_EVENTS = 64;
 const EXTENTS_PER_CALL = 4096;
+/** The helper's stats: copied, present, bytes, trace length, write-protect faults (int64 each). */
+const STATS_SIZE = 40;
 
 export interface BatchServer {
   /** Serves faults; the number of messages JS must look at, 0 for time or budget, or -errno. */
   serveBatch(uffd: number, events: number, maxEvents: number, spinNs: number): number;
-  /** Per message of the last batch: 0 copied, 1 already present, 2 for JS, or -errno. */
+  /**
+   * Per message of the last batch: 0 copied, 1 already present, 2 for JS, 3 write-protection cleared,
+   * or -errno.
+   */
   status(index: number): number;
   /** Faults the helper served since the last call, then zeroes them. */
-  takeStats(): { copied: number; present: number; bytes: number };
+  takeStats(): { copied: number; present: number; bytes: number; writeProtect: number };
   addRemoved(start: number, end: number): void;
 }
 
 export interface NativeHelperBinding {
   /** A sparse file's data extents, one ffi call per 4096 of them instead of two per extent. */
   listExtents(fd: number, size: number): ByteExtent[];
-  /** Lays out the regions, layers, removed ranges and statuses the batch loop reads. */
-  batchServer(regions: GuestRegion[], layers: Layers, recordTrace: (offset: number) => void): BatchServer;
+  /**
+   * Lays out the regions, layers, removed ranges and statuses the batch loop reads. With `dirty` (the
+   * server's shared map, one byte per memory-file page) the helper tracks dirty pages into it.
+   */
+  batchServer(
+    regions: GuestRegion[],
+    layers: Layers,
+    recordTrace: (offset: number) => void,
+    dirty?: Uint8Array,
+  ): BatchServer;
 }
 
 const librariesByPath = new Map<string, string>();
@@ -67,8 +81,8 @@ const { I32, I64 } = DataType;
 /** The helper's functions and their parameters (native/uffd-batch.c); each returns a long. */
 const HELPER_FUNCTIONS = {
   // (uffd, msgs, max_msgs, regions, nregions, layer_addrs, layer_of_page, removed, nremoved, status,
-  //  spin_ns, stats, max_faults, trace, trace_cap)
-  sbx_uffd_serve_batch: [I32, ...new Array<DataType>(14).fill(I64)],
+  //  spin_ns, stats, max_faults, trace, trace_cap, dirty, dirty_pages)
+  sbx_uffd_serve_batch: [I32, ...new Array<DataType>(16).fill(I64)],
   // (fd, start, size, out, cap)
   sbx_data_extents: [I32, I64, I64, I64, I64],
   // (fd, base, ranges, count)
@@ -163,13 +177,14 @@ export function openNativeHelper(path: string, cleanups: (() => void)[]): Native
     regions: GuestRegion[],
     layers: Layers,
     recordTrace: (offset: number) => void,
+    dirty?: Uint8Array,
   ): BatchServer => {
     const memory = new NativeMemory(
       regions.length * 32 +
         layers.addresses.length * 8 +
         REMOVED_CAPACITY * 16 +
         MAX_EVENTS * 8 +
-        32 +
+        STATS_SIZE +
         MAX_FAULTS_PER_CALL * 8,
     );
     cleanups.push(() => memory.free());
@@ -178,7 +193,7 @@ export function openNativeHelper(path: string, cleanups: (() => void)[]): Native
     const removedAt = layersAt + layers.addresses.length * 8;
     const statusAt = removedAt + REMOVED_CAPACITY * 16;
     const statsAt = statusAt + MAX_EVENTS * 8;
-    const traceAt = statsAt + 32;
+    const traceAt = statsAt + STATS_SIZE;
     regions.forEach((region, i) => {
       memory.setU64(regionsAt + i * 32, region.base);
       memory.setU64(regionsAt + i * 32 + 8, region.size);
@@ -207,6 +222,8 @@ export function openNativeHelper(path: string, cleanups: (() => void)[]): Native
       MAX_FAULTS_PER_CALL,
       memory.address + traceAt,
       MAX_FAULTS_PER_CALL,
+      dirty ? addressOf(dirty) : 0,
+      dirty?.length ?? 0,
     ];
     return {
       serveBatch(uffd, events, maxEvents, spinNs) {
@@ -225,10 +242,11 @@ export function openNativeHelper(path: string, cleanups: (() => void)[]): Native
           copied: memory.u64(statsAt),
           present: memory.u64(statsAt + 8),
           bytes: memory.u64(statsAt + 16),
+          writeProtect: memory.u64(statsAt + 32),
         };
         const traced = memory.u64(statsAt + 24);
         for (let i = 0; i < traced; i++) recordTrace(memory.u64(traceAt + i * 8));
-        memory.bytes.fill(0, statsAt, statsAt + 32);
+        memory.bytes.fill(0, statsAt, statsAt + STATS_SIZE);
         return stats;
       },
       addRemoved(start, end) {

@@ -150,6 +150,24 @@ export function nativeView(address: number, length: number): Buffer {
   return createExternalBuffer(external, length);
 }
 
+/**
+ * The address of `bytes`' memory, for native code that writes into it (ffi-rs passes a Uint8Array's
+ * own memory, uncopied; memset(p, 0, 0) returns p). Only for memory that never moves: a
+ * SharedArrayBuffer's, which the caller keeps alive while native code may write.
+ */
+export function addressOf(bytes: Uint8Array): number {
+  if (!(bytes.buffer instanceof SharedArrayBuffer))
+    throw new TypeError("addressOf: only a SharedArrayBuffer's memory stays where it is");
+  ensureOpen();
+  return load({
+    library: LIBRARY,
+    funcName: "memset",
+    retType: I64,
+    paramsType: [DataType.U8Array, I32, I64],
+    paramsValue: [bytes as never, 0, 0],
+  }) as unknown as number;
+}
+
 // <sys/mman.h>
 export const PROT_READ = 0x1;
 export const PROT_WRITE = 0x2;

@@ -221,8 +221,7 @@ export class PageFaultServer implements AsyncDisposable {
         this.#logger.warn({}, message);
       },
     );
-    // The helper copies without write-protection: dirty tracking needs the JS loop's per-fault decisions.
-    this.codePath = this.#nativeHelper && !parsed.data.trackDirty ? "native" : "pure-ffi";
+    this.codePath = this.#nativeHelper ? "native" : "pure-ffi";
     const ready = Promise.withResolvers<PageFaultServerReady>();
     const stopped = Promise.withResolvers<PageFaultServerStop>();
     this.ready = ready.promise;

@@ -154,15 +154,16 @@ describe("layered memory", () => {
   });
 });
 
-describe("dirty tracking", () => {
+describe.each(faultLoops(nativeHelper.path))("dirty tracking ($codePath)", ({ codePath, helper }) => {
   it("records exactly the pages written after the restore", async () => {
     const memoryFile = join(dir, "mem");
     writeTestMemoryFile(memoryFile, SIZE);
     const written = [3, 77, 1000, 4095];
     const { result, server, ready } = await serve(
-      { memoryFile, trackDirty: true },
+      { memoryFile, trackDirty: true, nativeHelper: helper },
       { memoryFile, mode: "seq", writePages: written },
     );
+    expect(server.codePath).toBe(codePath);
     expect(result).toMatchObject({ mismatches: 0, written: written.length });
     expect(ready.trackDirty).toBe(true);
     expect(server.dirtyPages()).toEqual(written.map((p) => ({ offset: p * PAGE, length: PAGE })));
@@ -172,17 +173,43 @@ describe("dirty tracking", () => {
   it("write faults on missing pages are dirty at once, without a second fault", async () => {
     const memoryFile = join(dir, "mem");
     writeTestMemoryFile(memoryFile, SIZE);
-    const { result, server } = await serve({ memoryFile, trackDirty: true }, { memoryFile, mode: "write" });
+    const { result, server } = await serve(
+      { memoryFile, trackDirty: true, nativeHelper: helper },
+      { memoryFile, mode: "write" },
+    );
     expect(result.mismatches).toBe(0);
     expect(server.dirtyPages()).toEqual([{ offset: 0, length: SIZE }]);
     expect(server.metrics().writeProtectFaults).toBe(0);
+  });
+
+  it("keeps tracking across a REMOVE: zero pages arrive write-protected, reads never mark them", async () => {
+    const memoryFile = join(dir, "mem");
+    writeTestMemoryFile(memoryFile, SIZE);
+    const written = [3, 77];
+    const removedPages = { first: 64, count: 64 };
+    const { result, server } = await serve(
+      { memoryFile, trackDirty: true, nativeHelper: helper },
+      {
+        memoryFile,
+        mode: "seq",
+        writePages: written,
+        remove: { offset: removedPages.first * PAGE, length: removedPages.count * PAGE },
+      },
+    );
+    expect(result).toMatchObject({ mismatches: 0, zeroMismatches: 0, zeroChecked: removedPages.count });
+    expect(server.dirtyPages()).toEqual(written.map((p) => ({ offset: p * PAGE, length: PAGE })));
+    expect(server.metrics()).toMatchObject({
+      removes: 1,
+      zeroPages: removedPages.count,
+      writeProtectFaults: 2,
+    });
   });
 
   it("is disabled with one warning where it cannot work (memfd memory without WP_HUGETLBFS_SHMEM)", async () => {
     const memoryFile = join(dir, "mem");
     writeTestMemoryFile(memoryFile, SIZE);
     const { result, server, ready } = await serve(
-      { memoryFile, trackDirty: true },
+      { memoryFile, trackDirty: true, nativeHelper: helper },
       { memoryFile, backing: "memfd", fds: 2 },
     );
     expect(result.mismatches).toBe(0);
