@@ -288,10 +288,10 @@ try {
       // This machine is itself a VM: single runs vary by 2x. Interleave REPEATS runs per contender
       // and compare medians.
       const runs = { c: [] as Figure[], pure: [] as Figure[], native: [] as Figure[] };
+      const layers = scenario.layered ? layered : undefined;
+      const dirty = scenario.trackDirty ?? false;
       for (let r = 0; r < REPEATS; r++) {
-        const layers = scenario.layered ? layered : undefined;
         runs.c.push(await withCHandler(scenario.peer, scenario.pageSize, layers?.flattened));
-        const dirty = scenario.trackDirty ?? false;
         runs.pure.push(await withServer(scenario.peer, scenario.pageSize, "off", layers, dirty));
         if (nativeHelper)
           runs.native.push(await withServer(scenario.peer, scenario.pageSize, nativeHelper, layers, dirty));

@@ -146,7 +146,6 @@ function serve(
       if (address >= region.base && address < region.base + region.size) return region;
     return undefined;
   };
-  const readU64 = (at: number) => view.getUint32(at, true) + view.getUint32(at + 4, true) * 0x1_0000_0000;
 
   const fileOffsetOf = (region: GuestRegion, page: number) => region.offset + (page - region.base);
   const markDirty = (region: GuestRegion, page: number) => {
@@ -270,6 +269,16 @@ function serve(
   };
 
   const queued: number[] = [];
+  /** Takes one message of the event buffer: REMOVEs and write-protect faults at once, other faults queued. */
+  const takeEvent = (at: number) => {
+    const event = view.getUint8(at);
+    if (event === UFFD_EVENT_PAGEFAULT) {
+      const flags = view.getUint32(at + 8, true);
+      const address = scratch.u64(at + 16);
+      if (flags & UFFD_PAGEFAULT_FLAG_WP) onWriteProtectFault(address);
+      else queued.push(flags & UFFD_PAGEFAULT_FLAG_WRITE ? -address : address);
+    } else if (event === UFFD_EVENT_REMOVE) onRemove(scratch.u64(at + 8), scratch.u64(at + 16));
+  };
   /**
    * Reads what is pending; REMOVEs are applied at once, faults are queued. Unchecked, a failed read
    * counts as empty (EAGAIN is the common case while spinning); the loop checks the read that follows
@@ -289,15 +298,7 @@ function serve(
       if (length < 0) return 0;
     }
     const count = Math.floor(length / EVENT_SIZE);
-    for (let i = 0; i < count; i++) {
-      const at = EVENTS + i * EVENT_SIZE;
-      const event = view.getUint8(at);
-      if (event === UFFD_EVENT_PAGEFAULT) {
-        const flags = view.getUint32(at + 8, true);
-        if (flags & UFFD_PAGEFAULT_FLAG_WP) onWriteProtectFault(readU64(at + 16));
-        else queued.push(flags & UFFD_PAGEFAULT_FLAG_WRITE ? -readU64(at + 16) : readU64(at + 16));
-      } else if (event === UFFD_EVENT_REMOVE) onRemove(readU64(at + 8), readU64(at + 16));
-    }
+    for (let i = 0; i < count; i++) takeEvent(EVENTS + i * EVENT_SIZE);
     return count;
   };
 
@@ -414,17 +415,10 @@ function serve(
       for (let i = 0; i < count; i++) {
         const status = helper.status(i);
         if (status === 0 || status === 1 || status === 3) continue; // served, and counted in the stats
-        const at = EVENTS + i * EVENT_SIZE;
-        const event = view.getUint8(at);
-        if (event === UFFD_EVENT_REMOVE) onRemove(readU64(at + 8), readU64(at + 16));
-        else if (event === UFFD_EVENT_PAGEFAULT) {
-          if (status === -ESRCH) return "peer-exited";
-          // Removed ranges, EAGAIN and the unexpected go through the JS path, which knows what to do.
-          const address = readU64(at + 16);
-          const flags = view.getUint32(at + 8, true);
-          if (flags & UFFD_PAGEFAULT_FLAG_WP) onWriteProtectFault(address);
-          else if (!serveFault(flags & UFFD_PAGEFAULT_FLAG_WRITE ? -address : address)) return "peer-exited";
-        }
+        if (status === -ESRCH) return "peer-exited"; // only a fault's ioctl reports it: the peer's mm is gone
+        // REMOVEs, removed ranges, EAGAIN and the unexpected go through the JS path, which knows what to
+        // do: taken like the pure-ffi loop's reads, so the batch's REMOVEs apply before its faults.
+        takeEvent(EVENTS + i * EVENT_SIZE);
       }
       while (queued.length > 0) if (!serveFault(queued.shift() as number)) return "peer-exited";
     }
