@@ -50,6 +50,17 @@ describe("normalizeArch", () => {
     expect(second.warnings).toHaveLength(1);
   });
 
+  it.each(["constructor", "__proto__", "toString", "hasOwnProperty", "valueOf"])(
+    "treats the Object.prototype name %j as unknown, not as an alias",
+    (value) => {
+      expect(() => normalizeArch(value, { strict: true })).toThrowError(
+        expect.objectContaining({ code: "UNKNOWN_ARCH" }),
+      );
+      expect(normalizeArch(value, { fallback: "arm64" })).toBe("arm64");
+      expect(normalizeArch(value, { fallback: "amd64" })).toBe("amd64");
+    },
+  );
+
   it("throws UNKNOWN_ARCH listing the accepted values in strict mode", () => {
     let error: unknown;
     try {
@@ -75,6 +86,9 @@ describe("hostArch", () => {
 
   it("rejects hosts Firecracker does not run on", () => {
     expect(() => hostArch("ia32")).toThrowError(expect.objectContaining({ code: "UNSUPPORTED_HOST_ARCH" }));
+    expect(() => hostArch("constructor")).toThrowError(
+      expect.objectContaining({ code: "UNSUPPORTED_HOST_ARCH" }),
+    );
   });
 });
 

@@ -7,19 +7,21 @@ export type Arch = z.infer<typeof archSchema>;
 
 export const SUPPORTED_ARCHES: readonly Arch[] = archSchema.options;
 
-const ALIASES: Readonly<Record<string, Arch>> = {
-  amd64: "amd64",
-  x86_64: "amd64",
-  "x86-64": "amd64",
-  x64: "amd64",
-  arm64: "arm64",
-  aarch64: "arm64",
-  "arm64/v8": "arm64",
-  armv8: "arm64",
-};
+// A Map, not an object literal: a lookup of "constructor" or "__proto__" must miss, not find
+// Object.prototype's members.
+const ALIASES: ReadonlyMap<string, Arch> = new Map([
+  ["amd64", "amd64"],
+  ["x86_64", "amd64"],
+  ["x86-64", "amd64"],
+  ["x64", "amd64"],
+  ["arm64", "arm64"],
+  ["aarch64", "arm64"],
+  ["arm64/v8", "arm64"],
+  ["armv8", "arm64"],
+]);
 
 /** Every spelling normalizeArch accepts, for error messages and docs. */
-export const ACCEPTED_ARCH_NAMES: readonly string[] = Object.keys(ALIASES);
+export const ACCEPTED_ARCH_NAMES: readonly string[] = [...ALIASES.keys()];
 
 export interface NormalizeArchOptions {
   /** Throw `UNKNOWN_ARCH` instead of warning and falling back to the host arch. */
@@ -55,7 +57,7 @@ function warnOnce(logger: Logger | undefined, value: string, fallback: Arch): vo
 export function normalizeArch(value: string | undefined | null, options: NormalizeArchOptions = {}): Arch {
   const key = (value ?? "").trim().toLowerCase();
   if (key === "") return options.fallback ?? hostArch();
-  const arch = ALIASES[key];
+  const arch = ALIASES.get(key);
   if (arch) return arch;
   if (options.strict) {
     throw new ArchError(
@@ -69,11 +71,14 @@ export function normalizeArch(value: string | undefined | null, options: Normali
   return fallback;
 }
 
-const NODE_ARCHES: Readonly<Record<string, Arch>> = { x64: "amd64", arm64: "arm64" };
+const NODE_ARCHES: ReadonlyMap<string, Arch> = new Map([
+  ["x64", "amd64"],
+  ["arm64", "arm64"],
+]);
 
 /** The arch of the running process. `nodeArch` exists for tests; it defaults to `process.arch`. */
 export function hostArch(nodeArch: string = process.arch): Arch {
-  const arch = NODE_ARCHES[nodeArch];
+  const arch = NODE_ARCHES.get(nodeArch);
   if (!arch) {
     throw new ArchError(
       "UNSUPPORTED_HOST_ARCH",
