@@ -4,7 +4,7 @@ import { chmodSync, chownSync, existsSync, lstatSync, rmSync, statSync, writeSyn
 import { connect } from "node:net";
 import { pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
-import { hostArch, hostKernelRelease, uffdWriteProtectSupported } from "@sbx/arch";
+import { hostArch, hostKernelRelease, type Logger, silentLogger, uffdWriteProtectSupported } from "@sbx/arch";
 import { z } from "zod";
 import { check, UffdError } from "./errors.ts";
 import type { GuestRegion } from "./handshake.ts";
@@ -19,6 +19,7 @@ import {
   SOCK_STREAM,
 } from "./libc.ts";
 import { type ByteRange, Memfd } from "./memfd.ts";
+import { type MemoryHeader, memoryHeaderLayers, validateMemoryHeader } from "./memory-header.ts";
 import { NativeMemory } from "./native-memory.ts";
 import {
   HISTOGRAM_BUCKETS,
@@ -29,21 +30,27 @@ import {
   type WorkerMessage,
 } from "./worker-protocol.ts";
 
-export interface Logger {
-  debug(object: object, message: string): void;
-  info(object: object, message: string): void;
-  warn(object: object, message: string): void;
-  error(object: object, message: string): void;
-}
-const silent: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+// The one logger of every sbx package, re-exported for callers that import it from here; its methods
+// are optional, so every call below goes through `?.`.
+export type { Logger } from "@sbx/arch";
 
 const optionsSchema = z.strictObject({
   socketPath: z
     .string()
     .min(1)
     .refine((p) => Buffer.byteLength(p) <= 107, "a Unix socket path holds at most 107 bytes"),
-  /** The snapshot's memory file; or `layers`. */
+  /** The snapshot's memory file; or `layers`, or `memory`. */
   memoryFile: z.string().min(1).optional(),
+  /**
+   * A build's memory: its header (see memory-header.ts) and where each build it names keeps its memory
+   * file on this host. The header alone says which file serves a page; holes in the files mean nothing.
+   */
+  memory: z
+    .strictObject({
+      header: z.custom<MemoryHeader>((v) => typeof v === "object" && v !== null),
+      paths: z.record(z.string(), z.string().min(1)),
+    })
+    .optional(),
   /** A layer stack: the full memory file first, then diffs (newest last), each with its ranges or sparse. */
   layers: z
     .array(
@@ -107,6 +114,16 @@ export interface PageFaultMetrics {
   /** Service time per fault (event read to page installed), from a log2 histogram: upper bounds. */
   latencyP50Us: number;
   latencyP99Us: number;
+}
+
+function layersOfMemory(memory: { header: MemoryHeader; paths: Record<string, string> }) {
+  const header = validateMemoryHeader(memory.header);
+  return memoryHeaderLayers(header, (build) => {
+    const path = memory.paths[build];
+    if (path === undefined)
+      throw new UffdError("INVALID_OPTIONS", `PageFaultServer: no memory file path for build ${build}`);
+    return path;
+  });
 }
 
 const workerUrl = (() => {
@@ -207,18 +224,23 @@ export class PageFaultServer implements AsyncDisposable {
     if (!parsed.success)
       throw new UffdError("INVALID_OPTIONS", `PageFaultServer: ${z.prettifyError(parsed.error)}`);
     this.#options = parsed.data;
-    this.#logger = parsed.data.logger ?? silent;
+    this.#logger = parsed.data.logger ?? silentLogger;
     this.socketPath = parsed.data.socketPath;
-    if ((parsed.data.memoryFile === undefined) === (parsed.data.layers === undefined))
-      throw new UffdError("INVALID_OPTIONS", "PageFaultServer: give exactly one of memoryFile and layers");
-    this.#layers = parsed.data.layers ?? [{ path: parsed.data.memoryFile as string }];
+    const sources = [parsed.data.memoryFile, parsed.data.layers, parsed.data.memory].filter(
+      (source) => source !== undefined,
+    );
+    if (sources.length !== 1)
+      throw new UffdError("INVALID_OPTIONS", "PageFaultServer: give exactly one of memoryFile, layers and memory");
+    this.#layers = parsed.data.memory
+      ? layersOfMemory(parsed.data.memory)
+      : (parsed.data.layers ?? [{ path: parsed.data.memoryFile as string }]);
     // Opened here on the main thread: a worker must never be the first to open it (see prepareNativeHelper).
     this.#nativeHelper = readyNativeHelper(
       parsed.data.nativeHelper,
       parsed.data.arch ?? hostArch(),
       (message) => {
         this.warnings.push(message);
-        this.#logger.warn({}, message);
+        this.#logger.warn?.({}, message);
       },
     );
     this.codePath = this.#nativeHelper ? "native" : "pure-ffi";
@@ -326,7 +348,7 @@ export class PageFaultServer implements AsyncDisposable {
       });
     });
     signal?.addEventListener("abort", () => void this.close(), { once: true });
-    this.#logger.debug({ socketPath }, "page-fault server listening");
+    this.#logger.debug?.({ socketPath }, "page-fault server listening");
   }
 
   metrics(): PageFaultMetrics {
@@ -418,7 +440,10 @@ export class PageFaultServer implements AsyncDisposable {
       // One connection only: stop listening and remove the socket file.
       this.#closeListener();
     } else if (message.type === "ready") {
-      this.#logger.info({ peerPid: message.peerPid, regions: message.regions.length }, "handshake accepted");
+      this.#logger.info?.(
+        { peerPid: message.peerPid, regions: message.regions.length },
+        "handshake accepted",
+      );
       this.#memfdFd = message.memfdFd;
       this.#resolveReady({
         peerPid: message.peerPid,
@@ -430,7 +455,7 @@ export class PageFaultServer implements AsyncDisposable {
       this.#refill();
     } else if (message.type === "warning") {
       this.warnings.push(message.message);
-      this.#logger.warn({}, message.message);
+      this.#logger.warn?.({}, message.message);
     } else {
       this.#closeListener(); // the worker is done with it, whatever happened
       const error = message.error
@@ -441,7 +466,7 @@ export class PageFaultServer implements AsyncDisposable {
           })
         : undefined;
       if (message.reason !== "closed" && !this.#closing)
-        this.#logger.warn(
+        this.#logger.warn?.(
           { reason: message.reason, peerPid: message.peerPid, error: error?.message },
           "page-fault server stopped: Firecracker will hang on its next fault and must be killed",
         );
