@@ -1,11 +1,12 @@
-import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+// Firecracker's CPU-template schema, static templates (as custom JSON) and fingerprints, pinned in
+// scripts/test-data-manifest.ts and put in .test-data/firecracker by `pnpm test-data`.
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { firecrackerTestDataSkipReason, firecrackerTestFile } from "../../../scripts/test-data.ts";
 import { type Fingerprint, readFingerprintFile } from "./fingerprint.ts";
 
-export const TEMPLATES_DIR = resolve(import.meta.dirname, "../../../../shared/firecracker/cpu-templates");
-export const sharedSkipReason = existsSync(join(TEMPLATES_DIR, "schema.json"))
-  ? undefined
-  : `Firecracker's CPU template files not found at ${TEMPLATES_DIR}`;
+export const TEMPLATES_DIR = firecrackerTestFile("cpu-templates");
+export const sharedSkipReason = firecrackerTestDataSkipReason();
 
 export const fingerprint = (name: string): Fingerprint =>
   readFingerprintFile(join(TEMPLATES_DIR, "fingerprints", `fingerprint_${name}host.json`));

@@ -5,12 +5,13 @@ import { z } from "zod";
 import { OPERATIONS, type OperationId, type OperationSpec } from "./operations.ts";
 import { definitionSchemas, fullVmConfigurationSchema } from "./schemas.ts";
 import {
-  FIRECRACKER_SHARED_DIR,
+  firecrackerDocsDir,
   readSpec,
   refName,
   type SpecSchema,
   sharedSkipReason,
   specOperations,
+  vmConfigDir,
 } from "./test-spec-files.ts";
 
 if (sharedSkipReason) console.log(`[fc-client] spec-walk tests skipped: ${sharedSkipReason}`);
@@ -136,7 +137,7 @@ describe.skipIf(sharedSkipReason !== undefined)("the v1.16.1 spec, walked", () =
 
 describe.skipIf(sharedSkipReason !== undefined)("Firecracker's own example files", () => {
   it("parses every vm-config file as the spec says: all but the one missing mem_size_mib", () => {
-    const dir = join(FIRECRACKER_SHARED_DIR, "vm-config");
+    const dir = vmConfigDir;
     const files = readdirSync(dir).filter((f) => f.endsWith(".json"));
     expect(files.length).toBeGreaterThan(3);
     for (const file of files) {
@@ -151,7 +152,7 @@ describe.skipIf(sharedSkipReason !== undefined)("Firecracker's own example files
   });
 
   it("validates every single-quoted curl payload in Firecracker's docs against its operation", () => {
-    const docs = join(FIRECRACKER_SHARED_DIR, "docs");
+    const docs = firecrackerDocsDir;
     const routes = (Object.entries(OPERATIONS) as [OperationId, OperationSpec][]).map(([id, op]) => ({
       id,
       op,

@@ -1,12 +1,14 @@
-// Locates Firecracker's spec files, vm-config files and docs in ../shared (test data, never shipped).
-import { existsSync, readFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+// Firecracker's spec files, vm-config files and docs, pinned in scripts/test-data-manifest.ts and put in
+// .test-data/firecracker by `pnpm test-data` (test data, never shipped).
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { parse } from "yaml";
+import { firecrackerTestDataSkipReason, firecrackerTestFile } from "../../../scripts/test-data.ts";
 
-export const FIRECRACKER_SHARED_DIR = resolve(import.meta.dirname, "../../../../shared/firecracker");
-export const sharedSkipReason = existsSync(join(FIRECRACKER_SHARED_DIR, "api"))
-  ? undefined
-  : `Firecracker spec files not found at ${FIRECRACKER_SHARED_DIR}`;
+export const sharedSkipReason = firecrackerTestDataSkipReason();
+export const apiSpecDir = firecrackerTestFile("api");
+export const vmConfigDir = firecrackerTestFile("vm-config");
+export const firecrackerDocsDir = firecrackerTestFile("docs");
 
 export interface SpecSchema {
   $ref?: string;
@@ -30,9 +32,7 @@ export interface Spec {
 }
 
 export function readSpec(version: string): Spec {
-  return parse(
-    readFileSync(join(FIRECRACKER_SHARED_DIR, "api", `firecracker-v${version}.yaml`), "utf8"),
-  ) as Spec;
+  return parse(readFileSync(join(apiSpecDir, `firecracker-v${version}.yaml`), "utf8")) as Spec;
 }
 
 export function specOperations(
