@@ -61,6 +61,27 @@ ensure_apt_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
+# The busybox fetch tests install Debian's busybox-static for both guest arches; apt can download a
+# foreign arch's package only once dpkg knows that arch. Root only: a user without it gets the skip.
+ensure_dpkg_architectures() {
+  command -v dpkg >/dev/null && command -v apt-get >/dev/null || return 0
+  local native missing=() arch sudo=""
+  native="$(dpkg --print-architecture)"
+  for arch in amd64 arm64; do
+    if [ "$arch" != "$native" ] && ! dpkg --print-foreign-architectures | grep -qx "$arch"; then missing+=("$arch"); fi
+  done
+  [ "${#missing[@]}" -eq 0 ] && return
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      say "dpkg lacks the ${missing[*]} architecture (not root, so not adding it; the busybox ${missing[*]} fetch test will skip)"
+      return
+    fi
+  fi
+  say "adding dpkg architecture ${missing[*]} (for the busybox fetch tests) and updating apt lists"
+  for arch in "${missing[@]}"; do $sudo dpkg --add-architecture "$arch"; done
+  $sudo apt-get update -qq >&2
+}
+
 ensure_workspace() {
   cd "$SBX_ROOT"
   if [ -f pnpm-lock.yaml ] && [ "${CI:-}" = "true" ]; then
@@ -74,5 +95,6 @@ sbx_bootstrap() {
   ensure_node
   ensure_pnpm
   ensure_apt_packages
+  ensure_dpkg_architectures
   ensure_workspace
 }
