@@ -2,10 +2,10 @@ import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { FirecrackerLaunchError } from "./launch-error.ts";
 import { launchFirecracker } from "./launcher.ts";
-import { childPids, fdCount, launcherTempDirs, settle } from "./test-process-counts.ts";
+import { childPids, fdCount, launcherTempDirs, processState, settle } from "./test-process-counts.ts";
 import { fakeFirecrackerCommand } from "./testing/fake-firecracker-command.ts";
 
 async function expectLaunchError(promise: Promise<unknown>): Promise<FirecrackerLaunchError> {
@@ -73,16 +73,28 @@ describe("launchFirecracker with the fake firecracker executable", () => {
     expect(childPids()).not.toContain(fc.pid);
   });
 
-  it("sends SIGKILL after graceMs when SIGTERM is ignored", async () => {
+  it("sends SIGKILL once graceMs has passed after an ignored SIGTERM, not before", async () => {
     const fc = await launchFirecracker({
       ...fakeFirecrackerCommand({ ignoreSigterm: true }),
       id: "lt-stubborn",
     });
-    const started = Date.now();
-    const status = await fc.kill({ graceMs: 300, discard: true });
-    expect(status.signal).toBe("SIGKILL");
-    expect(Date.now() - started).toBeGreaterThanOrEqual(290);
-    expect(fc.console.lines().some((line) => line.includes("ignoring SIGTERM"))).toBe(true);
+    // The grace period runs on fake timers: the test moves time itself instead of measuring it.
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    try {
+      let settled = false;
+      const killed = fc.kill({ graceMs: 10_000, discard: true }).finally(() => {
+        settled = true;
+      });
+      await fc.waitForConsole("ignoring SIGTERM", { timeoutMs: 60_000 }); // SIGTERM first, and ignored
+      await vi.advanceTimersByTimeAsync(9_999);
+      expect(settled).toBe(false);
+      expect(processState(fc.pid)).not.toBe("Z"); // still running: no SIGKILL yet
+      await vi.advanceTimersByTimeAsync(1);
+      vi.useRealTimers();
+      expect((await killed).signal).toBe("SIGKILL");
+    } finally {
+      vi.useRealTimers();
+    }
     expect(childPids()).not.toContain(fc.pid);
   });
 

@@ -5,7 +5,7 @@ import { type FirecrackerProcess, launchFirecracker } from "./launcher.ts";
 import { rejection } from "./test-errors.ts";
 import { childPids, fdCount, settle } from "./test-process-counts.ts";
 import { realFirecracker } from "./testing/real-firecracker.ts";
-import { parseFirecrackerVersion } from "./versions.ts";
+import { FIELD_SINCE, OPERATION_SINCE, parseFirecrackerVersion, versionAtLeast } from "./versions.ts";
 
 const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker();
 const skipReason = firecrackerSkip;
@@ -50,20 +50,28 @@ describe.skipIf(skipReason !== undefined)(
       expect((remote as FirecrackerApiError).faultMessage).toMatch(/unknown field `vcpu_countt`/);
     });
 
-    it("refuses by version exactly what this Firecracker lacks", async () => {
+    it("refuses by version exactly what this Firecracker lacks, and lets through what it has", async () => {
       await using client = createFirecrackerClient({ socketPath: fc.client.socketPath });
       const version = parseFirecrackerVersion(await client.version())!;
+      // Both sides of each feature are asserted, whichever side this binary is on.
       const body = { snapshot_path: "/nonexistent", mem_file_path: "/nonexistent", clock_realtime: false };
       const remote = await rejection(client.request("PUT", "/snapshot/load", body));
-      if (version.major === 1 && version.minor < 16) {
-        expect((await rejection(client.loadSnapshot(body))).code).toBe("VERSION_UNSUPPORTED");
-        expect((remote as FirecrackerApiError).faultMessage).toMatch(/unknown field `clock_realtime`/);
-      } else {
+      expect(remote).toBeInstanceOf(FirecrackerApiError);
+      const local = await rejection(client.loadSnapshot(body));
+      if (versionAtLeast(version, FIELD_SINCE.SnapshotLoadParams!.clock_realtime!)) {
         expect((remote as FirecrackerApiError).faultMessage).not.toMatch(/unknown field/);
+        expect(local).toBeInstanceOf(FirecrackerApiError); // sent, and refused for the missing files
+        expect((local as FirecrackerApiError).faultMessage).toBe(
+          (remote as FirecrackerApiError).faultMessage,
+        );
+      } else {
+        expect(local.code).toBe("VERSION_UNSUPPORTED");
+        expect((remote as FirecrackerApiError).faultMessage).toMatch(/unknown field `clock_realtime`/);
       }
-      // A 1.14 feature this binary has: the client lets it through and Firecracker accepts it.
-      if (version.major > 1 || version.minor >= 14)
-        await client.putSerialDevice({ serial_out_path: "/dev/null" });
+      const serial = client.putSerialDevice({ serial_out_path: "/dev/null" });
+      if (versionAtLeast(version, OPERATION_SINCE.putSerialDevice!))
+        await expect(serial).resolves.toBeUndefined();
+      else expect((await rejection(serial)).code).toBe("VERSION_UNSUPPORTED");
     });
 
     it("applies a machine config and reads it back through GET /vm/config", async () => {

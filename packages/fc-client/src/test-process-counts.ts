@@ -22,6 +22,16 @@ export function childPids(): number[] {
   return out;
 }
 
+/** A process's state letter from /proc (R, S, Z for a zombie...), or undefined once it is reaped. */
+export function processState(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[0];
+  } catch {
+    return undefined;
+  }
+}
+
 /** The launcher's temp dirs (`sbx-fc-<id>-*`) for VM ids starting with `idPrefix`. */
 export function launcherTempDirs(idPrefix: string): string[] {
   return readdirSync(tmpdir()).filter((name) => name.startsWith(`sbx-fc-${idPrefix}`));

@@ -2,11 +2,11 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { createFirecrackerClient } from "./client.ts";
 import { FirecrackerApiError } from "./errors.ts";
 import { rejection } from "./test-errors.ts";
-import { fdCount, settle } from "./test-process-counts.ts";
+import { fdCount, settledFdCount } from "./test-process-counts.ts";
 
 // Raw servers that misbehave in the ways a crashing or wedged Firecracker can.
 let dir: string;
@@ -27,8 +27,7 @@ afterEach(async () => {
   await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
   server = undefined;
   rmSync(dir, { recursive: true, force: true });
-  await settle(20);
-  expect(fdCount()).toBeLessThanOrEqual(fdsBefore); // fewer is fine: the runner may close its own
+  expect(await settledFdCount(fdsBefore)).toBe(fdsBefore);
 });
 
 async function rawServer(onRequest: (socket: Socket) => void): Promise<string> {
@@ -84,20 +83,36 @@ describe("bad answers from the API socket", () => {
   it("times out a request on a kept-alive connection whose earlier requests had other timeouts", async () => {
     // Answers the first two requests, then goes silent: the third waits on the same connection.
     let requests = 0;
+    let thirdArrived: () => void = () => {};
+    const third = new Promise<void>((resolve) => {
+      thirdArrived = resolve;
+    });
     const socketPath = await rawServer((socket) => {
       if (++requests <= 2) socket.write(answer("200 OK", '{"firecracker_version":"1.16.1"}'));
+      else thirdArrived();
     });
-    await using client = createFirecrackerClient({ socketPath, arch: "amd64" });
-    await client.getFirecrackerVersion({ timeoutMs: 60_000 });
-    // A shorter timeout than the armed one must not wait for the armed one.
-    await client.getFirecrackerVersion({ timeoutMs: 200 });
-    const started = performance.now();
-    const error = await rejection(client.getFirecrackerVersion({ timeoutMs: 300 }));
-    expect(error.code).toBe("TIMEOUT");
-    expect(error.message).toMatch(/300 ms/);
-    // Not before its own deadline (timers may fire up to a millisecond early), and not at the old 60 s.
-    expect(performance.now() - started).toBeGreaterThanOrEqual(298);
-    expect(requests).toBe(3);
+    // The connection's one timer runs on fake time, so the test says exactly when each deadline falls.
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "performance"] });
+    try {
+      await using client = createFirecrackerClient({ socketPath, arch: "amd64" });
+      await client.getFirecrackerVersion({ timeoutMs: 60_000 });
+      // A shorter timeout than the armed one must not wait for the armed one.
+      await client.getFirecrackerVersion({ timeoutMs: 200 });
+      let settled = false;
+      const pending = rejection(client.getFirecrackerVersion({ timeoutMs: 300 })).finally(() => {
+        settled = true;
+      });
+      await third;
+      await vi.advanceTimersByTimeAsync(299);
+      expect(settled).toBe(false); // not before its own deadline
+      await vi.advanceTimersByTimeAsync(1);
+      const error = await pending; // at it, not at the old 60 s
+      expect(error.code).toBe("TIMEOUT");
+      expect(error.message).toMatch(/300 ms/);
+      expect(requests).toBe(3);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it("an AbortSignal → ABORTED, before or during the call", async () => {

@@ -3,27 +3,44 @@ import { accessSync, constants } from "node:fs";
 export interface RealFirecracker {
   /** The binary from FIRECRACKER_BIN, when tests can run it. */
   binary: string | undefined;
-  /** Why tests that need it must skip (print it), or undefined when they can run. */
+  /** Why tests that need it must skip (print it), or undefined when they can run: every unmet condition. */
   skipReason: string | undefined;
+  /** Each unmet condition on its own, empty when tests can run. */
+  unmet: string[];
+}
+
+function usable(path: string, mode: number): boolean {
+  try {
+    accessSync(path, mode);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /**
- * Whether tests can run a real Firecracker here: FIRECRACKER_BIN set, /dev/kvm usable and, with
- * `testGuest`, an x86_64 host (the tiny test guest is x86_64 only).
+ * Whether tests can run a real Firecracker here: FIRECRACKER_BIN set to an executable, /dev/kvm usable
+ * and, with `testGuest`, an x86_64 host (the tiny test guest is x86_64 only). Every condition is
+ * checked, so a skip names all that is missing, not only the first. `files` adds named files a test
+ * also needs (a kernel, a root filesystem): an unset one is reported with its variable's name.
  */
 export function realFirecracker(
-  options: { testGuest?: boolean; env?: Record<string, string | undefined> } = {},
+  options: {
+    testGuest?: boolean;
+    env?: Record<string, string | undefined>;
+    files?: Record<string, string | undefined>;
+  } = {},
 ): RealFirecracker {
   const binary = (options.env ?? process.env).FIRECRACKER_BIN || undefined;
-  let skipReason: string | undefined;
-  if (!binary) skipReason = "FIRECRACKER_BIN not set";
-  else if (options.testGuest && process.arch !== "x64") skipReason = "the tiny test guest is x86_64 only";
-  else {
-    try {
-      accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
-    } catch {
-      skipReason = "/dev/kvm is not usable by this user";
-    }
+  const unmet: string[] = [];
+  if (!binary) unmet.push("FIRECRACKER_BIN not set");
+  else if (!usable(binary, constants.X_OK)) unmet.push(`FIRECRACKER_BIN=${binary} is not executable`);
+  if (options.testGuest && process.arch !== "x64") unmet.push("the tiny test guest is x86_64 only");
+  if (!usable("/dev/kvm", constants.R_OK | constants.W_OK)) unmet.push("/dev/kvm is not usable by this user");
+  for (const [variable, path] of Object.entries(options.files ?? {})) {
+    if (!path) unmet.push(`${variable} not set`);
+    else if (!usable(path, constants.R_OK)) unmet.push(`${variable}=${path} is not readable`);
   }
-  return { binary: skipReason ? undefined : binary, skipReason };
+  const skipReason = unmet.length > 0 ? unmet.join("; ") : undefined;
+  return { binary: skipReason ? undefined : binary, skipReason, unmet };
 }
