@@ -16,13 +16,25 @@ export type OrchestratorErrorCode =
   | "INVALID_ID"
   | "TEMPLATE_INVALID"
   | "TEMPLATE_NOT_FOUND"
+  /** No build with that id in the state directory. */
+  | "BUILD_NOT_FOUND"
+  /** A build record or memory header that is not valid, or a build that is incomplete. */
+  | "BUILD_INVALID"
+  /** A build that a snapshot's memory header needs is gone: that snapshot cannot be resumed. */
+  | "BUILD_MISSING"
+  /** gc could not read a pinned build, so it removed nothing. */
+  | "GC_UNSAFE"
   | "PROVISION_FAILED"
   | "MEMFD_MISSING"
   | "ARTIFACT_INVALID"
   | "ARCH_MISMATCH"
   | "WAIT_TIMEOUT"
   | "WAIT_ENDED"
-  | "NOT_AVAILABLE";
+  | "NOT_AVAILABLE"
+  | "DOWNLOAD_FAILED"
+  | "DOWNLOAD_NOT_FOUND"
+  | "CHECKSUM_MISMATCH"
+  | "DOCKER_CONFIG_INVALID";
 
 /** The one error class of @sbx/orchestrator. `code` is stable; the message says what failed and the fix. */
 export class OrchestratorError extends Error {
