@@ -11,6 +11,7 @@ import {
 } from "./features.ts";
 import { cpuidKey, type Fingerprint } from "./fingerprint.ts";
 import type { CpuTemplate } from "./schema.ts";
+import { assertSnapshotLoadable } from "./snapshot-version.ts";
 
 export interface MissingFeature {
   name: string;
@@ -46,16 +47,18 @@ export function checkCompatibility(options: {
   if (source.arch !== target.arch) reasons.push(`different architectures (${source.arch} → ${target.arch})`);
   else if (source.vendor !== target.vendor)
     reasons.push(`different CPU vendors (${source.vendor} → ${target.vendor}): no template bridges them`);
-  const sourceFc = /^(\d+)\.(\d+)/.exec(source.firecrackerVersion);
-  const targetFc = /^(\d+)\.(\d+)/.exec(target.firecrackerVersion);
-  if (
-    sourceFc &&
-    targetFc &&
-    Number(sourceFc[1]) * 1000 + Number(sourceFc[2]) > Number(targetFc[1]) * 1000 + Number(targetFc[2])
-  )
-    reasons.push(
-      `snapshot format: made by Firecracker ${source.firecrackerVersion}, the target runs the older ${target.firecrackerVersion}`,
-    );
+  // "unknown" (a fingerprint that was not told its Firecracker) is left to the caller's own
+  // assertSnapshotLoadable with the running version; two known versions are checked here.
+  if (source.firecrackerVersion !== "unknown" && target.firecrackerVersion !== "unknown") {
+    try {
+      assertSnapshotLoadable({
+        snapshotFirecrackerVersion: source.firecrackerVersion,
+        runningFirecrackerVersion: target.firecrackerVersion,
+      });
+    } catch (error) {
+      reasons.push(`snapshot format: ${(error as Error).message}`);
+    }
+  }
   try {
     const a = parseKernelRelease(source.kernelVersion);
     const b = parseKernelRelease(target.kernelVersion);

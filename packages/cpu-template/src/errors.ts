@@ -6,7 +6,9 @@ export type CpuTemplateErrorCode =
   | "CONFLICTING_ENV"
   | "MIXED_FLEET"
   | "ID_REGISTERS_NOT_WRITABLE"
-  | "HOST_READ_FAILED";
+  | "HOST_READ_FAILED"
+  /** The running Firecracker cannot load a snapshot another Firecracker version wrote. */
+  | "SNAPSHOT_VERSION_INCOMPATIBLE";
 
 /** The one error class of @sbx/cpu-template; `code` is stable. */
 export class CpuTemplateError extends Error {

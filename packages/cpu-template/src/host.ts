@@ -136,10 +136,16 @@ function readArm64Registers(kvm: number): Map<string, bigint> {
   }
 }
 
+/**
+ * `firecrackerVersion` is the Firecracker this host runs (`firecracker --version`); fingerprints record
+ * it so a resume can refuse a snapshot format the target cannot load (see assertSnapshotLoadable). The
+ * host alone cannot tell, so it is "unknown" unless given.
+ */
 export function hostFingerprint(
-  options: { arch?: Arch; cpuinfo?: string; kernel?: string } = {},
+  options: { arch?: Arch; cpuinfo?: string; kernel?: string; firecrackerVersion?: string } = {},
 ): Fingerprint {
   const arch = options.arch ?? hostArch();
+  const firecrackerVersion = options.firecrackerVersion?.trim() || "unknown";
   const cpuinfo = options.cpuinfo ?? readFileSync("/proc/cpuinfo", "utf8");
   const kernelVersion = options.kernel ?? release();
   const field = (name: string) => new RegExp(`^${name}\\s*:\\s*(.+)$`, "m").exec(cpuinfo)?.[1]?.trim();
@@ -163,7 +169,7 @@ export function hostFingerprint(
       arch,
       vendor: `arm64:0x${Number(implementer).toString(16)}`,
       cpu: { implementer: Number(implementer), part: Number(part) },
-      firecrackerVersion: "unknown",
+      firecrackerVersion,
       kernelVersion,
       microcodeVersion: field("CPU revision") ?? "unknown",
       cpuid: new Map(),
@@ -213,7 +219,7 @@ export function hostFingerprint(
       arch,
       vendor: vendorString(leaf0[1], leaf0[3], leaf0[2]),
       cpu: familyModelStepping(leaf1[0]),
-      firecrackerVersion: "unknown",
+      firecrackerVersion,
       kernelVersion,
       microcodeVersion: field("microcode") ?? "unknown",
       cpuid,

@@ -31,3 +31,16 @@ export {
   parseCpuTemplate,
   templateArch,
 } from "./schema.ts";
+export {
+  assertSnapshotLoadable,
+  KNOWN_FIRECRACKER_RELEASES,
+  normalizeFirecrackerVersion,
+  snapshotFormatVersion,
+} from "./snapshot-version.ts";
+export { readStaticTemplateCustomForm, staticTemplateNamed } from "./static-custom-form.ts";
+export {
+  type CpuTemplateSetting,
+  type CpuTemplateSettingInput,
+  parseCpuTemplateSetting,
+  staticTemplateDeprecation,
+} from "./template-setting.ts";

@@ -289,7 +289,10 @@ describe("templateFromEnv", () => {
   it("reads FC_CPU_TEMPLATE or FC_CUSTOM_CPU_TEMPLATE_PATH, never both, never the other arch's", () => {
     expect(templateFromEnv({}, "amd64")).toEqual({ kind: "none" });
     expect(templateFromEnv({ FC_CPU_TEMPLATE: "None" }, "amd64")).toEqual({ kind: "none" });
-    expect(templateFromEnv({ FC_CPU_TEMPLATE: " T2CL " }, "amd64")).toEqual({ kind: "static", name: "T2CL" });
+    expect(templateFromEnv({ FC_CPU_TEMPLATE: " T2CL " }, "amd64")).toMatchObject({
+      kind: "static",
+      name: "T2CL",
+    });
     expect(() => templateFromEnv({ FC_CPU_TEMPLATE: "T2CL" }, "arm64")).toThrow(
       expect.objectContaining({ code: "WRONG_ARCH" }),
     );
