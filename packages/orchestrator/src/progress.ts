@@ -106,7 +106,7 @@ export function createProgressReporter(options: ProgressReporterOptions): Progre
       ? new cliProgress.MultiBar({
           stream: options.stream,
           format: "{task} [{bar}] {percentage}% {done}/{size} {rate}/s ETA {etaText}",
-          barsize: 24,
+          barsize: 20,
           hideCursor: true,
           clearOnComplete: false,
           stopOnComplete: false,
@@ -117,7 +117,7 @@ export function createProgressReporter(options: ProgressReporterOptions): Progre
       : undefined;
 
   const payload = (line: ProgressLine) => ({
-    task: `${line.phase} ${line.task}`.slice(0, 48).padEnd(48),
+    task: `${line.phase} ${line.task}`.slice(0, 40).padEnd(40),
     done: formatBytes(line.bytes),
     size: line.totalBytes === undefined ? "?" : formatBytes(line.totalBytes),
     rate: formatBytes(line.bytesPerSecond),

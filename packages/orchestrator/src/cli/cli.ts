@@ -17,6 +17,7 @@ import { reclaimSandbox } from "../reclaim.ts";
 import { resolveIdPrefix } from "../sandbox-id.ts";
 import { type SandboxRecord, StateDirectory } from "../state-dir.ts";
 import { templateDrift } from "../template-build.ts";
+import { runSetupCommand } from "./setup-command.ts";
 
 export interface CliIo {
   stdout: { write(text: string): unknown };
@@ -27,6 +28,8 @@ export interface CliIo {
 export const USAGE = `usage: sbx <command> [options]
 
 commands:
+  setup                            download, verify and install Firecracker, jailer and a guest kernel
+                                   (sbx setup --help for its options)
   doctor                           check this host and the configured artifacts, with fixes
   serve                            run the orchestrator: owns the sandboxes, answers the commands below
   template build <oci-layout>      build a template from an OCI image layout, only when it drifted
@@ -365,6 +368,8 @@ async function dispatch(args: Parsed, io: CliIo): Promise<number> {
 
 /** Runs the `sbx` CLI; returns the exit code (0 ok, 1 failed, 2 usage). */
 export async function runCli(argv: string[], io: CliIo): Promise<number> {
+  // setup has flags of its own; it never needs the orchestrator's configuration to be complete.
+  if (argv[0] === "setup") return runSetupCommand(argv.slice(1), io);
   let json = argv.includes("--json");
   try {
     const args = parse(argv);
