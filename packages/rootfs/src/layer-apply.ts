@@ -18,9 +18,19 @@ import {
   utimesSync,
   writeSync,
 } from "node:fs";
+import type { Logger } from "@sbx/arch";
 import { RootfsError } from "./errors.ts";
 import { cleanEntryPath, NotADirectoryError, RootPathResolver, SymlinkLoopError } from "./safe-path.ts";
 import type { TarEntry, TarEntryHandler, TarEntrySink } from "./tar-reader.ts";
+import {
+  classifyXattr,
+  type Xattr,
+  type XattrHostPrivileges,
+  type XattrPolicy,
+  XattrRejectedError,
+  xattrBytes,
+} from "./xattr.ts";
+import { XattrWriter } from "./xattr-writer.ts";
 
 /** What to do with device nodes or fifos found in a layer. */
 export type SpecialFilePolicy = "create" | "skip" | "refuse";
@@ -32,6 +42,27 @@ export interface LayerApplyOptions {
   fifos: SpecialFilePolicy;
   /** Apply the uid/gid of each entry (needs root; default: when running as root). */
   preserveOwnership: boolean;
+  /** Which xattrs to apply and the bounds on them. */
+  xattrs: XattrPolicy;
+  /** What the unpacking process may write (CAP_SETFCAP, CAP_SYS_ADMIN). */
+  hostPrivileges: XattrHostPrivileges;
+  logger: Logger;
+}
+
+/** xattrs of one name that were not applied for one reason, over all layers. */
+export interface IgnoredXattrs {
+  name: string;
+  reason: string;
+  count: number;
+  /** The first entry it happened to. */
+  layer: string;
+  entry: string;
+}
+
+export interface XattrSummary {
+  /** xattr records written. */
+  applied: number;
+  ignored: IgnoredXattrs[];
 }
 
 export interface SkippedEntry {
@@ -65,6 +96,13 @@ export class LayerApplier {
   #opaqueDirectories: string[][] = [];
   /** The file being written, closed by `abort()` when the stream fails in the middle of it. */
   #openFd: number | undefined;
+  readonly #xattrWriter = new XattrWriter();
+  /** Names applied to each directory (real key), removed again when an upper layer declares it anew. */
+  readonly #directoryXattrs = new Map<string, string[]>();
+  readonly #ignoredXattrs = new Map<string, IgnoredXattrs>();
+  #layerIgnoredXattrs = new Map<string, IgnoredXattrs>();
+  #layerXattrCount = 0;
+  #layerXattrBytes = 0;
   entries = 0;
 
   constructor(root: string, options: LayerApplyOptions) {
@@ -77,6 +115,9 @@ export class LayerApplier {
     this.#layer = layerDigest;
     this.#layerPaths = new Set();
     this.#opaqueDirectories = [];
+    this.#layerIgnoredXattrs = new Map();
+    this.#layerXattrCount = 0;
+    this.#layerXattrBytes = 0;
     return { onEntry: (entry) => this.#onEntry(entry) };
   }
 
@@ -87,6 +128,28 @@ export class LayerApplier {
   endLayer(): void {
     for (const directory of this.#opaqueDirectories) this.#clearOpaque(directory);
     this.#opaqueDirectories = [];
+    this.#xattrWriter.flush();
+    for (const group of this.#layerIgnoredXattrs.values()) {
+      const lsm = group.reason.startsWith("LSM label");
+      (lsm ? this.#options.logger.info : this.#options.logger.warn)?.(
+        {
+          layer: group.layer,
+          xattr: group.name,
+          count: group.count,
+          example: group.entry,
+          reason: group.reason,
+        },
+        lsm ? "LSM labels in the image not applied" : "xattrs in the image not applied",
+      );
+    }
+  }
+
+  /** What happened to the image's xattrs so far. */
+  xattrSummary(): XattrSummary {
+    return {
+      applied: this.#xattrWriter.written,
+      ignored: [...this.#ignoredXattrs.values()].map((group) => ({ ...group })),
+    };
   }
 
   #clearOpaque(directory: string[]): void {
@@ -145,8 +208,11 @@ export class LayerApplier {
     this.entries++;
     const components = cleanEntryPath(entry.path);
     if (components === null) this.#refuse(entry.path, "its path climbs above the image root with '..'");
+    // The previous entry is complete (its data ended before this header), so its records can go.
+    if (this.#xattrWriter.full) this.#xattrWriter.flush();
+    const xattrs = this.#xattrsToApply(entry);
     try {
-      return this.#apply(entry, components);
+      return this.#apply(entry, components, xattrs);
     } catch (error) {
       if (error instanceof RootfsError) throw error;
       if (error instanceof SymlinkLoopError) this.#refuse(entry.path, error.message);
@@ -155,13 +221,14 @@ export class LayerApplier {
     }
   }
 
-  #apply(entry: TarEntry, components: string[]): TarEntrySink | undefined {
+  #apply(entry: TarEntry, components: string[], xattrs: Xattr[]): TarEntrySink | undefined {
     const base = components.at(-1);
     if (base === undefined) {
       if (entry.type !== "directory")
         this.#refuse(entry.path, "it would replace the image root with a non-directory");
       this.#directories.set("", { mode: entry.mode, mtime: entry.mtime });
       this.#chown(this.#resolver.root, entry);
+      this.#setDirectoryXattrs("", this.#resolver.root, xattrs);
       return undefined;
     }
     const parentComponents = components.slice(0, -1);
@@ -181,16 +248,22 @@ export class LayerApplier {
       if (existing && !existing.isDirectory()) this.#remove(host, existing.isSymbolicLink());
       if (!existing?.isDirectory()) mkdirSync(host, { mode: 0o700 });
       this.#chown(host, entry);
+      this.#setDirectoryXattrs(realKey, host, xattrs);
       this.#directories.set(realKey, { mode: entry.mode, mtime: entry.mtime });
       this.#markWritten(realKey);
       return undefined;
     }
 
     if (entry.type === "hardlink") {
+      // The link shares its target's inode and so its xattrs; the entry's own records are not
+      // applied (umoci and containerd do the same).
       const target = this.#hardlinkTarget(entry);
       if (target.join("/") === realKey) return undefined;
+      const targetHost = this.#resolver.hostPath(target);
+      // Written now: the target's path may be replaced later in this layer, the link's inode stays.
+      if (this.#xattrWriter.has(targetHost)) this.#xattrWriter.flush();
       if (existing) this.#remove(host, existing.isDirectory() || existing.isSymbolicLink());
-      linkSync(this.#resolver.hostPath(target), host);
+      linkSync(targetHost, host);
       this.#markWritten(realKey);
       return undefined;
     }
@@ -214,6 +287,7 @@ export class LayerApplier {
         symlinkSync(entry.linkPath, host);
         this.#chown(host, entry);
         lutimesSync(host, entry.mtime, entry.mtime);
+        this.#xattrWriter.add(host, xattrs);
         return undefined;
       case "char-device":
       case "block-device":
@@ -227,18 +301,20 @@ export class LayerApplier {
         ]);
         this.#chown(host, entry);
         utimesSync(host, entry.mtime, entry.mtime);
+        this.#xattrWriter.add(host, xattrs);
         return undefined;
       case "fifo":
         execFileSync("mkfifo", ["-m", (entry.mode & 0o7777).toString(8), host]);
         this.#chown(host, entry);
         utimesSync(host, entry.mtime, entry.mtime);
+        this.#xattrWriter.add(host, xattrs);
         return undefined;
       case "file":
-        return this.#openFile(host, entry);
+        return this.#openFile(host, entry, xattrs);
     }
   }
 
-  #openFile(host: string, entry: TarEntry): TarEntrySink {
+  #openFile(host: string, entry: TarEntry, xattrs: Xattr[]): TarEntrySink {
     // O_EXCL|O_NOFOLLOW: the path was just cleared, and nothing may be written through a link.
     const fd = openSync(host, FILE_OPEN_FLAGS, 0o600);
     this.#openFd = fd;
@@ -258,6 +334,8 @@ export class LayerApplier {
           applier.#openFd = undefined;
           closeSync(fd);
         }
+        // After chown and the last write, which both clear security.capability (commoncap.c killpriv).
+        applier.#xattrWriter.add(host, xattrs);
       },
     };
   }
@@ -308,13 +386,92 @@ export class LayerApplier {
 
   #remove(host: string, affectsResolution: boolean): void {
     rmSync(host, { recursive: true, force: true });
+    this.#xattrWriter.drop(host, affectsResolution);
     if (affectsResolution) {
       this.#resolver.invalidate();
       const relative = host.slice(this.#resolver.root.length + 1);
       for (const key of this.#directories.keys()) {
         if (key === relative || key.startsWith(`${relative}/`)) this.#directories.delete(key);
       }
+      for (const key of this.#directoryXattrs.keys()) {
+        if (key === relative || key.startsWith(`${relative}/`)) this.#directoryXattrs.delete(key);
+      }
     }
+  }
+
+  /**
+   * Validate the entry's xattrs against the bounds and the policy; returns the ones to write.
+   * Every entry is checked, hard links and whiteouts too: a malformed record is refused wherever it is.
+   */
+  #xattrsToApply(entry: TarEntry): Xattr[] {
+    if (entry.xattrs.length === 0) return [];
+    const policy = this.#options.xattrs;
+    const bytes = entry.xattrs.reduce((sum, xattr) => sum + xattrBytes(xattr), 0);
+    if (entry.xattrs.length > policy.maxPerEntry)
+      this.#xattrLimit(
+        entry.path,
+        `${entry.xattrs.length} xattrs on one entry, more than maxPerEntry ${policy.maxPerEntry}`,
+      );
+    if (bytes > policy.maxEntryBytes)
+      this.#xattrLimit(
+        entry.path,
+        `${bytes} bytes of xattrs on one entry, more than maxEntryBytes ${policy.maxEntryBytes}`,
+      );
+    this.#layerXattrCount += entry.xattrs.length;
+    this.#layerXattrBytes += bytes;
+    if (this.#layerXattrCount > policy.maxLayerCount)
+      this.#xattrLimit(entry.path, `more than maxLayerCount ${policy.maxLayerCount} xattrs in one layer`);
+    if (this.#layerXattrBytes > policy.maxLayerBytes)
+      this.#xattrLimit(
+        entry.path,
+        `more than maxLayerBytes ${policy.maxLayerBytes} bytes of xattrs in one layer`,
+      );
+    const apply: Xattr[] = [];
+    for (const xattr of entry.xattrs) {
+      let verdict: ReturnType<typeof classifyXattr>;
+      try {
+        verdict = classifyXattr(xattr, entry.type, policy, this.#options.hostPrivileges);
+      } catch (error) {
+        if (!(error instanceof XattrRejectedError)) throw error;
+        this.#refuse(entry.path, `its xattr ${JSON.stringify(error.xattr)} is invalid: ${error.message}`);
+      }
+      if (verdict.action === "apply") apply.push(xattr);
+      else this.#noteIgnored(entry.path, xattr.name, verdict.reason);
+    }
+    return apply;
+  }
+
+  #noteIgnored(entry: string, name: string, reason: string): void {
+    const key = `${name}\0${reason}`;
+    for (const groups of [this.#ignoredXattrs, this.#layerIgnoredXattrs]) {
+      const group = groups.get(key);
+      if (group) group.count++;
+      else groups.set(key, { name, reason, count: 1, layer: this.#layer, entry });
+    }
+  }
+
+  #xattrLimit(entry: string, what: string): never {
+    throw new RootfsError(
+      "UNPACK_LIMIT_EXCEEDED",
+      `layer ${this.#layer} entry ${JSON.stringify(entry)} exceeds the xattr limits: ${what}. Raise xattrs limits if the image is trusted`,
+      { details: { layer: this.#layer, entry, limit: what } },
+    );
+  }
+
+  /**
+   * A directory entry sets the directory's whole xattr set: what a lower layer applied and this
+   * entry does not carry is removed, like the rest of its metadata is replaced.
+   */
+  #setDirectoryXattrs(realKey: string, host: string, xattrs: Xattr[]): void {
+    const names = xattrs.map((xattr) => xattr.name);
+    const stale = (this.#directoryXattrs.get(realKey) ?? []).filter((name) => !names.includes(name));
+    if (stale.length > 0) {
+      this.#xattrWriter.flush();
+      this.#xattrWriter.remove(host, stale);
+    }
+    if (names.length > 0) this.#directoryXattrs.set(realKey, names);
+    else this.#directoryXattrs.delete(realKey);
+    this.#xattrWriter.add(host, xattrs);
   }
 
   /** Record a path (and its parents, which it needs) as written by the current layer. */

@@ -13,6 +13,13 @@ export type TarEntryType =
   | "directory"
   | "fifo";
 
+/** An extended attribute from the entry's PAX header, not yet validated (see xattr.ts). */
+export interface TarXattr {
+  /** Decoded as UTF-8; bytes that are not show as U+FFFD, which the validation refuses. */
+  name: string;
+  value: Buffer;
+}
+
 export interface TarEntry {
   /** The path as written in the archive (after PAX/GNU long-name processing), not yet cleaned. */
   path: string;
@@ -27,6 +34,12 @@ export interface TarEntry {
   linkPath: string;
   deviceMajor: number;
   deviceMinor: number;
+  /**
+   * `SCHILY.xattr.<name>` (GNU tar, Go's archive/tar, umoci, buildah) and `LIBARCHIVE.xattr.<name>`
+   * (bsdtar) records of the entry's own PAX header, in archive order, one per name. A global PAX
+   * header's xattrs are ignored, as Go's archive/tar (and so umoci and containerd) does.
+   */
+  xattrs: readonly TarXattr[];
 }
 
 export interface TarEntrySink {
@@ -56,7 +69,10 @@ interface PaxOverrides {
   uid?: number;
   gid?: number;
   mtime?: number;
+  xattrs?: Map<string, Buffer>;
 }
+
+const NO_XATTRS: readonly TarXattr[] = Object.freeze([]);
 
 type State =
   | { kind: "header" }
@@ -228,6 +244,7 @@ export class TarParser {
       linkPath: pax.linkpath ?? this.#longLink ?? readString(block, 157, 100),
       deviceMajor: 0,
       deviceMinor: 0,
+      xattrs: this.#pax.xattrs ? [...this.#pax.xattrs].map(([name, value]) => ({ name, value })) : NO_XATTRS,
     };
     this.#pax = {};
     this.#longName = undefined;
@@ -287,8 +304,15 @@ export class TarParser {
   #onMeta(type: "x" | "g" | "L" | "K", data: Buffer): void {
     if (type === "L") this.#longName = readString(data, 0, data.length);
     else if (type === "K") this.#longLink = readString(data, 0, data.length);
-    else if (type === "x") this.#pax = { ...this.#pax, ...parsePax(data) };
-    else this.#globalPax = { ...this.#globalPax, ...parsePax(data) };
+    else if (type === "x") {
+      const parsed = parsePax(data);
+      const xattrs = mergeXattrs(this.#pax.xattrs, parsed.xattrs);
+      this.#pax = { ...this.#pax, ...parsed };
+      if (xattrs) this.#pax.xattrs = xattrs;
+    } else {
+      const { xattrs: _ignored, ...parsed } = parsePax(data);
+      this.#globalPax = { ...this.#globalPax, ...parsed };
+    }
   }
 }
 
@@ -341,6 +365,31 @@ function parseNumeric(buffer: Buffer, offset: number, length: number, field: str
   return value;
 }
 
+const SCHILY_XATTR = "SCHILY.xattr.";
+const LIBARCHIVE_XATTR = "LIBARCHIVE.xattr.";
+
+function mergeXattrs(
+  earlier: Map<string, Buffer> | undefined,
+  later: Map<string, Buffer> | undefined,
+): Map<string, Buffer> | undefined {
+  if (!earlier || !later) return later ?? earlier;
+  const merged = new Map(earlier);
+  for (const [name, value] of later) addXattr(merged, name, value);
+  return merged;
+}
+
+/**
+ * bsdtar writes each xattr twice (LIBARCHIVE. and SCHILY.), so a repeated name is fine when the
+ * values agree; when they differ, which one the guest would get depends on the reader: refused.
+ */
+function addXattr(xattrs: Map<string, Buffer>, name: string, value: Buffer): void {
+  const existing = xattrs.get(name);
+  if (existing && !existing.equals(value)) {
+    throw new TarFormatError(`a PAX header gives the xattr ${JSON.stringify(name)} two different values`);
+  }
+  xattrs.set(name, value);
+}
+
 function parsePax(data: Buffer): PaxOverrides {
   const result: PaxOverrides = {};
   let offset = 0;
@@ -351,12 +400,25 @@ function parsePax(data: Buffer): PaxOverrides {
     if (!Number.isSafeInteger(length) || length <= 0 || offset + length > data.length) {
       throw new TarFormatError("malformed PAX extended header record");
     }
-    const record = data.toString("utf8", space + 1, offset + length - 1);
+    const recordStart = space + 1;
+    const recordEnd = offset + length - 1;
     offset += length;
-    const equals = record.indexOf("=");
-    if (equals === -1) continue;
-    const key = record.slice(0, equals);
-    const value = record.slice(equals + 1);
+    const equalsAt = data.indexOf(0x3d, recordStart);
+    if (equalsAt === -1 || equalsAt >= recordEnd) continue;
+    const key = data.toString("utf8", recordStart, equalsAt);
+    if (key.startsWith(SCHILY_XATTR) || key.startsWith(LIBARCHIVE_XATTR)) {
+      // xattr values are bytes, not text: taken from the record as they are.
+      if (data[recordEnd] !== 0x0a) throw new TarFormatError(`PAX record ${key} does not end in a newline`);
+      const raw = data.subarray(equalsAt + 1, recordEnd);
+      result.xattrs ??= new Map();
+      if (key.startsWith(SCHILY_XATTR)) {
+        addXattr(result.xattrs, key.slice(SCHILY_XATTR.length), Buffer.from(raw));
+      } else {
+        addXattr(result.xattrs, decodeLibarchiveName(key), decodeBase64(raw.toString("latin1"), key));
+      }
+      continue;
+    }
+    const value = data.toString("utf8", equalsAt + 1, recordEnd);
     switch (key) {
       case "path":
         result.path = value;
@@ -380,9 +442,28 @@ function parsePax(data: Buffer): PaxOverrides {
         break;
       }
       default:
-        // xattrs (SCHILY.xattr.*), atime/ctime, uname/gname and vendor keys are not applied.
+        // atime/ctime, uname/gname, SCHILY.acl.* (star's text ACLs) and vendor keys are not applied.
         break;
     }
   }
   return result;
+}
+
+/** libarchive percent-encodes the name (archive_write_set_format_pax.c url_encode()). */
+function decodeLibarchiveName(key: string): string {
+  const encoded = key.slice(LIBARCHIVE_XATTR.length);
+  if (/%(?![0-9A-Fa-f]{2})/.test(encoded)) throw new TarFormatError(`malformed PAX record name ${key}`);
+  const bytes = Buffer.from(
+    encoded.replace(/%([0-9A-Fa-f]{2})/g, (_, hex: string) => String.fromCharCode(Number.parseInt(hex, 16))),
+    "latin1",
+  );
+  return bytes.toString("utf8");
+}
+
+/** libarchive writes base64 without padding; Buffer's decoder would skip junk silently, so check first. */
+function decodeBase64(text: string, key: string): Buffer {
+  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(text) || text.replace(/=+$/, "").length % 4 === 1) {
+    throw new TarFormatError(`PAX record ${key} is not base64`);
+  }
+  return Buffer.from(text, "base64");
 }

@@ -1,12 +1,13 @@
 import { createHash } from "node:crypto";
-import { chmod, mkdtemp, readdir, rename, rm, rmdir, stat } from "node:fs/promises";
+import { chmod, mkdtemp, readdir, readFile, rename, rm, rmdir, stat } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { PassThrough, Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import zlib from "node:zlib";
 import { type Logger, silentLogger } from "@sbx/arch";
+import { z } from "zod";
 import { RootfsError } from "./errors.ts";
-import { LayerApplier, type SkippedEntry, type SpecialFilePolicy } from "./layer-apply.ts";
+import { LayerApplier, type SkippedEntry, type SpecialFilePolicy, type XattrSummary } from "./layer-apply.ts";
 import type { OciLayout } from "./oci-layout.ts";
 import { type Descriptor, type ImageConfig, type LayerCompression, layerCompression } from "./oci-schemas.ts";
 import {
@@ -18,6 +19,7 @@ import {
   selectImage,
 } from "./platform.ts";
 import { TarFormatError, TarParser } from "./tar-reader.ts";
+import { hostXattrPrivileges, type XattrOptions, type XattrPolicy, xattrOptionsSchema } from "./xattr.ts";
 
 export interface UnpackProgress {
   layerIndex: number;
@@ -50,6 +52,13 @@ export interface UnpackImageOptions {
   limits?: { maxUncompressedBytes?: number; maxEntries?: number };
   /** Apply entry uid/gid (default: when running as root). */
   preserveOwnership?: boolean;
+  /**
+   * Extended attributes from the layers' PAX headers: file capabilities, POSIX ACLs, `user.*` and
+   * `trusted.*` are applied; LSM labels only with `lsmLabels: true`; bounds per entry and per layer
+   * (exceeding one fails with UNPACK_LIMIT_EXCEEDED). Writing them needs `setfattr` (Debian `attr`)
+   * when the image has any.
+   */
+  xattrs?: XattrOptions;
   signal?: AbortSignal;
   logger?: Logger;
 }
@@ -63,6 +72,18 @@ export interface UnpackImageResult {
   entries: number;
   /** Entries not applied because of the device/fifo policy. */
   skipped: SkippedEntry[];
+  /** xattrs written, and those not applied grouped by name and reason (each also logged). */
+  xattrs: XattrSummary;
+}
+
+function parseXattrOptions(input: XattrOptions | undefined): XattrPolicy {
+  const parsed = xattrOptionsSchema.safeParse(input ?? {});
+  if (!parsed.success) {
+    throw new RootfsError("INVALID_OPTIONS", `unpackImage xattrs: ${z.prettifyError(parsed.error)}`, {
+      cause: parsed.error,
+    });
+  }
+  return parsed.data;
 }
 
 /** A ManifestSource over an OCI layout (schemas applied, digests and sizes verified). */
@@ -91,6 +112,7 @@ export async function selectLayoutImage(
  */
 export async function unpackImage(options: UnpackImageOptions): Promise<UnpackImageResult> {
   const logger = options.logger ?? silentLogger;
+  const xattrPolicy = parseXattrOptions(options.xattrs);
   const dest = resolve(options.dest);
   const image = await selectLayoutImage(options.layout, options.platform, options.tag);
   await checkDestination(dest);
@@ -103,6 +125,9 @@ export async function unpackImage(options: UnpackImageOptions): Promise<UnpackIm
       devices: options.devices ?? "skip",
       fifos: options.fifos ?? "create",
       preserveOwnership: options.preserveOwnership ?? process.getuid?.() === 0,
+      xattrs: xattrPolicy,
+      hostPrivileges: hostXattrPrivileges(await readFile("/proc/self/status", "utf8").catch(() => "")),
+      logger,
     });
     applier = active;
     const uncompressed = { bytes: 0 };
@@ -142,6 +167,7 @@ export async function unpackImage(options: UnpackImageOptions): Promise<UnpackIm
       layers: layers.map((l) => ({ digest: l.digest, size: l.size, mediaType: l.mediaType })),
       entries: active.entries,
       skipped: active.skipped,
+      xattrs: active.xattrSummary(),
     };
   } catch (error) {
     applier?.abort();
