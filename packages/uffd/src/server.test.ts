@@ -1,8 +1,9 @@
+import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
 import { UffdError } from "./errors.ts";
 import {
   PageFaultServer,
@@ -10,7 +11,7 @@ import {
   prewarmPageFaultWorkers,
   warmPageFaultWorkerCount,
 } from "./server.ts";
-import { leakCheck, settle } from "./test-counts.ts";
+import { leakCheck } from "./test-counts.ts";
 import { buildTestNativeHelper, faultLoops } from "./test-native-helper.ts";
 import {
   buildTestPeer,
@@ -205,7 +206,7 @@ describe("the page-fault server's lifecycle", () => {
     await server.listen();
     const { child, closed } = startPeer({ mode: "random", threads: 2 });
     await server.ready;
-    await settle(20);
+    await vi.waitFor(() => expect(server.metrics().faults).toBeGreaterThan(0)); // mid-run: faults flowing
     child.kill("SIGKILL");
     const stop = await server.stopped;
     await closed;
@@ -269,7 +270,7 @@ describe("the page-fault server's lifecycle", () => {
   it("hands out a warm worker when one is prewarmed, and serves the same bytes", async () => {
     prewarmPageFaultWorkers(1);
     try {
-      await settle(300); // let the warm worker load its modules
+      expect(warmPageFaultWorkerCount()).toBe(1);
       const { result, codePath } = await servedWith({ mode: "seq" }, { nativeHelper: "off" });
       expect(result.mismatches).toBe(0);
       expect(codePath).toBe("pure-ffi");
@@ -283,30 +284,33 @@ describe("the page-fault server's lifecycle", () => {
 
   it("replaces a taken warm worker once the restore goes quiet, not during its fault burst", async () => {
     prewarmPageFaultWorkers(1);
+    // Node announces every new worker thread on this channel: the refill is observed the moment it
+    // happens, with the server's fault count and the peer's state at that moment.
+    let onRefill: (at: { faults: number; peerRunning: boolean }) => void = () => {};
+    const refilled = new Promise<{ faults: number; peerRunning: boolean }>((resolve) => {
+      onRefill = resolve;
+    });
+    let observe: () => void = () => {};
+    const announced = () => observe();
     try {
-      await settle(300);
       expect(warmPageFaultWorkerCount()).toBe(1);
       await using server = new PageFaultServer({ socketPath, memoryFile });
       await server.listen();
       expect(warmPageFaultWorkerCount()).toBe(0); // taken; a new one now would compete with the faults
-      const peerRun = runTestPeer({
-        binary: peer,
-        socketPath,
-        memoryFile,
-        size: SIZE,
-        mode: "seq",
-        holdMs: 2000,
-      });
+      // The peer touches every page, then holds its connection far longer than the test runs: a
+      // refill seen while it holds is the quiet's, not the peer leaving's.
+      const { child, closed } = startPeer({ mode: "seq", holdMs: 600_000 });
+      observe = () => onRefill({ faults: server.metrics().faults, peerRunning: child.exitCode === null });
+      subscribe("worker_threads", announced);
       await server.ready;
-      let faultsWhenRefilled = -1;
-      for (let i = 0; i < 150 && faultsWhenRefilled < 0; i++) {
-        if (warmPageFaultWorkerCount() === 1) faultsWhenRefilled = server.metrics().faults;
-        else await settle(10);
-      }
-      // Refilled while the peer still holds its connection, and only after every page was served.
-      expect(faultsWhenRefilled).toBe(SIZE / 4096);
-      expect((await peerRun).mismatches).toBe(0);
+      const at = await refilled;
+      expect(at).toEqual({ faults: SIZE / 4096, peerRunning: true });
+      expect(warmPageFaultWorkerCount()).toBe(1);
+      child.kill("SIGKILL");
+      await closed;
+      expect((await server.stopped).reason).toBe("peer-exited");
     } finally {
+      unsubscribe("worker_threads", announced);
       prewarmPageFaultWorkers(0);
     }
   });

@@ -12,6 +12,8 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { check } from "./errors.ts";
+import { F_GET_SEALS, F_SEAL_GROW, F_SEAL_SHRINK, libc } from "./libc.ts";
 import { createMemfd, exportRanges, type Memfd } from "./memfd.ts";
 import { PageFaultServer, type PageFaultServerOptions } from "./server.ts";
 import { leakCheck } from "./test-counts.ts";
@@ -247,9 +249,9 @@ describe("memfd", () => {
       { memoryFile },
       { memoryFile, backing: "memfd", fds: 2, mode: "seq", writePages: [1, 2, 500] },
       async (server) => {
-        // Long enough for the fault worker to exit too: the memfd must survive that (CI once lost it).
-        await new Promise((resolve) => setTimeout(resolve, 300));
         taken = server.takeMemfd(); // the caller owns it now: it outlives the server
+        // close() returns once the fault worker has exited: the memfd must survive that (CI once lost it).
+        await server.close();
         again = server.takeMemfd();
       },
     );
@@ -283,11 +285,37 @@ describe("memfd", () => {
   it("creates sealed memfds, and copy_file_range works memfd to memfd's file twin where the kernel allows", async () => {
     await using memfd = createMemfd("sbx-test", 4 * PAGE, { seals: ["shrink", "grow"] });
     expect(memfd.size).toBe(4 * PAGE);
+    // The seals asked for, no more (F_SEAL_WRITE would refuse the pattern below), and the kernel enforces them.
+    expect(check("fcntl(F_GET_SEALS)", libc.fcntl(memfd.fd, F_GET_SEALS, 0))).toBe(
+      F_SEAL_SHRINK | F_SEAL_GROW,
+    );
+    expect(() => ftruncateSync(memfd.fd, 2 * PAGE)).toThrow(expect.objectContaining({ code: "EPERM" }));
+    expect(() => ftruncateSync(memfd.fd, 8 * PAGE)).toThrow(expect.objectContaining({ code: "EPERM" }));
+    const pattern = Buffer.alloc(4 * PAGE);
+    for (let i = 0; i < pattern.length; i++) pattern[i] = (i * 131 + (i >> 12)) & 0xff;
+    expect(writeSync(memfd.fd, pattern, 0, pattern.length, 0)).toBe(pattern.length);
+
     expect(() => exportRanges(memfd, [{ offset: 3 * PAGE, length: 2 * PAGE }], join(dir, "x"))).toThrow(
       /past the memfd/,
     );
+    // Into another memfd through its /proc/self/fd twin: both live on the kernel's internal shmem
+    // mount, one superblock, so copy_file_range copies in the kernel.
+    await using twin = createMemfd("sbx-twin", 4 * PAGE);
+    const twinPath = `/proc/self/fd/${twin.fd}`;
+    const ranges = [
+      { offset: 0, length: PAGE },
+      { offset: 2 * PAGE, length: 2 * PAGE },
+    ];
+    const copied = exportRanges(memfd, ranges, twinPath);
+    expect(copied).toEqual({ bytes: 3 * PAGE, method: "copy_file_range" });
+    const inTwin = readFileSync(twinPath);
+    expect(inTwin.subarray(0, PAGE).equals(pattern.subarray(0, PAGE))).toBe(true);
+    expect(inTwin.subarray(PAGE, 2 * PAGE).every((b) => b === 0)).toBe(true); // not in the ranges
+    expect(inTwin.subarray(2 * PAGE).equals(pattern.subarray(2 * PAGE))).toBe(true);
+    // Into a file on another filesystem: the fallback, with the same bytes.
     const result = exportRanges(memfd, [{ offset: 0, length: 4 * PAGE }], join(dir, "y"));
     expect(result.bytes).toBe(4 * PAGE);
+    expect(readFileSync(join(dir, "y")).equals(pattern)).toBe(true);
     expect(() => createMemfd("bad name/..", PAGE)).toThrow(/memfd name/);
   });
 });

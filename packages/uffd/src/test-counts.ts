@@ -1,5 +1,5 @@
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
-import { expect } from "vitest";
+import { expect, vi } from "vitest";
 
 export function fdCount(): number {
   return readdirSync("/proc/self/fd").length;
@@ -37,13 +37,22 @@ export function childPids(): number[] {
 
 export const settle = (ms = 30) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Snapshot of what a test owns; the returned check fails if fds, userfaultfds, memfds or children leaked. */
+/**
+ * Snapshot of what a test owns; the returned check fails if fds, userfaultfds, memfds or children leaked.
+ * Counts are compared exactly: "fewer after" would hide a leak paired with a descriptor closed early.
+ * A worker's exit and a socket's close finish on later event-loop turns, so the check waits (bounded)
+ * for the counts to come back; a leak never does.
+ */
 export function leakCheck(): () => Promise<void> {
   const before = { fds: fdCount(), special: openSpecialFds(), children: childPids() };
   return async () => {
-    await settle();
-    expect(openSpecialFds()).toEqual(before.special);
-    expect(fdCount()).toBeLessThanOrEqual(before.fds);
-    expect(childPids()).toEqual(before.children);
+    await vi.waitFor(
+      () => {
+        expect(openSpecialFds()).toEqual(before.special);
+        expect(fdCount()).toBe(before.fds);
+        expect(childPids()).toEqual(before.children);
+      },
+      { timeout: 10_000, interval: 10 },
+    );
   };
 }
