@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { readdirSync } from "node:fs";
+import { existsSync, readdirSync } from "node:fs";
 import { chmod, chown, link, mkdir, mkdtemp, readdir, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -143,7 +143,8 @@ describe("buildExt4Image", () => {
     });
     await expect(
       buildExt4Image({ sourceDir: join(src, "missing"), output: join(base, "x") }),
-    ).rejects.toThrow();
+    ).rejects.toMatchObject({ code: "ENOENT", path: join(src, "missing") });
+    expect(existsSync(join(base, "x"))).toBe(false);
     expect(await tempLeftovers()).toEqual([]);
   });
 

@@ -298,20 +298,36 @@ describe("hostile layers: confined inside the root", () => {
 
   it("applies whiteouts and opaque markers through planted symlinks inside the root only", async () => {
     await using a = await arena();
+    // Where each planted link leads when resolved inside the root, as the unpacker resolves it: the
+    // whiteouts must take effect there, and never at the real paths outside.
+    const twin = a.outside.slice(1);
     const { run } = await unpackLayers(a, [
       [
         { path: "evil", type: "symlink", linkPath: a.outside },
         { path: "rel", type: "symlink", linkPath: "../../../outside" },
+        { path: "opq", type: "symlink", linkPath: "../../../cleared" },
+        { path: `${twin}/canary`, content: "lower" },
+        { path: `${twin}/keep`, content: "lower" },
+        { path: "outside/dir/inner", content: "lower" },
+        { path: "outside/dir/other", content: "lower" },
+        { path: "cleared/old", content: "lower" },
       ],
       [
         { path: "evil/.wh.canary", content: "" },
-        { path: "rel/.wh..wh..opq", content: "" },
+        { path: "opq/.wh..wh..opq", content: "" },
+        { path: "opq/new", content: "upper" },
         { path: "rel/dir/.wh.inner", content: "" },
         { path: ".wh.evil-does-not-exist", content: "" },
       ],
     ]);
     await run();
+    expect(readdirSync(join(a.dest, twin)).sort()).toEqual(["keep"]);
+    expect(readdirSync(join(a.dest, "outside/dir")).sort()).toEqual(["other"]);
+    expect(readdirSync(join(a.dest, "cleared"))).toEqual(["new"]);
     expect(readlinkSync(join(a.dest, "evil"))).toBe(a.outside);
+    expect(readlinkSync(join(a.dest, "rel"))).toBe("../../../outside");
+    expect(readlinkSync(join(a.dest, "opq"))).toBe("../../../cleared");
+    expect(readdirSync(a.dest).filter((name) => name.includes("evil-does-not-exist"))).toEqual([]);
     assertOutsideUnchanged(a);
   });
 
