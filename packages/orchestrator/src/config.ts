@@ -1,6 +1,7 @@
 import { isAbsolute } from "node:path";
 import { ACCEPTED_ARCH_NAMES, type Arch, hostArch, normalizeArch } from "@sbx/arch";
 import { z } from "zod";
+import { type EgressPolicy, egressPolicySchema } from "./egress-policy.ts";
 import { OrchestratorError } from "./errors.ts";
 import { cidrContains, cidrsOverlap, parseCidr, parseIpv4 } from "./ipv4.ts";
 
@@ -38,6 +39,12 @@ export const CONFIG_DEFAULTS = Object.freeze({
   tapName: "vmtap0",
   tapAddress: "192.168.241.1/29",
   guestAddress: "192.168.241.2",
+  /** Namespaces prepared ahead of demand; 0 creates each on demand. */
+  networkPoolSize: 0,
+  /** The host's nftables table sbx owns (`inet sbx`); `nft delete table inet sbx` removes all of it. */
+  firewallTable: "sbx",
+  /** Host ports `expose(port, { publish: true })` picks from. */
+  publishPortRange: "40000-40999",
   /** Guest memory memfd from Firecracker (a fork feature; upstream never sends one): off by default. */
   useMemfd: "off",
 });
@@ -107,6 +114,53 @@ export const orchestratorOptionsSchema = z.object({
     .trim()
     .refine((text) => parseIpv4(text) !== undefined, { message: "must be an IPv4 address" })
     .optional(),
+  networkPoolSize: z.number().int().min(0).max(1024).optional(),
+  firewallTable: z
+    .string()
+    .trim()
+    .regex(/^[A-Za-z][A-Za-z0-9_]{0,30}$/, "must be a letter then up to 30 of A-Z a-z 0-9 _")
+    .optional(),
+  /** The guest's resolvers (at most 2, the kernel's ip= carries two); default the host's upstream ones. */
+  dnsServers: z
+    .preprocess(
+      (value) =>
+        typeof value === "string"
+          ? value
+              .split(",")
+              .map((s) => s.trim())
+              .filter(Boolean)
+          : value,
+      z
+        .array(
+          z.string().refine((text) => parseIpv4(text) !== undefined, { message: "must be IPv4 addresses" }),
+        )
+        .max(2, "at most 2 resolvers (the kernel's ip= carries two)"),
+    )
+    .optional(),
+  publishPortRange: z
+    .string()
+    .trim()
+    .regex(/^\d{1,5}-\d{1,5}$/, "must be a port range like 40000-40999")
+    .refine(
+      (text) => {
+        const [from, to] = text.split("-").map(Number) as [number, number];
+        return from >= 1 && to <= 65_535 && from <= to;
+      },
+      { message: "must be within 1-65535, low to high" },
+    )
+    .optional(),
+  /** The default egress policy of every sandbox (JSON in SBX_EGRESS_POLICY); templates and creates add to it. */
+  egressPolicy: z
+    .preprocess((value, context) => {
+      if (typeof value !== "string") return value;
+      try {
+        return JSON.parse(value);
+      } catch {
+        context.addIssue({ code: "custom", message: "must be a JSON egress policy" });
+        return z.NEVER;
+      }
+    }, egressPolicySchema)
+    .optional(),
   /**
    * off: never expect a memfd. prefer: use it when Firecracker sends one, else warn and count a
    * fallback. require: a create without one fails (MEMFD_MISSING).
@@ -144,6 +198,13 @@ export interface OrchestratorConfig {
   tapName: string;
   tapAddress: string;
   guestAddress: string;
+  networkPoolSize: number;
+  firewallTable: string;
+  /** Undefined: the host's upstream resolvers, read when a network is created (hostResolvers()). */
+  dnsServers: string[] | undefined;
+  /** `from-to`, e.g. 40000-40999 (parsePortRange). */
+  publishPortRange: string;
+  egressPolicy: EgressPolicy | undefined;
   useMemfd: UseMemfdMode;
   seccompFilter: string | undefined;
   allowNoSeccomp: boolean;
@@ -176,6 +237,11 @@ export const CONFIG_ENV_VARIABLES: Readonly<Record<OptionName, { variable: strin
     tapName: { variable: "SBX_TAP_NAME", kind: "string" },
     tapAddress: { variable: "SBX_TAP_ADDRESS", kind: "string" },
     guestAddress: { variable: "SBX_GUEST_ADDRESS", kind: "string" },
+    networkPoolSize: { variable: "SBX_NETWORK_POOL_SIZE", kind: "integer" },
+    firewallTable: { variable: "SBX_FIREWALL_TABLE", kind: "string" },
+    dnsServers: { variable: "SBX_DNS_SERVERS", kind: "string" },
+    publishPortRange: { variable: "SBX_PUBLISH_PORT_RANGE", kind: "string" },
+    egressPolicy: { variable: "SBX_EGRESS_POLICY", kind: "string" },
     useMemfd: { variable: "SBX_USE_MEMFD", kind: "string" },
     seccompFilter: { variable: "SBX_SECCOMP_FILTER", kind: "string" },
     allowNoSeccomp: { variable: "SBX_ALLOW_NO_SECCOMP", kind: "boolean" },
@@ -288,6 +354,11 @@ function resolveConfig(
     tapName: options.tapName ?? CONFIG_DEFAULTS.tapName,
     tapAddress: options.tapAddress ?? CONFIG_DEFAULTS.tapAddress,
     guestAddress: options.guestAddress ?? CONFIG_DEFAULTS.guestAddress,
+    networkPoolSize: options.networkPoolSize ?? CONFIG_DEFAULTS.networkPoolSize,
+    firewallTable: options.firewallTable ?? CONFIG_DEFAULTS.firewallTable,
+    dnsServers: options.dnsServers,
+    publishPortRange: options.publishPortRange ?? CONFIG_DEFAULTS.publishPortRange,
+    egressPolicy: options.egressPolicy,
     useMemfd: options.useMemfd ?? (CONFIG_DEFAULTS.useMemfd as UseMemfdMode),
     seccompFilter: options.seccompFilter,
     allowNoSeccomp: options.allowNoSeccomp ?? false,
@@ -300,6 +371,12 @@ function resolveConfig(
 
   if (issues.length > 0) throw invalid(issues);
   return Object.freeze(config);
+}
+
+/** `40000-40999` → `{ from: 40000, to: 40999 }` (the config has validated it). */
+export function parsePortRange(text: string): { from: number; to: number } {
+  const [from, to] = text.split("-").map(Number) as [number, number];
+  return { from, to };
 }
 
 function checkNetwork(

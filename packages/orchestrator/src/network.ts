@@ -20,6 +20,12 @@ export interface NetworkNamespaceOptions {
   tapAddress: string;
   /** The guest's address (configured inside the guest, recorded here). */
   guestAddress: string;
+  /**
+   * Forwarding and NAT inside the namespace (default true): the guest's packets leave masqueraded as
+   * the namespace's veth address, and exposed ports are DNATed to the guest. Without it traffic stays
+   * between the namespace and the host-side veth.
+   */
+  nat?: boolean;
   timeoutMs?: number;
   signal?: AbortSignal;
 }
@@ -71,11 +77,34 @@ function stderrOf(error: unknown): string {
   return "";
 }
 
+/** The nftables table inside every sandbox namespace (the namespace is sbx's alone). */
+export const NAMESPACE_TABLE = "sbx";
+
+/**
+ * Clones share the guest address, so the namespace is where they become distinct: the guest's
+ * traffic leaves as the namespace's veth address, and a port exposed on that address reaches this
+ * guest only.
+ */
+function namespaceNatScript(): string {
+  return `table ip ${NAMESPACE_TABLE} {
+  map exposed { type inet_service : ipv4_addr; }
+  chain prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+    iifname "${NAMESPACE_VETH_NAME}" dnat to tcp dport map @exposed
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "${NAMESPACE_VETH_NAME}" masquerade
+  }
+}
+`;
+}
+
 /**
  * One sandbox's network: a namespace holding a TAP with the same name and address as in every
  * other sandbox (Firecracker's network-for-clones pattern), joined to the host by a veth pair with
- * a per-sandbox /30. No NAT and no forwarding is set up here: traffic stays between the namespace
- * and the host-side veth.
+ * a per-sandbox /30. With `nat` (the default) the namespace forwards the guest's traffic out of its
+ * veth, masqueraded; what the host lets through is the host firewall's business (nftables.ts).
  */
 export class NetworkNamespace implements AsyncDisposable {
   readonly name: string;
@@ -170,6 +199,20 @@ export async function createNetworkNamespace(options: NetworkNamespaceOptions): 
         "",
       ].join("\n"),
     });
+    if (options.nat !== false) {
+      // /proc/sys/net is per network namespace: this turns on forwarding in the sandbox's only.
+      await ip(
+        [
+          "netns",
+          "exec",
+          options.name,
+          "/bin/sh",
+          "-c",
+          "echo 1 > /proc/sys/net/ipv4/ip_forward && exec nft -f -",
+        ],
+        { ...run, input: namespaceNatScript() },
+      );
+    }
   } catch (error) {
     // Only remove what this call created: an existing namespace or link belongs to someone else.
     if (createdVeth) await deleteLink(options.hostVethName).catch(() => undefined);

@@ -1,6 +1,10 @@
 import { rm } from "node:fs/promises";
 import { type Logger, silentLogger } from "@sbx/arch";
+import { AddressPool } from "./address-pool.ts";
+import { CONFIG_DEFAULTS } from "./config.ts";
+import { type ReclaimedPoolNetwork, reclaimNetworkPool } from "./netns-pool.ts";
 import { teardownNetworkNamespace } from "./network.ts";
+import { listHostFirewall, removeSandboxRules } from "./nftables.ts";
 import { checkProcessIdentity, type TerminateResult, terminateRecordedProcess } from "./process-identity.ts";
 import type { InvalidRecord, SandboxProcessRole, SandboxRecord, StateDirectory } from "./state-dir.ts";
 
@@ -8,7 +12,7 @@ export interface ReclaimedSandbox {
   id: string;
   processes: { role: SandboxProcessRole; pid: number; result: TerminateResult }[];
   removedSockets: string[];
-  network?: { name: string; removedLink: boolean; removedNamespace: boolean };
+  network?: { name: string; removedRules: boolean; removedLink: boolean; removedNamespace: boolean };
   removedDirectory: boolean;
   errors: string[];
 }
@@ -20,12 +24,17 @@ export interface ReclaimReport {
   /** Directories without a readable record: left for a human, since nothing says what they own. */
   invalid: InvalidRecord[];
   removedTempFiles: string[];
+  /** Prepared (pooled) networks of a crashed run. */
+  networkPool: ReclaimedPoolNetwork[];
 }
 
 export interface ReclaimOptions {
   /** SIGTERM → SIGKILL grace per process; default 2 s. */
   graceMs?: number;
   logger?: Logger;
+  /** The host firewall table and address pool the sandboxes were created with (config). */
+  firewallTable?: string;
+  hostAddressPool?: string;
 }
 
 // Firecracker first: a page-fault server must never go before the VM it serves, or the VM hangs.
@@ -72,8 +81,18 @@ export async function reclaimSandbox(
   }
   if (record.networkNamespace) {
     try {
+      const table = options.firewallTable ?? CONFIG_DEFAULTS.firewallTable;
+      // Published host ports point at the namespace's address: remove those of this sandbox only.
+      const namespaceAddress = new AddressPool(
+        options.hostAddressPool ?? CONFIG_DEFAULTS.hostAddressPool,
+      ).addressesFor(record.networkNamespace.addressIndex).namespaceAddress;
+      const published = (await listHostFirewall(table)).published.filter(
+        (p) => p.address === namespaceAddress,
+      );
+      const removedRules = await removeSandboxRules(table, record.networkNamespace.hostVethName, published);
       result.network = {
         name: record.networkNamespace.name,
+        removedRules,
         ...(await teardownNetworkNamespace(record.networkNamespace)),
       };
     } catch (error) {
@@ -94,7 +113,8 @@ export async function reclaimSandbox(
 /**
  * Removes what a crashed previous run left in the state directory: for every sandbox whose owning
  * orchestrator is gone, stop its recorded processes (only if /proc still shows the same start time
- * and command line), remove its sockets, network namespace and directory. Run it on start, after
+ * and command line), remove its sockets, host firewall rules, network namespace and directory; then
+ * the prepared networks of its network pool. Run it on start, after
  * taking the state directory's lock.
  */
 export async function reclaim(
@@ -102,7 +122,13 @@ export async function reclaim(
   options: ReclaimOptions = {},
 ): Promise<ReclaimReport> {
   const { records, invalid } = await stateDir.listSandboxes();
-  const report: ReclaimReport = { reclaimed: [], skipped: [], invalid, removedTempFiles: [] };
+  const report: ReclaimReport = {
+    reclaimed: [],
+    skipped: [],
+    invalid,
+    removedTempFiles: [],
+    networkPool: [],
+  };
   for (const record of records) {
     const owner = await checkProcessIdentity(record.owner);
     if (owner.same) {
@@ -114,6 +140,9 @@ export async function reclaim(
     }
     report.reclaimed.push(await reclaimSandbox(stateDir, record, options));
   }
+  report.networkPool = await reclaimNetworkPool(stateDir.root, {
+    ...(options.logger ? { logger: options.logger } : {}),
+  });
   report.removedTempFiles = await stateDir.removeTempFiles();
   return report;
 }

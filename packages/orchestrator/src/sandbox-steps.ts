@@ -1,7 +1,10 @@
 import type { SandboxAddresses } from "./address-pool.ts";
-import { createNetworkNamespace, type NetworkNamespace, networkNamesFor } from "./network.ts";
+import type { EgressPolicy } from "./egress-policy.ts";
+import { createSandboxNetwork, type NetworkPool, releaseSandboxNetwork } from "./netns-pool.ts";
+import { type NetworkNamespace, networkNamesFor } from "./network.ts";
 import type { OrchestratorState } from "./orchestrator-state.ts";
 import { newSandboxId } from "./sandbox-id.ts";
+import type { SandboxNetwork } from "./sandbox-network.ts";
 import type { SandboxRecord } from "./state-dir.ts";
 import type { Step } from "./steps.ts";
 
@@ -13,10 +16,16 @@ export interface SandboxCreateContext {
   state: OrchestratorState;
   sandboxId: string;
   template?: string;
+  /** The build the sandbox maps: its record pins it against gc. */
+  buildId?: string;
   sandboxDir?: string;
   record?: SandboxRecord;
   addresses?: SandboxAddresses;
   network?: NetworkNamespace;
+  /** Namespace, host rules, exposed ports: `sandboxNetwork.expose(port)`. */
+  sandboxNetwork?: SandboxNetwork;
+  /** The policy the network step puts in force (template's combined with the create's). */
+  egressPolicy?: EgressPolicy;
 }
 
 export function newSandboxCreateContext(
@@ -58,6 +67,7 @@ export function stateRecordStep(): Step<SandboxCreateContext> {
         createdAt: new Date().toISOString(),
         state: "creating",
         ...(context.template === undefined ? {} : { template: context.template }),
+        ...(context.buildId === undefined ? {} : { build: context.buildId }),
         owner: self,
         processes: [],
         sockets: [],
@@ -74,63 +84,73 @@ export function stateRecordStep(): Step<SandboxCreateContext> {
   };
 }
 
+export interface NetworkStepOptions {
+  /** Take prepared networks from this pool (the Orchestrator's); without one each is created here. */
+  pool?: NetworkPool;
+}
+
 /**
- * The sandbox's network namespace, TAP and veth pair. The names are recorded before they are
- * created: teardown is idempotent, so recording an intent that a crash interrupted is harmless,
- * while a namespace created but not recorded would leak.
+ * The sandbox's network: namespace, TAP, veth pair, NAT and its host firewall chain, then its egress
+ * policy (`context.egressPolicy`, default allow with the default denies). The names are recorded
+ * before they are created: teardown is idempotent, so recording an intent that a crash interrupted is
+ * harmless, while a namespace created but not recorded would leak. A pooled network is recorded by
+ * its pool until this step has written it into the sandbox's record.
  */
-export function networkStep(): Step<SandboxCreateContext> {
+export function networkStep(options: NetworkStepOptions = {}): Step<SandboxCreateContext> {
   return {
     name: "network",
     async run(context, { signal }) {
-      const names = networkNamesFor(context.sandboxId);
-      const { network, release } = await allocateNetwork(context.state, names, {
-        signal,
-        // Recorded before it exists: teardown is idempotent, a namespace that exists unrecorded would leak.
-        beforeCreate: (addressIndex) =>
-          updateSandboxRecord(context, (record) => ({
-            ...record,
-            networkNamespace: { ...names, addressIndex },
-          })).then(() => undefined),
-      });
-      context.addresses = network.addresses;
-      context.network = network;
+      const record = (network: { name: string; hostVethName: string }, addressIndex: number) =>
+        updateSandboxRecord(context, (current) => ({
+          ...current,
+          networkNamespace: { name: network.name, hostVethName: network.hostVethName, addressIndex },
+        })).then(() => undefined);
+      let sandboxNetwork: SandboxNetwork;
+      let release: () => Promise<void>;
+      if (options.pool) {
+        const pool = options.pool;
+        ({ network: sandboxNetwork } = await pool.take({
+          claim: (network) => record(network, network.addresses.index),
+          ...(context.egressPolicy ? { policy: context.egressPolicy } : {}),
+          signal,
+        }));
+        release = () => pool.release(sandboxNetwork);
+      } else {
+        const names = networkNamesFor(context.sandboxId);
+        const allocated = await allocateNetwork(context.state, names, {
+          signal,
+          ...(context.egressPolicy ? { policy: context.egressPolicy } : {}),
+          beforeCreate: (addressIndex) => record(names, addressIndex),
+        });
+        sandboxNetwork = allocated.sandboxNetwork;
+        release = allocated.release;
+      }
+      context.addresses = sandboxNetwork.addresses;
+      context.network = sandboxNetwork.namespace;
+      context.sandboxNetwork = sandboxNetwork;
       return release;
     },
   };
 }
 
 /**
- * A network namespace with the sandbox TAP, and a /30 from the address pool for its veth pair. The
- * address goes back to the pool when creating fails or `release` runs (after teardown).
+ * A network namespace with the sandbox TAP, NAT and host rules (egress `policy`, default allow with
+ * the default denies), and a /30 from the address pool for its veth pair. The address goes back to
+ * the pool when creating fails or `release` runs (after teardown).
  */
 export async function allocateNetwork(
   state: OrchestratorState,
   names: { name: string; hostVethName: string },
-  options: { signal?: AbortSignal; beforeCreate?: (addressIndex: number) => Promise<void> } = {},
-): Promise<{ network: NetworkNamespace; release: () => Promise<void> }> {
-  const { addressPool, config } = state;
-  const addresses = addressPool.allocate();
-  let network: NetworkNamespace;
-  try {
-    await options.beforeCreate?.(addresses.index);
-    network = await createNetworkNamespace({
-      ...names,
-      addresses,
-      tapName: config.tapName,
-      tapAddress: config.tapAddress,
-      guestAddress: config.guestAddress,
-      ...(options.signal ? { signal: options.signal } : {}),
-    });
-  } catch (error) {
-    addressPool.release(addresses.index);
-    throw error;
-  }
+  options: {
+    signal?: AbortSignal;
+    policy?: EgressPolicy;
+    beforeCreate?: (addressIndex: number) => Promise<void>;
+  } = {},
+): Promise<{ network: NetworkNamespace; sandboxNetwork: SandboxNetwork; release: () => Promise<void> }> {
+  const sandboxNetwork = await createSandboxNetwork(state, names, options);
   return {
-    network,
-    release: async () => {
-      await network.teardown();
-      addressPool.release(addresses.index);
-    },
+    network: sandboxNetwork.namespace,
+    sandboxNetwork,
+    release: () => releaseSandboxNetwork(state, sandboxNetwork),
   };
 }
