@@ -1,11 +1,20 @@
 import { execFileSync } from "node:child_process";
-import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { platformMatchScore } from "./platform.ts";
 import { type TarEntry, TarFormatError, TarParser } from "./tar-reader.ts";
 import { tarArchive } from "./tar-writer.ts";
 import { tempDir } from "./test-oci-helpers.ts";
+import {
+  CAP_NET_RAW,
+  capabilityV2,
+  paxHeader,
+  paxRecord,
+  sampleAccessAcl,
+  xattrRecords,
+  xattrTarArchive,
+} from "./test-xattr-tar.ts";
 
 function parse(archive: Buffer, chunkSize = archive.length): { entry: TarEntry; data: string }[] {
   const entries: { entry: TarEntry; data: string }[] = [];
@@ -83,6 +92,133 @@ describe("TarParser", () => {
     for (let i = 0; i < 512; i++) sum += sparse[i]!;
     sparse.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148, "latin1");
     expect(() => parse(sparse)).toThrow(/type 'S'/);
+  });
+});
+
+const hasSetfattr = ["/usr/bin/setfattr", "/bin/setfattr"].some((path) => existsSync(path));
+const isRoot = process.getuid?.() === 0;
+
+describe("TarParser: xattr records", () => {
+  it.skipIf(!hasSetfattr || !isRoot)(
+    `reads the SCHILY.xattr records GNU tar --xattrs writes, byte for byte, in chunks of any size${
+      !hasSetfattr || !isRoot ? " (skipped: needs root and setfattr: apt install attr)" : ""
+    }`,
+    async () => {
+      await using tmp = await tempDir();
+      const src = join(tmp.path, "src");
+      mkdirSync(src);
+      writeFileSync(join(src, "ping"), "p");
+      writeFileSync(join(src, "data"), "d");
+      const capability = capabilityV2(CAP_NET_RAW);
+      const binary = Buffer.from([0, 10, 0x3d, 0xff, 0x20]);
+      execFileSync("setfattr", [
+        "-n",
+        "security.capability",
+        "-v",
+        `0x${capability.toString("hex")}`,
+        join(src, "ping"),
+      ]);
+      execFileSync("setfattr", ["-n", "user.bin", "-v", `0x${binary.toString("hex")}`, join(src, "data")]);
+      execFileSync("setfattr", [
+        "-n",
+        "system.posix_acl_access",
+        "-v",
+        `0x${sampleAccessAcl().toString("hex")}`,
+        join(src, "data"),
+      ]);
+      execFileSync("tar", [
+        "--xattrs",
+        "--xattrs-include=*",
+        "--format=posix",
+        "--sort=name",
+        "-cf",
+        join(tmp.path, "a.tar"),
+        "-C",
+        src,
+        "ping",
+        "data",
+      ]);
+      const archive = readFileSync(join(tmp.path, "a.tar"));
+      for (const chunkSize of [archive.length, 100, 7]) {
+        const byPath = new Map(parse(archive, chunkSize).map((e) => [e.entry.path, e.entry]));
+        expect(byPath.get("ping")?.xattrs).toEqual([{ name: "security.capability", value: capability }]);
+        const data = new Map(byPath.get("data")?.xattrs.map((x) => [x.name, x.value]));
+        expect(data.get("user.bin")).toEqual(binary);
+        expect(data.get("system.posix_acl_access")).toEqual(sampleAccessAcl());
+        expect(byPath.get("data")?.mode).toBe(0o664);
+      }
+    },
+  );
+
+  it("reads bsdtar's LIBARCHIVE.xattr records (percent-encoded names, unpadded base64), and gives entries without records none", () => {
+    const archive = xattrTarArchive([
+      {
+        path: "a",
+        content: "x",
+        style: "LIBARCHIVE",
+        xattrs: { "user.we=ird %name é": Buffer.from([1, 2, 3, 4]) },
+      },
+      // bsdtar writes both forms; the same value twice is one xattr.
+      Buffer.concat([
+        paxHeader(
+          Buffer.concat([
+            xattrRecords({ "user.both": "v" }, "LIBARCHIVE"),
+            xattrRecords({ "user.both": "v" }, "SCHILY"),
+          ]),
+        ),
+        xattrTarArchive([{ path: "b", content: "y" }]).subarray(0, 1024),
+      ]),
+      { path: "c", content: "z" },
+    ]);
+    const entries = parse(archive, 13);
+    expect(entries.map((e) => [e.entry.path, e.data])).toEqual([
+      ["a", "x"],
+      ["b", "y"],
+      ["c", "z"],
+    ]);
+    expect(entries[0]!.entry.xattrs).toEqual([
+      { name: "user.we=ird %name é", value: Buffer.from([1, 2, 3, 4]) },
+    ]);
+    expect(entries[1]!.entry.xattrs).toEqual([{ name: "user.both", value: Buffer.from("v") }]);
+    expect(entries[2]!.entry.xattrs).toEqual([]);
+  });
+
+  it("keeps records of consecutive PAX headers together, and ignores a global header's", () => {
+    const archive = xattrTarArchive([
+      paxHeader(xattrRecords({ "user.global": "g" }, "SCHILY"), "g"),
+      paxHeader(xattrRecords({ "user.first": "1" }, "SCHILY")),
+      { path: "f", content: "x", xattrs: { "user.second": "2" } },
+      { path: "g", content: "y" },
+    ]);
+    const entries = parse(archive);
+    expect(entries[0]!.entry.xattrs.map((x) => x.name)).toEqual(["user.first", "user.second"]);
+    expect(entries[1]!.entry.xattrs).toEqual([]);
+  });
+
+  it.each([
+    [
+      "two values for one name",
+      Buffer.concat([
+        xattrRecords({ "user.a": "1" }, "SCHILY"),
+        xattrRecords({ "user.a": "2" }, "LIBARCHIVE"),
+      ]),
+      /two different values/,
+    ],
+    ["a record without its newline", Buffer.from("25 SCHILY.xattr.user.a=bc"), /does not end in a newline/],
+    [
+      "a LIBARCHIVE value that is not base64",
+      paxRecord("LIBARCHIVE.xattr.user.a", Buffer.from("a*b")),
+      /not base64/,
+    ],
+    [
+      "a bad percent escape",
+      paxRecord("LIBARCHIVE.xattr.user.%zz", Buffer.from("YQ")),
+      /malformed PAX record name/,
+    ],
+  ])("refuses %s", (_, records, message) => {
+    const archive = xattrTarArchive([paxHeader(records), { path: "f", content: "x" }]);
+    expect(() => parse(archive)).toThrow(TarFormatError);
+    expect(() => parse(archive)).toThrow(message);
   });
 });
 
