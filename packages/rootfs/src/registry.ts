@@ -2,7 +2,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Readable } from "node:stream";
+import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Logger, silentLogger } from "@sbx/arch";
@@ -127,7 +127,7 @@ class RegistryClient {
   }
 
   /** GET with auth and retries; the caller consumes or cancels the body. */
-  async get(path: string, accept?: string): Promise<Response> {
+  async get(path: string, accept?: string, headers: Record<string, string> = {}): Promise<Response> {
     const url = `${this.#base}${path}`;
     let authenticated = false;
     for (let attempt = 0; ; attempt++) {
@@ -136,6 +136,7 @@ class RegistryClient {
       try {
         response = await fetch(url, {
           headers: {
+            ...headers,
             ...(accept ? { accept } : {}),
             ...(this.#authorization ? { authorization: this.#authorization } : {}),
           },
@@ -584,6 +585,38 @@ async function blobIntact(path: string, descriptor: Descriptor): Promise<boolean
   return false;
 }
 
+/** The first `count` bytes are dropped: they are already in the partial file, and only hashed again. */
+function dropFirst(count: number): Transform {
+  let left = count;
+  return new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      if (left >= chunk.length) {
+        left -= chunk.length;
+        callback();
+        return;
+      }
+      const rest = left > 0 ? chunk.subarray(left) : chunk;
+      left = 0;
+      callback(null, rest);
+    },
+  });
+}
+
+/** `bytes 100-199/1000` → 100. */
+function contentRangeStart(header: string | null): number | undefined {
+  const match = /^bytes\s+(\d+)-\d+\/(?:\d+|\*)$/.exec(header?.trim() ?? "");
+  return match ? Number(match[1]) : undefined;
+}
+
+/**
+ * Streams a blob into `{path}.partial` and renames it to `path` once its digest and size check out.
+ * A download cut off (here, or in an earlier pull that was interrupted) resumes: the bytes already
+ * in the partial file are hashed again from disk and the rest is asked for with `Range: bytes=N-`;
+ * a registry that answers 200 instead of 206 sends the whole blob, which then replaces the partial
+ * file. A digest or size mismatch deletes the partial file, so the next attempt starts clean.
+ * Two pulls of the same blob into the same layout at once share the partial file; the digest check
+ * still keeps a mixed result out of `blobs/`.
+ */
 async function downloadBlob(
   client: RegistryClient,
   descriptor: Descriptor,
@@ -593,26 +626,70 @@ async function downloadBlob(
   onBytes: (bytes: number) => void,
 ): Promise<void> {
   const retries = options.retries ?? 4;
+  const partial = `${path}.partial`;
+  const what = `blob ${descriptor.digest} from ${reference.canonical}`;
   for (let attempt = 0; ; attempt++) {
-    const temp = `${path}.partial-${randomBytes(4).toString("hex")}`;
     try {
-      const response = await client.get(`/blobs/${descriptor.digest}`);
+      let have = (await stat(partial).catch(() => undefined))?.size ?? 0;
+      if (have > 0 && have >= descriptor.size) {
+        // All there (the pull stopped before the rename), or too long: check it, else start over.
+        if (have === descriptor.size && (await blobIntact(partial, descriptor))) {
+          await rename(partial, path);
+          return;
+        }
+        await rm(partial, { force: true });
+        have = 0;
+      }
+      const response = await client.get(
+        `/blobs/${descriptor.digest}`,
+        undefined,
+        have > 0 ? { range: `bytes=${have}-` } : {},
+      );
       if (!response.body) throw new Error("the registry sent no body");
-      await pipeline(
-        Readable.fromWeb(response.body as import("node:stream/web").ReadableStream<Uint8Array>),
-        verifyingStream(descriptor, `blob ${descriptor.digest} from ${reference.canonical}`, onBytes),
-        createWriteStream(temp, { flags: "wx" }),
+      const resumed =
+        response.status === 206 && contentRangeStart(response.headers.get("content-range")) === have;
+      if (response.status === 206 && !resumed) {
+        await response.body.cancel();
+        await rm(partial, { force: true });
+        throw new Error(`the registry answered a range other than bytes=${have}-`);
+      }
+      const offset = resumed ? have : 0;
+      if (offset > 0) {
+        options.logger?.info?.({ digest: descriptor.digest, offset }, "resuming blob download");
+      }
+      // The body gets the signal itself: the generator below cannot be stopped while it awaits a stalled body.
+      const body = Readable.fromWeb(
+        response.body as import("node:stream/web").ReadableStream<Uint8Array>,
         options.signal ? { signal: options.signal } : {},
       );
-      await rename(temp, path);
+      async function* content() {
+        if (offset > 0) yield* createReadStream(partial, { end: offset - 1 });
+        yield* body;
+      }
+      try {
+        await pipeline(
+          Readable.from(content()),
+          verifyingStream(descriptor, what, onBytes),
+          dropFirst(offset),
+          createWriteStream(partial, { flags: offset > 0 ? "a" : "w", flush: true }),
+          options.signal ? { signal: options.signal } : {},
+        );
+      } finally {
+        body.destroy();
+      }
+      await rename(partial, path);
       return;
     } catch (error) {
-      await rm(temp, { force: true });
-      const retryable = !(error instanceof RootfsError) && !options.signal?.aborted && attempt < retries;
+      if (error instanceof RootfsError) {
+        // Altered content: what is on disk cannot be resumed from.
+        if (error.code === "OCI_DIGEST_MISMATCH") await rm(partial, { force: true });
+        throw error;
+      }
+      const retryable = !options.signal?.aborted && attempt < retries;
       if (!retryable) throw error;
       options.logger?.warn?.(
         { digest: descriptor.digest, attempt: attempt + 1, error: (error as Error).message },
-        "blob download interrupted; retrying",
+        "blob download interrupted; resuming",
       );
       await sleep(Math.min((options.retryDelayMs ?? 250) * 2 ** attempt, 10_000));
     }

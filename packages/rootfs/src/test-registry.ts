@@ -116,12 +116,16 @@ export interface ProxyFaults {
   resetOnce?: string[];
   /** Flip one byte in every response for a path containing this. */
   corrupt?: string[];
+  /** Send half of the first response for a path containing this, then stall until disposed. */
+  stallOnce?: string[];
 }
 
 export interface BearerProxy {
   host: string;
   requests: string[];
   tokenRequests: string[];
+  /** Every blob request with its Range header (undefined when it asked for the whole blob). */
+  blobRequests: { path: string; range: string | undefined }[];
   faults: ProxyFaults;
   [Symbol.asyncDispose](): Promise<void>;
 }
@@ -139,6 +143,7 @@ export async function startBearerProxy(
   const token = "sbx-test-token-5f3a";
   const requests: string[] = [];
   const tokenRequests: string[] = [];
+  const blobRequests: { path: string; range: string | undefined }[] = [];
   const used = new Set<string>();
   let host = "";
   const handle = async (request: IncomingMessage, response: ServerResponse) => {
@@ -158,6 +163,8 @@ export async function startBearerProxy(
       return;
     }
     requests.push(url.pathname);
+    if (url.pathname.includes("/blobs/"))
+      blobRequests.push({ path: url.pathname, range: request.headers.range });
     if (request.headers.authorization !== `Bearer ${token}`) {
       const repository = /^\/v2\/(.+)\/(manifests|blobs)\//.exec(url.pathname)?.[1] ?? "";
       response
@@ -181,24 +188,37 @@ export async function startBearerProxy(
     const upstreamResponse = await fetch(`http://${upstream}${url.pathname}`, {
       headers: request.headers.accept ? { accept: request.headers.accept } : {},
     });
-    const body = Buffer.from(await upstreamResponse.arrayBuffer());
+    const whole = Buffer.from(await upstreamResponse.arrayBuffer());
     const headers: Record<string, string> = {};
     for (const name of ["content-type", "docker-content-digest"]) {
       const value = upstreamResponse.headers.get(name);
       if (value) headers[name] = value;
     }
-    if (faults.corrupt?.some((part) => url.pathname.includes(part)) && body.length > 0) {
-      body[Math.floor(body.length / 2)]! ^= 0xff;
+    if (faults.corrupt?.some((part) => url.pathname.includes(part)) && whole.length > 0) {
+      whole[Math.floor(whole.length / 2)]! ^= 0xff;
+    }
+    // Ranges are served from the buffered blob, as registries (and the CDNs behind them) do.
+    let status = upstreamResponse.status;
+    let body = whole;
+    const range = /^bytes=(\d+)-$/.exec(request.headers.range ?? "");
+    if (range && status === 200 && url.pathname.includes("/blobs/") && Number(range[1]) < whole.length) {
+      const start = Number(range[1]);
+      status = 206;
+      body = whole.subarray(start);
+      headers["content-range"] = `bytes ${start}-${whole.length - 1}/${whole.length}`;
     }
     if (once(faults.resetOnce, "reset")) {
-      response.writeHead(upstreamResponse.status, { ...headers, "content-length": String(body.length) });
+      response.writeHead(status, { ...headers, "content-length": String(body.length) });
       response.write(body.subarray(0, Math.floor(body.length / 2)));
       setTimeout(() => response.socket?.destroy(), 20);
       return;
     }
-    response
-      .writeHead(upstreamResponse.status, { ...headers, "content-length": String(body.length) })
-      .end(body);
+    if (once(faults.stallOnce, "stall")) {
+      response.writeHead(status, { ...headers, "content-length": String(body.length) });
+      response.write(body.subarray(0, Math.floor(body.length / 2)));
+      return;
+    }
+    response.writeHead(status, { ...headers, "content-length": String(body.length) }).end(body);
   };
   const server: Server = createServer((request, response) => {
     handle(request, response).catch((error: unknown) => {
@@ -211,6 +231,7 @@ export async function startBearerProxy(
     host,
     requests,
     tokenRequests,
+    blobRequests,
     faults,
     async [Symbol.asyncDispose]() {
       server.closeAllConnections();
