@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { chmod, chown, link, mkdir, mkdtemp, readdir, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,7 +7,9 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { RootfsError } from "./errors.ts";
 import { buildExt4Image, type Ext4Progress, e2fsckSucceeded, estimateContent, repairExt4 } from "./ext4.ts";
 import { injectGuestFiles } from "./guest-files.ts";
+import { CAP_NET_RAW, capabilityV2, sampleAccessAcl } from "./test-xattr-tar.ts";
 import { ext4List, ext4ReadFile, ext4Stat } from "./testing/index.ts";
+import { parsePosixAcl } from "./xattr.ts";
 
 const isRoot = process.getuid?.() === 0;
 let base: string;
@@ -162,6 +164,104 @@ describe("buildExt4Image", () => {
     expect((await ext4Stat(output, "/.sbx/bin/busybox")).size).toBe((await stat("/bin/busybox")).size);
     expect((await ext4Stat(output, "/tmp")).mode).toBe(0o1777);
   });
+});
+
+const hasSetfattr = ["/usr/bin/setfattr", "/bin/setfattr"].some((path) => existsSync(path));
+const xattrReason =
+  !isRoot || !hasSetfattr
+    ? " (skipped: needs root and setfattr for security.* and trusted.*: apt install attr)"
+    : "";
+
+/** The value of one xattr in the image, as debugfs's ea_get gives it (ACLs in the xattr format). */
+function imageXattr(image: string, path: string, name: string): Buffer {
+  const out = join(base, "ea-value");
+  execFileSync("debugfs", ["-R", `ea_get -f ${out} ${path} ${name}`, image], { stdio: "ignore" });
+  const value = readFileSync(out);
+  rmSync(out);
+  return value;
+}
+
+function imageXattrNames(image: string, path: string): string[] {
+  const listing = execFileSync("debugfs", ["-R", `ea_list ${path}`, image], {
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "ignore"],
+  });
+  return [...listing.matchAll(/^ {2}(\S+) \(\d+\)/gm)].map((match) => match[1]!).sort();
+}
+
+describe("buildExt4Image: extended attributes", () => {
+  it.skipIf(!!xattrReason)(
+    `mkfs.ext4 -d carries every xattr into the image: capabilities, ACLs, user., trusted., security. on files, directories and symlinks${xattrReason}`,
+    async () => {
+      await mkdir(join(src, "usr/bin"), { recursive: true });
+      await writeFile(join(src, "usr/bin/ping"), "p");
+      await chmod(join(src, "usr/bin/ping"), 0o755);
+      await link(join(src, "usr/bin/ping"), join(src, "usr/bin/ping4"));
+      await mkdir(join(src, "srv"));
+      await writeFile(join(src, "srv/shared"), "s");
+      await symlink("srv/shared", join(src, "link"));
+      const capability = capabilityV2(CAP_NET_RAW);
+      const set = (path: string, name: string, value: Buffer | string) =>
+        execFileSync("setfattr", [
+          "-h",
+          "-n",
+          name,
+          "-v",
+          `0x${Buffer.from(value).toString("hex")}`,
+          join(src, path),
+        ]);
+      set("usr/bin/ping", "security.capability", capability);
+      set("srv/shared", "system.posix_acl_access", sampleAccessAcl(1000));
+      set("srv/shared", "user.origin", Buffer.from([0, 1, 2, 255]));
+      set("srv", "system.posix_acl_default", sampleAccessAcl(2000));
+      set("srv", "trusted.dir", "t");
+      set("link", "trusted.link", "on the link");
+      set("link", "security.label", "l");
+
+      const output = join(base, "xattrs.ext4");
+      await buildExt4Image({ sourceDir: src, output });
+      expect(imageXattrNames(output, "/usr/bin/ping")).toEqual(["security.capability"]);
+      expect(imageXattr(output, "/usr/bin/ping", "security.capability")).toEqual(capability);
+      expect(imageXattr(output, "/usr/bin/ping4", "security.capability")).toEqual(capability);
+      expect(imageXattrNames(output, "/srv/shared")).toEqual(["system.posix_acl_access", "user.origin"]);
+      // debugfs hands ACLs back in the xattr format, with 0 for the unused ids of owner/group/other.
+      expect(parsePosixAcl(imageXattr(output, "/srv/shared", "system.posix_acl_access"))).toEqual(
+        parsePosixAcl(sampleAccessAcl(1000)),
+      );
+      expect(imageXattr(output, "/srv/shared", "user.origin")).toEqual(Buffer.from([0, 1, 2, 255]));
+      expect(imageXattrNames(output, "/srv")).toEqual(["system.posix_acl_default", "trusted.dir"]);
+      expect(parsePosixAcl(imageXattr(output, "/srv", "system.posix_acl_default"))).toEqual(
+        parsePosixAcl(sampleAccessAcl(2000)),
+      );
+      expect(imageXattrNames(output, "/link")).toEqual(["security.label", "trusted.link"]);
+      expect(imageXattrNames(output, "/srv/shared")).not.toContain("trusted.link");
+
+      // And the kernel reads them back from a loop mount: the guest sees what the tree had.
+      const mountpoint = join(base, "mnt");
+      await mkdir(mountpoint);
+      const mounts = () => readFileSync("/proc/self/mountinfo", "utf8").trim().split("\n").length;
+      const mountsBefore = mounts();
+      execFileSync("mount", ["-o", "ro,loop", output, mountpoint]);
+      try {
+        const dump = (root: string) =>
+          execFileSync("getfattr", ["-R", "-P", "-h", "-d", "-m", "-", "-e", "hex", "."], {
+            cwd: root,
+            encoding: "utf8",
+          })
+            .split("\n\n")
+            .map((block) => block.trim())
+            .filter((block) => block !== "" && !/^# file: (\.\/)?lost\+found/.test(block))
+            .sort()
+            .join("\n\n")
+            .trim();
+        expect(dump(mountpoint)).toBe(dump(src));
+        expect(dump(mountpoint)).toContain("security.capability=0x");
+      } finally {
+        execFileSync("umount", [mountpoint]);
+      }
+      expect(mounts()).toBe(mountsBefore);
+    },
+  );
 });
 
 describe("repairExt4", () => {
