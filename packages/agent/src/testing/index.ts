@@ -1,0 +1,8 @@
+export { type HybridVsockProxy, startHybridVsockProxy } from "./hybrid-vsock-proxy.ts";
+export {
+  type NamespacedAgent,
+  type NamespacedAgentOptions,
+  namespacedAgentUnavailable,
+  settle,
+  startNamespacedAgent,
+} from "./namespaced-agent.ts";

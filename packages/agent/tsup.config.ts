@@ -1,0 +1,9 @@
+import { defineConfig } from "tsup";
+import { packageBuildConfig } from "../../tsup.shared.ts";
+
+export default defineConfig(
+  packageBuildConfig({
+    index: "src/index.ts",
+    testing: "src/testing/index.ts",
+  }),
+);
