@@ -16,6 +16,8 @@ export type UffdErrorCode =
   | "SOCKET_IN_USE"
   | "INVALID_OPTIONS"
   | "MEMORY_FILE_INVALID"
+  /** A memory header that is truncated, fails its checksum, or maps pages twice, nowhere or out of range. */
+  | "MEMORY_HEADER_INVALID"
   | "CLOSED";
 
 /** The one error class of @sbx/uffd. `code` is stable; `errno`, `syscall` and `address` are set where they apply. */

@@ -17,6 +17,20 @@ export {
   type MemfdSeal,
 } from "./memfd.ts";
 export {
+  decodeMemoryHeader,
+  encodeMemoryHeader,
+  fullMemoryHeader,
+  MAX_HEADER_BUILDS,
+  MEMORY_HEADER_VERSION,
+  type MemoryHeader,
+  type MemoryHeaderEntry,
+  memoryFileExtents,
+  memoryHeaderLayers,
+  overlayMemoryHeader,
+  ownedRanges,
+  validateMemoryHeader,
+} from "./memory-header.ts";
+export {
   buildNativeHelper,
   bundledNativeHelperPath,
   NATIVE_HELPER_ABI,
