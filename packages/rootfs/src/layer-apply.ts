@@ -96,7 +96,14 @@ export class LayerApplier {
   #opaqueDirectories: string[][] = [];
   /** The file being written, closed by `abort()` when the stream fails in the middle of it. */
   #openFd: number | undefined;
-  readonly #xattrWriter = new XattrWriter();
+  readonly #xattrWriter = new XattrWriter({
+    onRefused: (path, name, message) =>
+      this.#noteIgnored(
+        path.slice(this.#resolver.root.length + 1),
+        name,
+        `the host refused to write it (${message.replace(/^setfattr: .*: /, "")})`,
+      ),
+  });
   /** Names applied to each directory (real key), removed again when an upper layer declares it anew. */
   readonly #directoryXattrs = new Map<string, string[]>();
   readonly #ignoredXattrs = new Map<string, IgnoredXattrs>();

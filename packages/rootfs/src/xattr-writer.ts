@@ -9,8 +9,13 @@ import type { Xattr } from "./xattr.ts";
  * file. `-h` makes it lsetxattr(2): a symlink's own xattrs are written and no link is followed. The
  * paths are resolved real paths inside the unpacker's private staging directory.
  *
- * Records wait until `flush()`: the applier flushes before it removes or links to a path that has
- * pending records, at the end of every layer, and when a batch grows past `maxBatchBytes`.
+ * Records wait until `flush()`: at the end of every layer, when a batch grows past `maxBatchBytes`,
+ * and before a hard link to a path with pending records; the applier drops a path's records when
+ * it removes the path.
+ *
+ * When the host refuses a record (EPERM or EACCES: a user namespace whose root may not write
+ * `trusted.*`, an LSM policy), the batch is replayed record by record so that only the refused ones
+ * are lost, each reported through `onRefused`; any other failure (ENOTSUP, ENOSPC, ...) is an error.
  */
 export class XattrWriter {
   readonly #pending = new Map<string, Xattr[]>();
@@ -19,8 +24,16 @@ export class XattrWriter {
   /** Records written so far. */
   written = 0;
 
-  constructor(options: { maxBatchBytes?: number } = {}) {
+  readonly #onRefused: (path: string, name: string, message: string) => void;
+
+  constructor(
+    options: {
+      maxBatchBytes?: number;
+      onRefused?: (path: string, name: string, message: string) => void;
+    } = {},
+  ) {
     this.#maxBatchBytes = options.maxBatchBytes ?? 1024 * 1024;
+    this.#onRefused = options.onRefused ?? (() => {});
   }
 
   /** Queue `xattrs` for the file at `hostPath` (replacing what was queued for it). */
@@ -69,10 +82,28 @@ export class XattrWriter {
       }
       lines.push("");
     }
+    const batch = [...this.#pending];
     this.#pending.clear();
     this.#pendingBytes = 0;
-    runSetfattr(["-h", "--restore=-"], `${lines.join("\n")}\n`);
-    this.written += count;
+    try {
+      runSetfattr(["-h", "--restore=-"], `${lines.join("\n")}\n`);
+      this.written += count;
+    } catch (error) {
+      if (!refusedByHost(error)) throw error;
+      for (const [path, xattrs] of batch) {
+        for (const xattr of xattrs) {
+          // base64 keeps a 64 KiB value under the kernel's 128 KiB limit for one argument.
+          const value = xattr.value.length === 0 ? [] : ["-v", `0s${xattr.value.toString("base64")}`];
+          try {
+            runSetfattr(["-h", "-n", xattr.name, ...value, path]);
+            this.written++;
+          } catch (recordError) {
+            if (!refusedByHost(recordError)) throw recordError;
+            this.#onRefused(path, xattr.name, String((recordError as RootfsError).details.stderr));
+          }
+        }
+      }
+    }
   }
 
   /** Remove `names` from the file at `hostPath` now (a directory an upper layer declares again). */
@@ -101,6 +132,11 @@ export function escapeDumpText(text: string): string {
     out += safe ? String.fromCharCode(byte) : `\\${byte.toString(8).padStart(3, "0")}`;
   }
   return out;
+}
+
+function refusedByHost(error: unknown): boolean {
+  if (!(error instanceof RootfsError) || error.code !== "LAYER_INVALID") return false;
+  return /Operation not permitted|Permission denied/.test(String(error.details.stderr));
 }
 
 function runSetfattr(args: string[], input?: string): void {

@@ -350,4 +350,47 @@ describe("XattrWriter", () => {
       expect(() => read(join(gone, "child"), "user.c")).toThrow();
     },
   );
+
+  it.skipIf(!!kernelReason)(
+    `replays a batch the host partly refuses record by record, reporting only the refused ones${kernelReason}`,
+    async () => {
+      await using tmp = await tempDir();
+      const locked = join(tmp.path, "locked");
+      const open = join(tmp.path, "open");
+      writeFileSync(locked, "x");
+      writeFileSync(open, "y");
+      // The kernel refuses any xattr change on an immutable file with EPERM, root or not.
+      execFileSync("chattr", ["+i", locked]);
+      try {
+        const refused: [string, string, string][] = [];
+        const writer = new XattrWriter({ onRefused: (...args) => refused.push(args) });
+        writer.add(locked, [{ name: "user.a", value: Buffer.from("a") }]);
+        writer.add(open, [
+          { name: "user.b", value: Buffer.from("b") },
+          { name: "user.empty", value: Buffer.alloc(0) },
+          { name: "user.big", value: Buffer.alloc(3000, 7) },
+        ]);
+        writer.flush();
+        expect(refused).toEqual([[locked, "user.a", expect.stringContaining("Operation not permitted")]]);
+        expect(writer.written).toBe(3);
+        const read = (name: string) =>
+          execFileSync("getfattr", ["--only-values", "-n", name, "--absolute-names", open]);
+        expect(read("user.b").toString()).toBe("b");
+        expect(read("user.empty")).toEqual(Buffer.alloc(0));
+        expect(read("user.big")).toEqual(Buffer.alloc(3000, 7));
+      } finally {
+        execFileSync("chattr", ["-i", locked]);
+      }
+    },
+  );
+
+  it.skipIf(!hasSetfattr)(
+    `fails with the host's reason when a failure is not a refusal${hasSetfattr ? "" : " (skipped: setfattr not installed)"}`,
+    async () => {
+      await using tmp = await tempDir();
+      const writer = new XattrWriter();
+      writer.add(join(tmp.path, "missing"), [{ name: "user.a", value: Buffer.from("a") }]);
+      expect(() => writer.flush()).toThrow(/No such file or directory/);
+    },
+  );
 });
