@@ -226,3 +226,11 @@ export async function dockerCredentialsFor(
   if (config.credsStore) return askHelper(config.credsStore, server, options);
   return undefined;
 }
+
+/** Docker's credentials as this process's environment finds them (DOCKER_CONFIG, HOME, PATH). */
+export function dockerCredentialsFromEnv(
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): (registry: string) => Promise<RegistryAuth | undefined> {
+  const options = dockerCredentialOptionsFromEnv(env);
+  return (registry) => dockerCredentialsFor(registry, options);
+}

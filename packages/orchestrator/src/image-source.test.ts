@@ -14,7 +14,10 @@ import {
 } from "../../rootfs/src/test-registry.ts";
 import { dockerCredentialsFor, normalizeRegistryKey, readDockerConfig } from "./docker-config.ts";
 import { isImageReference, parsePlatformOverride, resolveImageSource } from "./image-source.ts";
+import type { ProgressEvent } from "./progress.ts";
+import { parseTemplateRequest, resolveTemplateInputs } from "./template-inputs.ts";
 import { childPids } from "./test-capabilities.ts";
+import { templateFixture, testResolver } from "./test-template-fixture.ts";
 
 let root: string;
 beforeAll(async () => {
@@ -208,6 +211,45 @@ describe.skipIf(missing !== undefined)(
           cacheDir: join(root, "anon"),
         }),
       ).rejects.toMatchObject({ code: "REGISTRY_AUTH_FAILED" });
+    });
+
+    it("resolveTemplateInputs builds from an image reference: pulled, unpacked for the target, with progress", async () => {
+      const fixture = await templateFixture();
+      try {
+        await pushLayout(fixture.layoutDir, "", `${locked.host}/team/template:1`, {
+          creds: `${login.username}:${login.password}`,
+        });
+        const configPath = join(root, "template-config.json");
+        await writeFile(
+          configPath,
+          JSON.stringify({ auths: { [locked.host]: { auth: basic(login.username, login.password) } } }),
+        );
+        const events: ProgressEvent[] = [];
+        const inputs = await resolveTemplateInputs(
+          fixture.config,
+          parseTemplateRequest({
+            name: "pulled",
+            ociLayout: `${locked.host}/team/template:1`,
+            network: false,
+          }),
+          join(fixture.dir, "work"),
+          {
+            resolver: testResolver("/bin/true"),
+            credentials: (registry) => dockerCredentialsFor(registry, { configPath }),
+            onProgress: (event) => events.push(event),
+          },
+        );
+        expect(readFileSync(join(inputs.rootDir, "etc/motd"), "utf8")).toBe("built by sbx tests\n");
+        const pulledLayout = join(fixture.config.stateDir, "images", locked.host, "team/template", "1");
+        const index = JSON.parse(readFileSync(join(pulledLayout, "index.json"), "utf8")) as {
+          manifests: { digest: string }[];
+        };
+        expect(inputs.boot.ociManifestDigest).toBe(index.manifests[0]!.digest);
+        expect(events.some((event) => event.phase === "pull" && event.done)).toBe(true);
+        expect(events.some((event) => event.phase === "unpack" && event.done)).toBe(true);
+      } finally {
+        await rm(fixture.dir, { recursive: true, force: true });
+      }
     });
 
     it("pulls with credentials from a credential helper", async () => {

@@ -6,8 +6,10 @@ import {
   buildKernelCmdline,
   GUEST_INIT,
   injectGuestFiles,
+  type RegistryAuth,
   readOciLayout,
   resolveBusybox,
+  type UnpackProgress,
   unpackImage,
 } from "@sbx/rootfs";
 import { z } from "zod";
@@ -19,8 +21,11 @@ import {
   type TemplateSpec,
 } from "./boot-parameters.ts";
 import type { OrchestratorConfig } from "./config.ts";
+import { dockerCredentialsFromEnv } from "./docker-config.ts";
 import { OrchestratorError } from "./errors.ts";
+import { parsePlatformOverride, resolveImageSource } from "./image-source.ts";
 import { parseCidr } from "./ipv4.ts";
+import type { ProgressEvent } from "./progress.ts";
 import type { BootParameters } from "./template-manifest.ts";
 
 const templateName = z
@@ -33,8 +38,14 @@ const templateName = z
 /** What a caller asks for; everything else comes from the config and the artifacts. */
 export const templateRequestSchema = z.object({
   name: templateName,
-  /** An OCI image layout directory (e.g. from `skopeo copy docker://alpine oci:./alpine`). */
+  /**
+   * An OCI image layout directory (e.g. from `skopeo copy docker://alpine oci:./alpine`), or an image
+   * reference (`docker.io/library/alpine:3.20`, `localhost:5000/x@sha256:…`), pulled with Docker's
+   * credentials into `{stateDir}/images/`. A path that exists, or starts with `/` or `.`, is a layout.
+   */
   ociLayout: z.string().min(1),
+  /** `os/arch[/variant]` to pull and unpack (default: the target arch); its arch must be the target's. */
+  platform: z.string().min(1).optional(),
   /** Pick an image of the layout by its `org.opencontainers.image.ref.name`. */
   tag: z.string().min(1).optional(),
   vcpuCount: z.number().int().min(1).max(32).optional(),
@@ -80,10 +91,27 @@ export async function resolveTemplateInputs(
   config: OrchestratorConfig,
   request: ParsedTemplateRequest,
   workDir: string,
-  options: { resolver?: ArtifactResolver; signal?: AbortSignal } = {},
+  options: {
+    resolver?: ArtifactResolver;
+    signal?: AbortSignal;
+    /** Registry credentials for image references (default: Docker's config and credential helpers). */
+    credentials?: (registry: string) => Promise<RegistryAuth | undefined>;
+    onProgress?: (event: ProgressEvent) => void;
+  } = {},
 ): Promise<TemplateInputs> {
-  // The image first: a wrong path is the most likely mistake, and the cheapest to report.
-  const layout = await readOciLayout(request.ociLayout);
+  // The image first: a wrong path or reference is the most likely mistake, and the cheapest to report.
+  const platform = request.platform
+    ? parsePlatformOverride(request.platform, config.targetArch)
+    : config.targetArch;
+  const image = await resolveImageSource(request.ociLayout, {
+    platform,
+    cacheDir: join(config.stateDir, "images"),
+    credentials: options.credentials ?? dockerCredentialsFromEnv(),
+    ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+    ...(options.signal ? { signal: options.signal } : {}),
+  });
+  const tag = request.tag ?? image.tag;
+  const layout = await readOciLayout(image.layoutDir);
   const artifacts = await (options.resolver ?? defaultArtifactResolver).resolve(config);
   const busybox = await resolveBusybox({
     dir: config.busyboxDir,
@@ -95,10 +123,22 @@ export async function resolveTemplateInputs(
   await rm(rootDir, { recursive: true, force: true });
   const unpacked = await unpackImage({
     layout,
-    platform: config.targetArch,
+    platform,
     dest: rootDir,
-    ...(request.tag === undefined ? {} : { tag: request.tag }),
+    ...(tag === undefined ? {} : { tag }),
     ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.onProgress
+      ? {
+          onProgress: (progress: UnpackProgress) =>
+            options.onProgress?.({
+              task: `layer ${progress.layerIndex + 1}/${progress.layerCount} ${progress.digest.slice(7, 19)}`,
+              phase: "unpack",
+              bytes: progress.bytes,
+              totalBytes: progress.totalBytes,
+              done: progress.done,
+            }),
+        }
+      : {}),
   });
   const injected = await injectGuestFiles({
     root: rootDir,

@@ -86,7 +86,7 @@ export async function startRegistry(login?: { username: string; password: string
   return { host: `127.0.0.1:${port}`, process: child, [Symbol.asyncDispose]: dispose };
 }
 
-/** `skopeo copy` a local OCI layout tag to the registry. */
+/** `skopeo copy` a local OCI layout tag (or its only image, when tag is "") to the registry. */
 export async function pushLayout(
   layoutDir: string,
   tag: string,
@@ -102,7 +102,7 @@ export async function pushLayout(
       ...(options.all ? ["--all"] : []),
       ...(options.format ? ["--format", options.format] : []),
       ...(options.creds ? ["--dest-creds", options.creds] : []),
-      `oci:${layoutDir}:${tag}`,
+      tag ? `oci:${layoutDir}:${tag}` : `oci:${layoutDir}`,
       `docker://${destination}`,
     ],
     { timeout: 60_000 },
