@@ -289,7 +289,7 @@ export class Commands {
       }
       const kept = data.length > room ? data.subarray(0, room) : data;
       if (kept.length < data.length) collected.truncated = true;
-      sink.push(Buffer.from(kept));
+      sink.push(kept);
       collected.sizes[index] = (collected.sizes[index] as number) + kept.length;
     };
     const { timeoutMs, maxOutputBytes: _max, ...startOptions } = parsed;

@@ -29,6 +29,8 @@ interface StreamState {
   handler: StreamHandler;
   /** What the agent may still send us; going below zero is a protocol violation. */
   receiveCredit: number;
+  /** Credit given back by the consumer but not yet sent to the agent. */
+  ungranted: number;
   /** What we may still send the agent. */
   sendCredit: number;
   creditWaiters: (() => void)[];
@@ -48,6 +50,7 @@ export class AgentConnection {
   readonly #closeListeners: ((error: AgentError) => void)[] = [];
   readonly #window: number;
   #nextId = 1;
+  #grantFlushQueued = false;
   #closeError: AgentError | undefined;
 
   private constructor(socket: Socket, hello: HelloMessage, window: number) {
@@ -161,6 +164,7 @@ export class AgentConnection {
     this.#streams.set(id, {
       handler,
       receiveCredit: this.#window,
+      ungranted: 0,
       sendCredit: this.hello.window,
       creditWaiters: [],
     });
@@ -175,12 +179,30 @@ export class AgentConnection {
     for (const wake of state?.creditWaiters ?? []) wake();
   }
 
-  /** The consumer took `bytes` of the stream's output: let the agent send that much more. */
+  /**
+   * The consumer took `bytes` of the stream's output: let the agent send that much more. Grants are
+   * coalesced (one window frame per stream per quarter window, or per turn of the event loop), since
+   * a frame per chunk costs a write per 64 KiB.
+   */
   grant(id: number, bytes: number): void {
     const state = this.#streams.get(id);
     if (!state || bytes <= 0 || this.#closeError) return;
     state.receiveCredit += bytes;
-    this.#socket.write(encodeWindow(id, bytes));
+    state.ungranted += bytes;
+    if (state.ungranted >= this.#window / 4) this.#flushGrant(id, state);
+    else if (!this.#grantFlushQueued) {
+      this.#grantFlushQueued = true;
+      setImmediate(() => {
+        this.#grantFlushQueued = false;
+        for (const [streamId, pending] of this.#streams) this.#flushGrant(streamId, pending);
+      });
+    }
+  }
+
+  #flushGrant(id: number, state: StreamState): void {
+    if (state.ungranted === 0 || this.#closeError) return;
+    this.#socket.write(encodeWindow(id, state.ungranted));
+    state.ungranted = 0;
   }
 
   /** Sends stdin or file bytes, waiting for the agent's window and the socket's buffer. */

@@ -29,8 +29,8 @@ export class OutputChannel implements AsyncIterable<Buffer> {
       this.#grant(data.length);
       return;
     }
-    // The decoder hands out views of the socket's chunk; a queued piece must own its bytes.
-    this.#queue.push(Buffer.from(data));
+    // A view of the socket's chunk: net gives every read its own buffer, so it is never overwritten.
+    this.#queue.push(data);
     this.#queued += data.length;
     if (this.#queued <= this.#highWater) this.#grant(data.length);
     else this.#withheld += data.length;

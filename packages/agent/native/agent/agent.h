@@ -77,6 +77,8 @@ int send_control(int conn, uint32_t stream, const char *json, size_t len);
 /* A JSON string literal, without its terminating NUL. */
 #define send_literal(conn, stream, literal) send_control((conn), (stream), (literal), sizeof(literal) - 1)
 int send_error(int conn, uint32_t stream, const char *code, int err, const char *message);
+/* NULL when a host frame header is acceptable, else why not (frame.c). */
+const char *frame_check_header(const uint8_t *header);
 int send_frame_header(struct buf *out, uint32_t len, uint32_t stream, uint8_t kind, uint8_t channel);
 
 /* user.c: /etc/passwd and /etc/group without NSS (a static binary cannot load NSS modules). */

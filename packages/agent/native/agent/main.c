@@ -850,24 +850,6 @@ static void handle_frame(int ci, const uint8_t *h, const uint8_t *payload) {
   }
 }
 
-/* Checks a header before its payload is read, so a hostile length never allocates anything. */
-static const char *check_header(const uint8_t *h) {
-  uint32_t len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
-  uint32_t id = (uint32_t)h[4] << 24 | (uint32_t)h[5] << 16 | (uint32_t)h[6] << 8 | h[7];
-  uint8_t kind = h[8], channel = h[9];
-  if (h[10] || h[11]) return "reserved header bytes must be zero";
-  if (id > INT32_MAX) return "stream ids are 0..2^31-1";
-  if (len > MAX_PAYLOAD) return "frame larger than the maximum";
-  switch (kind) {
-    case KIND_CONTROL: return channel ? "control frames use channel 0" : len > MAX_CONTROL ? "control frame larger than the maximum" : len == 0 ? "empty control frame" : NULL;
-    case KIND_DATA: return channel != CH_IN ? "the host sends data on channel 0 only" : id == 0 ? "data on stream 0" : NULL;
-    case KIND_EOF:
-    case KIND_CANCEL: return channel || len ? "EOF and cancel frames are empty, on channel 0" : id == 0 ? "stream 0 cannot end" : NULL;
-    case KIND_WINDOW: return channel || len != 4 ? "window frames carry 4 bytes on channel 0" : NULL;
-    default: return "unknown frame kind";
-  }
-}
-
 static void close_conn(int ci) {
   for (int i = 0; i < MAX_STREAMS; i++)
     if (streams[i].type != S_FREE && streams[i].conn == ci) free_stream(i);
@@ -888,7 +870,7 @@ static void read_conn(int ci) {
     size_t avail = c->in.len - c->in.off;
     if (avail < FRAME_HEADER) break;
     const uint8_t *h = c->in.data + c->in.off;
-    const char *bad = check_header(h);
+    const char *bad = frame_check_header(h);
     if (bad) { protocol_error(ci, bad); break; }
     uint32_t len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
     if (avail < FRAME_HEADER + len) {
