@@ -7,11 +7,18 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AddressPool } from "./address-pool.ts";
 import { createConfig, type OrchestratorConfig } from "./config.ts";
 import { parseEgressPolicy } from "./egress-policy.ts";
-import { NETWORK_POOL_DIR, type NetworkHost, NetworkPool, reclaimNetworkPool } from "./netns-pool.ts";
+import {
+  NETWORK_POOL_DIR,
+  NETWORK_RECORD_FILE,
+  type NetworkHost,
+  NetworkPool,
+  reclaimNetworkPool,
+} from "./netns-pool.ts";
 import { listLinks, listNetworkNamespaces } from "./network.ts";
 import { deleteHostFirewall, listHostFirewall } from "./nftables.ts";
 import { openOrchestratorState } from "./orchestrator-state.ts";
 import { type ProcessIdentity, processIdentity } from "./process-identity.ts";
+import { reclaim } from "./reclaim.ts";
 import { networkStep, newSandboxCreateContext, stateRecordStep } from "./sandbox-steps.ts";
 import { runSteps, StepList } from "./steps.ts";
 import { childPids, openFdCount } from "./test-capabilities.ts";
@@ -150,6 +157,36 @@ describe.skipIf(skip)(`network pool${skip ? ` (skipped: ${skip})` : ""}`, () => 
     expect(await readdir(join(root, NETWORK_POOL_DIR))).toHaveLength(1);
 
     await live.close();
+    expect(await leftovers()).toEqual(NOTHING);
+  });
+
+  it("reclaims a pooled network that a crash caught after the hand-over, from the sandbox's directory", async () => {
+    const state = await openOrchestratorState(config);
+    const pool = new NetworkPool(state, { size: 1, namePrefix: prefix });
+    try {
+      await pool.filled();
+      // The sandbox's owner is a process that is gone: a crashed orchestrator.
+      const context = newSandboxCreateContext({ ...state, self: await deadOwner() });
+      await stateRecordStep().run(context, { signal: new AbortController().signal });
+      await networkStep({ pool }).run(context, { signal: new AbortController().signal });
+      const name = context.sandboxNetwork?.name as string;
+      expect(existsSync(join(root, "sandboxes", context.sandboxId, NETWORK_RECORD_FILE))).toBe(true);
+      expect(existsSync(join(root, NETWORK_POOL_DIR, `${name}.json`))).toBe(false);
+      expect(await listNetworkNamespaces()).toContain(name);
+
+      const report = await reclaim(state.stateDir, {
+        firewallTable: table,
+        hostAddressPool: config.hostAddressPool,
+      });
+      expect(report.reclaimed.map((r) => r.network)).toEqual([
+        { name, removedRules: true, removedLink: true, removedNamespace: true },
+      ]);
+      expect(await listNetworkNamespaces()).not.toContain(name);
+      expect((await leftovers()).chains).toHaveLength(1);
+    } finally {
+      await pool.close();
+      await state.close();
+    }
     expect(await leftovers()).toEqual(NOTHING);
   });
 

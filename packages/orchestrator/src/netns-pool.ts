@@ -10,7 +10,7 @@ import { type Logger, silentLogger } from "@sbx/arch";
 import { z } from "zod";
 import type { AddressPool } from "./address-pool.ts";
 import { type OrchestratorConfig, parsePortRange } from "./config.ts";
-import type { EgressPolicy } from "./egress-policy.ts";
+import { DEFAULT_EGRESS_POLICY, type EgressPolicy } from "./egress-policy.ts";
 import { hostResolvers } from "./host-resolvers.ts";
 import { networkNamesFor, teardownNetworkNamespace } from "./network.ts";
 import { removeSandboxRules } from "./nftables.ts";
@@ -19,6 +19,16 @@ import { SandboxNetwork } from "./sandbox-network.ts";
 import { writeJsonAtomic } from "./state-dir.ts";
 
 export const NETWORK_POOL_DIR = "network-pool";
+/**
+ * A taken network's pool record, renamed into the sandbox's directory: the cheapest hand-over that a
+ * process crash cannot lose (one rename, no fsync). Power loss needs no record: the namespaces, links
+ * and rules it names are kernel state and are gone after a reboot too.
+ */
+export const NETWORK_RECORD_FILE = "network.json";
+
+export function poolRecordPath(stateDirRoot: string, name: string): string {
+  return join(stateDirRoot, NETWORK_POOL_DIR, `${name}.json`);
+}
 
 export const poolRecordSchema = z.object({
   schemaVersion: z.literal(1),
@@ -43,9 +53,10 @@ async function resolversOf(config: OrchestratorConfig): Promise<string[]> {
 }
 
 /**
- * A network with the default policy, from a fresh /30; the address goes back to the pool when this
- * fails. `beforeCreate` runs once the names and address are fixed and before anything exists: record
- * them there, so a crash in the middle leaves something reclaim can find.
+ * A network with `policy` (default: the config's egressPolicy, else allow with the default denies)
+ * from a fresh /30, which goes back to the address pool when this fails. `beforeCreate` runs once the
+ * names and address are fixed and before anything exists: record them there, so a crash in the
+ * middle leaves something reclaim can find.
  */
 export async function createSandboxNetwork(
   host: NetworkHost,
@@ -70,7 +81,8 @@ export async function createSandboxNetwork(
       firewallTable: config.firewallTable,
       resolvers: await resolversOf(config),
       publishPortRange: parsePortRange(config.publishPortRange),
-      ...(options.policy ? { policy: options.policy } : {}),
+      // The operator's default policy, so a pooled network taken with it needs no transaction.
+      policy: options.policy ?? config.egressPolicy ?? DEFAULT_EGRESS_POLICY,
       ...(options.signal ? { signal: options.signal } : {}),
     });
   } catch (error) {
@@ -104,6 +116,8 @@ export interface NetworkPoolOptions {
   logger?: Logger;
   /** Names are `{prefix}-p{hex}` (namespace) and `{prefix}{hex}` (host veth); default "sbx". */
   namePrefix?: string;
+  /** Networks prepared at once while refilling; default 2, so a refill never starves the creates. */
+  refillConcurrency?: number;
 }
 
 /** What `take` hands over. The caller records it in its sandbox record inside `claim`. */
@@ -117,6 +131,7 @@ export class NetworkPool implements AsyncDisposable {
   readonly #host: NetworkHost;
   readonly #logger: Logger;
   readonly #namePrefix: string;
+  readonly #refillConcurrency: number;
   readonly #ready: SandboxNetwork[] = [];
   readonly #preparing = new Set<Promise<void>>();
   readonly #stats = { hits: 0, misses: 0, failures: 0 };
@@ -128,6 +143,7 @@ export class NetworkPool implements AsyncDisposable {
     this.size = options.size ?? host.config.networkPoolSize;
     this.#logger = options.logger ?? silentLogger;
     this.#namePrefix = options.namePrefix ?? "sbx";
+    this.#refillConcurrency = Math.max(1, options.refillConcurrency ?? 2);
   }
 
   get stats(): NetworkPoolStats {
@@ -139,7 +155,7 @@ export class NetworkPool implements AsyncDisposable {
   }
 
   #recordPath(name: string): string {
-    return join(this.#directory, `${name}.json`);
+    return poolRecordPath(this.#host.stateDir.root, name);
   }
 
   /** Starts filling the pool in the background. */
@@ -147,16 +163,23 @@ export class NetworkPool implements AsyncDisposable {
     this.#refill();
   }
 
-  /** Resolves once the pool holds `size` networks (or a preparation failed); for start-up and tests. */
+  /** Resolves once the pool holds `size` networks (or preparing failed twice); for start-up and tests. */
   async filled(): Promise<void> {
     this.#refill();
-    while (this.#preparing.size > 0) await Promise.race(this.#preparing);
+    while (this.#preparing.size > 0) {
+      await Promise.race(this.#preparing);
+      // A finished preparation starts the next one in its own callback; let it register.
+      await new Promise((resolve) => setImmediate(resolve));
+    }
   }
 
   #refill(): void {
     // Two failures in a row (no root, no nft): stop retrying in a loop; the next take tries again.
     if (this.#closed || this.#consecutiveFailures >= 2) return;
-    while (this.#ready.length + this.#preparing.size < this.size) {
+    while (
+      this.#ready.length + this.#preparing.size < this.size &&
+      this.#preparing.size < this.#refillConcurrency
+    ) {
       const job: Promise<void> = this.#prepare()
         .then((network) => {
           this.#consecutiveFailures = 0;
@@ -211,13 +234,14 @@ export class NetworkPool implements AsyncDisposable {
 
   /**
    * A prepared network, or a new one when none is ready. `claim` must record the network as the
-   * sandbox's (its names and address index) before it returns: only then does the pool forget its own
-   * record, so a crash at any point leaves the network in at least one record. When `claim` fails the
-   * network is torn down. `policy` other than the default costs one nft transaction.
+   * sandbox's before it returns, either in the sandbox's record or by renaming the pool's record (its
+   * path is the second argument) to the sandbox's NETWORK_RECORD_FILE: only then does the pool forget
+   * its record, so a crash at any point leaves the network in at least one record. When `claim` fails
+   * the network is torn down. A `policy` other than the default costs one nft transaction.
    */
   async take(
     options: {
-      claim?: (network: SandboxNetwork) => Promise<void>;
+      claim?: (network: SandboxNetwork, poolRecord: string) => Promise<void>;
       policy?: EgressPolicy;
       signal?: AbortSignal;
     } = {},
@@ -230,15 +254,17 @@ export class NetworkPool implements AsyncDisposable {
       this.#consecutiveFailures = 0;
       network = await this.#prepare(options.signal);
     }
-    this.#refill();
     try {
-      await options.claim?.(network);
+      await options.claim?.(network, this.#recordPath(network.name));
       await rm(this.#recordPath(network.name), { force: true });
       if (options.policy)
         await network.applyEgressPolicy(options.policy, options.signal ? { signal: options.signal } : {});
     } catch (error) {
       await this.#discard(network).catch(() => undefined);
       throw error;
+    } finally {
+      // Once the take is done: the refill's process spawns block this event loop for a moment each.
+      setImmediate(() => this.#refill());
     }
     return { network, fromPool };
   }
@@ -261,6 +287,18 @@ export class NetworkPool implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
+}
+
+/** The network record a sandbox's directory may hold (a pooled network handed over), or undefined. */
+export async function readNetworkRecord(sandboxDir: string): Promise<PoolRecord | undefined> {
+  let text: string;
+  try {
+    text = await readFile(join(sandboxDir, NETWORK_RECORD_FILE), "utf8");
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw error;
+  }
+  return poolRecordSchema.parse(JSON.parse(text));
 }
 
 export interface ReclaimedPoolNetwork {

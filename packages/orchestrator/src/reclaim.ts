@@ -2,7 +2,12 @@ import { rm } from "node:fs/promises";
 import { type Logger, silentLogger } from "@sbx/arch";
 import { AddressPool } from "./address-pool.ts";
 import { CONFIG_DEFAULTS } from "./config.ts";
-import { type ReclaimedPoolNetwork, reclaimNetworkPool } from "./netns-pool.ts";
+import {
+  type PoolRecord,
+  type ReclaimedPoolNetwork,
+  readNetworkRecord,
+  reclaimNetworkPool,
+} from "./netns-pool.ts";
 import { teardownNetworkNamespace } from "./network.ts";
 import { listHostFirewall, removeSandboxRules } from "./nftables.ts";
 import { checkProcessIdentity, type TerminateResult, terminateRecordedProcess } from "./process-identity.ts";
@@ -79,26 +84,34 @@ export async function reclaimSandbox(
       }
     }
   }
-  if (record.networkNamespace) {
+  // A pooled network handed over is in network.json until the record is next rewritten.
+  let handedOver: PoolRecord | undefined;
+  if (!record.networkNamespace) {
     try {
-      const table = options.firewallTable ?? CONFIG_DEFAULTS.firewallTable;
+      handedOver = await readNetworkRecord(stateDir.sandboxDir(record.id));
+    } catch (error) {
+      result.errors.push(`reading the network record of ${record.id}: ${(error as Error).message}`);
+    }
+  }
+  const networkNamespace = record.networkNamespace ?? handedOver;
+  if (networkNamespace) {
+    try {
+      const table = handedOver?.firewallTable ?? options.firewallTable ?? CONFIG_DEFAULTS.firewallTable;
       // Published host ports point at the namespace's address: remove those of this sandbox only.
       const namespaceAddress = new AddressPool(
         options.hostAddressPool ?? CONFIG_DEFAULTS.hostAddressPool,
-      ).addressesFor(record.networkNamespace.addressIndex).namespaceAddress;
+      ).addressesFor(networkNamespace.addressIndex).namespaceAddress;
       const published = (await listHostFirewall(table)).published.filter(
         (p) => p.address === namespaceAddress,
       );
-      const removedRules = await removeSandboxRules(table, record.networkNamespace.hostVethName, published);
+      const removedRules = await removeSandboxRules(table, networkNamespace.hostVethName, published);
       result.network = {
-        name: record.networkNamespace.name,
+        name: networkNamespace.name,
         removedRules,
-        ...(await teardownNetworkNamespace(record.networkNamespace)),
+        ...(await teardownNetworkNamespace(networkNamespace)),
       };
     } catch (error) {
-      result.errors.push(
-        `removing network namespace ${record.networkNamespace.name}: ${(error as Error).message}`,
-      );
+      result.errors.push(`removing network namespace ${networkNamespace.name}: ${(error as Error).message}`);
     }
   }
   if (result.errors.length === 0) {

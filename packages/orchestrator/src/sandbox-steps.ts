@@ -1,6 +1,13 @@
+import { rename } from "node:fs/promises";
+import { join } from "node:path";
 import type { SandboxAddresses } from "./address-pool.ts";
 import type { EgressPolicy } from "./egress-policy.ts";
-import { createSandboxNetwork, type NetworkPool, releaseSandboxNetwork } from "./netns-pool.ts";
+import {
+  createSandboxNetwork,
+  NETWORK_RECORD_FILE,
+  type NetworkPool,
+  releaseSandboxNetwork,
+} from "./netns-pool.ts";
 import { type NetworkNamespace, networkNamesFor } from "./network.ts";
 import type { OrchestratorState } from "./orchestrator-state.ts";
 import { newSandboxId } from "./sandbox-id.ts";
@@ -110,7 +117,20 @@ export function networkStep(options: NetworkStepOptions = {}): Step<SandboxCreat
       if (options.pool) {
         const pool = options.pool;
         ({ network: sandboxNetwork } = await pool.take({
-          claim: (network) => record(network, network.addresses.index),
+          claim: async (network, poolRecord) => {
+            if (!context.sandboxDir || !context.record) return record(network, network.addresses.index);
+            // A rename instead of a record rewrite (two fsyncs) is the warm path's whole cost. The
+            // record holds the network in memory now and on disk from the next step's write on.
+            await rename(poolRecord, join(context.sandboxDir, NETWORK_RECORD_FILE));
+            context.record = {
+              ...context.record,
+              networkNamespace: {
+                name: network.name,
+                hostVethName: network.hostVethName,
+                addressIndex: network.addresses.index,
+              },
+            };
+          },
           ...(context.egressPolicy ? { policy: context.egressPolicy } : {}),
           signal,
         }));
