@@ -12,6 +12,7 @@ import {
   startRegistry,
   type TestRegistry,
 } from "../../rootfs/src/test-registry.ts";
+import { runCli } from "./cli/cli.ts";
 import { dockerCredentialsFor, normalizeRegistryKey, readDockerConfig } from "./docker-config.ts";
 import { isImageReference, parsePlatformOverride, resolveImageSource } from "./image-source.ts";
 import type { ProgressEvent } from "./progress.ts";
@@ -267,3 +268,39 @@ describe.skipIf(missing !== undefined)(
     });
   },
 );
+
+describe("sbx template build <image reference>", () => {
+  it("takes the reference to the registry client instead of reading it as a path, and checks --platform", async () => {
+    const out = { stdout: "", stderr: "" };
+    const io = {
+      stdout: { write: (text: string) => (out.stdout += text) },
+      stderr: { write: (text: string) => (out.stderr += text) },
+      env: {
+        SBX_STATE_DIR: join(root, "cli-state"),
+        TARGET_ARCH: "amd64",
+        DOCKER_CONFIG: join(root, "no-docker"),
+      },
+    };
+    const wrongArch = await runCli(
+      ["template", "build", "127.0.0.1:9/team/app:1", "--name", "t", "--platform", "linux/arm64", "--json"],
+      io,
+    );
+    expect(wrongArch).toBe(1);
+    // The code depends on where the build reports it (a failed step wraps it); the message says it.
+    expect(JSON.parse(out.stdout)).toMatchObject({
+      error: {
+        message: expect.stringMatching(/--platform linux\/arm64 is for arm64, but the target arch is amd64/),
+      },
+    });
+    out.stdout = "";
+    // Port 9 (discard) is closed on loopback: the pull itself fails, after its retries.
+    expect(await runCli(["template", "build", "127.0.0.1:9/team/app:1", "--name", "t", "--json"], io)).toBe(
+      1,
+    );
+    expect(JSON.parse(out.stdout)).toMatchObject({
+      error: {
+        message: expect.stringMatching(/GET http:\/\/127\.0\.0\.1:9\/v2\/team\/app\/manifests\/1 failed/),
+      },
+    });
+  }, 60_000);
+});

@@ -11,6 +11,7 @@ import {
 } from "../control.ts";
 import { formatDoctorReport, runDoctor } from "../doctor.ts";
 import { OrchestratorError } from "../errors.ts";
+import { isImageReference } from "../image-source.ts";
 import { Orchestrator } from "../orchestrator.ts";
 import { checkProcessIdentity } from "../process-identity.ts";
 import { reclaimSandbox } from "../reclaim.ts";
@@ -32,9 +33,10 @@ commands:
                                    (sbx setup --help for its options)
   doctor                           check this host and the configured artifacts, with fixes
   serve                            run the orchestrator: owns the sandboxes, answers the commands below
-  template build <oci-layout>      build a template from an OCI image layout, only when it drifted
+  template build <oci-layout|image> build a template from an OCI image layout or an image reference
+                                   (docker.io/library/alpine:3.20; Docker's credentials), only when it drifted
                                    (--name NAME [--memory MIB] [--vcpus N] [--provision FILE]
-                                    [--no-network] [--ready-line REGEX] [--force])
+                                    [--no-network] [--ready-line REGEX] [--force] [--platform OS/ARCH[/VARIANT]])
   sandbox create --template NAME   start a sandbox from a template [--alive-line REGEX]
   sandbox list                     list running and paused sandboxes
   sandbox pause <id>               pause a sandbox to a diff snapshot (the VM stops; resume continues it)
@@ -66,6 +68,7 @@ interface Parsed {
   readyLine: string | undefined;
   aliveLine: string | undefined;
   force: boolean;
+  platform: string | undefined;
 }
 
 function parse(argv: string[]): Parsed {
@@ -86,6 +89,7 @@ function parse(argv: string[]): Parsed {
         "ready-line": { type: "string" },
         "alive-line": { type: "string" },
         force: { type: "boolean", default: false },
+        platform: { type: "string" },
       },
     });
     return {
@@ -101,6 +105,7 @@ function parse(argv: string[]): Parsed {
       readyLine: values["ready-line"],
       aliveLine: values["alive-line"],
       force: values.force ?? false,
+      platform: values.platform,
     };
   } catch (error) {
     throw new UsageError((error as Error).message);
@@ -266,7 +271,8 @@ async function templateBuild(layout: string, args: Parsed, io: CliIo, config: Or
   const vcpuCount = positiveInteger(args.vcpus, "--vcpus");
   const request = {
     name: args.name,
-    ociLayout: resolvePath(layout),
+    ociLayout: isImageReference(layout) ? layout : resolvePath(layout),
+    ...(args.platform === undefined ? {} : { platform: args.platform }),
     network: !args.noNetwork,
     ...(memoryMib === undefined ? {} : { memoryMib }),
     ...(vcpuCount === undefined ? {} : { vcpuCount }),
@@ -353,7 +359,8 @@ async function dispatch(args: Parsed, io: CliIo): Promise<number> {
     case "template": {
       if (sub !== "build")
         throw new UsageError(sub ? `unknown template command "${sub}"` : "template needs a command");
-      if (rest.length !== 1) throw new UsageError("template build takes one OCI image layout directory");
+      if (rest.length !== 1)
+        throw new UsageError("template build takes one OCI image layout directory or image reference");
       return templateBuild(rest[0] as string, args, io, config);
     }
     case "sandbox":
