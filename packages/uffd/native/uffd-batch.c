@@ -2,18 +2,23 @@
  * The optional native batch helper of @sbx/uffd. One ffi call serves faults until something needs the
  * JS loop's judgement, so the pure-ffi loop's ffi call per fault (and its read per batch) becomes one
  * per burst. It answers missing-page faults with UFFDIO_COPY and, with dirty tracking, write-protect
- * faults with UFFDIO_WRITEPROTECT. A batch holding anything else (a REMOVE event, a fault in a removed
- * range or outside every region, an ioctl error) is returned to JS whole, with a status per message;
- * the JS loop decides those. It also returns after max_faults faults (so JS checks for a wake-up and
- * a hung-up peer) and after spin_ns without events.
+ * faults with UFFDIO_WRITEPROTECT, and applies REMOVE events (balloon) to the removed-page map itself.
+ * Each batch's REMOVEs are applied before any of its faults is served, so a fault that the kernel queued
+ * right behind a REMOVE never gets the memory file's old contents. A batch holding anything else (another
+ * event, a fault in a removed page or outside every region, an ioctl error) is returned to JS whole,
+ * with a status per message; the JS loop decides those. It also returns after max_faults messages (so
+ * JS checks for a wake-up and a hung-up peer) and after spin_ns without events.
  *
- * regions: nregions x { base, size, page size, memory-file offset }           (uint64)
+ * regions: nregions x { base, size, page size, memory-file offset, first bit in removed }  (uint64)
  * layers:  a page at memory-file offset o comes from layer_addrs[layer_of_page[o / 4096]] + o, the
  *          mapping of the newest layer that has it; layer_of_page is NULL when there is one layer (0)
- * removed: nremoved x { start, end }                               (uint64)
+ * removed: one bit per 4 KiB page of the regions (bit b: byte b / 8, bit b % 8), removed_bits long:
+ *          set for pages a REMOVE covered, here or by JS; its size depends on the regions only, so no
+ *          number of REMOVE events can grow it, and a lookup is one bit
  * status:  per message of the returned batch: 0 copied, 1 already present (EEXIST), 2 for JS,
- *          3 write-protection cleared, or -errno
- * stats:   { faults copied, faults already present, bytes copied, trace length, write-protect faults },
+ *          3 write-protection cleared, 4 REMOVE applied, or -errno
+ * stats:   { faults copied, faults already present, bytes copied, trace length, write-protect faults,
+ *          REMOVE events applied },
  *          added to (JS zeroes them); the memory-file offset of each page copied is appended to trace[]
  *          (up to trace_cap)
  * dirty:   NULL, or dirty_pages bytes, one per 4 KiB page of the memory file: dirty tracking. A
@@ -26,12 +31,13 @@
 #include <errno.h>
 #include <linux/userfaultfd.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 
 /* Bumped whenever a signature below changes: the JS side refuses a helper of another version. */
-int sbx_uffd_abi_version(void) { return 4; }
+int sbx_uffd_abi_version(void) { return 5; }
 
 static int64_t now_ns(void) {
   struct timespec ts;
@@ -45,9 +51,37 @@ static void mark_dirty(uint8_t *dirty, long dirty_pages, uint64_t offset, uint64
     dirty[page] = 1;
 }
 
+#define REGION_FIELDS 5
+
+static int page_removed(const uint8_t *removed, long removed_bits, const uint64_t *r, uint64_t page) {
+  uint64_t bit = r[4] + (page - r[0]) / 4096;
+  return bit < (uint64_t)removed_bits && (removed[bit / 8] >> (bit % 8)) & 1;
+}
+
+/* Marks the whole 4 KiB pages of [start, end) inside each region; bounded by the map's own length. */
+static void mark_removed(uint8_t *removed, long removed_bits, const uint64_t *regions, long nregions, uint64_t start,
+                         uint64_t end) {
+  for (long j = 0; j < nregions; j++) {
+    const uint64_t *r = regions + REGION_FIELDS * j;
+    uint64_t from = start > r[0] ? start : r[0];
+    uint64_t to = end < r[0] + r[1] ? end : r[0] + r[1];
+    if (from >= to) continue;
+    uint64_t first = r[4] + (from - r[0] + 4095) / 4096, last = r[4] + (to - r[0]) / 4096;
+    if (last > (uint64_t)removed_bits) last = (uint64_t)removed_bits;
+    uint64_t bit = first;
+    for (; bit < last && bit % 8; bit++) removed[bit / 8] |= (uint8_t)(1u << (bit % 8));
+    if (bit + 8 <= last) {
+      memset(removed + bit / 8, 0xff, (last - bit) / 8);
+      bit += (last - bit) / 8 * 8;
+    }
+    for (; bit < last; bit++) removed[bit / 8] |= (uint8_t)(1u << (bit % 8));
+  }
+}
+
 long sbx_uffd_serve_batch(int uffd, struct uffd_msg *msgs, long max_msgs, const uint64_t *regions, long nregions,
-                          const uint64_t *layer_addrs, const uint8_t *layer_of_page, const uint64_t *removed, long nremoved, int64_t *status, long spin_ns, int64_t *stats,
-                          long max_faults, int64_t *trace, long trace_cap, uint8_t *dirty, long dirty_pages) {
+                          const uint64_t *layer_addrs, const uint8_t *layer_of_page, uint8_t *removed, long removed_bits,
+                          int64_t *status, long spin_ns, int64_t *stats, long max_faults, int64_t *trace, long trace_cap,
+                          uint8_t *dirty, long dirty_pages) {
   long served = 0;
   int64_t deadline = 0;
   while (served < max_faults) {
@@ -63,13 +97,25 @@ long sbx_uffd_serve_batch(int uffd, struct uffd_msg *msgs, long max_msgs, const 
     deadline = 0;
     long count = n / (ssize_t)sizeof *msgs;
     int for_js = 0;
+    /* REMOVEs first: the batch's faults are served after every REMOVE in it, wherever they stand. */
     for (long i = 0; i < count; i++) {
       status[i] = 2;
-      if (msgs[i].event != UFFD_EVENT_PAGEFAULT) { for_js = 1; continue; }
+      if (msgs[i].event == UFFD_EVENT_REMOVE) {
+        mark_removed(removed, removed_bits, regions, nregions, msgs[i].arg.remove.start, msgs[i].arg.remove.end);
+        status[i] = 4;
+        stats[5]++;
+        served++; /* a stream of REMOVEs must not keep the loop from JS's checks either */
+      } else if (msgs[i].event != UFFD_EVENT_PAGEFAULT) for_js = 1;
+    }
+    for (long i = 0; i < count; i++) {
+      if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
       uint64_t address = msgs[i].arg.pagefault.address;
       const uint64_t *r = 0;
       for (long j = 0; j < nregions; j++)
-        if (address >= regions[4 * j] && address < regions[4 * j] + regions[4 * j + 1]) { r = regions + 4 * j; break; }
+        if (address >= regions[REGION_FIELDS * j] && address < regions[REGION_FIELDS * j] + regions[REGION_FIELDS * j + 1]) {
+          r = regions + REGION_FIELDS * j;
+          break;
+        }
       if (!r) { for_js = 1; continue; }
       uint64_t page = address & ~(r[2] - 1);
       uint64_t offset = r[3] + (page - r[0]);
@@ -84,10 +130,7 @@ long sbx_uffd_serve_batch(int uffd, struct uffd_msg *msgs, long max_msgs, const 
         served++;
         continue;
       }
-      int is_removed = 0;
-      for (long j = 0; j < nremoved; j++)
-        if (page >= removed[2 * j] && page < removed[2 * j + 1]) { is_removed = 1; break; }
-      if (is_removed) { for_js = 1; continue; }
+      if (page_removed(removed, removed_bits, r, page)) { for_js = 1; continue; }
       uint64_t source = layer_addrs[layer_of_page ? layer_of_page[offset / 4096] : 0] + offset;
       uint64_t mode = 0;
       if (dirty) {

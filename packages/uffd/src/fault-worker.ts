@@ -42,6 +42,7 @@ import {
   SOL_SOCKET,
 } from "./libc.ts";
 import { NativeMemory } from "./native-memory.ts";
+import { RemovedPages } from "./removed-pages.ts";
 import { recvWithFds } from "./scm-rights.ts";
 import { METRIC, type WorkerConfig, type WorkerMessage } from "./worker-protocol.ts";
 
@@ -130,17 +131,14 @@ function serve(
   trackDirty: boolean,
   native: NativeHelperBinding | undefined,
 ): StopReason {
-  const removed: [number, number][] = [];
-  let onRemoveHook: ((start: number, end: number) => void) | undefined;
+  // Shared with the native helper, which marks the REMOVEs it reads there itself.
+  const removed = new RemovedPages(regions);
+  cleanups.push(() => removed.free());
   let zeroHuge = 0;
   let zeroSmall = 0;
   const view = scratch.view;
   const events = scratch.address + EVENTS;
 
-  const isRemoved = (page: number) => {
-    for (const [start, end] of removed) if (page >= start && page < end) return true;
-    return false;
-  };
   const regionOf = (address: number) => {
     for (const region of regions)
       if (address >= region.base && address < region.base + region.size) return region;
@@ -189,7 +187,7 @@ function serve(
    * fault that asked for it was a write (then it is dirty already and needs no second fault).
    */
   const copyOrZero = (region: GuestRegion, page: number, write: boolean): number => {
-    const zero = isRemoved(page);
+    const zero = removed.has(region, page);
     const protect = trackDirty && !write;
     if (trackDirty && write) markDirty(region, page);
     if (zero && region.pageSize !== PAGE_2M && !protect) {
@@ -263,8 +261,7 @@ function serve(
   if (!prefetch(config.prefetch)) return "peer-exited";
 
   const onRemove = (start: number, end: number) => {
-    removed.push([start, end]);
-    onRemoveHook?.(start, end);
+    removed.add(start, end);
     counters[METRIC.removes] = (counters[METRIC.removes] ?? 0) + 1;
   };
 
@@ -367,7 +364,7 @@ function serve(
     return undefined;
   };
 
-  const helper = native?.batchServer(regions, layers, recordTrace, trackDirty ? dirty : undefined);
+  const helper = native?.batchServer(regions, layers, removed, recordTrace, trackDirty ? dirty : undefined);
   // The server refills its warm workers on this signal, not during the restore's fault burst, when a
   // worker's start-up (~150 ms of CPU) would compete with the fault loop for the host's cores.
   let servedAny = false;
@@ -383,12 +380,12 @@ function serve(
     return checkPeer(-1);
   };
   if (helper) {
-    onRemoveHook = (start, end) => helper.addRemoved(start, end);
     for (;;) {
       const started = performance.now();
       const count = helper.serveBatch(uffd, events, MAX_EVENTS, SPIN_NS);
       if (count < 0) check("read(userfaultfd)", { value: -1, errno: -count });
       const stats = helper.takeStats();
+      if (stats.removes > 0) counters[METRIC.removes] = (counters[METRIC.removes] ?? 0) + stats.removes;
       if (stats.writeProtect > 0)
         counters[METRIC.writeProtectFaults] = (counters[METRIC.writeProtectFaults] ?? 0) + stats.writeProtect;
       if (stats.copied + stats.present > 0) {
@@ -414,10 +411,11 @@ function serve(
       }
       for (let i = 0; i < count; i++) {
         const status = helper.status(i);
-        if (status === 0 || status === 1 || status === 3) continue; // served, and counted in the stats
+        // Served or applied, and counted in the stats.
+        if (status === 0 || status === 1 || status === 3 || status === 4) continue;
         if (status === -ESRCH) return "peer-exited"; // only a fault's ioctl reports it: the peer's mm is gone
-        // REMOVEs, removed ranges, EAGAIN and the unexpected go through the JS path, which knows what to
-        // do: taken like the pure-ffi loop's reads, so the batch's REMOVEs apply before its faults.
+        // Removed pages, EAGAIN and the unexpected go through the JS path, which knows what to do; the
+        // helper applied the batch's REMOVEs before any of its faults, as the pure-ffi loop does.
         takeEvent(EVENTS + i * EVENT_SIZE);
       }
       while (queued.length > 0) if (!serveFault(queued.shift() as number)) return "peer-exited";

@@ -10,40 +10,42 @@ import type { ByteExtent, Layers } from "./layers.ts";
 import { addressOf } from "./libc.ts";
 import { NATIVE_HELPER_ABI, resolveNativeHelper } from "./native-helper.ts";
 import { NativeMemory } from "./native-memory.ts";
+import type { RemovedPages } from "./removed-pages.ts";
 
-/** How many ranges REMOVE events can add before the helper hands every fault to the JS loop. */
-export const REMOVED_CAPACITY = 8192;
 /** The helper returns after this many faults so the loop notices close() and a hung-up peer promptly. */
 export const MAX_FAULTS_PER_CALL = 4096;
 /** Messages one read of the userfaultfd takes at most; the event buffer must hold this many. */
 export const MAX_EVENTS = 64;
 const EXTENTS_PER_CALL = 4096;
-/** The helper's stats: copied, present, bytes, trace length, write-protect faults (int64 each). */
-const STATS_SIZE = 40;
+/** The helper's stats: copied, present, bytes, trace length, write-protect faults, removes (int64 each). */
+const STATS_SIZE = 48;
+/** Per region: base, size, page size, memory-file offset, first bit in the removed-page map. */
+const REGION_SIZE = 40;
 
 export interface BatchServer {
   /** Serves faults; the number of messages JS must look at, 0 for time or budget, or -errno. */
   serveBatch(uffd: number, events: number, maxEvents: number, spinNs: number): number;
   /**
    * Per message of the last batch: 0 copied, 1 already present, 2 for JS, 3 write-protection cleared,
-   * or -errno.
+   * 4 REMOVE applied (to the removed-page map), or -errno.
    */
   status(index: number): number;
-  /** Faults the helper served since the last call, then zeroes them. */
-  takeStats(): { copied: number; present: number; bytes: number; writeProtect: number };
-  addRemoved(start: number, end: number): void;
+  /** Faults served and REMOVEs applied by the helper since the last call, then zeroes them. */
+  takeStats(): { copied: number; present: number; bytes: number; writeProtect: number; removes: number };
 }
 
 export interface NativeHelperBinding {
   /** A sparse file's data extents, one ffi call per 4096 of them instead of two per extent. */
   listExtents(fd: number, size: number): ByteExtent[];
   /**
-   * Lays out the regions, layers, removed ranges and statuses the batch loop reads. With `dirty` (the
-   * server's shared map, one byte per memory-file page) the helper tracks dirty pages into it.
+   * Lays out the regions, layers and statuses the batch loop reads; `removed` is shared with the JS
+   * loop (the helper marks the REMOVEs it reads there). With `dirty` (the server's shared map, one byte
+   * per memory-file page) the helper tracks dirty pages into it.
    */
   batchServer(
     regions: GuestRegion[],
     layers: Layers,
+    removed: RemovedPages,
     recordTrace: (offset: number) => void,
     dirty?: Uint8Array,
   ): BatchServer;
@@ -80,7 +82,7 @@ export function helperLibrary(path: string): string {
 const { I32, I64 } = DataType;
 /** The helper's functions and their parameters (native/uffd-batch.c); each returns a long. */
 const HELPER_FUNCTIONS = {
-  // (uffd, msgs, max_msgs, regions, nregions, layer_addrs, layer_of_page, removed, nremoved, status,
+  // (uffd, msgs, max_msgs, regions, nregions, layer_addrs, layer_of_page, removed, removed_bits, status,
   //  spin_ns, stats, max_faults, trace, trace_cap, dirty, dirty_pages)
   sbx_uffd_serve_batch: [I32, ...new Array<DataType>(16).fill(I64)],
   // (fd, start, size, out, cap)
@@ -176,36 +178,35 @@ export function openNativeHelper(path: string, cleanups: (() => void)[]): Native
   const batchServer = (
     regions: GuestRegion[],
     layers: Layers,
+    removed: RemovedPages,
     recordTrace: (offset: number) => void,
     dirty?: Uint8Array,
   ): BatchServer => {
     const memory = new NativeMemory(
-      regions.length * 32 +
+      regions.length * REGION_SIZE +
         layers.addresses.length * 8 +
-        REMOVED_CAPACITY * 16 +
         MAX_EVENTS * 8 +
         STATS_SIZE +
         MAX_FAULTS_PER_CALL * 8,
     );
     cleanups.push(() => memory.free());
     const regionsAt = 0;
-    const layersAt = regions.length * 32;
-    const removedAt = layersAt + layers.addresses.length * 8;
-    const statusAt = removedAt + REMOVED_CAPACITY * 16;
+    const layersAt = regions.length * REGION_SIZE;
+    const statusAt = layersAt + layers.addresses.length * 8;
     const statsAt = statusAt + MAX_EVENTS * 8;
     const traceAt = statsAt + STATS_SIZE;
     regions.forEach((region, i) => {
-      memory.setU64(regionsAt + i * 32, region.base);
-      memory.setU64(regionsAt + i * 32 + 8, region.size);
-      memory.setU64(regionsAt + i * 32 + 16, region.pageSize);
-      memory.setU64(regionsAt + i * 32 + 24, region.offset);
+      memory.setU64(regionsAt + i * REGION_SIZE, region.base);
+      memory.setU64(regionsAt + i * REGION_SIZE + 8, region.size);
+      memory.setU64(regionsAt + i * REGION_SIZE + 16, region.pageSize);
+      memory.setU64(regionsAt + i * REGION_SIZE + 24, region.offset);
+      memory.setU64(regionsAt + i * REGION_SIZE + 32, removed.firstBitOf(i));
     });
     layers.addresses.forEach((address, i) => {
       memory.setU64(layersAt + i * 8, address);
     });
-    let removedCount = 0;
     const params = helperCall(library, "sbx_uffd_serve_batch");
-    // Fixed for the server's life; uffd, msgs, max_msgs, nremoved and spin_ns are set per call.
+    // Fixed for the server's life; uffd, msgs, max_msgs and spin_ns are set per call.
     params.paramsValue = [
       0,
       0,
@@ -214,8 +215,8 @@ export function openNativeHelper(path: string, cleanups: (() => void)[]): Native
       regions.length,
       memory.address + layersAt,
       layers.layerOfPage,
-      memory.address + removedAt,
-      0,
+      removed.address,
+      removed.bits,
       memory.address + statusAt,
       0,
       memory.address + statsAt,
@@ -230,7 +231,6 @@ export function openNativeHelper(path: string, cleanups: (() => void)[]): Native
         params.paramsValue[0] = uffd;
         params.paramsValue[1] = events;
         params.paramsValue[2] = maxEvents;
-        params.paramsValue[8] = removedCount;
         params.paramsValue[10] = spinNs;
         return load(params as never) as unknown as number;
       },
@@ -243,23 +243,12 @@ export function openNativeHelper(path: string, cleanups: (() => void)[]): Native
           present: memory.u64(statsAt + 8),
           bytes: memory.u64(statsAt + 16),
           writeProtect: memory.u64(statsAt + 32),
+          removes: memory.u64(statsAt + 40),
         };
         const traced = memory.u64(statsAt + 24);
         for (let i = 0; i < traced; i++) recordTrace(memory.u64(traceAt + i * 8));
         memory.bytes.fill(0, statsAt, statsAt + STATS_SIZE);
         return stats;
-      },
-      addRemoved(start, end) {
-        // Past capacity the helper sees no more ranges, so it must stop copying: widen the last entry to
-        // cover everything, and every fault goes to the JS path, which keeps the full list.
-        if (removedCount < REMOVED_CAPACITY) {
-          memory.setU64(removedAt + removedCount * 16, start);
-          memory.setU64(removedAt + removedCount * 16 + 8, end);
-          removedCount++;
-        } else {
-          memory.setU64(removedAt + (REMOVED_CAPACITY - 1) * 16, 0);
-          memory.setU64(removedAt + (REMOVED_CAPACITY - 1) * 16 + 8, Number.MAX_SAFE_INTEGER);
-        }
       },
     };
   };

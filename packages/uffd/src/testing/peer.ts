@@ -65,6 +65,16 @@ export interface TestPeerOptions {
   holdMs?: number;
   /** After the pass, write 0xEE to byte 0 of these pages (indexes in the region). */
   writePages?: number[];
+  /**
+   * Each thread touches a page, removes it (MADV_DONTNEED) and checks it reads back as zeros, this many
+   * times: a fault right behind a REMOVE, often in the handler's same batch. Counted in zeroChecked.
+   */
+  removeRace?: number;
+  /** Remove this many single pages (every other page of the last 2N) before the pass, which then
+   * touches only the pages below them: REMOVE events by the thousand, as a hostile balloon sends. */
+  preRemove?: number;
+  /** With preRemove: read the removed pages back after the pass and check they are zeros. */
+  checkRemoved?: boolean;
 }
 
 export interface TestPeerResult {
@@ -90,6 +100,9 @@ export function testPeerArgs(o: TestPeerOptions): string[] {
   if (o.remove) args.push("--remove", `${o.remove.offset}:${o.remove.length}`);
   if (o.holdMs) args.push("--hold-ms", String(o.holdMs));
   if (o.writePages?.length) args.push("--write-pages", o.writePages.join(","));
+  if (o.removeRace) args.push("--remove-race", String(o.removeRace));
+  if (o.preRemove) args.push("--pre-remove", String(o.preRemove));
+  if (o.checkRemoved) args.push("--check-removed");
   return args;
 }
 

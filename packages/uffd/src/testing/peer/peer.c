@@ -6,6 +6,12 @@
  * Then it plays the guest: touches pages (sequential, random, written; from N threads), checks every
  * byte against the memory file, and optionally madvise(MADV_DONTNEED)s a range to cause REMOVE events
  * and checks the range comes back as zeros. Prints one JSON line with what it saw.
+ *
+ * Balloon-like modes: --remove-race N makes each thread touch a page, madvise it away and check it reads
+ * back as zeros, N times on pages of its own; the madvise returns once the handler has read the REMOVE,
+ * so the touch that follows races into the handler's batch right behind it (REMOVE then fault in one
+ * read). --pre-remove N removes N single pages (every other page of the region's last 2N) before the
+ * pass, which then touches only the pages below them (--check-removed reads those N pages back too).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -28,6 +34,8 @@ static const char *socket_path, *file_path, *mode = "seq", *backing = "anon", *b
 static size_t size, page = 4096, file_offset, remove_off, remove_len;
 static int threads = 1, fds_to_send = 1, extra_fd, hold_ms;
 static const char *write_pages; /* comma-separated page indexes written with 0xEE at byte 0 after the pass */
+static long remove_race, pre_remove, check_removed;
+static volatile long race_mismatches, race_checked;
 static uint8_t *mem, *file;
 static volatile long mismatches, touched;
 
@@ -42,7 +50,26 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
 }
 
-struct slice { size_t first, count; unsigned seed; };
+struct slice { size_t first, count; unsigned seed; int index; };
+
+/* Touch (served from the file), remove, then read again: the page must now be zeros. */
+static void *remove_racer(void *arg) {
+  struct slice *s = arg;
+  size_t pages = size / page;
+  for (long i = 0; i < remove_race; i++) {
+    size_t p = (size_t)s->index + (size_t)i * (size_t)threads;
+    if (p >= pages) break;
+    uint8_t *at = mem + p * page;
+    if (memcmp(at, file + file_offset + p * page, page) != 0) __sync_fetch_and_add(&mismatches, 1);
+    if (madvise(at, page, MADV_DONTNEED)) die("madvise");
+    int zero = 1;
+    for (size_t b = 0; b < page; b += 64) if (((volatile uint8_t *)at)[b]) { zero = 0; break; }
+    if (!zero) __sync_fetch_and_add(&race_mismatches, 1);
+    __sync_fetch_and_add(&race_checked, 1);
+    __sync_fetch_and_add(&touched, 1);
+  }
+  return NULL;
+}
 
 static void *toucher(void *arg) {
   struct slice *s = arg;
@@ -79,6 +106,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--body")) body_override = v, i++;
     else if (!strcmp(a, "--hold-ms")) hold_ms = atoi(v), i++;
     else if (!strcmp(a, "--write-pages")) write_pages = v, i++;
+    else if (!strcmp(a, "--remove-race")) remove_race = atol(v), i++;
+    else if (!strcmp(a, "--pre-remove")) pre_remove = atol(v), i++;
+    else if (!strcmp(a, "--check-removed")) check_removed = 1;
     else if (!strcmp(a, "--remove")) { remove_off = strtoull(v, 0, 0); remove_len = strtoull(strchr(v, ':') + 1, 0, 0); i++; }
     else { fprintf(stderr, "peer: unknown argument %s\n", a); return 2; }
   }
@@ -145,15 +175,29 @@ int main(int argc, char **argv) {
   pthread_t tids[64];
   struct slice slices[64];
   if (threads < 1 || threads > 64) threads = 1;
+  if (pre_remove > 0) {
+    if ((size_t)pre_remove * 2 > pages) { fprintf(stderr, "peer: --pre-remove needs 2N pages\n"); return 2; }
+    for (long i = 0; i < pre_remove; i++)
+      if (madvise(mem + (pages - 2 * (size_t)pre_remove + 2 * (size_t)i) * page, page, MADV_DONTNEED)) die("madvise");
+    pages -= 2 * (size_t)pre_remove; /* the pass touches only what lies below the removed pages */
+  }
   uint64_t start = now_ns();
   for (int t = 0; t < threads; t++) {
     slices[t].first = pages * t / threads;
     slices[t].count = pages * (t + 1) / threads - slices[t].first;
     slices[t].seed = 2463534242u + t;
-    pthread_create(&tids[t], 0, toucher, &slices[t]);
+    slices[t].index = t;
+    pthread_create(&tids[t], 0, remove_race > 0 ? remove_racer : toucher, &slices[t]);
   }
   for (int t = 0; t < threads; t++) pthread_join(tids[t], 0);
   uint64_t elapsed = now_ns() - start;
+  if (pre_remove > 0 && check_removed) {
+    for (long i = 0; i < pre_remove; i++) {
+      const uint8_t *at = mem + (pages + 2 * (size_t)i) * page;
+      for (size_t b = 0; b < page; b += 512) if (at[b]) { race_mismatches++; break; }
+      race_checked++;
+    }
+  }
 
   long written = 0;
   if (write_pages) {
@@ -174,6 +218,6 @@ int main(int argc, char **argv) {
   }
   if (hold_ms) usleep(hold_ms * 1000);
   printf("{\"ok\":true,\"touched\":%ld,\"mismatches\":%ld,\"zeroChecked\":%ld,\"zeroMismatches\":%ld,\"written\":%ld,\"elapsedNs\":%lu}\n",
-         touched, mismatches, zero_checked, zero_mismatches, written, (unsigned long)elapsed);
+         touched, mismatches, zero_checked + race_checked, zero_mismatches + race_mismatches, written, (unsigned long)elapsed);
   return 0;
 }

@@ -1,0 +1,79 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { PageFaultServer } from "./server.ts";
+import { leakCheck } from "./test-counts.ts";
+import { buildTestNativeHelper, faultLoops } from "./test-native-helper.ts";
+import { buildTestPeer, runTestPeer, type TestPeerOptions, writeTestMemoryFile } from "./testing/peer.ts";
+
+const MiB = 1024 * 1024;
+let peer: string;
+let dir: string;
+let checkLeaks: () => Promise<void>;
+const nativeHelper = buildTestNativeHelper();
+
+beforeAll(async () => {
+  peer = await buildTestPeer();
+});
+afterAll(() => nativeHelper.remove());
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), "sbx-uffd-remove-"));
+  checkLeaks = leakCheck();
+});
+afterEach(async () => {
+  await checkLeaks();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function serve(helper: string, size: number, peerOptions: Partial<TestPeerOptions>) {
+  const memoryFile = join(dir, "mem");
+  const socketPath = join(dir, "uffd.sock");
+  writeTestMemoryFile(memoryFile, size);
+  await using server = new PageFaultServer({ socketPath, memoryFile, nativeHelper: helper });
+  await server.listen();
+  const result = await runTestPeer({
+    binary: peer,
+    socketPath,
+    memoryFile,
+    size,
+    timeoutMs: 120_000,
+    ...peerOptions,
+  });
+  const stop = await server.stopped;
+  return { result, stop, metrics: server.metrics(), codePath: server.codePath };
+}
+
+describe.each(faultLoops(nativeHelper.path))(
+  "REMOVE events from a balloon ($codePath)",
+  ({ codePath, helper }) => {
+    it("a page touched right after its REMOVE (racing into the handler's batch behind it) reads as zeros", async () => {
+      const {
+        result,
+        stop,
+        metrics,
+        codePath: used,
+      } = await serve(helper, 32 * MiB, {
+        threads: 32,
+        removeRace: 250,
+      });
+      expect(used).toBe(codePath);
+      expect(stop.reason).toBe("peer-exited");
+      expect(result.zeroChecked).toBe(8000);
+      expect(result.mismatches).toBe(0);
+      expect(result.zeroMismatches).toBe(0);
+      expect(metrics.removes).toBe(8000);
+    });
+
+    it("thousands of single-page REMOVEs (past the old 8,192-range limit): removed pages read as zeros, the rest byte-exact", async () => {
+      const { result, metrics } = await serve(helper, 64 * MiB, { preRemove: 5000, checkRemoved: true });
+      expect(result.touched).toBe(16384 - 10000);
+      expect(result.mismatches).toBe(0);
+      expect(result.zeroChecked).toBe(5000);
+      expect(result.zeroMismatches).toBe(0);
+      expect(metrics.removes).toBe(5000);
+      expect(metrics.zeroPages).toBe(5000);
+      expect(metrics.pagesCopied).toBe(16384 - 10000);
+    });
+  },
+);
