@@ -38,3 +38,13 @@ export async function hostResolvers(paths: readonly string[] = RESOLV_CONF_PATHS
   }
   return [];
 }
+
+/**
+ * The resolvers a guest gets (kernel `ip=` dns fields, written to /etc/resolv.conf by the init) and
+ * that every egress policy lets through on port 53: the configured ones, else the host's upstream ones.
+ */
+export async function guestResolvers(config: {
+  dnsServers: readonly string[] | undefined;
+}): Promise<string[]> {
+  return config.dnsServers ? [...config.dnsServers] : await hostResolvers();
+}

@@ -11,7 +11,7 @@ import { z } from "zod";
 import type { AddressPool } from "./address-pool.ts";
 import { type OrchestratorConfig, parsePortRange } from "./config.ts";
 import { DEFAULT_EGRESS_POLICY, type EgressPolicy } from "./egress-policy.ts";
-import { hostResolvers } from "./host-resolvers.ts";
+import { guestResolvers } from "./host-resolvers.ts";
 import { networkNamesFor, teardownNetworkNamespace } from "./network.ts";
 import { removeSandboxRules } from "./nftables.ts";
 import { checkProcessIdentity, type ProcessIdentity, processIdentitySchema } from "./process-identity.ts";
@@ -48,10 +48,6 @@ export interface NetworkHost {
   addressPool: AddressPool;
 }
 
-async function resolversOf(config: OrchestratorConfig): Promise<string[]> {
-  return config.dnsServers ?? (await hostResolvers());
-}
-
 /**
  * A network with `policy` (default: the config's egressPolicy, else allow with the default denies)
  * from a fresh /30, which goes back to the address pool when this fails. `beforeCreate` runs once the
@@ -79,7 +75,7 @@ export async function createSandboxNetwork(
       guestAddress: config.guestAddress,
       hostAddressPool: config.hostAddressPool,
       firewallTable: config.firewallTable,
-      resolvers: await resolversOf(config),
+      resolvers: await guestResolvers(config),
       publishPortRange: parsePortRange(config.publishPortRange),
       // The operator's default policy, so a pooled network taken with it needs no transaction.
       policy: options.policy ?? config.egressPolicy ?? DEFAULT_EGRESS_POLICY,
