@@ -24,3 +24,11 @@ export {
   type TestGuestProgress,
   testGuestSourceDir,
 } from "./tiny-guest.ts";
+export {
+  type CpuidLeaf,
+  parseTestGuestCpuid,
+  TEST_GUEST_CPUID_MAX,
+  TEST_GUEST_CPUID_PATTERN,
+  type TestGuestCpuid,
+  testGuestCpuidBootArg,
+} from "./tiny-guest-cpuid.ts";

@@ -17,6 +17,13 @@
  * N (see expectedGuestChecksums in ../tiny-guest.ts), so a wrong or partly lost memory image shows up as a
  * wrong checksum. No libc, no SSE (Firecracker does not enable it), no interrupts.
  *
+ * With `sbx.cpuid=<leaf>.<subleaf>,...` on the command line (hex, at most SBX_CPUID_MAX pairs), the
+ * guest first executes CPUID for each pair and prints what it sees, before the ready marker:
+ *
+ *     SBX-GUEST cpuid <leaf 8 hex>.<subleaf 8 hex> eax=<8 hex> ebx=<8 hex> ecx=<8 hex> edx=<8 hex>
+ *
+ * so a test can check that a CPU template reached the guest bit for bit.
+ *
  * A provisioning boot (the kernel command line has `sbx.provision=1`, as sbx's template build passes
  * it) instead prints what sbx's provisioning runner prints, `SBX_PROVISION_EXIT status=<n>` (n from
  * `sbx.test-provision-status=<n>`, default 0), and resets the machine through the i8042 controller,
@@ -108,6 +115,56 @@ static const char *cmdline_find(const char *cmdline, const char *name) {
   return 0;
 }
 
+#define SBX_CPUID_MAX 64
+
+static inline void cpuid(u32 leaf, u32 subleaf, u32 regs[4]) {
+  __asm__ volatile("cpuid" : "=a"(regs[0]), "=b"(regs[1]), "=c"(regs[2]), "=d"(regs[3]) : "a"(leaf), "c"(subleaf));
+}
+
+/* Parses up to 8 hex digits at *p (advancing it); returns -1 when there is none. */
+static long parse_hex(const char **p) {
+  u32 value = 0;
+  int digits = 0;
+  for (;; (*p)++, digits++) {
+    char c = **p;
+    u32 d;
+    if (c >= '0' && c <= '9') d = (u32)(c - '0');
+    else if (c >= 'a' && c <= 'f') d = (u32)(c - 'a' + 10);
+    else if (c >= 'A' && c <= 'F') d = (u32)(c - 'A' + 10);
+    else break;
+    if (digits == 8) return -1;
+    value = value << 4 | d;
+  }
+  return digits ? (long)value : -1;
+}
+
+/* Prints the CPUID leaves `sbx.cpuid=` names; stops at the first malformed pair. */
+static void print_cpuid(const char *list) {
+  for (int n = 0; n < SBX_CPUID_MAX; n++) {
+    long leaf = parse_hex(&list);
+    if (leaf < 0 || *list++ != '.') return;
+    long subleaf = parse_hex(&list);
+    if (subleaf < 0) return;
+    u32 regs[4];
+    cpuid((u32)leaf, (u32)subleaf, regs);
+    put_str("SBX-GUEST cpuid ");
+    put_hex((u32)leaf);
+    put_char('.');
+    put_hex((u32)subleaf);
+    put_str(" eax=");
+    put_hex(regs[0]);
+    put_str(" ebx=");
+    put_hex(regs[1]);
+    put_str(" ecx=");
+    put_hex(regs[2]);
+    put_str(" edx=");
+    put_hex(regs[3]);
+    put_char('\n');
+    if (*list != ',') return;
+    list++;
+  }
+}
+
 static void provision_and_reset(const char *cmdline) {
   u32 status = 0;
   const char *value = cmdline_find(cmdline, "sbx.test-provision-status=");
@@ -124,6 +181,8 @@ void sbx_guest_main(const unsigned char *zero_page) {
   /* boot_params.hdr.cmd_line_ptr (offset 0x228), below 4 GiB: identity-mapped like all low memory. */
   const char *cmdline = zero_page ? (const char *)(u64)(*(const volatile u32 *)(zero_page + 0x228)) : 0;
   if (cmdline && cmdline_find(cmdline, "sbx.provision=1")) provision_and_reset(cmdline);
+  const char *cpuid_list = cmdline ? cmdline_find(cmdline, "sbx.cpuid=") : 0;
+  if (cpuid_list) print_cpuid(cpuid_list);
   put_str("SBX-GUEST-READY\n");
   for (;;) {
     step();
