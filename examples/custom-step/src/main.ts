@@ -13,11 +13,11 @@ import { hostFingerprint } from "@sbx/cpu-template";
 import { buildTestGuest, TEST_GUEST_READY_MARKER } from "@sbx/fc-client/testing";
 import {
   artifactResolverWith,
+  BUILD_FILES,
   createConfig,
   Orchestrator,
   type Step,
   type StepList,
-  TEMPLATE_FILES,
   type TemplateBuildContext,
 } from "@sbx/orchestrator";
 import { writeBusyboxFixture, writeOciLayout } from "@sbx/rootfs/testing";
@@ -52,8 +52,8 @@ const pinnedCpuTemplate: Step<TemplateBuildContext> = {
 const fakeSnapshot: Step<TemplateBuildContext> = {
   name: "snapshot",
   async run(context) {
-    await writeFile(join(context.stagingDir, TEMPLATE_FILES.vmstate), "not a real vmstate");
-    await writeFile(join(context.stagingDir, TEMPLATE_FILES.memory), Buffer.alloc(1 << 20));
+    await writeFile(join(context.stagingDir, BUILD_FILES.vmstate), "not a real vmstate");
+    await writeFile(join(context.stagingDir, BUILD_FILES.memory), Buffer.alloc(1 << 20));
   },
 };
 
@@ -100,7 +100,7 @@ try {
   const steps = built.timings.map((t) => t.step);
   log(`steps            ${steps.join(" → ")}`);
   log(
-    `template.json    ${built.directory}/template.json (cpu template: ${built.manifest.boot.cpuTemplate.kind})`,
+    `build.json       ${built.directory}/build.json (build ${built.id}, cpu template: ${built.manifest.boot?.cpuTemplate.kind})`,
   );
   log(
     firecrackerBin

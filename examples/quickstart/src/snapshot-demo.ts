@@ -142,7 +142,7 @@ export async function templateAndSandboxes(log: (line: string) => void): Promise
     });
     result.templateMs = Math.round(performance.now() - t);
     log(
-      `template         OCI image → rootfs → boot → Full snapshot → template.json: ${result.templateMs} ms (${built.timings.map((s) => `${s.step} ${s.durationMs.toFixed(0)}`).join(", ")})`,
+      `template         OCI image → rootfs → boot → Full snapshot → build ${built.id}: ${result.templateMs} ms (${built.timings.map((s) => `${s.step} ${s.durationMs.toFixed(0)}`).join(", ")})`,
     );
     const alive = /^SBX-GUEST iter=\d+ sum=/;
     // A liveness bound, not a target: creates return at the first guest line. On a busy host (a test
@@ -172,18 +172,13 @@ export async function templateAndSandboxes(log: (line: string) => void): Promise
     const paused = await sandboxes[0]!.pause();
     result.pauseMs = Math.round(performance.now() - t);
     t = performance.now();
-    const resumed = await orchestrator.createSandbox({
-      template: "hello",
-      from: paused,
-      alive,
-      aliveTimeoutMs,
-    });
+    const resumed = await orchestrator.createSandbox({ from: paused, alive, aliveTimeoutMs });
     result.resumeMs = Math.round(performance.now() - t);
     const iteration = parseTestGuestLine(
       resumed.firecracker.console.lines().find((l) => alive.test(l)) ?? "",
     )?.iteration;
     log(
-      `pause/resume     Diff snapshot + disk ${result.pauseMs} ms; resumed from template + diff in ${result.resumeMs} ms (guest at iteration ${iteration})`,
+      `pause/resume     Diff snapshot + disk into build ${paused.build} in ${result.pauseMs} ms; resumed from its memory header in ${result.resumeMs} ms (guest at iteration ${iteration})`,
     );
     return result;
   } catch (error) {

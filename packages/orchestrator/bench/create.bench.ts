@@ -13,6 +13,9 @@ import { configureAndStart, launchFirecracker } from "@sbx/fc-client";
 import { buildTestGuest, realFirecracker } from "@sbx/fc-client/testing";
 import { prewarmPageFaultWorkers } from "@sbx/uffd";
 import { benchEnvironment } from "../../../scripts/bench-environment.ts";
+import { createConfig } from "../src/config.ts";
+import { importBuild } from "../src/import-build.ts";
+import { openOrchestratorState } from "../src/orchestrator-state.ts";
 import { createSandbox } from "../src/sandbox.ts";
 
 const CREATES = Number(process.env.BENCH_CREATES ?? 50);
@@ -58,6 +61,10 @@ async function main(): Promise<Record<string, unknown>> {
       resolve(import.meta.dirname, "../../uffd/bench/c-handler.c"),
     ]);
 
+    await using state = await openOrchestratorState(
+      createConfig({ stateDir: join(dir, "state"), firecrackerBin: binary }),
+    );
+    await importBuild(state, { template: "bench", vmstate: snapshot.vmstate, memory: snapshot.layers[0]! });
     // A service keeps page-fault workers warm; so does the benchmark (~150 ms of module loading each).
     prewarmPageFaultWorkers(2);
     await new Promise((resolve) => setTimeout(resolve, 500));
@@ -71,12 +78,7 @@ async function main(): Promise<Record<string, unknown>> {
       // Ours: the whole create (server, Firecracker, load, first line) as a caller sees it.
       let started = performance.now();
       {
-        await using sandbox = await createSandbox({
-          firecrackerBin: binary,
-          snapshot,
-          directory: join(dir, `s${i}`),
-          alive,
-        });
+        await using sandbox = await createSandbox(state, { template: "bench", alive });
         ours.push(performance.now() - started);
         for (const { step, durationMs } of sandbox.timings) {
           steps.set(step, [...(steps.get(step) ?? []), durationMs]);

@@ -1,17 +1,14 @@
 // `sbx serve` owns the sandboxes (their page-fault servers live in its process); the CLI's other
 // commands talk to it over a root-only Unix socket in the state directory: one JSON line each way.
-import { chmod, readdir, readFile, rm } from "node:fs/promises";
+import { chmod, rm } from "node:fs/promises";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { z } from "zod";
+import { listPausedSandboxes } from "./builds.ts";
 import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
-import {
-  type Orchestrator,
-  type PausedSandbox,
-  pausedSandboxSchema,
-  type TemplateSandbox,
-} from "./orchestrator.ts";
+import type { Orchestrator } from "./orchestrator.ts";
+import type { Sandbox } from "./sandbox.ts";
 import { resolveIdPrefix } from "./sandbox-id.ts";
 import { templateDrift } from "./template-build.ts";
 import { templateRequestSchema } from "./template-inputs.ts";
@@ -30,6 +27,10 @@ export const controlRequestSchema = z.discriminatedUnion("op", [
   z.object({ op: z.literal("pause"), id: z.string().min(1) }),
   z.object({ op: z.literal("resume"), paused: z.string().min(1), alive: z.string().max(1024).optional() }),
   z.object({ op: z.literal("kill"), id: z.string().min(1) }),
+  z.object({ op: z.literal("fork"), id: z.string().min(1), count: z.number().int().min(1).max(64) }),
+  z.object({ op: z.literal("gc") }),
+  z.object({ op: z.literal("template-rm"), name: z.string().min(1) }),
+  z.object({ op: z.literal("paused-rm"), paused: z.string().min(1) }),
   z.object({
     op: z.literal("build"),
     request: templateRequestSchema,
@@ -58,40 +59,19 @@ export function controlSocketPath(config: Pick<OrchestratorConfig, "stateDir">):
 export interface SandboxSummary {
   id: string;
   template: string;
+  build: string;
   pid: number;
   networkNamespace: string | null;
 }
 
-function summary(sandbox: TemplateSandbox): SandboxSummary {
+function summary(sandbox: Sandbox): SandboxSummary {
   return {
     id: sandbox.id,
     template: sandbox.template,
+    build: sandbox.build.id,
     pid: sandbox.firecracker.pid,
     networkNamespace: sandbox.networkNamespace ?? null,
   };
-}
-
-/** Paused sandboxes under `{stateDir}/paused`, by directory name (what `resume` takes). */
-export async function listPausedSandboxes(
-  config: Pick<OrchestratorConfig, "stateDir">,
-): Promise<{ name: string; paused: PausedSandbox }[]> {
-  const root = join(config.stateDir, "paused");
-  let names: string[];
-  try {
-    names = await readdir(root);
-  } catch {
-    return [];
-  }
-  const found: { name: string; paused: PausedSandbox }[] = [];
-  for (const name of names.sort()) {
-    try {
-      const json = JSON.parse(await readFile(join(root, name, "paused.json"), "utf8"));
-      found.push({ name, paused: pausedSandboxSchema.parse(json) });
-    } catch {
-      // A pause interrupted before paused.json was written: not resumable.
-    }
-  }
-  return found;
 }
 
 function pattern(source: string | undefined): RegExp | undefined {
@@ -110,13 +90,21 @@ async function handle(orchestrator: Orchestrator, request: z.output<typeof contr
       prefix,
       live().map((s) => s.id),
     );
-    return live().find((s) => s.id === id) as TemplateSandbox;
+    return live().find((s) => s.id === id) as Sandbox;
+  };
+  const pausedByPrefix = async (prefix: string) => {
+    const all = await listPausedSandboxes(orchestrator.config);
+    const id = resolveIdPrefix(
+      prefix,
+      all.map((p) => p.id),
+    );
+    return all.find((p) => p.id === id)!;
   };
   switch (request.op) {
     case "list":
       return {
         sandboxes: live().map(summary),
-        paused: (await listPausedSandboxes(orchestrator.config)).map((p) => ({ name: p.name, ...p.paused })),
+        paused: await listPausedSandboxes(orchestrator.config),
       };
     case "create": {
       const alive = pattern(request.alive);
@@ -126,24 +114,27 @@ async function handle(orchestrator: Orchestrator, request: z.output<typeof contr
       });
       return { ...summary(sandbox), timings: sandbox.timings };
     }
-    case "pause": {
-      const paused = await byPrefix(request.id).pause();
-      return { name: paused.vmstate.split("/").at(-2), ...paused };
-    }
+    case "pause":
+      return byPrefix(request.id).pause();
     case "resume": {
-      const all = await listPausedSandboxes(orchestrator.config);
-      const name = resolveIdPrefix(
-        request.paused,
-        all.map((p) => p.name),
-      );
-      const from = all.find((p) => p.name === name)!.paused;
+      const from = await pausedByPrefix(request.paused);
       const alive = pattern(request.alive);
-      const sandbox = await orchestrator.createSandbox({
-        template: from.template,
-        from,
-        ...(alive ? { alive } : {}),
-      });
+      const sandbox = await orchestrator.createSandbox({ from, ...(alive ? { alive } : {}) });
       return { ...summary(sandbox), timings: sandbox.timings };
+    }
+    case "fork": {
+      const forks = await byPrefix(request.id).fork(request.count);
+      return { forks: forks.map(summary) };
+    }
+    case "gc":
+      return orchestrator.gc();
+    case "template-rm":
+      await orchestrator.removeTemplate(request.name);
+      return { name: request.name, removed: true };
+    case "paused-rm": {
+      const paused = await pausedByPrefix(request.paused);
+      await orchestrator.removePausedSandbox(paused.id);
+      return { id: paused.id, removed: true };
     }
     case "kill": {
       const sandbox = byPrefix(request.id);
@@ -159,7 +150,8 @@ async function handle(orchestrator: Orchestrator, request: z.output<typeof contr
         ...(readyMarker ? { readyMarker } : {}),
       });
       return {
-        name: built.manifest.name,
+        name: built.manifest.template,
+        build: built.id,
         rebuilt: true,
         reason: drift,
         directory: built.directory,

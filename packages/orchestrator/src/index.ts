@@ -14,6 +14,31 @@ export {
   type TemplateSpec,
   templateSpecSchema,
 } from "./boot-parameters.ts";
+export {
+  BuildLeases,
+  buildDir,
+  buildsDir,
+  collectGarbage,
+  type GcReport,
+  listPausedSandboxes,
+  listTemplatePointers,
+  memoryFilesOf,
+  newBuildId,
+  type PausedSandbox,
+  pausedDir,
+  pausedSandboxSchema,
+  publishBuild,
+  readBuild,
+  readBuildHeader,
+  readTemplatePointer,
+  removePausedSandbox,
+  removeTemplatePointer,
+  setPausedPointer,
+  setTemplatePointer,
+  stageBuild,
+  type TemplatePointer,
+  templatesDir,
+} from "./builds.ts";
 export { type CliIo, runCli, USAGE } from "./cli/cli.ts";
 export {
   ARCH_DEFAULTS,
@@ -36,10 +61,10 @@ export {
   controlRequestSchema,
   controlServerRunning,
   controlSocketPath,
-  listPausedSandboxes,
   type SandboxSummary,
   serveControl,
 } from "./control.ts";
+export { type CloneMethod, cloneFile, directoryClones } from "./disk-clone.ts";
 export {
   type DoctorCheck,
   type DoctorHost,
@@ -62,18 +87,9 @@ export {
   networkNamesFor,
   teardownNetworkNamespace,
 } from "./network.ts";
-export {
-  type CreateFromTemplateOptions,
-  defaultTemplateSandboxSteps,
-  type OpenOrchestratorOptions,
-  Orchestrator,
-  type PausedSandbox,
-  pausedSandboxSchema,
-  readPausedSandbox,
-  TemplateSandbox,
-  type TemplateSandboxContext,
-} from "./orchestrator.ts";
+export { type OpenOrchestratorOptions, Orchestrator } from "./orchestrator.ts";
 export { type OrchestratorState, openOrchestratorState } from "./orchestrator-state.ts";
+export { defaultPauseSteps, type PauseOptions } from "./pause.ts";
 export {
   checkProcessIdentity,
   type IdentityCheck,
@@ -92,13 +108,14 @@ export {
 } from "./reclaim.ts";
 export {
   assertCanResume,
+  type CreateSandboxHooks,
   type CreateSandboxOptions,
   createSandbox,
   DEFAULT_ALIVE,
   defaultSandboxSteps,
+  type OrchestratorMetrics,
   Sandbox,
   type SandboxContext,
-  type SnapshotLayers,
 } from "./sandbox.ts";
 export { newSandboxId, resolveIdPrefix, sandboxIdSchema } from "./sandbox-id.ts";
 export {
@@ -115,6 +132,7 @@ export {
   type SandboxRecord,
   StateDirectory,
   sandboxRecordSchema,
+  writeFileAtomic,
   writeJsonAtomic,
 } from "./state-dir.ts";
 export {
@@ -140,10 +158,8 @@ export {
   GUEST_MAC,
   ROOTFS_DRIVE_ID,
   readTemplate,
-  TEMPLATE_FILES,
   type TemplateBuildContext,
   templateDrift,
-  templatesDir,
   templateVmConfig,
 } from "./template-build.ts";
 export {
@@ -164,11 +180,14 @@ export {
 } from "./template-inputs.ts";
 export {
   type BootParameters,
+  BUILD_FILES,
+  type BuildManifest,
   bootParametersSchema,
+  buildIdSchema,
+  buildManifestSchema,
   type CpuTemplateRecord,
   cpuTemplateRecordSchema,
-  type TemplateManifest,
-  templateManifestSchema,
+  templateName,
 } from "./template-manifest.ts";
 export {
   type BindMount,

@@ -1,5 +1,6 @@
 import { type Logger, silentLogger } from "@sbx/arch";
 import { AddressPool } from "./address-pool.ts";
+import { BuildLeases } from "./builds.ts";
 import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
 import { ConcurrencyLimiter } from "./limiter.ts";
@@ -16,6 +17,8 @@ export interface OrchestratorState extends AsyncDisposable {
   addressPool: AddressPool;
   createLimiter: ConcurrencyLimiter;
   buildLimiter: ConcurrencyLimiter;
+  /** Builds this process uses that no file pins yet (creates and builds in flight): gc keeps them. */
+  leases: BuildLeases;
   /** What the start-up reclaim removed from a crashed previous run. */
   reclaimed: ReclaimReport;
   /** Releases the state directory's lock (sandboxes must be disposed before). */
@@ -68,6 +71,7 @@ export async function openOrchestratorState(
       addressPool,
       createLimiter: new ConcurrencyLimiter(config.maxConcurrentCreates),
       buildLimiter: new ConcurrencyLimiter(config.maxConcurrentBuilds),
+      leases: new BuildLeases(),
       reclaimed,
       close,
       [Symbol.asyncDispose]: close,

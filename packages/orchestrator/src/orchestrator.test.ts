@@ -13,9 +13,12 @@ import {
   TEST_GUEST_READY_MARKER,
 } from "@sbx/fc-client/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildDir, readBuildHeader } from "./builds.ts";
 import { listNetworkNamespaces } from "./network.ts";
-import { Orchestrator, type TemplateSandbox } from "./orchestrator.ts";
-import { diskSlotPath, TEMPLATE_FILES } from "./template-build.ts";
+import { Orchestrator } from "./orchestrator.ts";
+import type { Sandbox } from "./sandbox.ts";
+import { diskSlotPath } from "./template-build.ts";
+import { BUILD_FILES } from "./template-manifest.ts";
 import { childPids, networkSkipReason } from "./test-capabilities.ts";
 import { type TemplateFixture, templateFixture, testResolver } from "./test-template-fixture.ts";
 
@@ -87,7 +90,7 @@ describe.skipIf(skipReason !== undefined)(
           const pid = sandbox.firecracker.pid;
           // Firecracker opened the snapshot's disk path, and behind it is this sandbox's own copy.
           const inode = openFileInode(pid, slot);
-          expect(inode).toBe(statSync(join(sandbox.directory, TEMPLATE_FILES.rootfs)).ino);
+          expect(inode).toBe(statSync(join(sandbox.directory, BUILD_FILES.rootfs)).ino);
           seen.add(inode as number);
           namespaces.add(readlinkSync(`/proc/${pid}/ns/net`));
           expect(sandbox.networkNamespace).toMatch(/^sbx-/);
@@ -114,28 +117,51 @@ describe.skipIf(skipReason !== undefined)(
       expect(orchestrator.sandboxes).toHaveLength(0);
     });
 
-    it("pauses to a Diff snapshot with the disk beside it, and resumes where the guest was", async () => {
-      let sandbox: TemplateSandbox | undefined = await orchestrator.createSandbox({
+    it("pauses into a build with the disk beside it, and resumes where the guest was, checksum exact", async () => {
+      let sandbox: Sandbox | undefined = await orchestrator.createSandbox({
         template: "guest",
         alive: GUEST_LINE,
       });
       const lastIteration = () =>
         Math.max(
-          ...sandbox!.firecracker.console.lines().map((line) => parseTestGuestLine(line)?.iteration ?? 0),
+          ...sandbox!.firecracker.console
+            .lines()
+            .map((line: string) => parseTestGuestLine(line)?.iteration ?? 0),
         );
       const since = sandbox.firecracker.console.position;
       await sandbox.firecracker.waitForConsole(GUEST_LINE, { timeoutMs: 30_000, since });
       const pausedAt = lastIteration();
+      const templateBuild = sandbox.build.id;
       const paused = await sandbox.pause();
-      expect(paused.layers).toHaveLength(2);
-      expect(statSync(paused.disk).size).toBeGreaterThan(0);
+      const header = await readBuildHeader(fixture.config, paused.build);
+      expect(header.builds).toContain(templateBuild);
+      expect(statSync(join(buildDir(fixture.config, paused.build), BUILD_FILES.rootfs)).size).toBeGreaterThan(
+        0,
+      );
       expect(orchestrator.sandboxes).toHaveLength(0);
-      sandbox = await orchestrator.createSandbox({ template: "guest", from: paused, alive: GUEST_LINE });
+      expect((await orchestrator.pausedSandboxes()).map((p) => p.build)).toContain(paused.build);
+      sandbox = await orchestrator.createSandbox({ from: paused, alive: GUEST_LINE });
       try {
-        expect(lastIteration()).toBeGreaterThanOrEqual(pausedAt);
+        // The first progress line past the pause carries the checksum an uninterrupted guest has there.
+        let after = sandbox.firecracker.console.position - 1;
+        for (;;) {
+          const next = await sandbox.firecracker.waitForConsole(GUEST_LINE, {
+            timeoutMs: 30_000,
+            since: after + 1,
+          });
+          after = next.line.seq;
+          const progress = parseTestGuestLine(next.line.text)!;
+          if (progress.iteration <= pausedAt) continue;
+          expect(progress.checksum).toBe(expectedGuestChecksums(progress.iteration)[progress.iteration - 1]);
+          break;
+        }
       } finally {
         await sandbox.kill();
       }
+      await orchestrator.removePausedSandbox(paused.id);
+      const report = await orchestrator.gc();
+      expect(report.removed.map((r) => r.id)).toContain(paused.build);
+      expect(report.kept.map((k) => k.id)).toContain(templateBuild);
     });
 
     it("provisions in a first boot that ends in a reset, repairs the rootfs, then snapshots a second boot", async () => {
@@ -161,7 +187,7 @@ describe.skipIf(skipReason !== undefined)(
         "wait-ready",
         "snapshot",
       ]);
-      expect(built.manifest.boot.provisionScriptSha256).toMatch(/^[0-9a-f]{64}$/);
+      expect(built.manifest.boot!.provisionScriptSha256).toMatch(/^[0-9a-f]{64}$/);
       // A failing provisioning script fails the build with its status; nothing is published.
       const failed = await orchestrator
         .buildTemplate({
@@ -177,8 +203,8 @@ describe.skipIf(skipReason !== undefined)(
       expect(failed).toMatchObject({ code: "STEP_FAILED", details: { step: "provision" } });
       expect((failed as Error).cause).toMatchObject({ code: "PROVISION_FAILED", details: { status: 5 } });
       expect(readdirSync(join(fixture.config.stateDir, "templates")).sort()).toEqual([
-        "guest",
-        "provisioned",
+        "guest.json",
+        "provisioned.json",
       ]);
     }, 120_000);
 

@@ -10,7 +10,8 @@ import { realFirecracker } from "@sbx/fc-client/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCommand } from "./exec.ts";
 import { listNetworkNamespaces } from "./network.ts";
-import { Orchestrator, type TemplateSandbox } from "./orchestrator.ts";
+import { Orchestrator } from "./orchestrator.ts";
+import type { Sandbox } from "./sandbox.ts";
 import { childPids, networkSkipReason } from "./test-capabilities.ts";
 import { type TemplateFixture, templateFixture, testResolver } from "./test-template-fixture.ts";
 
@@ -22,7 +23,7 @@ const skipReason =
   (!kernel ? "SBX_TEST_KERNEL not set (real-KVM hosts only)" : undefined);
 if (skipReason) console.log(`[orchestrator] real-Linux end-to-end test skipped: ${skipReason}`);
 
-async function answersPing(sandbox: TemplateSandbox, address: string): Promise<boolean> {
+async function answersPing(sandbox: Sandbox, address: string): Promise<boolean> {
   const namespace = sandbox.networkNamespace;
   if (!namespace) return false;
   try {

@@ -1,8 +1,9 @@
-// End to end with a real Firecracker and the tiny test guest: a template snapshot, 10 sandboxes from it
-// at once through the page-fault server, one paused to a Diff snapshot and resumed from the layers,
-// all killed, nothing left behind.
-import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+// The one sandbox lifecycle end to end, with a real Firecracker and the tiny test guest: a build from a
+// Full snapshot, 10 sandboxes from it at once, pause into immutable builds and resume, a template rebuilt
+// under a paused sandbox, memory files copied without holes or gone, a chain of 10 pauses, fork, gc.
+import { execFileSync } from "node:child_process";
+import { existsSync, readdirSync } from "node:fs";
+import { mkdir, mkdtemp, rename, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { hostArch } from "@sbx/arch";
@@ -15,135 +16,209 @@ import {
 } from "@sbx/fc-client/testing";
 import { resolveNativeHelper } from "@sbx/uffd";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildDir, readBuildHeader, readTemplatePointer } from "./builds.ts";
+import { createConfig } from "./config.ts";
+import { OrchestratorError } from "./errors.ts";
+import { importBuild } from "./import-build.ts";
+import { type OrchestratorState, openOrchestratorState } from "./orchestrator-state.ts";
 import { createSandbox, defaultSandboxSteps, type Sandbox } from "./sandbox.ts";
+import { BUILD_FILES } from "./template-manifest.ts";
+import { childPids } from "./test-capabilities.ts";
 
-const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker({ testGuest: true });
-const skipReason = firecrackerSkip;
-if (skipReason) console.log(`[orchestrator] sandbox end-to-end test skipped: ${skipReason}`);
+const { binary: firecrackerBin, skipReason } = realFirecracker({ testGuest: true });
+if (skipReason) console.log(`[orchestrator] sandbox lifecycle test skipped: ${skipReason}`);
 
 const fdCount = () => readdirSync("/proc/self/fd").length;
-const childPids = () =>
-  readdirSync("/proc")
-    .filter((e) => /^\d+$/.test(e))
-    .filter((e) => {
-      try {
-        const stat = readFileSync(`/proc/${e}/stat`, "utf8");
-        return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === process.pid;
-      } catch {
-        return false;
-      }
-    });
 const GUEST_LINE = /^SBX-GUEST iter=\d+ sum=[0-9a-f]{8}$/;
 
-/** The guest's newest progress line after `since`, checked against a never-interrupted guest. */
-async function checksumContinues(sandbox: Sandbox, since: number, after: number) {
-  const next = await sandbox.firecracker.waitForConsole(
-    new RegExp(`^SBX-GUEST iter=(\\d{${String(after + 1).length},}) `),
-    { timeoutMs: 60_000, since },
-  );
-  const progress = parseTestGuestLine(next.line.text)!;
-  expect(progress.iteration).toBeGreaterThan(after);
-  expect(progress.checksum).toBe(expectedGuestChecksums(progress.iteration)[progress.iteration - 1]);
-  return progress.iteration;
+const lastIteration = (sandbox: Sandbox) =>
+  Math.max(0, ...sandbox.firecracker.console.lines().map((line) => parseTestGuestLine(line)?.iteration ?? 0));
+
+/** The guest's first progress line past iteration `after`, checked against a never-interrupted guest. */
+async function checksumContinues(sandbox: Sandbox, after: number): Promise<number> {
+  let since = 0;
+  for (;;) {
+    const next = await sandbox.firecracker.waitForConsole(GUEST_LINE, { timeoutMs: 60_000, since });
+    const progress = parseTestGuestLine(next.line.text)!;
+    since = next.line.seq + 1;
+    if (progress.iteration <= after) continue;
+    expect(progress.checksum).toBe(expectedGuestChecksums(progress.iteration)[progress.iteration - 1]);
+    return progress.iteration;
+  }
+}
+
+/** Runs a sandbox until it prints another line, then returns the newest iteration it printed. */
+async function runOn(sandbox: Sandbox): Promise<number> {
+  const since = sandbox.firecracker.console.position;
+  await sandbox.firecracker.waitForConsole(GUEST_LINE, { timeoutMs: 60_000, since });
+  return lastIteration(sandbox);
 }
 
 describe.skipIf(skipReason !== undefined)(
-  `sandboxes from a snapshot${skipReason ? ` (skipped: ${skipReason})` : ""}`,
+  `sandboxes from builds${skipReason ? ` (skipped: ${skipReason})` : ""}`,
   () => {
     let dir: string;
-    let template: { vmstate: string; layers: string[] };
-    let templateIteration = 0;
-    let before: { fds: number; children: string[] };
+    let state: OrchestratorState;
+    let guest: string;
+    let templateBuild: string;
+    let before: { fds: number; children: number[] };
 
-    beforeAll(async () => {
-      dir = await mkdtemp(join(tmpdir(), "sbx-orchestrator-e2e-"));
-      const guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
-      before = { fds: fdCount(), children: childPids() };
+    /** A Full snapshot of the test guest once it printed iteration `atLeast`, imported as template "guest". */
+    async function snapshotTemplate(atLeast: number, into: string): Promise<string> {
       await using fc = await launchFirecracker({
         binary: firecrackerBin!,
         id: "sbx-template",
-        logPath: join(dir, "template.log"),
+        logPath: join(into, "fc.log"),
       });
       await configureAndStart(fc.client, {
         "boot-source": { kernel_image_path: guest, boot_args: "console=ttyS0" },
         "machine-config": { vcpu_count: 1, mem_size_mib: 128, track_dirty_pages: true },
       });
-      const line = await fc.waitForConsole(/^SBX-GUEST iter=([2-9]|\d\d+) /, { timeoutMs: 30_000 });
-      templateIteration = parseTestGuestLine(line.line.text)!.iteration;
+      await fc.waitForConsole(
+        new RegExp(`^SBX-GUEST iter=(${atLeast}|\\d{${String(atLeast).length + 1},}) `),
+        {
+          timeoutMs: 30_000,
+        },
+      );
       await fc.client.patchVm({ state: "Paused" });
-      template = { vmstate: join(dir, "vmstate"), layers: [join(dir, "mem")] };
       await fc.client.createSnapshot({
         snapshot_type: "Full",
-        snapshot_path: template.vmstate,
-        mem_file_path: template.layers[0]!,
+        snapshot_path: join(into, "vmstate"),
+        mem_file_path: join(into, "mem"),
       });
+      const build = await importBuild(state, {
+        template: "guest",
+        vmstate: join(into, "vmstate"),
+        memory: join(into, "mem"),
+      });
+      return build.id;
+    }
+
+    beforeAll(async () => {
+      dir = await mkdtemp(join(tmpdir(), "sbx-lifecycle-"));
+      guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
+      before = { fds: fdCount(), children: childPids() };
+      state = await openOrchestratorState(
+        createConfig({
+          stateDir: join(dir, "state"),
+          firecrackerBin: firecrackerBin!,
+          maxConcurrentCreates: 16,
+        }),
+      );
+      await mkdir(join(dir, "t1"));
+      await mkdir(join(dir, "t2"));
+      templateBuild = await snapshotTemplate(2, join(dir, "t1"));
     }, 60_000);
 
     afterAll(async () => {
+      await state?.close();
       await new Promise((resolve) => setTimeout(resolve, 200));
       expect(childPids()).toEqual(before.children);
-      expect(fdCount()).toBeLessThanOrEqual(before.fds);
+      expect(fdCount()).toBe(before.fds);
       await rm(dir, { recursive: true, force: true });
     });
 
-    it("10 sandboxes at once, one paused and resumed from template + diff, all killed, nothing left", async () => {
+    it("10 sandboxes at once, one paused into a build and resumed, all killed, nothing left", async () => {
       const sandboxes = await Promise.all(
-        Array.from({ length: 10 }, (_, i) =>
-          createSandbox({
-            firecrackerBin: firecrackerBin!,
-            snapshot: template,
-            directory: join(dir, `sbx-${i}`),
-            alive: GUEST_LINE,
-          }),
+        Array.from({ length: 10 }, () =>
+          createSandbox(state, { template: "guest", alive: GUEST_LINE, aliveTimeoutMs: 60_000 }),
         ),
       );
       try {
         expect(new Set(sandboxes.map((s) => s.firecracker.pid)).size).toBe(10);
-        for (const sandbox of sandboxes) await checksumContinues(sandbox, 0, templateIteration);
+        for (const sandbox of sandboxes) await checksumContinues(sandbox, 1);
         expect(sandboxes[0]!.timings.map((t) => t.step)).toEqual(defaultSandboxSteps().names);
-
-        // Pause one to a Diff snapshot, kill it, resume it from the layer stack: the guest continues.
         const first = sandboxes[0]!;
-        const lines = first.firecracker.console
-          .lines()
-          .map(parseTestGuestLine)
-          .filter((p) => p !== undefined);
+        const pausedAt = await runOn(first);
         const paused = await first.pause();
-        expect(paused.layers).toHaveLength(2);
-        const pausedAt = Math.max(...lines.map((p) => p!.iteration));
-        const resumeDir = join(dir, "resumed");
-        {
-          await using resumed = await createSandbox({
-            firecrackerBin: firecrackerBin!,
-            snapshot: paused,
-            directory: resumeDir,
-            alive: GUEST_LINE,
-          });
-          await first.kill({ keepFiles: true }); // the diff lives in its directory until the resumed one is gone
-          await checksumContinues(resumed, 0, pausedAt);
-          // Layers are served by the native helper too, wherever this checkout has one.
-          expect(resumed.server.codePath).toBe(
-            resolveNativeHelper("auto", hostArch()) ? "native" : "pure-ffi",
-          );
-        }
-        expect(existsSync(resumeDir)).toBe(false);
-        await rm(first.directory, { recursive: true, force: true });
+        expect(existsSync(first.directory)).toBe(false);
+        const header = await readBuildHeader(state.config, paused.build);
+        expect(header.builds).toContain(paused.build);
+        expect(header.builds).toContain(templateBuild);
+        // Nine guests spin the host's cores meanwhile: a liveness bound, not a speed target.
+        await using resumed = await createSandbox(state, {
+          from: paused,
+          alive: GUEST_LINE,
+          aliveTimeoutMs: 60_000,
+        });
+        await checksumContinues(resumed, pausedAt);
+        expect(resumed.server.codePath).toBe(resolveNativeHelper("auto", hostArch()) ? "native" : "pure-ffi");
       } finally {
         await Promise.all(sandboxes.map((s) => s.kill()));
       }
-      for (let i = 0; i < 10; i++) expect(existsSync(join(dir, `sbx-${i}`))).toBe(false);
+      expect(readdirSync(join(state.config.stateDir, "sandboxes"))).toEqual([]);
     }, 180_000);
 
-    it("a failing step undoes the ones before it", async () => {
-      const directory = join(dir, "failing");
-      await expect(
-        createSandbox({
-          firecrackerBin: firecrackerBin!,
-          snapshot: { vmstate: join(dir, "no-such-vmstate"), layers: template.layers },
-          directory,
-        }),
-      ).rejects.toThrow();
-      expect(existsSync(directory)).toBe(false);
-    });
+    it("a rebuilt template, a memory file copied without holes, and a parent gone: exact, or a typed refusal", async () => {
+      const sandbox = await createSandbox(state, { template: "guest", alive: GUEST_LINE });
+      const pausedAt = await runOn(sandbox);
+      const paused = await sandbox.pause();
+
+      // Rebuild: a new snapshot at another point of the guest's run becomes the template's build.
+      const rebuilt = await snapshotTemplate(5, join(dir, "t2"));
+      expect((await readTemplatePointer(state.config, "guest")).build).toBe(rebuilt);
+      expect(rebuilt > templateBuild).toBe(true);
+
+      // The pause's memory file with its holes filled, as a copy or an upload leaves it.
+      const memory = join(buildDir(state.config, paused.build), BUILD_FILES.memory);
+      execFileSync("cp", ["--sparse=never", memory, `${memory}.full`]);
+      await rename(`${memory}.full`, memory);
+      {
+        await using resumed = await createSandbox(state, { from: paused, alive: GUEST_LINE });
+        await checksumContinues(resumed, pausedAt);
+      }
+
+      // The template build the pause layers on, moved away: refused before anything starts.
+      const parentMemory = join(buildDir(state.config, templateBuild), BUILD_FILES.memory);
+      await rename(parentMemory, `${parentMemory}.away`);
+      try {
+        const error = await createSandbox(state, { from: paused, alive: GUEST_LINE }).catch(
+          (e: unknown) => e,
+        );
+        expect(error).toBeInstanceOf(OrchestratorError);
+        expect((error as OrchestratorError).code).toBe("BUILD_MISSING");
+        expect((error as OrchestratorError).details.build).toBe(templateBuild);
+        expect((error as Error).message).toContain(templateBuild);
+        expect(readdirSync(join(state.config.stateDir, "sandboxes"))).toEqual([]);
+      } finally {
+        await rename(`${parentMemory}.away`, parentMemory);
+      }
+    }, 180_000);
+
+    it("a chain of 10 pause/resume cycles resumes exactly each time", async () => {
+      let sandbox = await createSandbox(state, { template: "guest", alive: GUEST_LINE });
+      try {
+        for (let depth = 1; depth <= 10; depth++) {
+          const pausedAt = await runOn(sandbox);
+          const paused = await sandbox.pause();
+          const header = await readBuildHeader(state.config, paused.build);
+          expect(header.builds.length).toBeLessThanOrEqual(depth + 1);
+          sandbox = await createSandbox(state, { from: paused, alive: GUEST_LINE });
+          await checksumContinues(sandbox, pausedAt);
+        }
+      } finally {
+        await sandbox.kill();
+      }
+    }, 300_000);
+
+    it("fork(3): the original runs on, each fork continues from the fork point with its own memory", async () => {
+      await using original = await createSandbox(state, { template: "guest", alive: GUEST_LINE });
+      const forkedAt = await runOn(original);
+      const forks = await original.fork(3, { alive: GUEST_LINE });
+      try {
+        expect(new Set(forks.map((f) => f.firecracker.pid)).size).toBe(3);
+        expect(forks.every((f) => f.build.id === original.build.id)).toBe(true);
+        expect(original.build.kind).toBe("pause");
+        for (const fork of forks) await checksumContinues(fork, forkedAt);
+        await checksumContinues(original, await runOn(original));
+        // The original pauses again on top of the fork's build.
+        const paused = await original.pause({ keepRunning: true });
+        const header = await readBuildHeader(state.config, paused.build);
+        expect(header.builds).toContain(paused.build);
+        await checksumContinues(original, lastIteration(original));
+      } finally {
+        await Promise.all(forks.map((f) => f.kill()));
+      }
+    }, 180_000);
   },
 );

@@ -1,50 +1,103 @@
-// A sandbox's lifecycle from a snapshot: the page-fault server restores its memory, Firecracker loads
-// the VM state, and the guest runs on. Create is a named StepList a fork can edit; pause writes a Diff
-// snapshot that becomes the next memory layer; kill stops Firecracker before the page-fault server.
-import { mkdir, rm } from "node:fs/promises";
-import { join } from "node:path";
-import { type CpuTemplate, checkCompatibility, type Fingerprint, hostFingerprint } from "@sbx/cpu-template";
-import { type FirecrackerProcess, launchFirecracker } from "@sbx/fc-client";
-import { PageFaultServer, type PageFaultServerStop } from "@sbx/uffd";
-import { OrchestratorError } from "./errors.ts";
-import { newSandboxId } from "./sandbox-id.ts";
-import { runSteps, StepList, type StepRunResult } from "./steps.ts";
+// The one sandbox lifecycle. A sandbox starts from a build (a template's, or a pause's): its own
+// network namespace, its own disk cloned from the build's, a page-fault server that serves memory by
+// the build's header, then Firecracker loads the VM state and the guest runs on. Create is a named
+// StepList a fork can edit; pause makes a new immutable build; kill undoes the create steps in reverse,
+// Firecracker always before its page-fault server.
 
-/** A snapshot to start from: the VM state and the memory layers (full memory first, diffs after). */
-export interface SnapshotLayers {
-  vmstate: string;
-  layers: string[];
-}
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { type Logger, silentLogger } from "@sbx/arch";
+import {
+  type CpuTemplate,
+  checkCompatibility,
+  type Fingerprint,
+  parseCpuTemplate,
+  parseFingerprint,
+} from "@sbx/cpu-template";
+import { type FirecrackerProcess, launchFirecracker } from "@sbx/fc-client";
+import { type MemoryHeader, PageFaultServer, type PageFaultServerStop } from "@sbx/uffd";
+import {
+  buildDir,
+  memoryFilesOf,
+  type PausedSandbox,
+  readBuild,
+  readBuildHeader,
+  readTemplatePointer,
+} from "./builds.ts";
+import type { UseMemfdMode } from "./config.ts";
+import { cloneFile } from "./disk-clone.ts";
+import { OrchestratorError } from "./errors.ts";
+import { firecrackerFor, thisHostFingerprint } from "./host-facts.ts";
+import type { OrchestratorState } from "./orchestrator-state.ts";
+import { type PauseOptions, pauseSandbox } from "./pause.ts";
+import { processIdentity } from "./process-identity.ts";
+import { newSandboxId } from "./sandbox-id.ts";
+import {
+  networkStep,
+  type SandboxCreateContext,
+  stateRecordStep,
+  updateSandboxRecord,
+} from "./sandbox-steps.ts";
+import { requireFromStep, runSteps, type StepEvent, StepList, type StepRunResult } from "./steps.ts";
+import { diskSlotPath, ensureDiskSlot } from "./template-build.ts";
+import { BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
+import { wrapInVmNamespaces } from "./vm-namespace.ts";
+import { waitForConsoleLogged } from "./wait-for-line.ts";
+
+/** Any console line: the default proof that a restored guest runs again. */
+export const DEFAULT_ALIVE = /\S/;
 
 export interface CreateSandboxOptions {
-  firecrackerBin: string;
-  snapshot: SnapshotLayers;
-  /** Where the sandbox keeps its sockets, logs and snapshots (created; removed on kill). */
-  directory: string;
-  id?: string;
-  /** The console line that proves the guest runs again after the restore. */
-  alive?: RegExp;
-  aliveTimeoutMs?: number;
+  /** Start from the build this template name points at now. */
+  template?: string;
+  /** Resume a paused sandbox (see `Orchestrator.pausedSandboxes()`). */
+  from?: PausedSandbox;
+  /** Start from a build by id (a template's or a pause's). */
+  build?: string;
   /**
-   * The template's build-host fingerprint (and CPU template): when given, the first step refuses a
-   * host that could not run what the guest was told it may use. `target` defaults to this host.
+   * The console line that proves the guest runs again; default any line. `false` skips the wait, for
+   * guests that print nothing after a restore (check them another way, e.g. over the network).
    */
-  compatibility?: { source: Fingerprint; template?: CpuTemplate; target?: Fingerprint };
+  alive?: RegExp | false;
+  aliveTimeoutMs?: number;
+  /** Overrides the config's `useMemfd` for this sandbox. */
+  useMemfd?: UseMemfdMode;
+  /** The host the compatibility step checks the build against; default this one (a dry run names another). */
+  compatibilityTarget?: Fingerprint;
   /** Edit the create steps (insert, replace, remove by name). */
   steps?: (defaults: StepList<SandboxContext>) => StepList<SandboxContext>;
+  onEvent?: (event: StepEvent) => void;
   signal?: AbortSignal;
 }
 
-export interface SandboxContext {
-  id: string;
-  directory: string;
+/** Counters an operator graphs: a fallback is never silent. */
+export interface OrchestratorMetrics {
+  sandboxesCreated: number;
+  createFailures: number;
+  /** Creates that wanted Firecracker's memfd (`useMemfd: prefer`) and went on without one. */
+  memfdFallbacks: number;
+}
+
+export const newMetrics = (): OrchestratorMetrics => ({
+  sandboxesCreated: 0,
+  createFailures: 0,
+  memfdFallbacks: 0,
+});
+
+export interface SandboxContext extends SandboxCreateContext {
   options: CreateSandboxOptions;
+  metrics: OrchestratorMetrics;
+  logger: Logger;
+  /** The build this sandbox starts from, and its memory header. */
+  build: BuildManifest;
+  header: MemoryHeader;
+  /** Where each build the header names keeps its memory file. */
+  memoryFiles: Record<string, string>;
+  diskPath?: string;
   server?: PageFaultServer;
   firecracker?: FirecrackerProcess;
   consoleSince?: number;
 }
-
-export const DEFAULT_ALIVE = /\S/;
 
 /**
  * Refuses (TEMPLATE_INVALID, naming the missing features) a host that could not run what a snapshot's
@@ -56,7 +109,7 @@ export function assertCanResume(
 ): void {
   const verdict = checkCompatibility({
     source: check.source,
-    target: check.target ?? hostFingerprint(),
+    target: check.target ?? thisHostFingerprint(),
     ...(check.template ? { template: check.template } : {}),
   });
   if (!verdict.compatible)
@@ -67,136 +120,238 @@ export function assertCanResume(
     );
 }
 
-/**
- * A listening page-fault server at `{directory}/uffd.sock` for a memory layer stack (full memory
- * first). Dirty pages come from Firecracker's own Diff snapshot, so the server does not track them.
- */
-export async function startPageFaultServer(
-  directory: string,
-  layers: readonly string[],
-): Promise<PageFaultServer> {
-  const server = new PageFaultServer({
-    socketPath: join(directory, "uffd.sock"),
-    layers: layers.map((path) => ({ path })),
-    trackDirty: false,
-  });
-  await server.listen();
-  return server;
+/** The custom CPU template a build's guest was booted with, from the build's own copy. */
+async function cpuTemplateOf(
+  state: OrchestratorState,
+  build: BuildManifest,
+): Promise<CpuTemplate | undefined> {
+  if (!build.files[BUILD_FILES.cpuTemplate]) return undefined;
+  const text = await readFile(join(buildDir(state.config, build.id), BUILD_FILES.cpuTemplate), "utf8");
+  return parseCpuTemplate(JSON.parse(text));
 }
 
 export function defaultSandboxSteps(): StepList<SandboxContext> {
   return new StepList<SandboxContext>([
     {
       name: "compatibility",
-      run(context) {
-        const check = context.options.compatibility;
-        if (check) assertCanResume("the template", check);
+      async run(context) {
+        const source = parseFingerprint(context.build.hostFingerprint, `build ${context.build.id}`);
+        assertCanResume(`build ${context.build.id} of template "${context.build.template}"`, {
+          source,
+          template: await cpuTemplateOf(context.state, context.build),
+          ...(context.options.compatibilityTarget ? { target: context.options.compatibilityTarget } : {}),
+        });
+      },
+    },
+    stateRecordStep(),
+    {
+      name: "network",
+      run(context, options) {
+        // A build without a NIC needs no namespace network; its VM still gets a mount namespace.
+        if (!context.build.network) return;
+        return networkStep().run(context, options);
       },
     },
     {
-      name: "directory",
+      name: "disk",
       async run(context) {
-        await mkdir(context.directory, { recursive: true, mode: 0o700 });
-        return () => rm(context.directory, { recursive: true, force: true });
+        if (!context.build.files[BUILD_FILES.rootfs]) return;
+        const disk = join(requireFromStep(context.sandboxDir, "the sandbox directory"), BUILD_FILES.rootfs);
+        // A reflink clone where the state directory can (no bytes copied), a sparse copy elsewhere.
+        await cloneFile(join(buildDir(context.state.config, context.build.id), BUILD_FILES.rootfs), disk);
+        await ensureDiskSlot(context.state.config);
+        context.diskPath = disk;
       },
     },
     {
       name: "page-fault-server",
       async run(context) {
-        context.server = await startPageFaultServer(context.directory, context.options.snapshot.layers);
-        return context.server;
+        const server = new PageFaultServer({
+          socketPath: join(requireFromStep(context.sandboxDir, "the sandbox directory"), "uffd.sock"),
+          memory: { header: context.header, paths: context.memoryFiles },
+          // Dirty pages come from Firecracker's own Diff snapshot.
+          trackDirty: false,
+          logger: context.logger,
+        });
+        await server.listen();
+        context.server = server;
+        return server;
       },
     },
     {
       name: "firecracker",
       async run(context, { signal }) {
+        const config = context.state.config;
+        const sandboxDir = requireFromStep(context.sandboxDir, "the sandbox directory");
         const fc = await launchFirecracker({
-          binary: context.options.firecrackerBin,
-          id: context.id,
-          logPath: join(context.directory, "firecracker.log"),
+          ...wrapInVmNamespaces((await firecrackerFor(context.state)).path, {
+            ...(context.network ? { networkNamespace: context.network.name } : {}),
+            binds: context.diskPath ? [{ source: context.diskPath, target: diskSlotPath(config) }] : [],
+          }),
+          id: context.sandboxId,
+          arch: config.targetArch,
+          socketPath: join(sandboxDir, "firecracker.sock"),
+          // Logger and metrics are not in a snapshot: they are set at launch, before the load.
+          logPath: join(sandboxDir, "firecracker.log"),
+          metricsPath: join(sandboxDir, "firecracker.metrics"),
+          uffdRestore: true,
+          ...(config.seccompFilter ? { seccompFilter: config.seccompFilter } : {}),
+          ...(config.allowNoSeccomp ? { allowNoSeccomp: true } : {}),
           signal,
         });
         context.firecracker = fc;
-        return fc;
+        const identity = await processIdentity(fc.pid);
+        await updateSandboxRecord(context, (record) => ({
+          ...record,
+          processes: identity ? [...record.processes, { role: "firecracker", identity }] : record.processes,
+          sockets: [...record.sockets, fc.socketPath, join(sandboxDir, "uffd.sock")],
+        }));
+        return async () => {
+          await fc.kill({ discard: true, graceMs: 1000 });
+        };
       },
     },
     {
       name: "snapshot-load",
       async run(context) {
-        const fc = context.firecracker as FirecrackerProcess;
+        const fc = requireFromStep(context.firecracker, "Firecracker");
+        const server = requireFromStep(context.server, "the page-fault server");
         context.consoleSince = fc.console.position;
         await fc.client.loadSnapshot({
-          snapshot_path: context.options.snapshot.vmstate,
-          mem_backend: { backend_type: "Uffd", backend_path: (context.server as PageFaultServer).socketPath },
+          snapshot_path: join(buildDir(context.state.config, context.build.id), BUILD_FILES.vmstate),
+          mem_backend: { backend_type: "Uffd", backend_path: server.socketPath },
           // Not saved in snapshots: without it the next pause could not write a Diff snapshot.
           track_dirty_pages: true,
           resume_vm: true,
         });
+        const mode = context.options.useMemfd ?? context.state.config.useMemfd;
+        if (mode === "off") return;
+        if ((await server.ready).memfd) return;
+        if (mode === "require") {
+          throw new OrchestratorError(
+            "MEMFD_MISSING",
+            "Firecracker sent no guest-memory memfd with its userfaultfd (upstream Firecracker never does; it is a fork feature): use a Firecracker that sends one, or set SBX_USE_MEMFD=prefer or off",
+          );
+        }
+        context.metrics.memfdFallbacks += 1;
+        context.logger.warn?.(
+          { id: context.sandboxId, memfdFallbacks: context.metrics.memfdFallbacks },
+          "useMemfd=prefer: Firecracker sent no memfd; pause falls back to Firecracker's own Diff snapshot",
+        );
       },
     },
     {
       name: "wait-alive",
       async run(context) {
-        const fc = context.firecracker as FirecrackerProcess;
-        await fc.waitForConsole(context.options.alive ?? DEFAULT_ALIVE, {
-          timeoutMs: context.options.aliveTimeoutMs ?? 30_000,
-          ...(context.consoleSince === undefined ? {} : { since: context.consoleSince }),
-        });
+        const fc = requireFromStep(context.firecracker, "Firecracker");
+        if (context.options.alive !== false) {
+          await waitForConsoleLogged(fc, context.options.alive ?? DEFAULT_ALIVE, {
+            what: `sandbox ${context.sandboxId} to run again`,
+            timeoutMs: context.options.aliveTimeoutMs ?? context.state.config.readyTimeoutMs,
+            logIntervalMs: context.state.config.waitLogIntervalMs,
+            logger: context.logger,
+            ...(context.consoleSince === undefined ? {} : { since: context.consoleSince }),
+          });
+        }
+        await updateSandboxRecord(context, (record) => ({ ...record, state: "running" }));
       },
     },
   ]);
 }
 
+/** A running sandbox. Kill it (or `await using`) and nothing it owned is left. */
 export class Sandbox implements AsyncDisposable {
   readonly id: string;
+  readonly template: string;
   readonly directory: string;
   readonly firecracker: FirecrackerProcess;
   readonly server: PageFaultServer;
   readonly timings: StepRunResult["timings"];
-  readonly #snapshot: SnapshotLayers;
+  readonly #context: SandboxContext;
+  readonly #steps: StepRunResult;
+  readonly #hooks: CreateSandboxHooks;
   #killed: Promise<void> | undefined;
-  #pauses = 0;
+  #pausing: Promise<unknown> = Promise.resolve();
 
-  constructor(
-    context: Required<Pick<SandboxContext, "firecracker" | "server">> & SandboxContext,
-    timings: StepRunResult["timings"],
-  ) {
-    this.id = context.id;
-    this.directory = context.directory;
-    this.firecracker = context.firecracker;
-    this.server = context.server;
-    this.timings = timings;
-    this.#snapshot = context.options.snapshot;
-    // Firecracker hangs on its next fault without the page-fault server: kill it at once.
+  constructor(context: SandboxContext, steps: StepRunResult, hooks: CreateSandboxHooks = {}) {
+    this.#context = context;
+    this.#steps = steps;
+    this.#hooks = hooks;
+    this.id = context.sandboxId;
+    this.template = context.build.template;
+    this.directory = requireFromStep(context.sandboxDir, "the sandbox directory");
+    this.firecracker = requireFromStep(context.firecracker, "Firecracker");
+    this.server = requireFromStep(context.server, "the page-fault server");
+    this.timings = steps.timings;
+    // Firecracker would hang on its next fault without its page-fault server: kill it at once.
     void this.server.stopped.then((stop: PageFaultServerStop) => {
       if (stop.reason === "error") void this.kill();
     });
   }
 
-  /**
-   * Pauses the VM and writes a Diff snapshot: the pages written since the restore, layered on the
-   * snapshot this sandbox came from. Returns what `createSandbox` resumes from; the VM stays paused.
-   */
-  async pause(): Promise<SnapshotLayers> {
-    const n = ++this.#pauses;
-    const vmstate = join(this.directory, `vmstate.${n}`);
-    const memory = join(this.directory, `mem.diff.${n}`);
-    await this.firecracker.client.patchVm({ state: "Paused" });
-    await this.firecracker.client.createSnapshot({
-      snapshot_type: "Diff",
-      snapshot_path: vmstate,
-      mem_file_path: memory,
-    });
-    return { vmstate, layers: [...this.#snapshot.layers, memory] };
+  /** The build whose memory and disk this sandbox runs on (after a `keepRunning` pause, that pause). */
+  get build(): BuildManifest {
+    return this.#context.build;
   }
 
-  /** Firecracker first (graceful, then forced), then the page-fault server (never before), then files. */
-  kill(options: { keepFiles?: boolean } = {}): Promise<void> {
-    this.#killed ??= (async () => {
-      await this.firecracker.kill({ discard: true, graceMs: 1000 });
-      await this.server.close();
-      if (!options.keepFiles) await rm(this.directory, { recursive: true, force: true });
-    })();
+  /** The network namespace the VM lives in (undefined for a build without a NIC). */
+  get networkNamespace(): string | undefined {
+    return this.#context.network?.name;
+  }
+
+  get state(): OrchestratorState {
+    return this.#context.state;
+  }
+
+  /**
+   * Pauses the VM into a new immutable build (a Diff snapshot layered on the build it runs from, its disk
+   * cloned beside it) and records it as this sandbox's paused state. Then stops the sandbox, or with
+   * `keepRunning` resumes it, running on from the new build. Resume with `createSandbox({ from })`.
+   */
+  pause(options: PauseOptions = {}): Promise<PausedSandbox> {
+    // One pause at a time: each layers on the build the one before made.
+    const paused = this.#pausing.then(async () => {
+      const result = await pauseSandbox(this.#context, this.firecracker, options);
+      if (options.keepRunning) {
+        this.#context.build = result.build;
+        this.#context.header = result.header;
+      } else {
+        await this.kill();
+      }
+      return result.paused;
+    });
+    this.#pausing = paused.catch(() => undefined);
+    return paused;
+  }
+
+  /**
+   * N new sandboxes that continue from this one's present state: a pause that keeps this one running,
+   * then N creates from that build. Each fork has its own network namespace, disk and memory.
+   */
+  async fork(
+    count: number,
+    options: Omit<CreateSandboxOptions, "template" | "from" | "build"> = {},
+  ): Promise<Sandbox[]> {
+    if (!Number.isInteger(count) || count < 1)
+      throw new OrchestratorError("INVALID_OPTIONS", `fork(${count}): count is a positive integer`);
+    const paused = await this.pause({ keepRunning: true, record: false });
+    const settled = await Promise.allSettled(
+      Array.from({ length: count }, () =>
+        createSandbox(this.#context.state, { ...options, build: paused.build }, this.#hooks),
+      ),
+    );
+    const forks = settled.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
+    const failed = settled.find((s) => s.status === "rejected");
+    if (failed) {
+      await Promise.allSettled(forks.map((f) => f.kill()));
+      throw (failed as PromiseRejectedResult).reason;
+    }
+    return forks;
+  }
+
+  /** Firecracker (graceful, then forced), its page-fault server, network, disk and record. */
+  kill(): Promise<void> {
+    this.#killed ??= this.#steps.cleanup().finally(() => this.#hooks.onGone?.(this));
     return this.#killed;
   }
 
@@ -205,26 +360,84 @@ export class Sandbox implements AsyncDisposable {
   }
 }
 
-/** `await using sandbox = await createSandbox({ ... })`: a failure at any step undoes the ones before. */
-export async function createSandbox(options: CreateSandboxOptions): Promise<Sandbox> {
-  if (options.snapshot.layers.length === 0)
+export interface CreateSandboxHooks {
+  metrics?: OrchestratorMetrics;
+  logger?: Logger;
+  /** Called once the sandbox is running, and `onGone` once it is killed (an Orchestrator tracks both). */
+  onCreated?: (sandbox: Sandbox) => void;
+  onGone?: (sandbox: Sandbox) => void;
+}
+
+async function resolveBuildId(state: OrchestratorState, options: CreateSandboxOptions): Promise<string> {
+  const given = [options.template, options.from, options.build].filter((v) => v !== undefined);
+  if (given.length !== 1)
     throw new OrchestratorError(
       "INVALID_OPTIONS",
-      "a snapshot needs at least its full memory file as a layer",
+      "createSandbox takes exactly one of template, from and build",
     );
-  const id = options.id ?? newSandboxId();
-  const context: SandboxContext = { id, directory: options.directory, options };
-  const steps = options.steps ? options.steps(defaultSandboxSteps()) : defaultSandboxSteps();
-  const result = await runSteps(steps, context, { ...(options.signal ? { signal: options.signal } : {}) });
-  if (!context.firecracker || !context.server) {
-    await result.cleanup();
-    throw new OrchestratorError(
-      "STEP_FAILED",
-      "the create steps finished without a Firecracker and a page-fault server",
-    );
+  if (options.from) return options.from.build;
+  if (options.build) return options.build;
+  return (await readTemplatePointer(state.config, options.template as string)).build;
+}
+
+/**
+ * Starts a sandbox from a template, a paused sandbox or a build, with or without an `Orchestrator`
+ * (which adds limits and tracking): `await using sandbox = await createSandbox(state, { template })`.
+ * A failure at any step undoes the ones before; a build whose memory is gone fails before anything
+ * starts (BUILD_MISSING), never with a guest served wrong pages.
+ */
+export async function createSandbox(
+  state: OrchestratorState,
+  options: CreateSandboxOptions,
+  hooks: CreateSandboxHooks = {},
+): Promise<Sandbox> {
+  const metrics = hooks.metrics ?? newMetrics();
+  const buildId = await resolveBuildId(state, options);
+  const release = state.leases.lease(buildId);
+  try {
+    const [build, header] = await Promise.all([
+      readBuild(state.config, buildId),
+      readBuildHeader(state.config, buildId),
+    ]);
+    if (options.from && options.from.template !== build.template)
+      throw new OrchestratorError(
+        "INVALID_OPTIONS",
+        `paused sandbox ${options.from.id} is of template "${options.from.template}", but its build ${buildId} is of "${build.template}"`,
+      );
+    const context: SandboxContext = {
+      state,
+      sandboxId: newSandboxId(),
+      template: build.template,
+      buildId,
+      build,
+      header,
+      memoryFiles: await memoryFilesOf(state.config, header),
+      options,
+      metrics,
+      logger: hooks.logger ?? silentLogger,
+    };
+    const defaults = defaultSandboxSteps();
+    const steps = options.steps ? options.steps(defaults) : defaults;
+    let result: StepRunResult;
+    try {
+      result = await runSteps(steps, context, {
+        ...(options.signal ? { signal: options.signal } : {}),
+        ...(options.onEvent ? { onEvent: options.onEvent } : {}),
+      });
+    } catch (error) {
+      metrics.createFailures += 1;
+      throw error;
+    }
+    if (!context.firecracker || !context.server || !context.sandboxDir) {
+      await result.cleanup();
+      throw new OrchestratorError("STEP_FAILED", "the create steps finished without a running VM");
+    }
+    metrics.sandboxesCreated += 1;
+    const sandbox = new Sandbox(context, result, { ...hooks, metrics });
+    hooks.onCreated?.(sandbox);
+    return sandbox;
+  } finally {
+    // From here the sandbox's record (which names its build) pins it.
+    release();
   }
-  return new Sandbox(
-    context as Required<Pick<SandboxContext, "firecracker" | "server">> & SandboxContext,
-    result.timings,
-  );
 }

@@ -8,12 +8,15 @@ import { sandboxIdSchema } from "./sandbox-id.ts";
 
 const TEMP_MARKER = ".tmp-";
 
-/** Writes JSON so readers see the old or the new file, never half of one: temp, fsync, rename, fsync dir. */
-export async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
+/**
+ * Writes a file so readers see the old or the new one, never half of one: a temp name beside it, fsync,
+ * rename, fsync of the directory. A crash leaves at most a `*.tmp-*` file, which reclaim and gc remove.
+ */
+export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
   const temp = `${path}${TEMP_MARKER}${process.pid}-${randomBytes(4).toString("hex")}`;
   const handle = await open(temp, "wx", 0o600);
   try {
-    await handle.writeFile(`${JSON.stringify(value, null, 2)}\n`);
+    await handle.writeFile(data);
     await handle.sync();
   } catch (error) {
     await handle.close();
@@ -27,12 +30,22 @@ export async function writeJsonAtomic(path: string, value: unknown): Promise<voi
     await unlink(temp).catch(() => undefined);
     throw error;
   }
-  const directory = await open(dirname(path), "r");
+  await syncDirectory(dirname(path));
+}
+
+/** Makes a rename or unlink in `path` durable. */
+export async function syncDirectory(path: string): Promise<void> {
+  const directory = await open(path, "r");
   try {
     await directory.sync();
   } finally {
     await directory.close();
   }
+}
+
+/** `writeFileAtomic` of pretty-printed JSON. */
+export function writeJsonAtomic(path: string, value: unknown): Promise<void> {
+  return writeFileAtomic(path, `${JSON.stringify(value, null, 2)}\n`);
 }
 
 export const sandboxProcessRoleSchema = z.enum(["firecracker", "page-fault-server", "helper"]);
@@ -53,6 +66,8 @@ export const sandboxRecordSchema = z.object({
   networkNamespace: z
     .object({ name: z.string(), hostVethName: z.string(), addressIndex: z.number().int().nonnegative() })
     .optional(),
+  /** The build whose memory and disk this sandbox maps: pinned against gc while the record exists. */
+  build: z.string().optional(),
 });
 export type SandboxRecord = z.infer<typeof sandboxRecordSchema>;
 

@@ -5,17 +5,12 @@ import { rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { ext4ReadFile } from "@sbx/rootfs/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildDir, buildsDir, collectGarbage, templatesDir } from "./builds.ts";
 import { OrchestratorError } from "./errors.ts";
 import { type OrchestratorState, openOrchestratorState } from "./orchestrator-state.ts";
 import { type Step, StepList } from "./steps.ts";
-import {
-  buildTemplate,
-  readTemplate,
-  TEMPLATE_FILES,
-  type TemplateBuildContext,
-  templateDrift,
-  templatesDir,
-} from "./template-build.ts";
+import { buildTemplate, readTemplate, type TemplateBuildContext, templateDrift } from "./template-build.ts";
+import { BUILD_FILES } from "./template-manifest.ts";
 import { type TemplateFixture, templateFixture, testResolver } from "./test-template-fixture.ts";
 
 const e2fsprogs = existsSync("/sbin/mkfs.ext4") || existsSync("/usr/sbin/mkfs.ext4");
@@ -29,8 +24,8 @@ const fdCount = () => readdirSync("/proc/self/fd").length;
 const fakeSnapshot: Step<TemplateBuildContext> = {
   name: "snapshot",
   async run(context) {
-    await writeFile(join(context.stagingDir, TEMPLATE_FILES.vmstate), "vmstate");
-    await writeFile(join(context.stagingDir, TEMPLATE_FILES.memory), Buffer.alloc(64 * 1024, 7));
+    await writeFile(join(context.stagingDir, BUILD_FILES.vmstate), "vmstate");
+    await writeFile(join(context.stagingDir, BUILD_FILES.memory), Buffer.alloc(64 * 1024, 7));
   },
 };
 const withoutVm = (steps: StepList<TemplateBuildContext>) =>
@@ -51,7 +46,7 @@ describe.skipIf(skipReason !== undefined)("template build steps", () => {
     if (fixture) await rm(fixture.dir, { recursive: true, force: true });
   });
 
-  it("builds the rootfs from the OCI image, records everything in template.json, publishes atomically", async () => {
+  it("builds the rootfs from the OCI image, records everything in build.json, publishes atomically", async () => {
     const events: string[] = [];
     const built = await buildTemplate(state, {
       request: { name: "base", ociLayout: fixture.layoutDir, network: false, memoryMib: 64, vcpuCount: 1 },
@@ -68,29 +63,39 @@ describe.skipIf(skipReason !== undefined)("template build steps", () => {
       "cpu-template",
       "network",
       "snapshot",
-      "manifest",
+      "build-record",
       "publish",
+      "pointer",
     ]);
-    expect(built.directory).toBe(join(templatesDir(fixture.config), "base"));
-    const { manifest } = await readTemplate(fixture.config, "base");
+    expect(built.directory).toBe(buildDir(fixture.config, built.id));
+    const { manifest, id } = await readTemplate(fixture.config, "base");
+    expect(id).toBe(built.id);
     expect(manifest).toEqual(built.manifest);
-    expect(manifest.boot.memoryMib).toBe(64);
-    expect(manifest.boot.busybox.version).toBe(fixture.config.busyboxVersion);
-    expect(manifest.boot.kernelCommandLine).toMatch(/init=\/\.sbx\/init/);
-    expect(manifest.boot.kernelCommandLine).not.toMatch(/sbx\.epoch|sbx\.provision/);
+    expect(manifest.kind).toBe("template");
+    expect(manifest.boot!.memoryMib).toBe(64);
+    expect(manifest.boot!.busybox.version).toBe(fixture.config.busyboxVersion);
+    expect(manifest.boot!.kernelCommandLine).toMatch(/init=\/\.sbx\/init/);
+    expect(manifest.boot!.kernelCommandLine).not.toMatch(/sbx\.epoch|sbx\.provision/);
     expect(manifest.network).toBeUndefined();
     // The rootfs is the image plus sbx's guest files, and the manifest's digest is its digest.
-    const rootfs = join(built.directory, TEMPLATE_FILES.rootfs);
+    const rootfs = join(built.directory, BUILD_FILES.rootfs);
     expect((await ext4ReadFile(rootfs, "/etc/motd")).toString()).toBe("built by sbx tests\n");
     const init = (await ext4ReadFile(rootfs, "/.sbx/init")).toString();
     expect(init).toMatch(/^#!/);
-    expect(manifest.rootfs.sizeBytes).toBe(readFileSync(rootfs).length);
+    expect(manifest.files[BUILD_FILES.rootfs]!.sizeBytes).toBe(readFileSync(rootfs).length);
     // The fingerprint is stored in Firecracker's own format.
     expect(manifest.hostFingerprint).toHaveProperty("guest_cpu_config");
-    // Nothing but the template is left in the templates directory.
-    expect(readdirSync(templatesDir(fixture.config))).toEqual(["base"]);
+    // One pointer, one build, no staging left.
+    expect(readdirSync(templatesDir(fixture.config))).toEqual(["base.json"]);
+    expect(readdirSync(buildsDir(fixture.config))).toEqual([built.id]);
     expect(readdirSync(built.directory).sort()).toEqual(
-      [TEMPLATE_FILES.manifest, TEMPLATE_FILES.memory, TEMPLATE_FILES.rootfs, TEMPLATE_FILES.vmstate].sort(),
+      [
+        BUILD_FILES.manifest,
+        BUILD_FILES.memory,
+        BUILD_FILES.header,
+        BUILD_FILES.rootfs,
+        BUILD_FILES.vmstate,
+      ].sort(),
     );
   });
 
@@ -109,20 +114,30 @@ describe.skipIf(skipReason !== undefined)("template build steps", () => {
         steps: (steps) => withoutVm(steps).replace("snapshot", failing),
       }),
     ).rejects.toThrow(/the VM crashed/);
-    expect(readdirSync(templatesDir(fixture.config))).toEqual(["base"]);
+    expect(readdirSync(templatesDir(fixture.config))).toEqual(["base.json"]);
+    expect(readdirSync(buildsDir(fixture.config))).toEqual([before.id]);
     expect((await readTemplate(fixture.config, "base")).manifest).toEqual(before);
   });
 
-  it("a rebuild replaces the template in one rename and leaves no old copy", async () => {
+  it("a rebuild makes a new build and moves the name; the old build stays until gc frees it", async () => {
     const before = (await readTemplate(fixture.config, "base")).manifest;
+    const oldFiles = readdirSync(buildDir(fixture.config, before.id)).sort();
     const built = await buildTemplate(state, {
       request: { name: "base", ociLayout: fixture.layoutDir, network: false, memoryMib: 96 },
       resolver: testResolver("/bin/true"),
       steps: withoutVm,
     });
-    expect(built.manifest.boot.memoryMib).toBe(96);
-    expect(built.manifest.createdAt >= before.createdAt).toBe(true);
-    expect(readdirSync(templatesDir(fixture.config))).toEqual(["base"]);
+    expect(built.manifest.boot!.memoryMib).toBe(96);
+    expect(built.id > before.id).toBe(true);
+    expect((await readTemplate(fixture.config, "base")).id).toBe(built.id);
+    // Nothing in the old build changed.
+    expect(readdirSync(buildDir(fixture.config, before.id)).sort()).toEqual(oldFiles);
+    expect(readdirSync(buildsDir(fixture.config)).sort()).toEqual([before.id, built.id].sort());
+    const report = await collectGarbage(fixture.config, state.leases);
+    expect(report.removed.map((r) => r.id)).toEqual([before.id]);
+    expect(report.bytesFreed).toBeGreaterThan(64 * 1024);
+    expect(report.kept).toEqual([{ id: built.id, pinnedBy: "template base" }]);
+    expect(readdirSync(buildsDir(fixture.config))).toEqual([built.id]);
     expect(fdCount()).toBe(fdsBefore);
   });
 
@@ -140,7 +155,7 @@ describe.skipIf(skipReason !== undefined)("template build steps", () => {
       /does not exist/,
     );
     // The check unpacks into a temp directory and removes it.
-    expect(readdirSync(templatesDir(fixture.config))).toEqual(["base"]);
+    expect(readdirSync(templatesDir(fixture.config))).toEqual(["base.json"]);
   });
 
   it("refuses hostile template names and reports a missing template by name", async () => {
@@ -164,6 +179,7 @@ describe.skipIf(skipReason !== undefined)("template build steps", () => {
     }).catch((e: unknown) => e);
     expect(error).toMatchObject({ code: "STEP_FAILED", details: { step: "boot" } });
     expect((error as Error).cause).toMatchObject({ code: "ARCH_MISMATCH" });
-    expect(readdirSync(templatesDir(fixture.config))).toEqual(["base"]);
+    expect(readdirSync(templatesDir(fixture.config))).toEqual(["base.json"]);
+    expect(readdirSync(buildsDir(fixture.config)).filter((name) => name.startsWith("."))).toEqual([]);
   });
 });

@@ -1,8 +1,9 @@
-// Template build: a named StepList from an OCI image to a published, snapshotted template directory.
-// Everything happens in a staging directory next to the templates; `publish` renames it into place,
-// so a reader sees either the old template or the complete new one, never half of one.
+// Template build: a named StepList from an OCI image to a published build and the template name that
+// points at it. Everything happens in the build's staging directory; `publish` renames it into place
+// and `pointer` moves the name, so a reader sees the old build or the complete new one, never half of
+// one, and a rebuild never changes a build that paused sandboxes still layer on.
 import { randomBytes } from "node:crypto";
-import { mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { mkdir, open, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { hostArch, type Logger, sha256File } from "@sbx/arch";
 import {
@@ -19,13 +20,23 @@ import {
   launchFirecracker,
 } from "@sbx/fc-client";
 import { buildExt4Image, parseProvisionExit, READY_MARKER, repairExt4 } from "@sbx/rootfs";
+import { encodeMemoryHeader, fullMemoryHeader } from "@sbx/uffd";
 import { type ArtifactResolver, assertCanRunFirecracker } from "./boot-parameters.ts";
+import {
+  buildDir,
+  newBuildId,
+  publishBuild,
+  readBuild,
+  readTemplatePointer,
+  setTemplatePointer,
+  stageBuild,
+  templatesDir,
+} from "./builds.ts";
 import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
 import { type NetworkNamespace, networkNamesFor } from "./network.ts";
 import type { OrchestratorState } from "./orchestrator-state.ts";
 import { allocateNetwork } from "./sandbox-steps.ts";
-import { writeJsonAtomic } from "./state-dir.ts";
 import { requireFromStep, runSteps, type StepEvent, StepList, type StepRunResult } from "./steps.ts";
 import { describeDifferences, diffBootParameters, verifyTemplateFiles } from "./template-drift.ts";
 import {
@@ -35,33 +46,21 @@ import {
   type TemplateInputs,
   type TemplateRequest,
 } from "./template-inputs.ts";
-import { type TemplateManifest, templateManifestSchema } from "./template-manifest.ts";
+import { BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
 import { wrapInVmNamespaces } from "./vm-namespace.ts";
 import { startProgressLog, waitForConsoleLogged } from "./wait-for-line.ts";
-
-/** File names inside a template directory. */
-export const TEMPLATE_FILES = Object.freeze({
-  manifest: "template.json",
-  rootfs: "rootfs.ext4",
-  vmstate: "vmstate",
-  memory: "memory",
-});
 
 /** The guest MAC every sandbox has: clones share it, each in its own network namespace. */
 export const GUEST_MAC = "06:00:c0:a8:f1:02";
 export const GUEST_INTERFACE_ID = "eth0";
 export const ROOTFS_DRIVE_ID = "rootfs";
 
-export function templatesDir(config: Pick<OrchestratorConfig, "stateDir">): string {
-  return join(config.stateDir, "templates");
-}
-
 /**
  * The rootfs path every VM of this state directory is told. On the host it is an empty placeholder;
  * each VM's private mount namespace binds its own disk over it (snapshots reopen disks by path).
  */
 export function diskSlotPath(config: Pick<OrchestratorConfig, "stateDir">): string {
-  return join(config.stateDir, "disk-slot", TEMPLATE_FILES.rootfs);
+  return join(config.stateDir, "disk-slot", BUILD_FILES.rootfs);
 }
 
 export async function ensureDiskSlot(config: Pick<OrchestratorConfig, "stateDir">): Promise<string> {
@@ -89,7 +88,9 @@ export interface TemplateBuildContext {
   config: OrchestratorConfig;
   request: ParsedTemplateRequest;
   options: BuildTemplateOptions;
-  /** `{templates}/.build-{name}-{random}`: removed on failure, renamed into place by publish. */
+  /** The id the build gets when it is published. */
+  buildId: string;
+  /** `builds/.staging-{id}`: removed on failure, renamed to `builds/{id}` by publish. */
   stagingDir: string;
   inputs?: TemplateInputs;
   rootfsPath?: string;
@@ -97,9 +98,9 @@ export interface TemplateBuildContext {
   fingerprint?: Fingerprint;
   network?: NetworkNamespace;
   firecracker?: FirecrackerProcess;
-  manifest?: TemplateManifest;
-  /** Set by publish: the template's final directory. */
-  templateDir?: string;
+  manifest?: BuildManifest;
+  /** Set by publish: `builds/{id}`. */
+  buildDir?: string;
 }
 
 /** Firecracker's whole VM description for a template boot (the provisioning one or the final one). */
@@ -159,9 +160,18 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
     {
       name: "staging",
       async run(context) {
-        await mkdir(templatesDir(context.config), { recursive: true, mode: 0o700 });
-        await mkdir(context.stagingDir, { mode: 0o700 });
-        return () => rm(context.stagingDir, { recursive: true, force: true });
+        // Until the name points at it, only this lease keeps gc away from the build.
+        const release = context.state.leases.lease(context.buildId);
+        try {
+          context.stagingDir = await stageBuild(context.config, context.buildId);
+        } catch (error) {
+          release();
+          throw error;
+        }
+        return async () => {
+          await rm(context.stagingDir, { recursive: true, force: true });
+          release();
+        };
       },
     },
     {
@@ -179,7 +189,7 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
       name: "rootfs",
       async run(context) {
         const inputs = requireFromStep(context.inputs, "the template inputs");
-        const output = join(context.stagingDir, TEMPLATE_FILES.rootfs);
+        const output = join(context.stagingDir, BUILD_FILES.rootfs);
         await buildExt4Image({ sourceDir: inputs.rootDir, output, size: "auto", label: "rootfs" });
         await rm(join(context.stagingDir, "work"), { recursive: true, force: true });
         context.rootfsPath = output;
@@ -299,82 +309,75 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
         // Full: the template is the base every sandbox's memory is layered on.
         await fc.client.createSnapshot({
           snapshot_type: "Full",
-          snapshot_path: join(context.stagingDir, TEMPLATE_FILES.vmstate),
-          mem_file_path: join(context.stagingDir, TEMPLATE_FILES.memory),
+          snapshot_path: join(context.stagingDir, BUILD_FILES.vmstate),
+          mem_file_path: join(context.stagingDir, BUILD_FILES.memory),
         });
         // Nothing may touch the rootfs after the snapshot: the VM goes now.
         await fc.kill({ discard: true, graceMs: 1000 });
       },
     },
     {
-      name: "manifest",
+      name: "build-record",
       async run(context) {
         const inputs = requireFromStep(context.inputs, "the template inputs");
-        const file = async (name: string) => ({
-          file: name,
-          sizeBytes: (await stat(join(context.stagingDir, name))).size,
-          sha256: await sha256File(join(context.stagingDir, name)),
+        const staged = (name: string) => join(context.stagingDir, name);
+        for (const name of await readdir(context.stagingDir)) {
+          if (name.endsWith(".log")) await rm(staged(name), { force: true });
+        }
+        const memorySize = (await stat(staged(BUILD_FILES.memory))).size;
+        // A Full snapshot: this build owns every page.
+        const header = fullMemoryHeader({
+          build: context.buildId,
+          memorySize,
+          blockSize: inputs.boot.hugePages === "2M" ? 2 * 1024 * 1024 : 4096,
         });
-        const [rootfs, vmstate, memory] = await Promise.all([
-          file(TEMPLATE_FILES.rootfs),
-          file(TEMPLATE_FILES.vmstate),
-          file(TEMPLATE_FILES.memory),
-        ]);
-        const manifest = templateManifestSchema.parse({
+        await writeFile(staged(BUILD_FILES.header), encodeMemoryHeader(header));
+        if (context.cpuTemplate)
+          await writeFile(staged(BUILD_FILES.cpuTemplate), JSON.stringify(context.cpuTemplate));
+        context.manifest = {
           schemaVersion: 1,
-          name: context.request.name,
+          id: context.buildId,
+          kind: "template",
+          template: context.request.name,
           createdAt: new Date().toISOString(),
+          arch: context.config.targetArch,
+          firecrackerVersion: inputs.boot.firecracker.version,
           boot: inputs.boot,
           hostFingerprint: fingerprintToFile(requireFromStep(context.fingerprint, "the host fingerprint")),
-          rootfs,
-          snapshot: { vmstate, memory },
           ...(context.network ? { network: { tapName: context.network.tapName, guestMac: GUEST_MAC } } : {}),
-        });
-        await writeJsonAtomic(join(context.stagingDir, TEMPLATE_FILES.manifest), manifest);
-        context.manifest = manifest;
+          memory: { sizeBytes: memorySize, ownedBytes: memorySize },
+          files: {} as BuildManifest["files"],
+        };
       },
     },
     {
       name: "publish",
       async run(context) {
-        for (const name of await readdir(context.stagingDir)) {
-          if (name.endsWith(".log")) await rm(join(context.stagingDir, name), { force: true });
-        }
-        context.templateDir = await publishDirectory(
-          context.stagingDir,
-          join(templatesDir(context.config), context.request.name),
-        );
+        const {
+          files: _files,
+          schemaVersion: _version,
+          ...manifest
+        } = requireFromStep(context.manifest, "the build record");
+        context.manifest = await publishBuild(context.config, context.stagingDir, manifest);
+        context.buildDir = buildDir(context.config, context.buildId);
+      },
+    },
+    {
+      name: "pointer",
+      async run(context) {
+        // The name moves last: a crash before this leaves the old template, and a build gc removes.
+        await setTemplatePointer(context.config, context.request.name, context.buildId);
       },
     },
   ]);
 }
 
-/**
- * Moves `staging` to `target`. rename(2) cannot replace a non-empty directory, so an existing
- * template is first renamed aside and removed after; running sandboxes keep their open files.
- */
-async function publishDirectory(staging: string, target: string): Promise<string> {
-  const aside = `${target}.old-${randomBytes(4).toString("hex")}`;
-  let movedAside = false;
-  try {
-    await rename(target, aside);
-    movedAside = true;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
-  }
-  try {
-    await rename(staging, target);
-  } catch (error) {
-    if (movedAside) await rename(aside, target);
-    throw error;
-  }
-  if (movedAside) await rm(aside, { recursive: true, force: true });
-  return target;
-}
-
 export interface BuiltTemplate {
+  /** The build's id; the template name now points at it. */
+  id: string;
+  /** `builds/{id}`. */
   directory: string;
-  manifest: TemplateManifest;
+  manifest: BuildManifest;
   timings: StepRunResult["timings"];
 }
 
@@ -385,15 +388,14 @@ export async function buildTemplate(
 ): Promise<BuiltTemplate> {
   const request = parseTemplateRequest(options.request);
   return state.buildLimiter.run(async () => {
+    const buildId = newBuildId();
     const context: TemplateBuildContext = {
       state,
       config: state.config,
       request,
       options,
-      stagingDir: join(
-        templatesDir(state.config),
-        `.build-${request.name}-${randomBytes(6).toString("hex")}`,
-      ),
+      buildId,
+      stagingDir: join(state.config.stateDir, "builds", `.staging-${buildId}`),
     };
     const defaults = defaultTemplateBuildSteps();
     const steps = options.steps ? options.steps(defaults) : defaults;
@@ -403,46 +405,21 @@ export async function buildTemplate(
     });
     // Success: the VM and the build network go; the published directory stays.
     await result.cleanup();
-    if (!context.templateDir || !context.manifest) {
-      throw new OrchestratorError("STEP_FAILED", "the build steps finished without publishing a template");
+    if (!context.buildDir || !context.manifest) {
+      throw new OrchestratorError("STEP_FAILED", "the build steps finished without publishing a build");
     }
-    return { directory: context.templateDir, manifest: context.manifest, timings: result.timings };
+    return { id: buildId, directory: context.buildDir, manifest: context.manifest, timings: result.timings };
   });
 }
 
-/** Reads and validates `{templates}/{name}/template.json`. */
+/** The build a template name points at now. */
 export async function readTemplate(
   config: Pick<OrchestratorConfig, "stateDir">,
   name: string,
-): Promise<{ directory: string; manifest: TemplateManifest }> {
-  const directory = join(templatesDir(config), name);
-  let text: string;
-  try {
-    text = await readFile(join(directory, TEMPLATE_FILES.manifest), "utf8");
-  } catch (error) {
-    throw new OrchestratorError("TEMPLATE_NOT_FOUND", `no template "${name}" in ${templatesDir(config)}`, {
-      cause: error,
-    });
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (error) {
-    throw new OrchestratorError("TEMPLATE_INVALID", `${directory}/${TEMPLATE_FILES.manifest} is not JSON`, {
-      cause: error,
-    });
-  }
-  const parsed = templateManifestSchema.safeParse(json);
-  if (!parsed.success) {
-    throw new OrchestratorError(
-      "TEMPLATE_INVALID",
-      `${directory}/${TEMPLATE_FILES.manifest} is not a valid template`,
-      {
-        cause: parsed.error,
-      },
-    );
-  }
-  return { directory, manifest: parsed.data };
+): Promise<{ id: string; directory: string; manifest: BuildManifest }> {
+  const pointer = await readTemplatePointer(config, name);
+  const manifest = await readBuild(config, pointer.build);
+  return { id: pointer.build, directory: buildDir(config, pointer.build), manifest };
 }
 
 /**
@@ -456,15 +433,22 @@ export async function templateDrift(
   options: { resolver?: ArtifactResolver; signal?: AbortSignal } = {},
 ): Promise<string | null> {
   const parsed = parseTemplateRequest(request);
-  let manifest: TemplateManifest;
+  let current: { directory: string; manifest: BuildManifest };
   try {
-    manifest = (await readTemplate(config, parsed.name)).manifest;
+    current = await readTemplate(config, parsed.name);
   } catch (error) {
     if (error instanceof OrchestratorError && error.code === "TEMPLATE_NOT_FOUND")
       return "it does not exist yet";
-    if (error instanceof OrchestratorError && error.code === "TEMPLATE_INVALID") return error.message;
+    if (
+      error instanceof OrchestratorError &&
+      ["TEMPLATE_INVALID", "BUILD_INVALID", "BUILD_NOT_FOUND", "STATE_RECORD_INVALID"].includes(error.code)
+    )
+      return error.message;
     throw error;
   }
+  const { manifest } = current;
+  if (!manifest.boot) return `build ${manifest.id} was not built from an image`;
+  await mkdir(templatesDir(config), { recursive: true, mode: 0o700 });
   const work = join(templatesDir(config), `.drift-${parsed.name}-${randomBytes(6).toString("hex")}`);
   try {
     const inputs = await resolveTemplateInputs(config, parsed, work, options);
@@ -472,7 +456,7 @@ export async function templateDrift(
     if (differences.length > 0) return describeDifferences(differences);
     if (Boolean(manifest.network) !== parsed.network)
       return `network: ${Boolean(manifest.network)} → ${parsed.network}`;
-    const problems = await verifyTemplateFiles(join(templatesDir(config), parsed.name), manifest, {
+    const problems = await verifyTemplateFiles(current.directory, manifest, {
       digests: false,
     });
     return problems.length > 0 ? problems.join("; ") : null;

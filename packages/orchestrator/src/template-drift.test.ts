@@ -13,7 +13,7 @@ import {
 } from "./boot-parameters.ts";
 import { createConfig, type OrchestratorConfig } from "./config.ts";
 import { diffBootParameters, templateDriftReason, verifyTemplateFiles } from "./template-drift.ts";
-import { type TemplateManifest, templateManifestSchema } from "./template-manifest.ts";
+import { type BuildManifest, buildManifestSchema } from "./template-manifest.ts";
 
 const digest = (c: string) => c.repeat(64);
 
@@ -39,19 +39,32 @@ const spec: TemplateSpec = {
   provisionScript: "apk add curl\n",
 };
 
-async function manifestFor(config: OrchestratorConfig, resolver = fakeResolver()): Promise<TemplateManifest> {
-  return templateManifestSchema.parse({
-    schemaVersion: 1,
-    name: "base",
-    createdAt: new Date().toISOString(),
-    boot: await resolveBootParameters(config, spec, resolver),
-    hostFingerprint: { vendor: "GenuineIntel" },
-    rootfs: { file: "rootfs.ext4", sizeBytes: 4, sha256: digest("1") },
-    snapshot: {
-      vmstate: { file: "vmstate", sizeBytes: 3, sha256: digest("2") },
-      memory: { file: "mem", sizeBytes: 2, sha256: digest("3") },
-    },
-  });
+async function manifestFor(
+  config: OrchestratorConfig,
+  resolver = fakeResolver(),
+): Promise<BuildManifest & { boot: NonNullable<BuildManifest["boot"]> }> {
+  const boot = await resolveBootParameters(config, spec, resolver);
+  return {
+    ...buildManifestSchema.parse({
+      schemaVersion: 1,
+      id: "01JABCDEFGHJKMNPQRSTVWXYZ0",
+      kind: "template",
+      template: "base",
+      createdAt: new Date().toISOString(),
+      arch: "amd64",
+      firecrackerVersion: "v1.14.2",
+      boot,
+      hostFingerprint: { vendor: "GenuineIntel" },
+      memory: { sizeBytes: 2, ownedBytes: 2 },
+      files: {
+        "rootfs.ext4": { sizeBytes: 4, sha256: digest("1") },
+        vmstate: { sizeBytes: 3, sha256: digest("2") },
+        memory: { sizeBytes: 2, sha256: digest("3") },
+        "memory.header": { sizeBytes: 5, sha256: digest("4") },
+      },
+    }),
+    boot,
+  };
 }
 
 describe("resolveBootParameters", () => {
@@ -191,8 +204,9 @@ describe("templateDriftReason", () => {
       await writeFile(join(dir, "rootfs.ext4"), "abcd");
       await writeFile(join(dir, "vmstate"), "toolong");
       expect(await verifyTemplateFiles(dir, manifest)).toEqual([
-        "vmstate is 7 bytes, template.json says 3",
-        "mem is missing",
+        "vmstate is 7 bytes, build.json says 3",
+        "memory is missing",
+        "memory.header is missing",
       ]);
       expect(await verifyTemplateFiles(dir, manifest, { digests: true })).toContain(
         "rootfs.ext4 does not match its recorded sha256",
@@ -202,7 +216,7 @@ describe("templateDriftReason", () => {
         resolver: fakeResolver(),
         templateDir: dir,
       });
-      expect(reason).toContain("mem is missing");
+      expect(reason).toContain("memory is missing");
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -8,7 +8,7 @@ import {
   type TemplateSpec,
 } from "./boot-parameters.ts";
 import type { OrchestratorConfig } from "./config.ts";
-import type { BootParameters, TemplateManifest } from "./template-manifest.ts";
+import type { BootParameters, BuildManifest } from "./template-manifest.ts";
 
 export interface Difference {
   /** Dotted path into the boot parameters, e.g. `kernel.sha256`. */
@@ -49,27 +49,27 @@ export function describeDifferences(differences: Difference[]): string {
   return differences.map((d) => `${d.path} changed: ${short(d.recorded)} → ${short(d.current)}`).join("; ");
 }
 
-/** Problems with the template's files on disk: missing, resized, or (with `digests`) changed. */
+/** Problems with a build's files on disk: missing, resized, or (with `digests`) changed. */
 export async function verifyTemplateFiles(
-  templateDir: string,
-  manifest: TemplateManifest,
+  buildDir: string,
+  manifest: BuildManifest,
   options: { digests?: boolean } = {},
 ): Promise<string[]> {
   const problems: string[] = [];
-  const files = [manifest.rootfs, manifest.snapshot.vmstate, manifest.snapshot.memory];
-  for (const file of files) {
-    const path = join(templateDir, file.file);
+  for (const [name, file] of Object.entries(manifest.files)) {
+    if (!file) continue;
+    const path = join(buildDir, name);
     let size: number;
     try {
       size = (await stat(path)).size;
     } catch {
-      problems.push(`${file.file} is missing`);
+      problems.push(`${name} is missing`);
       continue;
     }
     if (size !== file.sizeBytes) {
-      problems.push(`${file.file} is ${size} bytes, template.json says ${file.sizeBytes}`);
+      problems.push(`${name} is ${size} bytes, build.json says ${file.sizeBytes}`);
     } else if (options.digests && (await sha256File(path)) !== file.sha256) {
-      problems.push(`${file.file} does not match its recorded sha256`);
+      problems.push(`${name} does not match its recorded sha256`);
     }
   }
   return problems;
@@ -89,7 +89,7 @@ export interface TemplateDriftOptions {
  * `resolveBootParameters` (the function the build used) and compares them with template.json.
  */
 export async function templateDriftReason(
-  template: TemplateManifest,
+  template: BuildManifest,
   config: OrchestratorConfig,
   options: TemplateDriftOptions,
 ): Promise<string | null> {
@@ -99,6 +99,7 @@ export async function templateDriftReason(
     options.resolver ?? defaultArtifactResolver,
   );
   const reasons: string[] = [];
+  if (!template.boot) return `build ${template.id} was not built from an image`;
   const differences = diffBootParameters(template.boot, current);
   if (differences.length > 0) reasons.push(describeDifferences(differences));
   if (options.templateDir !== undefined) {
@@ -108,5 +109,5 @@ export async function templateDriftReason(
       })),
     );
   }
-  return reasons.length === 0 ? null : `template "${template.name}" is stale: ${reasons.join("; ")}`;
+  return reasons.length === 0 ? null : `template "${template.template}" is stale: ${reasons.join("; ")}`;
 }

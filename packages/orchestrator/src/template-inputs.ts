@@ -26,14 +26,7 @@ import { OrchestratorError } from "./errors.ts";
 import { parsePlatformOverride, resolveImageSource } from "./image-source.ts";
 import { parseCidr } from "./ipv4.ts";
 import type { ProgressEvent } from "./progress.ts";
-import type { BootParameters } from "./template-manifest.ts";
-
-const templateName = z
-  .string()
-  .regex(
-    /^[a-z0-9][a-z0-9._-]{0,63}$/,
-    "a template name is 1-64 of a-z 0-9 . _ - and starts with a letter or digit",
-  );
+import { type BootParameters, templateName } from "./template-manifest.ts";
 
 /** What a caller asks for; everything else comes from the config and the artifacts. */
 export const templateRequestSchema = z.object({

@@ -2,12 +2,13 @@ import { archSchema } from "@sbx/arch";
 import { z } from "zod";
 
 const sha256 = z.string().regex(/^[0-9a-f]{64}$/, "a sha256 digest is 64 lower-case hex digits");
-const fileName = z
+/** The one rule for template names: they name pointer files, so they are safe as file names. */
+export const templateName = z
   .string()
-  .min(1)
-  .refine((s) => !s.includes("/") && s !== "." && s !== "..", {
-    message: "must be a file name inside the template",
-  });
+  .regex(
+    /^[a-z0-9][a-z0-9._-]{0,63}$/,
+    "a template name is 1-64 of a-z 0-9 . _ - and starts with a letter or digit",
+  );
 
 export const cpuTemplateRecordSchema = z.discriminatedUnion("kind", [
   z.object({ kind: z.literal("none") }),
@@ -38,26 +39,57 @@ export const bootParametersSchema = z.object({
 });
 export type BootParameters = z.infer<typeof bootParametersSchema>;
 
-export const templateFileSchema = z.object({
-  file: fileName,
-  sizeBytes: z.number().int().nonnegative(),
-  sha256,
+/** A ULID: 48 bits of milliseconds and 80 random bits in Crockford base32, so ids sort by creation. */
+export const buildIdSchema = z
+  .string()
+  .regex(/^[0-9A-HJKMNP-TV-Z]{26}$/, "a build id is a 26-character ULID");
+
+const buildFileSchema = z.object({ sizeBytes: z.number().int().nonnegative(), sha256 });
+
+/** The files of a build, by their fixed names inside `builds/{id}/`. */
+export const BUILD_FILES = Object.freeze({
+  manifest: "build.json",
+  vmstate: "vmstate",
+  memory: "memory",
+  header: "memory.header",
+  rootfs: "rootfs.ext4",
+  /** A copy of the custom CPU template the guest was booted with: resume never rereads the original. */
+  cpuTemplate: "cpu-template.json",
 });
 
-/** template.json: written last, atomically, when a template is published. */
-export const templateManifestSchema = z.object({
+/**
+ * build.json: written last, atomically, inside the staging directory before it is renamed into place.
+ * Template builds and pauses are both builds; a pause's parent is the build its sandbox ran from.
+ */
+export const buildManifestSchema = z.object({
   schemaVersion: z.literal(1),
-  name: z.string().min(1),
+  id: buildIdSchema,
+  kind: z.enum(["template", "pause"]),
+  parent: buildIdSchema.optional(),
+  /** The template (name) this build descends from. */
+  template: templateName,
   createdAt: z.iso.datetime(),
-  boot: bootParametersSchema,
-  /** The build host's CPU fingerprint; opaque here, interpreted by @sbx/cpu-template. */
+  arch: archSchema,
+  /** The Firecracker that wrote the snapshot: its format is what a resume must be able to load. */
+  firecrackerVersion: z.string().min(1),
+  /** Present on builds made from an image by `buildTemplate` (a pause copies its parent's). */
+  boot: bootParametersSchema.optional(),
+  /** The CPU the guest was told about (the template build host's); opaque here, read by @sbx/cpu-template. */
   hostFingerprint: z.record(z.string(), z.unknown()),
-  rootfs: templateFileSchema,
-  snapshot: z.object({
-    vmstate: templateFileSchema,
-    memory: templateFileSchema,
-  }),
   /** The TAP the snapshot reopens by name; every sandbox's namespace must have it. */
   network: z.object({ tapName: z.string().min(1).max(15), guestMac: z.string() }).optional(),
+  memory: z.object({
+    /** Guest memory size (the header covers exactly this). */
+    sizeBytes: z.number().int().positive(),
+    /** Bytes this build's own memory file holds, by its header: what a pause wrote. */
+    ownedBytes: z.number().int().nonnegative(),
+  }),
+  files: z.object({
+    [BUILD_FILES.vmstate]: buildFileSchema,
+    [BUILD_FILES.memory]: buildFileSchema,
+    [BUILD_FILES.header]: buildFileSchema,
+    [BUILD_FILES.rootfs]: buildFileSchema.optional(),
+    [BUILD_FILES.cpuTemplate]: buildFileSchema.optional(),
+  }),
 });
-export type TemplateManifest = z.infer<typeof templateManifestSchema>;
+export type BuildManifest = z.infer<typeof buildManifestSchema>;

@@ -1,12 +1,13 @@
 import { readFile } from "node:fs/promises";
 import { resolve as resolvePath } from "node:path";
 import { parseArgs } from "node:util";
+import { listPausedSandboxes, listTemplatePointers, readBuild } from "../builds.ts";
 import { configFromEnv, type OrchestratorConfig } from "../config.ts";
 import {
+  type ControlRequest,
   controlRequest,
   controlServerRunning,
   controlSocketPath,
-  listPausedSandboxes,
   serveControl,
 } from "../control.ts";
 import { formatDoctorReport, runDoctor } from "../doctor.ts";
@@ -37,14 +38,19 @@ commands:
                                    (docker.io/library/alpine:3.20; Docker's credentials), only when it drifted
                                    (--name NAME [--memory MIB] [--vcpus N] [--provision FILE]
                                     [--no-network] [--ready-line REGEX] [--force] [--platform OS/ARCH[/VARIANT]])
+  template ls                      list templates and the builds they point at
+  template rm <name>               remove a template's name (gc frees its builds when nothing needs them)
   sandbox create --template NAME   start a sandbox from a template [--alive-line REGEX]
   sandbox list                     list running and paused sandboxes
   sandbox pause <id>               pause a sandbox to a diff snapshot (the VM stops; resume continues it)
   sandbox resume <paused>          resume a paused sandbox (the name \`sandbox list\` shows)
   sandbox kill <id>                stop a sandbox and remove everything it owns
+  sandbox fork <id> --count N      N new sandboxes continuing from this one's state (it keeps running)
+  sandbox rm <paused>              forget a paused sandbox (gc frees its build)
+  gc                               delete every build nothing pins; prints the bytes freed
 
-<id> and <paused> may be any unique prefix. create, pause, resume and kill need \`sbx serve\` running;
-template build and kill work without it.
+<id> and <paused> may be any unique prefix. create, pause, resume and fork need \`sbx serve\` running;
+the others work without it.
 options: --json (machine-readable output), --help
 configuration: environment variables, see docs/operations.md (TARGET_ARCH, FIRECRACKER_BIN, SBX_STATE_DIR, ...)
 `;
@@ -69,6 +75,7 @@ interface Parsed {
   aliveLine: string | undefined;
   force: boolean;
   platform: string | undefined;
+  count: string | undefined;
 }
 
 function parse(argv: string[]): Parsed {
@@ -90,6 +97,7 @@ function parse(argv: string[]): Parsed {
         "alive-line": { type: "string" },
         force: { type: "boolean", default: false },
         platform: { type: "string" },
+        count: { type: "string" },
       },
     });
     return {
@@ -106,6 +114,7 @@ function parse(argv: string[]): Parsed {
       aliveLine: values["alive-line"],
       force: values.force ?? false,
       platform: values.platform,
+      count: values.count,
     };
   } catch (error) {
     throw new UsageError((error as Error).message);
@@ -188,10 +197,10 @@ async function sandboxCommand(args: Parsed, io: CliIo, config: OrchestratorConfi
       const { sandboxes, invalid } = await listSandboxes(config);
       const paused = await listPausedSandboxes(config);
       print(
-        { sandboxes, paused: paused.map((p) => ({ name: p.name, ...p.paused })), invalid },
+        { sandboxes, paused, invalid },
         formatList(sandboxes) +
           paused
-            .map((p) => `paused  ${p.name}  template ${p.paused.template}  ${p.paused.pausedAt}\n`)
+            .map((p) => `paused  ${p.id}  template ${p.template}  build ${p.build}  ${p.pausedAt}\n`)
             .join("") +
           invalid.map((i) => `unreadable: ${i.path}: ${i.reason}\n`).join(""),
       );
@@ -242,8 +251,11 @@ async function sandboxCommand(args: Parsed, io: CliIo, config: OrchestratorConfi
         const killed = (await controlRequest(socket, { op: "kill", id: idPrefix })) as { id: string };
         print(killed, `killed ${killed.id}\n`);
       } else if (action === "pause") {
-        const paused = (await controlRequest(socket, { op: "pause", id: idPrefix })) as { name: string };
-        print(paused, `paused as ${paused.name}\n`);
+        const paused = (await controlRequest(socket, { op: "pause", id: idPrefix })) as {
+          id: string;
+          build: string;
+        };
+        print(paused, `paused ${paused.id} as build ${paused.build}\n`);
       } else {
         const resumed = (await controlRequest(socket, {
           op: "resume",
@@ -252,6 +264,32 @@ async function sandboxCommand(args: Parsed, io: CliIo, config: OrchestratorConfi
         })) as { id: string };
         print(resumed, `${resumed.id}\n`);
       }
+      return EXIT_OK;
+    }
+    case "fork": {
+      if (idPrefix === undefined || extra.length > 0)
+        throw new UsageError("sandbox fork takes one id (or unique prefix)");
+      const count = positiveInteger(args.count, "--count") ?? 1;
+      const socket = await daemon(config, "sbx sandbox fork");
+      const result = (await controlRequest(socket, { op: "fork", id: idPrefix, count })) as {
+        forks: { id: string }[];
+      };
+      print(result, result.forks.map((f) => `${f.id}\n`).join(""));
+      return EXIT_OK;
+    }
+    case "rm": {
+      if (idPrefix === undefined || extra.length > 0)
+        throw new UsageError("sandbox rm takes one paused sandbox");
+      const result = (await viaServerOrLocal(config, { op: "paused-rm", paused: idPrefix }, async (o) => {
+        const all = await o.pausedSandboxes();
+        const id = resolveIdPrefix(
+          idPrefix,
+          all.map((p) => p.id),
+        );
+        await o.removePausedSandbox(id);
+        return { id, removed: true };
+      })) as { id: string };
+      print(result, `removed paused sandbox ${result.id}\n`);
       return EXIT_OK;
     }
     default:
@@ -278,7 +316,7 @@ async function templateBuild(layout: string, args: Parsed, io: CliIo, config: Or
     ...(vcpuCount === undefined ? {} : { vcpuCount }),
     ...(args.provision === undefined ? {} : { provisionScript: await readFile(args.provision, "utf8") }),
   };
-  const print = (value: { rebuilt: boolean; reason: string; name: string }) =>
+  const print = (value: { rebuilt: boolean; reason: string; name: string; build?: string }) =>
     io.stdout.write(
       args.json
         ? `${JSON.stringify(value, null, 2)}\n`
@@ -314,11 +352,88 @@ async function templateBuild(layout: string, args: Parsed, io: CliIo, config: Or
     },
   });
   print({
-    name: built.manifest.name,
+    name: built.manifest.template,
+    build: built.id,
     rebuilt: true,
     reason,
     ...(args.json ? { manifest: built.manifest } : {}),
   });
+  return EXIT_OK;
+}
+
+/** Sends `request` to a running `sbx serve`, or does the same on the state directory itself. */
+async function viaServerOrLocal(
+  config: OrchestratorConfig,
+  request: ControlRequest,
+  local: (orchestrator: Orchestrator) => Promise<unknown>,
+): Promise<unknown> {
+  const socketPath = controlSocketPath(config);
+  if (await controlServerRunning(socketPath)) return controlRequest(socketPath, request);
+  await using orchestrator = await Orchestrator.open(config);
+  return local(orchestrator);
+}
+
+async function templateCommand(
+  sub: string | undefined,
+  rest: string[],
+  args: Parsed,
+  io: CliIo,
+  config: OrchestratorConfig,
+) {
+  const print = (value: unknown, text: string) =>
+    io.stdout.write(args.json ? `${JSON.stringify(value, null, 2)}\n` : text);
+  switch (sub) {
+    case "build":
+      if (rest.length !== 1)
+        throw new UsageError("template build takes one OCI image layout directory or image reference");
+      return templateBuild(rest[0] as string, args, io, config);
+    case "ls": {
+      if (rest.length !== 0) throw new UsageError("template ls takes no arguments");
+      const templates = [];
+      for (const pointer of await listTemplatePointers(config)) {
+        const build = await readBuild(config, pointer.build).catch((error: Error) => error);
+        templates.push({
+          ...pointer,
+          ...(build instanceof Error
+            ? { error: build.message }
+            : { build: pointer.build, memoryBytes: build.memory.sizeBytes, createdAt: build.createdAt }),
+        });
+      }
+      print(
+        { templates },
+        templates.length === 0
+          ? "no templates\n"
+          : templates
+              .map((t) => `${t.name}  build ${t.build}  ${"error" in t ? t.error : t.createdAt}\n`)
+              .join(""),
+      );
+      return EXIT_OK;
+    }
+    case "rm": {
+      if (rest.length !== 1) throw new UsageError("template rm takes one template name");
+      const name = rest[0] as string;
+      await viaServerOrLocal(config, { op: "template-rm", name }, async (o) => {
+        await o.removeTemplate(name);
+      });
+      print({ name, removed: true }, `removed template ${name} (\`sbx gc\` frees its builds)\n`);
+      return EXIT_OK;
+    }
+    default:
+      throw new UsageError(sub ? `unknown template command "${sub}"` : "template needs a command");
+  }
+}
+
+async function gcCommand(args: Parsed, io: CliIo, config: OrchestratorConfig): Promise<number> {
+  const report = (await viaServerOrLocal(config, { op: "gc" }, (o) => o.gc())) as {
+    removed: { id: string; bytes: number }[];
+    leftovers: string[];
+    bytesFreed: number;
+  };
+  io.stdout.write(
+    args.json
+      ? `${JSON.stringify(report, null, 2)}\n`
+      : `removed ${report.removed.length} builds and ${report.leftovers.length} leftovers, freed ${report.bytesFreed} bytes\n`,
+  );
   return EXIT_OK;
 }
 
@@ -356,13 +471,11 @@ async function dispatch(args: Parsed, io: CliIo): Promise<number> {
       io.stdout.write(args.json ? `${JSON.stringify({ checks }, null, 2)}\n` : formatDoctorReport(checks));
       return checks.some((c) => c.status === "fail") ? EXIT_FAILED : EXIT_OK;
     }
-    case "template": {
-      if (sub !== "build")
-        throw new UsageError(sub ? `unknown template command "${sub}"` : "template needs a command");
-      if (rest.length !== 1)
-        throw new UsageError("template build takes one OCI image layout directory or image reference");
-      return templateBuild(rest[0] as string, args, io, config);
-    }
+    case "template":
+      return templateCommand(sub, rest, args, io, config);
+    case "gc":
+      if (sub !== undefined) throw new UsageError("gc takes no arguments");
+      return gcCommand(args, io, config);
     case "sandbox":
       return sandboxCommand(args, io, config);
     case "serve":
