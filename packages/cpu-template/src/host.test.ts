@@ -1,9 +1,24 @@
 import { execFileSync } from "node:child_process";
-import { accessSync, constants, readFileSync } from "node:fs";
+import { accessSync, constants, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { checkCompatibility } from "./compat.ts";
 import { cpuidKey, fingerprintToFile, parseFingerprint } from "./fingerprint.ts";
 import { ARM64_KVM_IOCTLS, hostFingerprint } from "./host.ts";
+
+const fdCount = () => readdirSync("/proc/self/fd").length;
+/** This process's fds on /dev/kvm and KVM's anonymous inodes (kvm-vm, kvm-vcpu:N). */
+function kvmFds(): string[] {
+  return readdirSync("/proc/self/fd")
+    .map((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`);
+      } catch {
+        return "";
+      }
+    })
+    .filter((target) => target === "/dev/kvm" || target.startsWith("anon_inode:kvm"))
+    .sort();
+}
 
 const kvm = (() => {
   try {
@@ -16,21 +31,28 @@ const kvm = (() => {
 if (!kvm) console.log("[cpu-template] host fingerprint test skipped: needs /dev/kvm on x86_64");
 
 describe("hostFingerprint", () => {
-  it.skipIf(!kvm)("reads this host through /dev/kvm and /proc/cpuinfo", () => {
-    const cpuinfo = readFileSync("/proc/cpuinfo", "utf8");
-    const host = hostFingerprint();
-    expect(host.vendor).toBe(/^vendor_id\s*:\s*(.+)$/m.exec(cpuinfo)?.[1]?.trim());
-    expect(host.cpu.family).toBe(Number(/^cpu family\s*:\s*(\d+)$/m.exec(cpuinfo)?.[1]));
-    expect(host.cpu.model).toBe(Number(/^model\s*:\s*(\d+)$/m.exec(cpuinfo)?.[1]));
-    expect(host.cpuid.size).toBeGreaterThan(10);
-    // KVM offers sse2 (leaf 1 edx bit 26) on every x86_64 host.
-    expect((host.cpuid.get(cpuidKey(1, 0))?.[3] ?? 0) & (1 << 26)).not.toBe(0);
-    // The host can take its own snapshots back.
-    expect(checkCompatibility({ source: host, target: host }).compatible).toBe(true);
-    // Stored as JSON in a template's metadata and read back for the compatibility check.
-    const stored = JSON.parse(JSON.stringify(fingerprintToFile(host)));
-    expect(parseFingerprint(stored)).toEqual({ ...host, cpu: expect.objectContaining(host.cpu) });
-  });
+  it.skipIf(!kvm)(
+    "reads this host through /dev/kvm and /proc/cpuinfo, and closes every KVM fd it opened",
+    () => {
+      const cpuinfo = readFileSync("/proc/cpuinfo", "utf8");
+      hostFingerprint(); // warm-up: whatever the first call opens for good (libraries) is open before counting
+      const before = { fds: fdCount(), kvm: kvmFds() };
+      const host = hostFingerprint();
+      expect(kvmFds()).toEqual(before.kvm);
+      expect(fdCount()).toBe(before.fds);
+      expect(host.vendor).toBe(/^vendor_id\s*:\s*(.+)$/m.exec(cpuinfo)?.[1]?.trim());
+      expect(host.cpu.family).toBe(Number(/^cpu family\s*:\s*(\d+)$/m.exec(cpuinfo)?.[1]));
+      expect(host.cpu.model).toBe(Number(/^model\s*:\s*(\d+)$/m.exec(cpuinfo)?.[1]));
+      expect(host.cpuid.size).toBeGreaterThan(10);
+      // KVM offers sse2 (leaf 1 edx bit 26) on every x86_64 host.
+      expect((host.cpuid.get(cpuidKey(1, 0))?.[3] ?? 0) & (1 << 26)).not.toBe(0);
+      // The host can take its own snapshots back.
+      expect(checkCompatibility({ source: host, target: host }).compatible).toBe(true);
+      // Stored as JSON in a template's metadata and read back for the compatibility check.
+      const stored = JSON.parse(JSON.stringify(fingerprintToFile(host)));
+      expect(parseFingerprint(stored)).toEqual({ ...host, cpu: expect.objectContaining(host.cpu) });
+    },
+  );
 
   it("on arm64 reads MIDR fields and Features, and never needs a cpu family", () => {
     const cpuinfo =
