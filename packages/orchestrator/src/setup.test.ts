@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { resolveFirecrackerBinary, resolveKernel } from "./boot-parameters.ts";
 import { createConfig } from "./config.ts";
 import type { ProgressEvent } from "./progress.ts";
-import { newestKernel, type SetupOptions, setupArtifacts } from "./setup.ts";
+import { newestKernel, type SetupOptions, setupArtifacts, setupCommandFor } from "./setup.ts";
 import { openFdCount } from "./test-capabilities.ts";
 import {
   compileElf,
@@ -31,6 +31,36 @@ function listTree(dir: string): string[] {
     .map((entry) => join(entry.parentPath, entry.name).slice(dir.length + 1))
     .sort();
 }
+
+describe("setupCommandFor", () => {
+  it("names only what is missing, with only the settings that differ from the defaults", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "sbx-setup-command-"));
+    try {
+      const config = createConfig({
+        targetArch: "amd64",
+        firecrackerRoot: join(dir, "fc"),
+        kernelRoot: join(dir, "kernels"),
+      });
+      expect(await setupCommandFor(config)).toBe(
+        `sbx setup --arch amd64 --firecracker-dir ${join(dir, "fc")} --kernel-dir ${join(dir, "kernels")}`,
+      );
+      expect(await setupCommandFor(config, { kernel: false })).toBe(
+        `sbx setup --arch amd64 --firecracker-dir ${join(dir, "fc")} --no-kernel`,
+      );
+      const withBinary = createConfig({
+        targetArch: "amd64",
+        firecrackerBin: "/bin/true",
+        kernelRoot: join(dir, "kernels"),
+      });
+      expect(await setupCommandFor(withBinary)).toBe(
+        `sbx setup --arch amd64 --kernel-dir ${join(dir, "kernels")} --no-firecracker`,
+      );
+      expect(await setupCommandFor(withBinary, { kernel: false })).toBeUndefined();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
 
 describe("newestKernel", () => {
   it("picks the highest patch release of the line, ignoring other lines and suffixed files", () => {

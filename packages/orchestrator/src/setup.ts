@@ -18,7 +18,8 @@ import {
 } from "@sbx/arch";
 import type { Dispatcher } from "undici";
 import { z } from "zod";
-import { ARCH_DEFAULTS } from "./config.ts";
+import { resolveFirecrackerBinary, resolveKernel } from "./boot-parameters.ts";
+import { ARCH_DEFAULTS, CONFIG_DEFAULTS, type OrchestratorConfig } from "./config.ts";
 import {
   createDispatcher,
   type DownloadProgress,
@@ -530,4 +531,36 @@ export async function setupArtifacts(input: SetupOptions, runtime: SetupRuntime 
     await run.close();
   }
   return result;
+}
+
+/**
+ * The one `sbx setup` command line that would fetch what `config` lacks (Firecracker and jailer
+ * unless FIRECRACKER_BIN is set, the kernel unless `kernel: false`), or undefined when nothing is
+ * missing. Directories and versions appear only where they differ from the defaults.
+ */
+export async function setupCommandFor(
+  config: OrchestratorConfig,
+  options: { kernel?: boolean; command?: string } = {},
+): Promise<string | undefined> {
+  const lacks = async (resolve: () => Promise<unknown>) =>
+    resolve().then(
+      () => false,
+      () => true,
+    );
+  const needFirecracker = !config.firecrackerBin && (await lacks(() => resolveFirecrackerBinary(config)));
+  const needKernel = options.kernel !== false && (await lacks(() => resolveKernel(config)));
+  if (!needFirecracker && !needKernel) return undefined;
+  const args = [options.command ?? "sbx setup", "--arch", config.targetArch];
+  if (config.firecrackerVersion !== CONFIG_DEFAULTS.firecrackerVersion)
+    args.push("--firecracker-version", config.firecrackerVersion);
+  if (config.firecrackerRoot !== CONFIG_DEFAULTS.firecrackerRoot)
+    args.push("--firecracker-dir", config.firecrackerRoot);
+  if (needKernel) {
+    if (config.kernelVersion !== CONFIG_DEFAULTS.kernelVersion)
+      args.push("--kernel-version", config.kernelVersion);
+    if (config.kernelRoot !== CONFIG_DEFAULTS.kernelRoot) args.push("--kernel-dir", config.kernelRoot);
+  }
+  if (!needFirecracker) args.push("--no-firecracker");
+  if (!needKernel) args.push("--no-kernel");
+  return args.join(" ");
 }
