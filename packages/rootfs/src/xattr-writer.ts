@@ -108,7 +108,15 @@ export class XattrWriter {
 
   /** Remove `names` from the file at `hostPath` now (a directory an upper layer declares again). */
   remove(hostPath: string, names: readonly string[]): void {
-    for (const name of names) runSetfattr(["-h", "-x", name, hostPath]);
+    for (const name of names) {
+      try {
+        runSetfattr(["-h", "-x", name, hostPath]);
+      } catch (error) {
+        // Never written (the host refused it): already in the state asked for.
+        if (!(error instanceof RootfsError && /No such attribute/.test(String(error.details.stderr))))
+          throw error;
+      }
+    }
   }
 }
 

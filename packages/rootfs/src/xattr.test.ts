@@ -345,7 +345,7 @@ describe("XattrWriter", () => {
       expect(read(file, "user.a=b #c\nd")).toEqual(Buffer.from([0, 1, 10, 255]));
       expect(read(file, "user.empty")).toEqual(Buffer.alloc(0));
       expect(read(odd, "user.dir").toString()).toBe("d");
-      writer.remove(odd, ["user.dir"]);
+      writer.remove(odd, ["user.dir", "user.never-written"]);
       expect(() => read(odd, "user.dir")).toThrow();
       expect(() => read(join(gone, "child"), "user.c")).toThrow();
     },
