@@ -181,6 +181,12 @@ describe("TarParser: xattr records", () => {
     ]);
     expect(entries[1]!.entry.xattrs).toEqual([{ name: "user.both", value: Buffer.from("v") }]);
     expect(entries[2]!.entry.xattrs).toEqual([]);
+    // A writer that leaves UTF-8 bytes unencoded gets the same name.
+    const raw = xattrTarArchive([
+      paxHeader(paxRecord("LIBARCHIVE.xattr.user.é%C3%A9", Buffer.from("AQ"))),
+      { path: "f" },
+    ]);
+    expect(parse(raw)[0]!.entry.xattrs).toEqual([{ name: "user.éé", value: Buffer.from([1]) }]);
   });
 
   it("keeps records of consecutive PAX headers together, and ignores a global header's", () => {

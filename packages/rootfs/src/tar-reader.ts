@@ -414,7 +414,12 @@ function parsePax(data: Buffer): PaxOverrides {
       if (key.startsWith(SCHILY_XATTR)) {
         addXattr(result.xattrs, key.slice(SCHILY_XATTR.length), Buffer.from(raw));
       } else {
-        addXattr(result.xattrs, decodeLibarchiveName(key), decodeBase64(raw.toString("latin1"), key));
+        const encodedName = data.toString("latin1", recordStart + LIBARCHIVE_XATTR.length, equalsAt);
+        addXattr(
+          result.xattrs,
+          decodeLibarchiveName(encodedName, key),
+          decodeBase64(raw.toString("latin1"), key),
+        );
       }
       continue;
     }
@@ -449,9 +454,11 @@ function parsePax(data: Buffer): PaxOverrides {
   return result;
 }
 
-/** libarchive percent-encodes the name (archive_write_set_format_pax.c url_encode()). */
-function decodeLibarchiveName(key: string): string {
-  const encoded = key.slice(LIBARCHIVE_XATTR.length);
+/**
+ * libarchive percent-encodes the name's bytes (archive_write_set_format_pax.c url_encode());
+ * `encoded` holds one latin1 character per byte, so the decoded bytes are read as UTF-8 once.
+ */
+function decodeLibarchiveName(encoded: string, key: string): string {
   if (/%(?![0-9A-Fa-f]{2})/.test(encoded)) throw new TarFormatError(`malformed PAX record name ${key}`);
   const bytes = Buffer.from(
     encoded.replace(/%([0-9A-Fa-f]{2})/g, (_, hex: string) => String.fromCharCode(Number.parseInt(hex, 16))),
