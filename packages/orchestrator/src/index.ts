@@ -40,6 +40,7 @@ export {
   templatesDir,
 } from "./builds.ts";
 export { type CliIo, runCli, USAGE } from "./cli/cli.ts";
+export { runSetupCommand, SETUP_USAGE, type SetupIo } from "./cli/setup-command.ts";
 export {
   ARCH_DEFAULTS,
   CONFIG_DEFAULTS,
@@ -66,6 +67,16 @@ export {
 } from "./control.ts";
 export { type CloneMethod, cloneFile, directoryClones } from "./disk-clone.ts";
 export {
+  type DockerConfig,
+  type DockerCredentialOptions,
+  dockerConfigSchema,
+  dockerCredentialOptionsFromEnv,
+  dockerCredentialsFor,
+  dockerCredentialsFromEnv,
+  normalizeRegistryKey,
+  readDockerConfig,
+} from "./docker-config.ts";
+export {
   type DoctorCheck,
   type DoctorHost,
   type DoctorStatus,
@@ -73,8 +84,23 @@ export {
   formatDoctorReport,
   runDoctor,
 } from "./doctor.ts";
+export {
+  createDispatcher,
+  type DownloadProgress,
+  downloadResumable,
+  type ProxySettings,
+  proxySettingsFromEnv,
+  proxySettingsSchema,
+} from "./download.ts";
 export { OrchestratorError, type OrchestratorErrorCode } from "./errors.ts";
 export { type CommandOutput, type RunCommandOptions, runCommand } from "./exec.ts";
+export {
+  type ImageSource,
+  type ImageSourceOptions,
+  isImageReference,
+  parsePlatformOverride,
+  resolveImageSource,
+} from "./image-source.ts";
 export { ConcurrencyLimiter } from "./limiter.ts";
 export {
   createNetworkNamespace,
@@ -99,6 +125,17 @@ export {
   type TerminateResult,
   terminateRecordedProcess,
 } from "./process-identity.ts";
+export {
+  createProgressReporter,
+  formatBytes,
+  type ProgressEvent,
+  type ProgressLine,
+  type ProgressMode,
+  type ProgressPhase,
+  type ProgressReporter,
+  type ProgressReporterOptions,
+  progressModeFor,
+} from "./progress.ts";
 export {
   type ReclaimedSandbox,
   type ReclaimOptions,
@@ -126,6 +163,23 @@ export {
   stateRecordStep,
   updateSandboxRecord,
 } from "./sandbox-steps.ts";
+export {
+  ciVersionOf,
+  DEFAULT_KERNEL_BUCKET_URL,
+  DEFAULT_RELEASE_BASE_URL,
+  type InstalledArtifact,
+  newestKernel,
+  releaseMembers,
+  releaseTarballName,
+  type SetupOptions,
+  type SetupResult,
+  type SetupRuntime,
+  type SetupStatus,
+  type SetupVerification,
+  setupArtifacts,
+  setupCommandFor,
+  setupOptionsSchema,
+} from "./setup.ts";
 export {
   type InvalidRecord,
   type SandboxProcessRole,
