@@ -278,3 +278,12 @@ export async function listLinks(namespace?: string): Promise<string[]> {
   if (stdout.trim() === "") return [];
   return (JSON.parse(stdout) as { ifname: string }[]).map((entry) => entry.ifname);
 }
+
+/** IPv4 addresses on the host namespace's interfaces (or `namespace`'s). */
+export async function listHostAddresses(namespace?: string): Promise<string[]> {
+  const { stdout } = await ip([...(namespace ? ["-n", namespace] : []), "-j", "-4", "addr", "show"]);
+  if (stdout.trim() === "") return [];
+  return (JSON.parse(stdout) as { addr_info?: { local: string }[] }[]).flatMap((entry) =>
+    (entry.addr_info ?? []).map((a) => a.local),
+  );
+}

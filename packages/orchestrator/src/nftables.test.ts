@@ -1,5 +1,6 @@
 import { afterAll, describe, expect, it } from "vitest";
 import { runCommand } from "./exec.ts";
+import { listHostAddresses, listLinks } from "./network.ts";
 import {
   addPublishedPort,
   applySandboxRules,
@@ -10,6 +11,7 @@ import {
   removePublishedPort,
   removeSandboxRules,
   sandboxChainName,
+  sweepOrphanedRules,
 } from "./nftables.ts";
 import { fakeInternetSkipReason } from "./test-network-fixture.ts";
 
@@ -105,5 +107,46 @@ describe.skipIf(skip)(`host firewall${skip ? ` (skipped: ${skip})` : ""}`, () =>
     expect(await deleteHostFirewall(table)).toBe(true);
     expect(await removeSandboxRules(table, "sbxa")).toBe(false);
     expect(await deleteHostFirewall(table)).toBe(false);
+  });
+
+  it("sweeps rules and published ports whose sandbox is gone, and keeps those of live ones", async () => {
+    const live = `st${process.pid}k`.slice(0, 15);
+    // No dummy driver in every kernel; a veth pair is everywhere sbx runs.
+    await runCommand([
+      "ip",
+      "link",
+      "add",
+      live,
+      "type",
+      "veth",
+      "peer",
+      "name",
+      `st${process.pid}q`.slice(0, 15),
+    ]);
+    try {
+      await runCommand(["ip", "addr", "add", "10.9.1.5/30", "dev", live]);
+      await ensureHostFirewall(table);
+      await applySandboxRules(table, live, ["accept"]);
+      await applySandboxRules(table, "sbxgone", ["accept"]);
+      await addPublishedPort(table, { hostPort: 45_010, address: "10.9.1.6", port: 80 });
+      await addPublishedPort(table, { hostPort: 45_011, address: "10.9.1.10", port: 80 });
+      const swept = await sweepOrphanedRules(table, async () => ({
+        links: await listLinks(),
+        addresses: await listHostAddresses(),
+      }));
+      expect(swept).toEqual({
+        chains: ["sbxgone"],
+        published: [{ hostPort: 45_011, address: "10.9.1.10", port: 80 }],
+      });
+      expect(await listHostFirewall(table)).toEqual({
+        sandboxChains: [live],
+        egress: [live],
+        published: [{ hostPort: 45_010, address: "10.9.1.6", port: 80 }],
+        sandboxRules: 1,
+      });
+      await removeSandboxRules(table, live, [{ hostPort: 45_010, address: "10.9.1.6", port: 80 }]);
+    } finally {
+      await runCommand(["ip", "link", "del", live]);
+    }
   });
 });

@@ -6,6 +6,7 @@
 import { writeFile } from "node:fs/promises";
 import { OrchestratorError } from "./errors.ts";
 import { runCommand } from "./exec.ts";
+import { formatIpv4, parseIpv4 } from "./ipv4.ts";
 
 export const DEFAULT_FIREWALL_TABLE = "sbx";
 const TABLE_NAME = /^[A-Za-z][A-Za-z0-9_]{0,30}$/;
@@ -176,8 +177,18 @@ export async function applySandboxRules(
   options: { signal?: AbortSignal } = {},
 ): Promise<void> {
   assertTableName(table);
+  const script = sandboxRulesScript(table, hostVethName, rules);
   try {
-    await runNft(sandboxRulesScript(table, hostVethName, rules), options);
+    try {
+      await runNft(script, options);
+    } catch (error) {
+      // Someone deleted the table under a running orchestrator (`nft delete table`, a firewall reload):
+      // put it back once, then apply.
+      if (!/No such file or directory/.test(stderrOf(error))) throw error;
+      ensured.delete(table);
+      await ensureHostFirewall(table);
+      await runNft(script, options);
+    }
   } catch (error) {
     throw new OrchestratorError(
       "NETWORK_SETUP_FAILED",
@@ -318,4 +329,32 @@ export async function removePublishedPort(table: string, published: PublishedPor
     // Someone else's now, or the table is gone: nothing of ours is left either way.
     if (!/File exists|No such file or directory/.test(stderrOf(error))) throw error;
   }
+}
+
+/**
+ * Removes sandbox chains whose host veth no longer exists, and published ports whose sandbox address
+ * is no longer next to a host veth address: what a crash between record and rule left, or a build
+ * network nobody recorded. Safe beside other orchestrators on the same table: a chain is only applied
+ * after its veth exists and removed before it goes, and a published port only points at a live veth.
+ */
+export async function sweepOrphanedRules(
+  table: string,
+  listHost: () => Promise<{ links: readonly string[]; addresses: readonly string[] }>,
+): Promise<{ chains: string[]; published: PublishedPort[] }> {
+  const contents = await listHostFirewall(table);
+  // The links are listed after the rules: a sandbox created in between has its veth listed too.
+  const host = await listHost();
+  const links = new Set(host.links);
+  const hostAddresses = new Set(host.addresses);
+  const chains = [...new Set([...contents.sandboxChains, ...contents.egress])].filter(
+    (veth) => !links.has(veth),
+  );
+  const published = contents.published.filter((p) => {
+    const value = parseIpv4(p.address);
+    // The namespace end is .2 of its /30 and the host end .1 (address-pool.ts).
+    return value === undefined || !hostAddresses.has(formatIpv4(value - 1));
+  });
+  for (const port of published) await removePublishedPort(table, port);
+  for (const veth of chains) await removeSandboxRules(table, veth);
+  return { chains, published };
 }

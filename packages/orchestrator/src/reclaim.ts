@@ -8,8 +8,8 @@ import {
   readNetworkRecord,
   reclaimNetworkPool,
 } from "./netns-pool.ts";
-import { teardownNetworkNamespace } from "./network.ts";
-import { listHostFirewall, removeSandboxRules } from "./nftables.ts";
+import { listHostAddresses, listLinks, teardownNetworkNamespace } from "./network.ts";
+import { listHostFirewall, type PublishedPort, removeSandboxRules, sweepOrphanedRules } from "./nftables.ts";
 import { checkProcessIdentity, type TerminateResult, terminateRecordedProcess } from "./process-identity.ts";
 import type { InvalidRecord, SandboxProcessRole, SandboxRecord, StateDirectory } from "./state-dir.ts";
 
@@ -31,6 +31,8 @@ export interface ReclaimReport {
   removedTempFiles: string[];
   /** Prepared (pooled) networks of a crashed run. */
   networkPool: ReclaimedPoolNetwork[];
+  /** Host firewall entries whose sandbox is gone although no record named them. */
+  sweptRules: { chains: string[]; published: PublishedPort[] };
 }
 
 export interface ReclaimOptions {
@@ -141,6 +143,7 @@ export async function reclaim(
     invalid,
     removedTempFiles: [],
     networkPool: [],
+    sweptRules: { chains: [], published: [] },
   };
   for (const record of records) {
     const owner = await checkProcessIdentity(record.owner);
@@ -156,6 +159,20 @@ export async function reclaim(
   report.networkPool = await reclaimNetworkPool(stateDir.root, {
     ...(options.logger ? { logger: options.logger } : {}),
   });
+  try {
+    report.sweptRules = await sweepOrphanedRules(
+      options.firewallTable ?? CONFIG_DEFAULTS.firewallTable,
+      async () => ({
+        links: await listLinks(),
+        addresses: await listHostAddresses(),
+      }),
+    );
+  } catch (error) {
+    (options.logger ?? silentLogger).warn?.(
+      { error: (error as Error).message },
+      "reclaim: sweeping orphaned rules failed",
+    );
+  }
   report.removedTempFiles = await stateDir.removeTempFiles();
   return report;
 }
