@@ -9,6 +9,7 @@ import {
   resolveKernel,
 } from "./boot-parameters.ts";
 import type { OrchestratorConfig } from "./config.ts";
+import { directoryClones } from "./disk-clone.ts";
 import { runCommand } from "./exec.ts";
 
 export type DoctorStatus = "ok" | "warn" | "fail";
@@ -349,6 +350,37 @@ async function checkStateDir(config: OrchestratorConfig): Promise<DoctorCheck> {
   }
 }
 
+/** Whether disks clone by reflink in the state directory: otherwise every create copies the whole disk. */
+async function checkDiskClones(config: OrchestratorConfig): Promise<DoctorCheck> {
+  try {
+    await access(config.stateDir, constants.W_OK);
+  } catch {
+    return {
+      id: "disk-clones",
+      status: "warn",
+      summary: `${config.stateDir} does not exist yet: cannot tell whether disks clone there`,
+      fix: "run sbx doctor again once the state directory exists",
+    };
+  }
+  try {
+    if (await directoryClones(config.stateDir))
+      return { id: "disk-clones", status: "ok", summary: `disks in ${config.stateDir} are reflink clones` };
+  } catch (error) {
+    return {
+      id: "disk-clones",
+      status: "warn",
+      summary: `cannot probe clones in ${config.stateDir}: ${failureMessage(error)}`,
+      fix: `make ${config.stateDir} writable by this user`,
+    };
+  }
+  return {
+    id: "disk-clones",
+    status: "warn",
+    summary: `${config.stateDir} cannot reflink: every create and pause copies the whole disk (sparse)`,
+    fix: "put the state directory on XFS made with reflink=1 (mkfs.xfs -m reflink=1, the default since xfsprogs 5.1) or on btrfs; see docs/operations.md",
+  };
+}
+
 /**
  * Checks this host against the config with the same resolution functions the build uses, so a
  * missing or mismatched artifact shows here, with the fix, instead of in the middle of a build.
@@ -370,6 +402,7 @@ export async function runDoctor(
     await checkKernel(config),
     await checkCpuTemplate(config),
     await checkStateDir(config),
+    await checkDiskClones(config),
   ];
 }
 
