@@ -8,10 +8,13 @@ import { hostArch } from "@sbx/arch";
 import { buildTestGuest, parseTestGuestLine, TEST_GUEST_READY_MARKER } from "@sbx/fc-client/testing";
 import {
   artifactResolverWith,
+  configFromEnv,
   createConfig,
   Orchestrator,
   parseTemplateRequest,
+  resolveFirecrackerBinary,
   resolveTemplateInputs,
+  setupCommandFor,
 } from "@sbx/orchestrator";
 import { buildExt4Image } from "@sbx/rootfs";
 import { writeBusyboxFixture, writeOciLayout } from "@sbx/rootfs/testing";
@@ -58,9 +61,18 @@ export async function restoreWithTestPeer(log: (line: string) => void): Promise<
   }
 }
 
-function firecrackerSkipReason(): string | undefined {
-  if (!process.env.FIRECRACKER_BIN)
-    return "FIRECRACKER_BIN is not set (DEVELOPERS.md says where to get a Firecracker)";
+/** The `sbx setup` command (run from a clone) that fetches a Firecracker where sbx looks for one. */
+const SBX_FROM_SOURCE = "node --conditions=@sbx/source packages/orchestrator/src/cli/main.ts setup";
+
+async function firecrackerSkipReason(): Promise<string | undefined> {
+  if (!process.env.FIRECRACKER_BIN) {
+    // The demo's kernel is the tiny test guest, so only Firecracker can be missing.
+    const config = configFromEnv(process.env);
+    const command = await setupCommandFor(config, { kernel: false, command: SBX_FROM_SOURCE });
+    if (command) return `FIRECRACKER_BIN is not set; fetch Firecracker with: ${command}`;
+    const installed = await resolveFirecrackerBinary(config);
+    return `FIRECRACKER_BIN is not set; run again with FIRECRACKER_BIN=${installed.path} (installed by sbx setup)`;
+  }
   if (process.arch !== "x64") return "the tiny test guest is x86_64 only";
   try {
     accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
@@ -107,7 +119,7 @@ export async function templateAndSandboxes(log: (line: string) => void): Promise
   const result: Record<string, unknown> = {};
   try {
     const { busyboxDir, layoutDir } = await localInputs(dir);
-    const skip = firecrackerSkipReason();
+    const skip = await firecrackerSkipReason();
     const firecrackerBin = skip ? undefined : (process.env.FIRECRACKER_BIN as string);
     const config = createConfig({
       stateDir: join(dir, "state"),
