@@ -2,10 +2,10 @@ import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { FirecrackerLaunchError } from "./launch-error.ts";
 import { launchFirecracker } from "./launcher.ts";
-import { childPids, fdCount, launcherTempDirs, processState, settle } from "./test-process-counts.ts";
+import { childPids, fdCount, launcherTempDirs, processState, settledFdCount } from "./test-process-counts.ts";
 import { fakeFirecrackerCommand } from "./testing/fake-firecracker-command.ts";
 
 async function expectLaunchError(promise: Promise<unknown>): Promise<FirecrackerLaunchError> {
@@ -21,17 +21,18 @@ describe("launchFirecracker with the fake firecracker executable", () => {
   let dir: string;
   let before: { fds: number; children: number[]; temps: string[] };
 
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), "sbx-launcher-test-"));
+  // Per test: a test that fails or is interrupted leaves nothing for the next one, and a leak is
+  // reported by the test that caused it.
+  beforeEach(async () => {
     before = { fds: fdCount(), children: childPids(), temps: launcherTempDirs("lt-") };
+    dir = await mkdtemp(join(tmpdir(), "sbx-launcher-test-"));
   });
-  afterAll(async () => {
-    await settle(100);
-    // Every process was reaped, every fd closed, every temp dir removed.
-    expect(childPids()).toEqual(before.children);
-    expect(fdCount()).toBe(before.fds);
-    expect(launcherTempDirs("lt-")).toEqual(before.temps);
+  afterEach(async () => {
     await rm(dir, { recursive: true, force: true });
+    // Every process was reaped, every fd closed, every temp dir removed.
+    await vi.waitFor(() => expect(childPids()).toEqual(before.children), { timeout: 10_000 });
+    expect(await settledFdCount(before.fds)).toBe(before.fds);
+    expect(launcherTempDirs("lt-")).toEqual(before.temps);
   });
 
   it("fails with the exit status and the last output lines when the process dies before ready", async () => {
@@ -53,8 +54,7 @@ describe("launchFirecracker with the fake firecracker executable", () => {
     expect(error.output).toContain("guest kernel not found");
     expect(error.output).toContain("stderr: Error: bad config");
     expect(error.message).toMatch(/exited with status 3 before its API socket/);
-    await settle();
-    expect(childPids()).toEqual(before.children);
+    await vi.waitFor(() => expect(childPids()).toEqual(before.children));
   });
 
   it("waits for a slow start until the socket answers, then kills with SIGTERM and cleans up", async () => {
@@ -173,8 +173,7 @@ describe("launchFirecracker with the fake firecracker executable", () => {
       }),
     );
     expect(aborted.code).toBe("ABORTED");
-    await settle();
-    expect(childPids()).toEqual(before.children);
+    await vi.waitFor(() => expect(childPids()).toEqual(before.children));
   });
 
   it("aborting the signal after launch discards the VM", async () => {

@@ -1,9 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { createFirecrackerClient } from "./client.ts";
 import { FirecrackerApiError } from "./errors.ts";
 import { type FirecrackerProcess, launchFirecracker } from "./launcher.ts";
 import { rejection } from "./test-errors.ts";
-import { childPids, fdCount, settle } from "./test-process-counts.ts";
+import { childPids, fdCount, settledFdCount } from "./test-process-counts.ts";
 import { realFirecracker } from "./testing/real-firecracker.ts";
 import { FIELD_SINCE, OPERATION_SINCE, parseFirecrackerVersion, versionAtLeast } from "./versions.ts";
 
@@ -16,16 +16,17 @@ describe.skipIf(skipReason !== undefined)(
   () => {
     let fc: FirecrackerProcess;
     let before: { fds: number; children: number[] };
-    beforeAll(async () => {
+    // A Firecracker per test, disposed by the test's own hook: a failed test leaves no process behind
+    // for the next one, and a leak is reported by the test that caused it.
+    beforeEach(async () => {
       before = { fds: fdCount(), children: childPids() };
       fc = await launchFirecracker({ binary: firecrackerBin!, id: "sbx-real-api" });
     });
-    afterAll(async () => {
+    afterEach(async () => {
       await fc?.kill({ graceMs: 1000 });
       await fc?.[Symbol.asyncDispose]();
-      await settle(100);
-      expect(childPids()).toEqual(before.children);
-      expect(fdCount()).toBe(before.fds);
+      await vi.waitFor(() => expect(childPids()).toEqual(before.children));
+      expect(await settledFdCount(before.fds)).toBe(before.fds);
     });
 
     it("reads the version and the instance", async () => {

@@ -5,12 +5,13 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import type { Arch } from "@sbx/arch";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { resolveBusybox } from "./busybox.ts";
 import { readElfLinkage } from "./elf.ts";
 import { RootfsError } from "./errors.ts";
 import { debianUpstreamVersion, fetchBusybox } from "./fetch-busybox.ts";
 import { listBusyboxApplets } from "./guest-files.ts";
+import { tempDir } from "./test-oci-helpers.ts";
 
 const run = promisify(execFile);
 const cli = fileURLToPath(new URL("./cli/fetch-busybox.ts", import.meta.url));
@@ -28,16 +29,11 @@ async function leftoverWorkDirs(): Promise<string[]> {
 }
 
 const hasDpkg = execFileSync("sh", ["-c", "command -v dpkg || true"], { encoding: "utf8" }).trim() !== "";
-let dir: string;
 let nativeArch = "";
 let foreignArches: string[] = [];
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "sbx-fetch-test-"));
   nativeArch = await dpkg(["--print-architecture"]);
   foreignArches = (await dpkg(["--print-foreign-architectures"])).split(/\s+/).filter(Boolean);
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
 });
 
 describe("debianUpstreamVersion", () => {
@@ -50,6 +46,7 @@ describe("debianUpstreamVersion", () => {
 
 /** Runs the real setup command; skips (with the reason printed) when apt cannot download. */
 async function fetchWithCli(
+  dir: string,
   arch: Arch,
   skip: (reason: string) => void,
 ): Promise<{ stdout: string; stderr: string }> {
@@ -89,7 +86,10 @@ describe("sbx-fetch-busybox (real apt download)", () => {
       console.log("fetch-busybox amd64: skipped: dpkg has no amd64 architecture on this host");
       ctx.skip();
     }
-    const { stdout, stderr } = await fetchWithCli("amd64", (reason) => ctx.skip(reason));
+    // Each test owns its directory, removed by the test itself even when it fails.
+    await using work = await tempDir("sbx-fetch-test-");
+    const dir = work.path;
+    const { stdout, stderr } = await fetchWithCli(dir, "amd64", (reason) => ctx.skip(reason));
     const result = JSON.parse(stdout) as { path: string; sha256: string; debianVersion: string };
     const target = join(dir, "1.36.1", "amd64");
     expect(result.path).toBe(join(target, "busybox"));
@@ -111,11 +111,13 @@ describe("sbx-fetch-busybox (real apt download)", () => {
   it("installs busybox-static:arm64 when dpkg has the arm64 architecture", async (ctx) => {
     if (nativeArch !== "arm64" && !foreignArches.includes("arm64")) {
       const reason =
-        "dpkg has no arm64 architecture; run `sbx-fetch-busybox --arch arm64 --dir DIR` once (it enables it) to test";
+        "dpkg has no arm64 architecture; scripts/test.sh adds it when run as root (or run `sbx-fetch-busybox --arch arm64 --dir DIR` once)";
       console.log(`fetch-busybox arm64: skipped: ${reason}`);
       ctx.skip(reason);
     }
-    await fetchWithCli("arm64", (reason) => ctx.skip(reason));
+    await using work = await tempDir("sbx-fetch-test-");
+    const dir = work.path;
+    await fetchWithCli(dir, "arm64", (reason) => ctx.skip(reason));
     const resolved = await resolveBusybox({ dir, arch: "arm64" });
     expect(resolved.checksumVerified).toBe(true);
     expect((await readElfLinkage(resolved.path)).static).toBe(true);
@@ -147,6 +149,8 @@ describe("sbx-fetch-busybox (real apt download)", () => {
   // dpkg and apt-get answer through logging shims that report no foreign architecture and change
   // nothing, so the test runs (and cannot alter the host) whatever architectures the host has.
   it.skipIf(!hasDpkg)("does not touch dpkg's architectures when told not to (needs dpkg)", async () => {
+    await using work = await tempDir("sbx-fetch-test-");
+    const dir = work.path;
     const shims = await mkdtemp(join(tmpdir(), "sbx-fetch-shims-"));
     const calls = join(shims, "calls");
     const realDpkg = (await run("sh", ["-c", "command -v dpkg"])).stdout.trim();
