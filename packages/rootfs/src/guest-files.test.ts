@@ -1,4 +1,5 @@
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import {
   lstat,
   mkdir,
@@ -13,9 +14,12 @@ import {
 } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
+import { hostArch } from "@sbx/arch";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { RootfsError } from "./errors.ts";
 import {
+  GUEST_AGENT,
+  GUEST_AGENT_VERSION_FILE,
   GUEST_BUSYBOX,
   injectGuestFiles,
   listBusyboxApplets,
@@ -188,5 +192,60 @@ describe("resolveInRoot", () => {
     expect(await resolveInRoot(root, "/../../../etc/passwd")).toBe(join(root, "etc/passwd"));
     expect(await resolveInRoot(root, "/escape/shadow")).toBe(join(root, "etc/shadow"));
     await expect(resolveInRoot(root, "/loop1/x")).rejects.toMatchObject({ code: "INJECT_FAILED" });
+  });
+});
+
+describe("injectGuestFiles with the guest agent", () => {
+  const agentVersion = "0.1.0";
+  // A static binary of the host's arch stands in for the agent: the checks are about the bytes.
+  const staticBinary = "/bin/busybox";
+
+  it("installs /.sbx/agent (0755) and records its version and sha256", async () => {
+    const sha256 = createHash("sha256")
+      .update(await readFile(staticBinary))
+      .digest("hex");
+    const result = await injectGuestFiles({
+      root,
+      busybox: "/bin/busybox",
+      systemd: false,
+      agent: { path: staticBinary, version: agentVersion, sha256, arch: hostArch() },
+    });
+    expect(result.files).toEqual(expect.arrayContaining([GUEST_AGENT, GUEST_AGENT_VERSION_FILE]));
+    const installed = await stat(join(root, GUEST_AGENT));
+    expect(installed.mode & 0o7777).toBe(0o755);
+    expect((await readFile(join(root, GUEST_AGENT))).equals(await readFile(staticBinary))).toBe(true);
+    expect(await readFile(join(root, GUEST_AGENT_VERSION_FILE), "utf8")).toBe(`${agentVersion} ${sha256}\n`);
+  });
+
+  it("installs no agent unless asked", async () => {
+    const result = await injectGuestFiles({ root, busybox: "/bin/busybox", systemd: false });
+    expect(result.files).not.toContain(GUEST_AGENT);
+    await expect(stat(join(root, GUEST_AGENT))).rejects.toMatchObject({ code: "ENOENT" });
+  });
+
+  it("refuses an agent whose bytes do not match its sha256, of another arch, or dynamically linked, writing nothing", async () => {
+    const cases: [Record<string, unknown>, string][] = [
+      [{ path: staticBinary, version: agentVersion, sha256: "0".repeat(64) }, "checksum"],
+      [
+        { path: staticBinary, version: agentVersion, arch: hostArch() === "amd64" ? "arm64" : "amd64" },
+        "arch",
+      ],
+      [{ path: "/bin/ls", version: agentVersion, arch: hostArch() }, "not-static"],
+    ];
+    for (const [agent, reason] of cases) {
+      const error = await injectGuestFiles({
+        root,
+        busybox: "/bin/busybox",
+        systemd: false,
+        agent: agent as { path: string; version: string },
+      }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(RootfsError);
+      expect((error as RootfsError).code).toBe("INJECT_FAILED");
+      expect((error as RootfsError).details.reason).toBe(reason);
+      await expect(lstat(join(root, ".sbx"))).rejects.toMatchObject({ code: "ENOENT" });
+    }
+    await expect(
+      injectGuestFiles({ root, busybox: "/bin/busybox", agent: { path: staticBinary, version: "1 2" } }),
+    ).rejects.toMatchObject({ code: "INVALID_OPTIONS" });
   });
 });

@@ -1,7 +1,9 @@
 import { createHash } from "node:crypto";
 import { lstat, mkdir, open, readFile, readlink, rm, symlink } from "node:fs/promises";
 import { join, posix } from "node:path";
+import { archSchema, detectBinaryArch } from "@sbx/arch";
 import { z } from "zod";
+import { readElfLinkage } from "./elf.ts";
 import { RootfsError } from "./errors.ts";
 import {
   guestLibraryScript,
@@ -15,6 +17,10 @@ import {
 export const GUEST_DIR = "/.sbx";
 export const GUEST_INIT = "/.sbx/init";
 export const GUEST_BUSYBOX = "/.sbx/bin/busybox";
+/** The in-guest agent (@sbx/agent), started and kept running by /.sbx/init. */
+export const GUEST_AGENT = "/.sbx/agent";
+/** `<version> <sha256>` of the installed agent, for the host to check what a template carries. */
+export const GUEST_AGENT_VERSION_FILE = "/.sbx/agent.version";
 export const SETUP_NETWORK_UNIT = "/etc/systemd/system/setup-network.service";
 const SETUP_NETWORK_WANTS = "/etc/systemd/system/multi-user.target.wants/setup-network.service";
 const MAX_SYMLINKS = 40;
@@ -116,6 +122,23 @@ export const injectGuestFilesOptionsSchema = z.object({
    * actually copied, so a file swapped after resolution is caught), or a plain path.
    */
   busybox: z.union([z.string().min(1), z.object({ path: z.string().min(1), sha256: z.string().optional() })]),
+  /**
+   * The guest agent to install at /.sbx/agent: the path of a built agent (for @sbx/agent's builds,
+   * `{agentBinaryDir()}/{version}/{arch}/sbx-agent`, resolved with @sbx/arch's resolveArtifact like
+   * busybox) with its version, its sha256 (checked against the bytes copied) and the arch it must be
+   * built for (checked in its ELF header, and that it is static). Without it no agent is installed.
+   */
+  agent: z
+    .object({
+      path: z.string().min(1),
+      version: z.string().regex(/^[0-9A-Za-z.+-]{1,64}$/),
+      sha256: z
+        .string()
+        .regex(/^[0-9a-f]{64}$/)
+        .optional(),
+      arch: archSchema.optional(),
+    })
+    .optional(),
   /** argv init execs after setup. Default: the image's /sbin/init, else /bin/sh, else busybox sh. */
   workload: z.array(z.string().min(1)).min(1).optional(),
   /** The template's provisioning script, written to /.sbx/provision.sh and run once by the runner. */
@@ -142,7 +165,8 @@ export interface InjectGuestFilesResult {
 /**
  * Adds sbx's guest files to an unpacked image without touching the image's own files: busybox at
  * /.sbx/bin/busybox with applet symlinks only in /.sbx/bin, /.sbx/init, the provisioning runner,
- * the network script and, for systemd images, an enabled setup-network.service. Refuses an image
+ * the network script, the guest agent at /.sbx/agent when one is given (the init starts it) and,
+ * for systemd images, an enabled setup-network.service. Refuses an image
  * that already has /.sbx; creates /proc, /sys, /dev, /run and /tmp only when missing.
  */
 export async function injectGuestFiles(input: InjectGuestFilesOptions): Promise<InjectGuestFilesResult> {
@@ -180,6 +204,7 @@ export async function injectGuestFiles(input: InjectGuestFilesOptions): Promise<
     }
   }
   const applets = appletsFromBinary(busyboxBytes, busyboxPath).filter((a) => a !== "busybox");
+  const agent = options.agent ? await readGuestAgent(options.agent) : undefined;
   const workload = options.workload ?? (await defaultWorkload(root));
   const systemd = options.systemd === "auto" ? await usesSystemd(root, workload) : options.systemd;
   const scripts: [string, string | Uint8Array, number][] = [
@@ -227,6 +252,11 @@ export async function injectGuestFiles(input: InjectGuestFilesOptions): Promise<
       await writeNew(join(root, path), content, mode);
       files.push(path);
     }
+    if (agent) {
+      await writeNew(join(root, GUEST_AGENT), agent.bytes, 0o755);
+      await writeNew(join(root, GUEST_AGENT_VERSION_FILE), `${agent.version} ${agent.sha256}\n`, 0o644);
+      files.push(GUEST_AGENT, GUEST_AGENT_VERSION_FILE);
+    }
     if (systemd) {
       await installSetupNetworkService(root);
       files.push(SETUP_NETWORK_UNIT, SETUP_NETWORK_WANTS);
@@ -237,6 +267,60 @@ export async function injectGuestFiles(input: InjectGuestFilesOptions): Promise<
     throw error;
   }
   return { files, applets, workload, systemd, init: GUEST_INIT };
+}
+
+/**
+ * Reads the agent once and checks those bytes: the sha256 when one was given, the ELF machine when an
+ * arch was given, and static linkage (it runs in images without a compatible libc).
+ */
+async function readGuestAgent(agent: {
+  path: string;
+  version: string;
+  sha256?: string | undefined;
+  arch?: "amd64" | "arm64" | undefined;
+}): Promise<{ bytes: Buffer; version: string; sha256: string }> {
+  const bytes = await readFile(agent.path).catch((cause: unknown) => {
+    throw new RootfsError(
+      "INJECT_FAILED",
+      `cannot read the guest agent ${agent.path}: build it (pnpm --filter @sbx/agent build:native)`,
+      {
+        cause,
+        details: { path: agent.path },
+      },
+    );
+  });
+  const sha256 = createHash("sha256").update(bytes).digest("hex");
+  if (agent.sha256 && sha256 !== agent.sha256) {
+    throw new RootfsError(
+      "INJECT_FAILED",
+      `the guest agent ${agent.path} has sha256 ${sha256}, expected ${agent.sha256}; rebuild or resolve it again`,
+      { details: { path: agent.path, expected: agent.sha256, actual: sha256, reason: "checksum" } },
+    );
+  }
+  if (agent.arch) {
+    const detected = await detectBinaryArch(agent.path).catch((cause: unknown) => {
+      throw new RootfsError("INJECT_FAILED", `the guest agent ${agent.path} is not an ELF executable`, {
+        cause,
+        details: { path: agent.path, reason: "arch" },
+      });
+    });
+    if (detected.arch !== agent.arch) {
+      throw new RootfsError(
+        "INJECT_FAILED",
+        `the guest agent ${agent.path} is built for ${detected.arch}, the image is ${agent.arch}; build the ${agent.arch} agent`,
+        { details: { path: agent.path, expected: agent.arch, actual: detected.arch, reason: "arch" } },
+      );
+    }
+  }
+  const linkage = await readElfLinkage(agent.path);
+  if (!linkage.static) {
+    throw new RootfsError(
+      "INJECT_FAILED",
+      `the guest agent ${agent.path} is dynamically linked; the guest may have no compatible libc. Build it with -static`,
+      { details: { path: agent.path, reason: "not-static" } },
+    );
+  }
+  return { bytes, version: agent.version, sha256 };
 }
 
 async function existsInRoot(root: string, path: string): Promise<string | undefined> {

@@ -318,3 +318,81 @@ describe("network setup against a real kernel (network namespace)", () => {
     },
   );
 });
+
+describe("the agent's listener flags from the kernel command line", () => {
+  it("defaults to vsock 1024, takes sbx.agent_vsock / sbx.agent_tcp, and ignores malformed values", async () => {
+    await image();
+    const cases: [string, string, string?][] = [
+      ["console=ttyS0", "--vsock 1024"],
+      ["sbx.agent_vsock=52", "--vsock 52"],
+      ["sbx.agent_tcp=49983", "--vsock 1024 --tcp 49983"],
+      ["sbx.agent_vsock=off sbx.agent_tcp=172.16.0.2:49983", "--tcp 172.16.0.2:49983"],
+      ["sbx.agent_vsock=1;reboot", "", "ignoring sbx.agent_vsock=1;reboot"],
+      ["sbx.agent_vsock=off sbx.agent_tcp=$(reboot)", "", "ignoring sbx.agent_tcp=$(reboot)"],
+    ];
+    for (const [cmdline, flags, warning] of cases) {
+      const result = await h.run("", { cmdline, shellCode: 'printf "[%s]" "$(sbx_agent_args)"' });
+      expect(result.stdout, cmdline).toContain(`[${flags}]`);
+      if (warning) expect(result.stderr).toContain(warning);
+    }
+    expect(await calls()).not.toContain("reboot");
+  });
+
+  it("starts no agent when the image has none (the init's other steps are unchanged)", async () => {
+    await image();
+    const result = await h.run(".sbx/init", { cmdline: "console=ttyS0" });
+    expect(result.code).toBe(0);
+    expect(result.stdout).not.toContain("agent:");
+  });
+});
+
+describe("/.sbx/init starts the agent and restarts it when it dies (PID and mount namespaces)", () => {
+  const probe = spawnSync("unshare", ["-m", "-u", "-p", "-f", "true"], { encoding: "utf8", timeout: 10_000 });
+  const reason =
+    process.getuid?.() !== 0
+      ? "needs root"
+      : probe.status !== 0
+        ? `unshare -m -u -p -f failed: ${(probe.stderr || String(probe.error)).trim()}`
+        : "";
+  if (reason) console.log(`init and agent (namespaces): skipped: ${reason}`);
+
+  it.skipIf(reason !== "")(
+    "keeps /.sbx/agent running with the cmdline's flags: each exit is logged and followed by a new start (needs root)",
+    async () => {
+      // Busybox stands in for the agent: run as /.sbx/agent it finds no "agent" applet and exits 127
+      // at once, so every start is followed by an exit and a restart. (@sbx/agent's tests run the real
+      // agent under this init.)
+      await mkdir(join(h.root, "etc"), { recursive: true });
+      await injectGuestFiles({
+        root: h.root,
+        busybox: "/bin/busybox",
+        workload: ["/.sbx/bin/busybox", "sh", "-c", "sleep 2; echo workload-done"],
+        systemd: false,
+        agent: { path: "/bin/busybox", version: "0.0.0-test" },
+      });
+      await writeFile(join(h.root, "cmdline"), "console=ttyS0 sbx.agent_vsock=off sbx.agent_tcp=49983\n");
+      const result = spawnSync("unshare", ["-m", "-u", "-p", "-f", "chroot", h.root, "/.sbx/init"], {
+        env: {
+          PATH: "/usr/sbin:/usr/bin:/sbin:/bin",
+          SBX_CMDLINE_FILE: "/cmdline",
+          SBX_AGENT_RESTART_DELAY: "0.2",
+        },
+        encoding: "utf8",
+        timeout: 30_000,
+      });
+      const out = `${result.stdout}${result.stderr}`;
+      expect(result.status, out).toBe(0);
+      expect(out).toContain("agent: starting with --tcp 49983");
+      expect(out).toContain("warning: the agent is not listening after 2 s");
+      const restarts = out
+        .split("\n")
+        .filter((line) => line.includes("agent exited with status 127; restarting in 0.2s"));
+      // About 2 s of waiting for its listeners and 2 s of workload at one start per 0.2 s.
+      expect(restarts.length).toBeGreaterThanOrEqual(5);
+      const lines = result.stdout.split("\n");
+      expect(lines.indexOf(READY_MARKER)).toBeGreaterThan(-1);
+      expect(result.stdout).toContain("workload-done");
+      expect(await readFile("/proc/self/mountinfo", "utf8")).not.toContain(h.root);
+    },
+  );
+});

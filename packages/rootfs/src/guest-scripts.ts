@@ -187,6 +187,48 @@ sbx_set_hostname() {
   "$SBX_BB" hostname "$_sbx_name" || sbx_log "warning: cannot set hostname $_sbx_name"
 }
 
+# Prints the agent's listener flags (warnings go to stderr) from sbx.agent_vsock=<port|off> (default 1024) and
+# sbx.agent_tcp=[<addr>:]<port> (off unless given: TCP reaches the agent from the sandbox's network).
+sbx_agent_args() {
+  _sbx_vsock=$(sbx_cmdline_value sbx.agent_vsock) || _sbx_vsock=1024
+  _sbx_tcp=$(sbx_cmdline_value sbx.agent_tcp) || _sbx_tcp=
+  _sbx_args=
+  case "$_sbx_vsock" in
+    ''|off) ;;
+    *[!0-9]*) sbx_log "warning: ignoring sbx.agent_vsock=$_sbx_vsock (not a port)" >&2 ;;
+    *) _sbx_args="--vsock $_sbx_vsock" ;;
+  esac
+  case "$_sbx_tcp" in
+    ''|off) ;;
+    *[!0-9.:]*) sbx_log "warning: ignoring sbx.agent_tcp=$_sbx_tcp (not [addr:]port)" >&2 ;;
+    *) _sbx_args="$_sbx_args\${_sbx_args:+ }--tcp $_sbx_tcp" ;;
+  esac
+  printf '%s' "$_sbx_args"
+}
+
+# Starts /.sbx/agent in the background and starts it again whenever it exits (a crash, an OOM kill,
+# kill -9 from the workload), SBX_AGENT_RESTART_DELAY seconds later. Waits up to 2 s for its
+# listeners, so a snapshot taken after the ready marker has the agent listening.
+sbx_start_agent() {
+  [ -x "$SBX_ROOT/.sbx/agent" ] || return 0
+  _sbx_agent_args=$(sbx_agent_args)
+  if [ -z "$_sbx_agent_args" ]; then sbx_log "agent: not started (no listener: sbx.agent_vsock=off and no sbx.agent_tcp)"; return 0; fi
+  _sbx_ready="$SBX_ROOT/run/sbx-agent.ready"
+  "$SBX_BB" rm -f "$_sbx_ready"
+  sbx_log "agent: starting with $_sbx_agent_args"
+  (
+    while :; do
+      # Word splitting of the flags is intended; they hold only digits, dots, colons and dashes.
+      "$SBX_ROOT/.sbx/agent" $_sbx_agent_args --ready-file "$_sbx_ready"
+      sbx_log "agent exited with status $?; restarting in \${SBX_AGENT_RESTART_DELAY:-1}s"
+      "$SBX_BB" sleep "\${SBX_AGENT_RESTART_DELAY:-1}"
+    done
+  ) </dev/null &
+  _sbx_wait=0
+  while [ ! -e "$_sbx_ready" ] && [ $_sbx_wait -lt 20 ]; do "$SBX_BB" usleep 100000; _sbx_wait=$((_sbx_wait + 1)); done
+  [ -e "$_sbx_ready" ] || sbx_log "warning: the agent is not listening after 2 s"
+}
+
 # Sets SBX_CHATTR to the image's chattr or busybox's applet; status 1 when neither exists.
 sbx_find_chattr() {
   for _sbx_dir in /usr/bin /bin /usr/sbin /sbin; do
@@ -266,16 +308,17 @@ sbx_init_main() {
   if [ "$(sbx_cmdline_value sbx.provision)" = 1 ]; then
     exec "$SBX_BB" sh "$SBX_ROOT/.sbx/provision-runner"
   fi
+  sbx_start_agent
   echo "$SBX_READY_MARKER"
 }
 `;
 }
 
-/** /.sbx/init: PID 1. Sets up the guest, prints the ready marker, then execs the workload. */
+/** /.sbx/init: PID 1. Sets up the guest, starts the agent, prints the ready marker, then execs the workload. */
 export function initScript(workload: readonly string[]): string {
   if (workload.length === 0) throw new Error("the workload needs at least a program");
   return `#!/.sbx/bin/busybox sh
-# sbx init: mounts, clock, hostname, network, ready marker, then the workload (or provisioning).
+# sbx init: mounts, clock, hostname, network, agent, ready marker, then the workload (or provisioning).
 . "\${SBX_ROOT:-}/.sbx/lib.sh"
 sbx_init_main
 exec ${workload.map(shellQuote).join(" ")}

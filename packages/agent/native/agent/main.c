@@ -1031,7 +1031,9 @@ static int stream_wants_data(int si) {
 int main(int argc, char **argv) {
   static const struct option options[] = {
       {"vsock", required_argument, 0, 'v'}, {"tcp", required_argument, 0, 't'}, {"unix", required_argument, 0, 'u'},
-      {"quiet", no_argument, 0, 'q'},       {"version", no_argument, 0, 'V'},   {0, 0, 0, 0}};
+      {"quiet", no_argument, 0, 'q'},       {"version", no_argument, 0, 'V'},   {"ready-file", required_argument, 0, 'r'},
+      {0, 0, 0, 0}};
+  const char *ready_file = NULL;
   clock_gettime(CLOCK_MONOTONIC, &started_at);
   for (int i = 0; i < MAX_CONNECTIONS; i++) conns[i].fd = -1;
   int opt;
@@ -1040,10 +1042,16 @@ int main(int argc, char **argv) {
     else if (opt == 't') add_listener("tcp", optarg);
     else if (opt == 'u') add_listener("unix", optarg);
     else if (opt == 'q') quiet = 1;
+    else if (opt == 'r') ready_file = optarg;
     else if (opt == 'V') { printf("sbx-agent %s protocol %d\n", AGENT_VERSION, PROTOCOL_VERSION); return 0; }
-    else { fprintf(stderr, "usage: sbx-agent [--vsock PORT] [--tcp [ADDR:]PORT] [--unix PATH] [--quiet]\n"); return 2; }
+    else { fprintf(stderr, "usage: sbx-agent [--vsock PORT] [--tcp [ADDR:]PORT] [--unix PATH] [--ready-file PATH] [--quiet]\n"); return 2; }
   }
   if (nlisteners == 0) { agent_log("no listener could be opened"); return 1; }
+  if (ready_file) {
+    /* The init waits for this before its ready marker, so a snapshot has the agent listening. */
+    int fd = open(ready_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd >= 0) close(fd);
+  }
   signal(SIGPIPE, SIG_IGN);
   sigset_t chld;
   sigemptyset(&chld);
