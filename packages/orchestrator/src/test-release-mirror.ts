@@ -3,7 +3,7 @@
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer, request as httpRequest, type Server } from "node:http";
 import { type AddressInfo, connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
@@ -47,6 +47,8 @@ export async function releaseTarball(options: {
   /** The arch the binaries are really built for (default: arch). */
   binaryArch?: Arch;
   padBytes?: number;
+  /** Real binaries to pack instead of compiled stand-ins. */
+  binaries?: { firecracker: string; jailer: string };
 }): Promise<Buffer> {
   const work = await mkdtemp(join(tmpdir(), "sbx-mirror-tgz-"));
   try {
@@ -54,8 +56,13 @@ export async function releaseTarball(options: {
     const release = join(work, `release-${tag}`);
     await mkdir(release);
     const binaryArch = options.binaryArch ?? options.arch;
-    await compileElf(release, `firecracker-${tag}`, binaryArch, options.padBytes);
-    await compileElf(release, `jailer-${tag}`, binaryArch);
+    if (options.binaries) {
+      await copyFile(options.binaries.firecracker, join(release, `firecracker-${tag}`));
+      await copyFile(options.binaries.jailer, join(release, `jailer-${tag}`));
+    } else {
+      await compileElf(release, `firecracker-${tag}`, binaryArch, options.padBytes);
+      await compileElf(release, `jailer-${tag}`, binaryArch);
+    }
     await writeFile(join(release, "LICENSE"), "Apache-2.0\n");
     const archive = join(work, "release.tgz");
     execFileSync("tar", ["czf", archive, "-C", work, `release-${tag}`]);
