@@ -32,3 +32,10 @@ export function firecrackerTestFile(path: string): string {
     throw new Error(`${path} is not in scripts/test-data-manifest.ts: pin it there before a test reads it`);
   return join(FIRECRACKER_TEST_DATA_DIR, path);
 }
+
+/** For a skipped test's name, so the skip list at the end of a run says why: "" when the data is there. */
+export function firecrackerTestDataSkipSuffix(dir = FIRECRACKER_TEST_DATA_DIR): string {
+  return firecrackerTestDataSkipReason(dir) === undefined
+    ? ""
+    : " (skipped: Firecracker's test files missing: run `pnpm test-data`)";
+}

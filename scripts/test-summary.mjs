@@ -10,6 +10,9 @@ let failed = 0;
 let skipped = 0;
 // Failures are listed again in summary.txt, right above the totals: CI logs are often read from the tail.
 const failures = [];
+// Every skipped test by name (the names carry the reason: a missing Firecracker, kernel, tool...), so a
+// skip that a setup step could avoid shows up instead of hiding in a count.
+const skips = [];
 for (const group of ["packages", "examples"]) {
   const groupDir = join(root, group);
   if (!existsSync(groupDir)) continue;
@@ -31,6 +34,9 @@ for (const group of ["packages", "examples"]) {
     for (const file of report.testResults) {
       const failedTests = file.assertionResults.filter((a) => a.status === "failed");
       const relativeName = file.name.startsWith(root) ? file.name.slice(root.length) : file.name;
+      for (const test of file.assertionResults)
+        if (test.status === "skipped" || test.status === "pending" || test.status === "todo")
+          skips.push(`SKIPPED ${relativeName} > ${test.fullName}`);
       for (const test of failedTests) {
         const firstLine = String(test.failureMessages?.[0] ?? "")
           .split("\n")[0]
@@ -46,7 +52,7 @@ for (const group of ["packages", "examples"]) {
   }
 }
 const line = `tests: ${passed} passed, ${failed} failed, ${skipped} skipped`;
-const summary = [...failures, line].join("\n");
+const summary = [...skips, ...failures, line].join("\n");
 writeFileSync(join(root, ".reports", "summary.txt"), `${summary}\n`);
 console.log(summary);
 process.exit(failed > 0 ? 1 : 0);

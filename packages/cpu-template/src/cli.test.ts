@@ -1,7 +1,7 @@
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { runCli } from "./cli.ts";
-import { sharedSkipReason, TEMPLATES_DIR } from "./test-shared.ts";
+import { sharedSkipReason, sharedSkipSuffix, TEMPLATES_DIR } from "./test-shared.ts";
 
 function run(...argv: string[]) {
   const out: string[] = [];
@@ -19,7 +19,7 @@ describe("sbx-cpu-template", () => {
   });
 
   it.skipIf(sharedSkipReason !== undefined)(
-    "check: exit 1 and the missing features when incompatible, 0 with the normalized template",
+    `check: exit 1 and the missing features when incompatible, 0 with the normalized template${sharedSkipSuffix}`,
     () => {
       const bad = run("check", "--source", fp("INTEL_ICELAKE_6.1"), "--target", fp("INTEL_CASCADELAKE_6.1"));
       expect(bad.code).toBe(1);

@@ -17,11 +17,13 @@ import {
   customTemplates,
   fingerprint,
   sharedSkipReason,
+  sharedSkipSuffix,
   TEMPLATES_DIR,
 } from "./test-shared.ts";
 
 if (sharedSkipReason) console.log(`[cpu-template] tests on Firecracker's files skipped: ${sharedSkipReason}`);
-const onShared = describe.skipIf(sharedSkipReason !== undefined);
+const onShared = (name: string, body: () => void) =>
+  describe.skipIf(sharedSkipReason !== undefined)(`${name}${sharedSkipSuffix}`, body);
 
 /** Mutations of a template: type changes Firecracker's JSON schema catches, and format changes it does not. */
 function mutations(template: Record<string, unknown>): unknown[] {

@@ -2,11 +2,17 @@
 // scripts/test-data-manifest.ts and put in .test-data/firecracker by `pnpm test-data`.
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { firecrackerTestDataSkipReason, firecrackerTestFile } from "../../../scripts/test-data.ts";
+import {
+  firecrackerTestDataSkipReason,
+  firecrackerTestDataSkipSuffix,
+  firecrackerTestFile,
+} from "../../../scripts/test-data.ts";
 import { type Fingerprint, readFingerprintFile } from "./fingerprint.ts";
 
 export const TEMPLATES_DIR = firecrackerTestFile("cpu-templates");
 export const sharedSkipReason = firecrackerTestDataSkipReason();
+/** Appended to the names of tests that read the data: the skip list then says why they skipped. */
+export const sharedSkipSuffix = firecrackerTestDataSkipSuffix();
 
 export const fingerprint = (name: string): Fingerprint =>
   readFingerprintFile(join(TEMPLATES_DIR, "fingerprints", `fingerprint_${name}host.json`));

@@ -10,6 +10,7 @@ import {
   refName,
   type SpecSchema,
   sharedSkipReason,
+  sharedSkipSuffix,
   specOperations,
   vmConfigDir,
 } from "./test-spec-files.ts";
@@ -44,7 +45,7 @@ const unwrap = (schema: z.ZodType): z.ZodType =>
     ? unwrap(schema.unwrap() as z.ZodType)
     : schema;
 
-describe.skipIf(sharedSkipReason !== undefined)("the v1.16.1 spec, walked", () => {
+describe.skipIf(sharedSkipReason !== undefined)(`the v1.16.1 spec, walked${sharedSkipSuffix}`, () => {
   const spec = sharedSkipReason ? undefined : readSpec("1.16.1");
 
   it("has a client operation for every path × method, with the spec's method, path and models", () => {
@@ -135,7 +136,7 @@ describe.skipIf(sharedSkipReason !== undefined)("the v1.16.1 spec, walked", () =
   });
 });
 
-describe.skipIf(sharedSkipReason !== undefined)("Firecracker's own example files", () => {
+describe.skipIf(sharedSkipReason !== undefined)(`Firecracker's own example files${sharedSkipSuffix}`, () => {
   it("parses every vm-config file as the spec says: all but the one missing mem_size_mib", () => {
     const dir = vmConfigDir;
     const files = readdirSync(dir).filter((f) => f.endsWith(".json"));

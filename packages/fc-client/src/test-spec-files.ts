@@ -3,9 +3,15 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parse } from "yaml";
-import { firecrackerTestDataSkipReason, firecrackerTestFile } from "../../../scripts/test-data.ts";
+import {
+  firecrackerTestDataSkipReason,
+  firecrackerTestDataSkipSuffix,
+  firecrackerTestFile,
+} from "../../../scripts/test-data.ts";
 
 export const sharedSkipReason = firecrackerTestDataSkipReason();
+/** Appended to the names of tests that read the data: the skip list then says why they skipped. */
+export const sharedSkipSuffix = firecrackerTestDataSkipSuffix();
 export const apiSpecDir = firecrackerTestFile("api");
 export const vmConfigDir = firecrackerTestFile("vm-config");
 export const firecrackerDocsDir = firecrackerTestFile("docs");
