@@ -5,6 +5,7 @@ import {
   DEFAULT_EGRESS_POLICY,
   egressRules,
   parseEgressPolicy,
+  resolveEgressPolicy,
   sameEgressPolicy,
 } from "./egress-policy.ts";
 
@@ -94,6 +95,16 @@ describe("egress policy", () => {
     expect(combineEgressPolicies({ default: "deny" }, { default: "allow" }).default).toBe("allow");
     expect(combineEgressPolicies(undefined, undefined)).toEqual(DEFAULT_EGRESS_POLICY);
     expect(sameEgressPolicy(combineEgressPolicies(undefined, {}), DEFAULT_EGRESS_POLICY)).toBe(true);
+    // Config default, template, create.
+    const layered = resolveEgressPolicy({ deny: ["10.0.0.0/8"] }, undefined, {
+      default: "deny",
+      allow: ["1.1.1.1"],
+    });
+    expect(layered).toMatchObject({
+      default: "deny",
+      deny: [{ cidr: "10.0.0.0/8" }],
+      allow: [{ cidr: "1.1.1.1/32" }],
+    });
   });
 
   it("is configurable from the environment, with every network option validated", () => {

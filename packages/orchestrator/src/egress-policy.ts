@@ -138,6 +138,14 @@ export function combineEgressPolicies(
   };
 }
 
+/** The policy in force for a sandbox: config default, then template, then create (later layers win). */
+export function resolveEgressPolicy(...layers: (EgressPolicyInput | undefined)[]): EgressPolicy {
+  return layers.reduce<EgressPolicy>(
+    (combined, layer) => combineEgressPolicies(combined, layer),
+    DEFAULT_EGRESS_POLICY,
+  );
+}
+
 export interface EgressRuleContext {
   /** The namespace end of the sandbox's veth: the only source address its packets may carry. */
   namespaceAddress: string;
