@@ -71,8 +71,15 @@ function differencesOf(ours: Map<string, string>, theirs: Map<string, string>): 
     .map((path) => `${path}: ours=${ours.get(path)} umoci=${theirs.get(path)}`);
 }
 
-function mountCount(): number {
-  return readFileSync("/proc/self/mountinfo", "utf8").trim().split("\n").length;
+/** Mounts at or under `dir` (other engineers' tests mount elsewhere on the same host meanwhile). */
+function mountsUnder(dir: string): number {
+  return readFileSync("/proc/self/mountinfo", "utf8")
+    .trim()
+    .split("\n")
+    .filter((line) => {
+      const mountpoint = line.split(" ")[4] ?? "";
+      return mountpoint === dir || mountpoint.startsWith(`${dir}/`);
+    }).length;
 }
 
 /** Run `script` with /bin/sh inside `root` (chroot). */
@@ -156,8 +163,9 @@ describe.skipIf(unavailable !== undefined)(
       await buildExt4Image({ sourceDir: dest, output: image });
       const mountpoint = join(tmp.path, "mnt");
       mkdirSync(mountpoint);
-      const mountsBefore = mountCount();
+      const mountsBefore = mountsUnder(tmp.path);
       execFileSync("mount", ["-o", "ro,loop", image, mountpoint]);
+      expect(mountsUnder(tmp.path)).toBe(mountsBefore + 1);
       try {
         expect(differencesOf(describeTree(mountpoint, ["lost+found"]), theirs)).toEqual([]);
         expect(differencesOf(xattrsOfTree(mountpoint, ["lost+found"]), theirXattrs)).toEqual([]);
@@ -185,7 +193,7 @@ describe.skipIf(unavailable !== undefined)(
       } finally {
         execFileSync("umount", [mountpoint]);
       }
-      expect(mountCount()).toBe(mountsBefore);
+      expect(mountsUnder(tmp.path)).toBe(mountsBefore);
 
       // The capability check inside the unpacked root, as a non-root user: the image's own setcap
       // gives a copy of capsh ping's capability set, and the kernel grants it on exec.

@@ -239,9 +239,14 @@ describe("buildExt4Image: extended attributes", () => {
       // And the kernel reads them back from a loop mount: the guest sees what the tree had.
       const mountpoint = join(base, "mnt");
       await mkdir(mountpoint);
-      const mounts = () => readFileSync("/proc/self/mountinfo", "utf8").trim().split("\n").length;
+      // Only mounts under this test's directory: other tests mount elsewhere on the host meanwhile.
+      const mounts = () =>
+        readFileSync("/proc/self/mountinfo", "utf8")
+          .split("\n")
+          .filter((line) => (line.split(" ")[4] ?? "").startsWith(`${base}/`)).length;
       const mountsBefore = mounts();
       execFileSync("mount", ["-o", "ro,loop", output, mountpoint]);
+      expect(mounts()).toBe(mountsBefore + 1);
       try {
         const dump = (root: string) =>
           execFileSync("getfattr", ["-R", "-P", "-h", "-d", "-m", "-", "-e", "hex", "."], {
