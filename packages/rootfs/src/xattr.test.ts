@@ -162,6 +162,7 @@ describe("classifyXattr", () => {
     ["security.selinux", "system_u:object_r:bin_t:s0", "file", /LSM label/],
     ["security.ima", "\x03\x02", "file", /LSM label/],
     ["system.nfs4_acl", "x", "file", /host file-system specific/],
+    ["trusted.overlay.redirect", "/etc", "directory", /overlayfs metadata/],
   ] as const)("ignores %s on a %s: %s", (name, value, type, reason) => {
     expect(verdict(name, value, type)).toEqual({ action: "ignore", reason: expect.stringMatching(reason) });
   });

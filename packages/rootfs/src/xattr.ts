@@ -89,6 +89,11 @@ export function classifyXattr(
       return ignore("Linux keeps user.* xattrs only on regular files and directories");
     return { action: "apply" };
   }
+  if (name.startsWith("trusted.overlay.")) {
+    // overlayfs reads these from its layers (redirect, metacopy, origin, opaque): a tree that is
+    // ever mounted as an overlay layer, on the host or in the guest, must not get them from an image.
+    return ignore("overlayfs metadata, which would steer an overlay mount that uses this tree as a layer");
+  }
   if (name.startsWith("trusted.")) {
     return host.sysAdmin
       ? { action: "apply" }
