@@ -602,6 +602,18 @@ function dropFirst(count: number): Transform {
   });
 }
 
+/** Reports the running byte count per chunk (verifyingStream reports only every few MiB). */
+function countBytes(onBytes: (bytes: number) => void): Transform {
+  let total = 0;
+  return new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      total += chunk.length;
+      onBytes(total);
+      callback(null, chunk);
+    },
+  });
+}
+
 /** `bytes 100-199/1000` → 100. */
 function contentRangeStart(header: string | null): number | undefined {
   const match = /^bytes\s+(\d+)-\d+\/(?:\d+|\*)$/.exec(header?.trim() ?? "");
@@ -669,7 +681,8 @@ async function downloadBlob(
       try {
         await pipeline(
           Readable.from(content()),
-          verifyingStream(descriptor, what, onBytes),
+          verifyingStream(descriptor, what),
+          countBytes(onBytes),
           dropFirst(offset),
           createWriteStream(partial, { flags: offset > 0 ? "a" : "w", flush: true }),
           options.signal ? { signal: options.signal } : {},
