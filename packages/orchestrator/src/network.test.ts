@@ -114,6 +114,23 @@ describe.skipIf(skip)(`network namespaces${skip ? ` (skipped: ${skip})` : ""}`, 
     expect(ours(await listLinks())).toEqual(ours(linksBefore));
   });
 
+  it("forwards and masquerades in the namespace by default, and not with nat: false", async () => {
+    const tables = async (name: string) =>
+      (await runCommand(["ip", "netns", "exec", name, "nft", "list", "tables"])).stdout.trim();
+    const forwarding = async (name: string) =>
+      (await runCommand(["ip", "netns", "exec", name, "cat", "/proc/sys/net/ipv4/ip_forward"])).stdout.trim();
+    const withNat = await createNetworkNamespace(options("g", 6));
+    created.push(withNat);
+    const without = await createNetworkNamespace({ ...options("h", 7), nat: false });
+    created.push(without);
+    expect(await tables(withNat.name)).toBe("table ip sbx");
+    expect(await forwarding(withNat.name)).toBe("1");
+    // (Its forwarding flag is inherited from the host's at creation: net.core.devconf_inherit_init_net.)
+    expect(await tables(without.name)).toBe("");
+    await withNat.teardown();
+    await without.teardown();
+  });
+
   it("rejects interface names Linux would refuse", async () => {
     await expect(
       createNetworkNamespace({ ...options("f", 5), hostVethName: "a-name-that-is-too-long" }),
