@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { configureAndStart } from "./configure.ts";
+import type { FirecrackerLaunchError } from "./launch-error.ts";
 import { type FirecrackerProcess, launchFirecracker } from "./launcher.ts";
 import { childPids, fdCount, settledFdCount } from "./test-process-counts.ts";
 import { realFirecracker } from "./testing/real-firecracker.ts";
@@ -19,19 +20,29 @@ const { binary, skipReason } = realFirecracker({
 });
 if (skipReason) console.log(`[fc-client] real-Linux guest test skipped: ${skipReason} (real-KVM hosts only)`);
 
+// Printed by every Linux kernel when it hands over to userspace.
+const INIT = /Run \/\S+ as init process|Freeing unused kernel (image )?memory/;
+
 // The guest's own shell on the serial console: 16 MiB of random bytes in devtmpfs (guest memory),
 // hashed before the snapshot and again in the restored VM. Equal hashes prove the restored guest runs
-// on the snapshot's memory, not merely that Firecracker reports "Running".
+// on the snapshot's memory, not merely that Firecracker reports "Running". Both commands are
+// idempotent (the file is written once), so they can be typed again if the shell was not reading yet.
 const MEMORY_FILE = "/dev/sbx-resume-check";
-const fillAndHash = `mount -t devtmpfs devtmpfs /dev 2>/dev/null; dd if=/dev/urandom of=${MEMORY_FILE} bs=4096 count=4096 2>/dev/null; echo "sbx-before=$(sha256sum <${MEMORY_FILE})"\n`;
+const fillAndHash = `mount -t devtmpfs devtmpfs /dev 2>/dev/null; [ -e ${MEMORY_FILE} ] || dd if=/dev/urandom of=${MEMORY_FILE} bs=4096 count=4096 2>/dev/null; echo "sbx-before=$(sha256sum <${MEMORY_FILE})"\n`;
 const hashAgain = `echo "sbx-after=$(sha256sum <${MEMORY_FILE})"\n`;
 
 async function guestHash(fc: FirecrackerProcess, command: string, marker: string): Promise<string> {
-  fc.stdin.write(command);
   // The console echoes the command too; only the shell's answer has 64 hex digits after the marker.
   const pattern = new RegExp(`${marker}=([0-9a-f]{64})`);
-  const { match } = await fc.waitForConsole(pattern, { timeoutMs: 60_000 });
-  return match[1]!;
+  for (let attempt = 1; ; attempt++) {
+    fc.stdin.write(command);
+    try {
+      const { match } = await fc.waitForConsole(pattern, { timeoutMs: 5_000 });
+      return match[1]!;
+    } catch (error) {
+      if ((error as FirecrackerLaunchError).code !== "CONSOLE_TIMEOUT" || attempt === 12) throw error;
+    }
+  }
 }
 
 describe.skipIf(skipReason !== undefined)(
@@ -56,6 +67,7 @@ describe.skipIf(skipReason !== undefined)(
             "machine-config": { vcpu_count: 1, mem_size_mib: 256 },
             drives: [{ drive_id: "rootfs", path_on_host: rootfs!, is_root_device: true, is_read_only: true }],
           });
+          await fc.waitForConsole(INIT, { timeoutMs: 60_000 });
           hashBefore = await guestHash(fc, fillAndHash, "sbx-before");
           await fc.client.patchVm({ state: "Paused" });
           await fc.client.createSnapshot({
