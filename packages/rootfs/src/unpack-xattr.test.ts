@@ -126,7 +126,7 @@ const LAYERS: readonly (readonly XattrTarEntry[])[] = [
       style: "LIBARCHIVE",
       xattrs: { "system.posix_acl_access": sampleAccessAcl(), "user.origin": "layer one" },
     },
-    { path: "etc/labelled", content: "x", xattrs: { [`security.selinux`]: selinuxLabel } },
+    { path: "etc/labelled", content: "x", xattrs: { "security.selinux": selinuxLabel } },
     { path: "link", type: "symlink", linkPath: "etc/shared", xattrs: { "trusted.sbx": "on the link" } },
     { path: "fifo", type: "fifo", xattrs: { "user.not-here": "x", "trusted.fifo": "kept" } },
     {
