@@ -40,6 +40,7 @@ import {
   SO_PEERCRED,
   SOCK_CLOEXEC,
   SOL_SOCKET,
+  SYS_PIDFD_OPEN,
 } from "./libc.ts";
 import { NativeMemory } from "./native-memory.ts";
 import { RemovedPages } from "./removed-pages.ts";
@@ -463,8 +464,10 @@ function run(): void {
       return;
     }
     const connection = accepted;
-    post({ type: "accepted" });
     peer = peerPid(connection);
+    // Handed to the main thread at once: if this worker dies unreported, it kills the peer with it.
+    const peerPidfd = libc.syscall3(SYS_PIDFD_OPEN, peer, 0, 0).value;
+    post({ type: "accepted", connectionFd: connection, peerPid: peer, peerPidfd });
     if (config.expectedPeerPid !== undefined && peer !== config.expectedPeerPid)
       throw new UffdError(
         "PEER_MISMATCH",
@@ -492,7 +495,14 @@ function run(): void {
       handshake.memfdFd === undefined
         ? undefined
         : check("fcntl(F_DUPFD_CLOEXEC)", libc.fcntl(handshake.memfdFd, F_DUPFD_CLOEXEC, 0));
-    post({ type: "ready", peerPid: peer, regions: handshake.regions, memfdFd, trackDirty });
+    post({
+      type: "ready",
+      peerPid: peer,
+      regions: handshake.regions,
+      memfdFd,
+      receivedFds: message.fds,
+      trackDirty,
+    });
     stop = serve(handshake.uffdFd, connection, handshake.regions, layers, trackDirty, native);
   } catch (error) {
     const e =

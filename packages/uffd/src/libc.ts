@@ -88,6 +88,7 @@ export const libc = {
   lseek: declare("lseek", I64, [I32, I64, I32]),
   eventfd: declare("eventfd", I32, [I32, I32]),
   syscall3: declare("syscall", I64, [I64, I64, I64, I64]),
+  syscall4: declare("syscall", I64, [I64, I64, I64, I64, I64]),
 };
 
 /**
@@ -123,6 +124,7 @@ export function resolveLibcSymbols(): void {
     lseek: [-1, 0, 0],
     eventfd: [0, -1],
     syscall3: [-1, 0, 0, 0],
+    syscall4: [-1, 0, 0, 0, 0],
   };
   for (const [name, args] of Object.entries(harmless)) libc[name as keyof typeof libc](...args);
   libcUnchecked.read(-1, 0, 0);
@@ -206,6 +208,11 @@ export const ENXIO = 6;
 export const FD_CLOEXEC = 1;
 export const EFD_CLOEXEC = O_CLOEXEC;
 export const EFD_NONBLOCK = O_NONBLOCK;
+// <asm-generic/unistd.h>: the same numbers on x86_64 and arm64 (syscalls added after the tables merged)
+export const SYS_PIDFD_SEND_SIGNAL = 424;
+export const SYS_PIDFD_OPEN = 434;
+// <asm-generic/signal.h>
+export const SIGKILL = 9;
 // <asm-generic/errno-base.h>, <asm-generic/errno.h>
 export const EINTR = 4;
 export const ESRCH = 3;

@@ -15,12 +15,15 @@ import {
   EFD_NONBLOCK,
   libc,
   resolveLibcSymbols,
+  SIGKILL,
   SOCK_CLOEXEC,
   SOCK_STREAM,
+  SYS_PIDFD_SEND_SIGNAL,
 } from "./libc.ts";
 import { type ByteRange, Memfd } from "./memfd.ts";
 import { type MemoryHeader, memoryHeaderLayers, validateMemoryHeader } from "./memory-header.ts";
 import { NativeMemory } from "./native-memory.ts";
+import { faultWorkerExecArgv } from "./worker-exec-argv.ts";
 import {
   HISTOGRAM_BUCKETS,
   METRIC,
@@ -137,7 +140,7 @@ let warmTarget = 0;
 /** Every fault worker starts through here: see resolveLibcSymbols for why the main thread goes first. */
 function startFaultWorker(workerData: WorkerConfig | undefined): Worker {
   resolveLibcSymbols();
-  return new Worker(workerUrl, { workerData });
+  return new Worker(workerUrl, { workerData, execArgv: faultWorkerExecArgv() });
 }
 
 function spawnWarmWorker(): void {
@@ -218,6 +221,15 @@ export class PageFaultServer implements AsyncDisposable {
   #stop: PageFaultServerStop | undefined;
   #socketCreated = false;
   #closing = false;
+  /** The worker's error, when it crashed (reported at its exit, after the crash clean-up). */
+  #crash: Error | undefined;
+  /** Set once the worker said it stopped: it closed what it owns, and nothing of it is left here. */
+  #workerReported = false;
+  /** What the worker owns once a peer connected: closed here only if the worker dies without reporting. */
+  #workerFds: number[] = [];
+  #peerPid: number | undefined;
+  /** A pidfd of the peer (Firecracker), so it can be killed without racing a reused pid; -1 if none. */
+  #peerPidfd = -1;
 
   constructor(options: PageFaultServerOptions) {
     const parsed = optionsSchema.safeParse(options);
@@ -230,7 +242,10 @@ export class PageFaultServer implements AsyncDisposable {
       (source) => source !== undefined,
     );
     if (sources.length !== 1)
-      throw new UffdError("INVALID_OPTIONS", "PageFaultServer: give exactly one of memoryFile, layers and memory");
+      throw new UffdError(
+        "INVALID_OPTIONS",
+        "PageFaultServer: give exactly one of memoryFile, layers and memory",
+      );
     this.#layers = parsed.data.memory
       ? layersOfMemory(parsed.data.memory)
       : (parsed.data.layers ?? [{ path: parsed.data.memoryFile as string }]);
@@ -327,24 +342,19 @@ export class PageFaultServer implements AsyncDisposable {
     this.#refillTimer = setTimeout(() => this.#refill(), REFILL_FALLBACK_MS);
     this.#refillTimer.unref();
     worker.on("message", (message: WorkerMessage) => this.#onMessage(message));
-    worker.on("error", (error) =>
-      this.#finish({
-        reason: "error",
-        peerPid: undefined,
-        error: new UffdError("SYSCALL_FAILED", `the fault worker crashed: ${error.message}`, {
-          cause: error,
-        }),
-      }),
-    );
+    worker.on("error", (error) => {
+      this.#crash = error;
+    });
     this.#exited = new Promise<void>((resolve) => worker.once("exit", () => resolve())).then(() => {
+      const crash = this.#workerReported ? undefined : this.#cleanUpAfterCrash();
       // The memfd stays: it is what a caller exports guest memory from after Firecracker exited, and
       // the worker may exit before the caller gets to takeMemfd(). close() releases it if untaken.
       this.#releaseMainFds({ keepMemfd: true });
       this.#refill();
       this.#finish({
         reason: "error",
-        peerPid: undefined,
-        error: new UffdError("CLOSED", "the fault worker exited"),
+        peerPid: this.#peerPid,
+        error: crash ?? new UffdError("CLOSED", "the fault worker exited"),
       });
     });
     signal?.addEventListener("abort", () => void this.close(), { once: true });
@@ -439,7 +449,11 @@ export class PageFaultServer implements AsyncDisposable {
     if (message.type === "accepted") {
       // One connection only: stop listening and remove the socket file.
       this.#closeListener();
+      this.#workerFds = [message.connectionFd];
+      this.#peerPid = message.peerPid;
+      this.#peerPidfd = message.peerPidfd;
     } else if (message.type === "ready") {
+      this.#workerFds.push(...message.receivedFds);
       this.#logger.info?.(
         { peerPid: message.peerPid, regions: message.regions.length },
         "handshake accepted",
@@ -457,6 +471,8 @@ export class PageFaultServer implements AsyncDisposable {
       this.warnings.push(message.message);
       this.#logger.warn?.({}, message.message);
     } else {
+      this.#workerReported = true;
+      this.#workerFds = [];
       this.#closeListener(); // the worker is done with it, whatever happened
       const error = message.error
         ? new UffdError(message.error.code, message.error.message, {
@@ -477,6 +493,31 @@ export class PageFaultServer implements AsyncDisposable {
   #refill(): void {
     clearTimeout(this.#refillTimer);
     refillWarmWorkers();
+  }
+
+  /**
+   * The worker died without reporting (an uncaught error, terminated, out of memory): the fds it owned
+   * are still open, and nothing will serve Firecracker's next fault. Firecracker keeps its own copy of
+   * the userfaultfd, so closing ours does not wake it: it would hang, so it is killed (through its
+   * pidfd, which cannot reach a process that reused the pid), and the crash says so.
+   */
+  #cleanUpAfterCrash(): UffdError {
+    for (const fd of this.#workerFds) libc.close(fd);
+    this.#workerFds = [];
+    let killed = false;
+    if (this.#peerPidfd >= 0)
+      killed = libc.syscall4(SYS_PIDFD_SEND_SIGNAL, this.#peerPidfd, SIGKILL, 0, 0).value === 0;
+    const why = this.#crash?.message ?? "it exited without stopping";
+    const peer =
+      this.#peerPid === undefined
+        ? "no peer had connected"
+        : killed
+          ? `Firecracker (pid ${this.#peerPid}) was killed: nothing would serve its next fault`
+          : `Firecracker (pid ${this.#peerPid}) could not be killed and will hang on its next fault: kill it`;
+    this.#logger.error?.({ peerPid: this.#peerPid, killed }, `the fault worker crashed: ${why}; ${peer}`);
+    return new UffdError("SYSCALL_FAILED", `the fault worker crashed: ${why}; ${peer}`, {
+      ...(this.#crash ? { cause: this.#crash } : {}),
+    });
   }
 
   #finish(stop: PageFaultServerStop): void {
@@ -503,6 +544,8 @@ export class PageFaultServer implements AsyncDisposable {
     }
     if (this.#wakeFd >= 0) libc.close(this.#wakeFd);
     this.#wakeFd = -1;
+    if (this.#peerPidfd >= 0) libc.close(this.#peerPidfd);
+    this.#peerPidfd = -1;
   }
 
   /** A leftover socket file is removed only when nothing listens on it; anything else is refused. */

@@ -32,12 +32,18 @@ export interface WorkerConfig {
 export type StopReason = "closed" | "peer-exited" | "error";
 
 export type WorkerMessage =
-  | { type: "accepted" }
+  /**
+   * The worker accepted a connection: its fd (the worker's), the peer's pid, and a pidfd of the peer
+   * (the main thread's from now on; -1 when pidfd_open failed), for the case the worker dies unreported.
+   */
+  | { type: "accepted"; connectionFd: number; peerPid: number; peerPidfd: number }
   | {
       type: "ready";
       peerPid: number;
       regions: GuestRegion[];
       memfdFd: number | undefined;
+      /** The fds the peer sent (the worker's; the userfaultfd first). */
+      receivedFds: number[];
       trackDirty: boolean;
     }
   | { type: "warning"; message: string }
