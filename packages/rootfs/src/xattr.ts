@@ -115,10 +115,9 @@ export function classifyXattr(
   if (name === "system.posix_acl_access" || name === "system.posix_acl_default") {
     const entries = parsePosixAcl(value, name);
     if (type === "symlink") return ignore("Linux has no ACLs on symlinks");
-    if (name === "system.posix_acl_default") {
-      if (type !== "directory") return ignore("default ACLs exist only on directories");
-      if (entries.length === 0) return ignore("an empty default ACL means none");
-    }
+    if (name === "system.posix_acl_default" && type !== "directory")
+      return ignore("default ACLs exist only on directories");
+    if (entries.length === 0) return ignore("an empty ACL means none");
     return { action: "apply" };
   }
   if (name.startsWith("system.")) {
