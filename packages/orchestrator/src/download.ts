@@ -1,5 +1,5 @@
 // HTTP downloads for `sbx setup`: resumable with Range, through an optional proxy, typed errors.
-import { open, rename, rm, stat } from "node:fs/promises";
+import { open, readFile, rename, rm, stat } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Logger, silentLogger } from "@sbx/arch";
 import { Agent, type Dispatcher, EnvHttpProxyAgent, fetch } from "undici";
@@ -249,5 +249,46 @@ export async function downloadResumable(
     }
     await rename(partial, dest);
     return { bytes: written, resumedFrom: firstResume };
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * Runs `body` while holding `{dest}.lock` (created exclusively, holding this pid), so two setups never
+ * append to the same partial download. A lock whose process is gone is taken over.
+ */
+export async function withDownloadLock<T>(dest: string, body: () => Promise<T>): Promise<T> {
+  const lock = `${dest}.lock`;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const handle = await open(lock, "wx", 0o600);
+      await handle.writeFile(`${process.pid}\n`);
+      await handle.close();
+      break;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0) throw error;
+      const owner = Number((await readFile(lock, "utf8").catch(() => "")).trim());
+      if (Number.isInteger(owner) && owner > 0 && owner !== process.pid && processAlive(owner)) {
+        throw new OrchestratorError(
+          "NOT_AVAILABLE",
+          `another process (pid ${owner}) is downloading ${dest}; wait for it to finish, then run setup again`,
+          { details: { dest, owner } },
+        );
+      }
+      await rm(lock, { force: true });
+    }
+  }
+  try {
+    return await body();
+  } finally {
+    await rm(lock, { force: true });
   }
 }

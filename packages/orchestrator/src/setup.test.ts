@@ -245,6 +245,27 @@ describe.skipIf(missing !== undefined)(
       expect(ranges[1]).toMatch(/^bytes=[1-9]\d*-$/);
     });
 
+    it("refuses to share a download with a live process, and takes over a stale lock", async () => {
+      const options = await fresh("locked");
+      const downloads = join(options.firecrackerRoot, ".downloads");
+      await mkdir(downloads, { recursive: true });
+      const lock = join(downloads, `firecracker-${VERSION}-x86_64.tgz.lock`);
+      // pid 1 is always alive: another setup is downloading this file.
+      await writeFile(lock, "1\n");
+      await expect(setupArtifacts({ ...options, kernel: false })).rejects.toMatchObject({
+        code: "NOT_AVAILABLE",
+        details: { owner: 1 },
+      });
+      expect(listTree(options.firecrackerRoot)).toEqual([
+        `.downloads/firecracker-${VERSION}-x86_64.tgz.lock`,
+      ]);
+      // A pid that cannot exist (above pid_max): the lock is stale.
+      await writeFile(lock, "4194305\n");
+      const result = await setupArtifacts({ ...options, kernel: false });
+      expect(result.firecracker?.status).toBe("installed");
+      expect(existsSync(lock)).toBe(false);
+    });
+
     it("starts over when the server ignores the Range header", async () => {
       const options = await fresh("no-ranges");
       mirror.truncateOnce.add(TARBALL);

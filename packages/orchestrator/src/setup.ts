@@ -27,6 +27,7 @@ import {
   fetchSmall,
   type HttpOptions,
   proxySettingsSchema,
+  withDownloadLock,
 } from "./download.ts";
 import { OrchestratorError } from "./errors.ts";
 import { installVerifiedFile } from "./install-file.ts";
@@ -234,7 +235,9 @@ class SetupRun {
     }
     await mkdir(this.#downloadDir, { recursive: true, mode: 0o700 });
     const path = join(this.#downloadDir, name);
-    await downloadResumable(url, path, { ...this.#http, name, onProgress: this.#progress });
+    await withDownloadLock(path, () =>
+      downloadResumable(url, path, { ...this.#http, name, onProgress: this.#progress }),
+    );
     this.#runtime.onProgress?.({ task: name, phase: "download", bytes: (await stat(path)).size, done: true });
     return { path, downloaded: true };
   }
