@@ -3,7 +3,7 @@
 // repository (or from `--from DIR`), downloads from GitHub at the pinned tag otherwise. Idempotent:
 // when the data is in place and every hash matches it does nothing. The directory is replaced in
 // one rename, so an interrupted run leaves either the old data or none, never half of it.
-//   node scripts/fetch-test-data.ts [--from DIR] [--offline]
+//   node scripts/fetch-test-data.ts [--from DIR] [--offline] [--dest DIR]
 import { createHash } from "node:crypto";
 import {
   chmodSync,
@@ -34,8 +34,14 @@ const MAX_FILE_BYTES = 4 * 1024 * 1024;
 const DOWNLOAD_TIMEOUT_MS = 60_000;
 
 const { values } = parseArgs({
-  options: { from: { type: "string" }, offline: { type: "boolean", default: false } },
+  options: {
+    from: { type: "string" },
+    offline: { type: "boolean", default: false },
+    // Another destination than the tests' own (the script's tests use one of their own).
+    dest: { type: "string" },
+  },
 });
+const destination = resolve(values.dest ?? FIRECRACKER_TEST_DATA_DIR);
 const sharedDir = resolve(values.from ?? join(REPO_ROOT, "..", "shared", "firecracker"));
 const say = (message: string) => process.stderr.write(`[test-data] ${message}\n`);
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
@@ -47,10 +53,8 @@ function readIfPinned(path: string, file: TestDataFile): Uint8Array | undefined 
 }
 
 function inPlace(): boolean {
-  if (firecrackerTestDataSkipReason() !== undefined) return false;
-  return FIRECRACKER_TEST_FILES.every((file) =>
-    readIfPinned(join(FIRECRACKER_TEST_DATA_DIR, file.path), file),
-  );
+  if (firecrackerTestDataSkipReason(destination) !== undefined) return false;
+  return FIRECRACKER_TEST_FILES.every((file) => readIfPinned(join(destination, file.path), file));
 }
 
 async function download(file: TestDataFile): Promise<Uint8Array> {
@@ -92,10 +96,10 @@ function fsyncDirectory(path: string): void {
 
 async function main(): Promise<number> {
   if (inPlace()) {
-    say(`up to date in ${FIRECRACKER_TEST_DATA_DIR}`);
+    say(`up to date in ${destination}`);
     return 0;
   }
-  const parent = dirname(FIRECRACKER_TEST_DATA_DIR);
+  const parent = dirname(destination);
   mkdirSync(parent, { recursive: true });
   const staging = mkdtempSync(join(parent, ".firecracker-"));
   chmodSync(staging, 0o755);
@@ -130,13 +134,13 @@ async function main(): Promise<number> {
     }
     writeDurably(join(staging, STAMP_FILE), Buffer.from(`${manifestDigest()}\n`));
     fsyncDirectory(staging);
-    const old = `${FIRECRACKER_TEST_DATA_DIR}.old-${process.pid}`;
-    if (existsSync(FIRECRACKER_TEST_DATA_DIR)) renameSync(FIRECRACKER_TEST_DATA_DIR, old);
-    renameSync(staging, FIRECRACKER_TEST_DATA_DIR);
+    const old = `${destination}.old-${process.pid}`;
+    if (existsSync(destination)) renameSync(destination, old);
+    renameSync(staging, destination);
     fsyncDirectory(parent);
     rmSync(old, { recursive: true, force: true });
     say(
-      `${FIRECRACKER_TEST_FILES.length} files in ${FIRECRACKER_TEST_DATA_DIR} (${copied} from ${sharedDir}, ${downloaded} downloaded)`,
+      `${FIRECRACKER_TEST_FILES.length} files in ${destination} (${copied} from ${sharedDir}, ${downloaded} downloaded)`,
     );
     return 0;
   } finally {
