@@ -238,7 +238,8 @@ class SetupRun {
     await withDownloadLock(path, () =>
       downloadResumable(url, path, { ...this.#http, name, onProgress: this.#progress }),
     );
-    this.#runtime.onProgress?.({ task: name, phase: "download", bytes: (await stat(path)).size, done: true });
+    const { size } = await stat(path);
+    this.#runtime.onProgress?.({ task: name, phase: "download", bytes: size, totalBytes: size, done: true });
     return { path, downloaded: true };
   }
 
