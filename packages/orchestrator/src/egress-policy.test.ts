@@ -95,6 +95,10 @@ describe("egress policy", () => {
     expect(combineEgressPolicies({ default: "deny" }, { default: "allow" }).default).toBe("allow");
     expect(combineEgressPolicies(undefined, undefined)).toEqual(DEFAULT_EGRESS_POLICY);
     expect(sameEgressPolicy(combineEgressPolicies(undefined, {}), DEFAULT_EGRESS_POLICY)).toBe(true);
+    // Key order does not matter; content does.
+    const config = parseEgressPolicy({ maxConnections: 5, deny: ["10.0.0.0/8"] });
+    expect(sameEgressPolicy(resolveEgressPolicy(config), config)).toBe(true);
+    expect(sameEgressPolicy({ ...config, maxConnections: 6 }, config)).toBe(false);
     // Config default, template, create.
     const layered = resolveEgressPolicy({ deny: ["10.0.0.0/8"] }, undefined, {
       default: "deny",

@@ -208,7 +208,17 @@ export function egressRules(policy: EgressPolicy, context: EgressRuleContext): s
   return rules;
 }
 
-/** Two policies yield the same rules (the pool prepares namespaces with the default one). */
+function canonical(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`;
+  if (value && typeof value === "object") {
+    const entries = Object.entries(value).filter(([, v]) => v !== undefined);
+    entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonical(v)}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/** Two policies yield the same rules (a pooled network already has the default one in force). */
 export function sameEgressPolicy(a: EgressPolicy, b: EgressPolicy): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
+  return canonical(a) === canonical(b);
 }

@@ -200,8 +200,9 @@ describe.skipIf(skip)(`network pool${skip ? ` (skipped: ${skip})` : ""}`, () => 
     try {
       for (let cycle = 0; cycle < 50; cycle++) {
         const context = newSandboxCreateContext(state);
-        // Half from the pool, half created by the step itself.
-        const steps = new StepList([stateRecordStep(), networkStep(cycle % 2 === 0 ? { pool } : {})]);
+        // Half from the pool (as the Orchestrator hands it over), half created by the step itself.
+        if (cycle % 2 === 0) context.networkPool = pool;
+        const steps = new StepList([stateRecordStep(), networkStep()]);
         const result = await runSteps(steps, context);
         const network = context.sandboxNetwork;
         if (!network) throw new Error("the network step set no network");
@@ -211,6 +212,7 @@ describe.skipIf(skip)(`network pool${skip ? ` (skipped: ${skip})` : ""}`, () => 
         await network.expose(8080, { publish: true });
         await result.cleanup();
       }
+      expect(pool.stats.hits + pool.stats.misses).toBe(25);
       await pool.close();
     } finally {
       await state.close();

@@ -33,6 +33,8 @@ export interface SandboxCreateContext {
   sandboxNetwork?: SandboxNetwork;
   /** The policy the network step puts in force (template's combined with the create's). */
   egressPolicy?: EgressPolicy;
+  /** The orchestrator's pool of prepared networks; the network step takes from it when set. */
+  networkPool?: NetworkPool;
 }
 
 export function newSandboxCreateContext(
@@ -92,7 +94,7 @@ export function stateRecordStep(): Step<SandboxCreateContext> {
 }
 
 export interface NetworkStepOptions {
-  /** Take prepared networks from this pool (the Orchestrator's); without one each is created here. */
+  /** Take prepared networks from this pool (default `context.networkPool`); without one each is created here. */
   pool?: NetworkPool;
 }
 
@@ -114,8 +116,8 @@ export function networkStep(options: NetworkStepOptions = {}): Step<SandboxCreat
         })).then(() => undefined);
       let sandboxNetwork: SandboxNetwork;
       let release: () => Promise<void>;
-      if (options.pool) {
-        const pool = options.pool;
+      const pool = options.pool ?? context.networkPool;
+      if (pool) {
         ({ network: sandboxNetwork } = await pool.take({
           claim: async (network, poolRecord) => {
             if (!context.sandboxDir || !context.record) return record(network, network.addresses.index);
