@@ -2,6 +2,7 @@
 // driven end to end through AgentClient over TCP (its network namespace), a Unix socket and a
 // hybrid-vsock CONNECT proxy.
 import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { hostArch } from "@sbx/arch";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -193,6 +194,27 @@ describe.skipIf(reason !== "")("agent in namespaces, end to end (needs root, uns
     console.log(`1 GiB stdout: host RSS growth ${growthMiB.toFixed(1)} MiB`);
     expect(growthMiB).toBeLessThan(128);
   }, 120_000);
+
+  it("keeps stdout and stderr apart and intact when both stream large output at once", async () => {
+    const content = randomBytes(12 << 20);
+    await client.files.write("/data/random.bin", content);
+    const handle = await client.commands.start(
+      ["sh", "-c", "cat /data/random.bin >&2 & cat /data/random.bin; wait"],
+      {
+        stdin: false,
+      },
+    );
+    const read = async (stream: AsyncIterable<Buffer>) => {
+      const chunks: Buffer[] = [];
+      for await (const chunk of stream) chunks.push(chunk);
+      return Buffer.concat(chunks);
+    };
+    const [out, err] = await Promise.all([read(handle.stdout), read(handle.stderr)]);
+    expect(await handle.wait()).toEqual({ exitCode: 0, signal: null });
+    expect(out.equals(content)).toBe(true);
+    expect(err.equals(content)).toBe(true);
+    await client.files.remove("/data/random.bin");
+  });
 
   it("keeps a process that outlives its client; another client lists it and attaches to its output", async () => {
     const first = new AgentClient(agent.unix());

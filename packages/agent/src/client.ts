@@ -20,7 +20,7 @@ export const agentClientOptionsSchema = z.object({
     .int()
     .min(4096)
     .max(16 << 20)
-    .default(1 << 20),
+    .default(4 << 20),
 });
 export type AgentClientOptions = z.input<typeof agentClientOptionsSchema> & { logger?: Logger };
 

@@ -23,7 +23,7 @@
 #define MIN_WINDOW 4096u
 #define MAX_WINDOW (16u << 20)
 #define OUT_HIGH_WATER (4u << 20)      /* stop producing data while a connection has this much unsent */
-#define READ_CHUNK (128u << 10)
+#define READ_CHUNK (512u << 10)
 
 enum frame_kind { KIND_CONTROL = 1, KIND_DATA = 2, KIND_EOF = 3, KIND_WINDOW = 4, KIND_CANCEL = 5 };
 enum channel { CH_IN = 0, CH_OUT = 1, CH_ERR = 2 };

@@ -39,6 +39,11 @@ struct conn {
   uint32_t window;
   struct buf in, out;
   int nstreams;
+  /* A data frame whose payload is being spliced from a pipe (a dup of a process's stdout or stderr)
+   * straight into the socket; until it is done, new frames queue in `later`. */
+  int splice_fd;
+  uint32_t splice_left;
+  struct buf later;
 };
 
 enum stream_type { S_FREE, S_PROC, S_READ, S_WRITE };
@@ -75,6 +80,7 @@ static int sigfd = -1;
 static uint64_t proc_seq;
 static struct timespec started_at;
 static int quiet;
+static int splice_unsupported;
 
 void agent_log(const char *fmt, ...) {
   if (quiet) return;
@@ -87,6 +93,12 @@ void agent_log(const char *fmt, ...) {
 }
 
 static size_t pending(const struct conn *c) { return c->out.len - c->out.off; }
+
+/* Everything not yet written to the socket. */
+static size_t backlog(const struct conn *c) { return pending(c) + c->splice_left + (c->later.len - c->later.off); }
+
+/* Where a new frame goes: after a splice in progress, never into its middle. */
+static struct buf *queue(struct conn *c) { return c->splice_fd >= 0 ? &c->later : &c->out; }
 
 int send_frame_header(struct buf *out, uint32_t len, uint32_t stream, uint8_t kind, uint8_t channel) {
   if (buf_reserve(out, FRAME_HEADER + len)) return -1;
@@ -110,10 +122,11 @@ static void compact(struct buf *b) {
 int send_control(int ci, uint32_t stream, const char *json, size_t len) {
   struct conn *c = &conns[ci];
   if (c->fd < 0 || len > MAX_PAYLOAD) return -1;
-  compact(&c->out);
-  if (send_frame_header(&c->out, (uint32_t)len, stream, KIND_CONTROL, 0)) return -1;
-  memcpy(c->out.data + c->out.len, json, len);
-  c->out.len += len;
+  struct buf *q = queue(c);
+  compact(q);
+  if (send_frame_header(q, (uint32_t)len, stream, KIND_CONTROL, 0)) return -1;
+  memcpy(q->data + q->len, json, len);
+  q->len += len;
   return 0;
 }
 
@@ -128,12 +141,12 @@ int send_error(int ci, uint32_t stream, const char *code, int err, const char *m
 }
 
 static void send_window(int ci, uint32_t stream, uint32_t n) {
-  struct conn *c = &conns[ci];
-  compact(&c->out);
-  if (send_frame_header(&c->out, 4, stream, KIND_WINDOW, 0)) return;
-  uint8_t *p = c->out.data + c->out.len;
+  struct buf *q = queue(&conns[ci]);
+  compact(q);
+  if (send_frame_header(q, 4, stream, KIND_WINDOW, 0)) return;
+  uint8_t *p = q->data + q->len;
   p[0] = (uint8_t)(n >> 24); p[1] = (uint8_t)(n >> 16); p[2] = (uint8_t)(n >> 8); p[3] = (uint8_t)n;
-  c->out.len += 4;
+  q->len += 4;
 }
 
 static void protocol_error(int ci, const char *message) {
@@ -855,8 +868,12 @@ static void close_conn(int ci) {
     if (streams[i].type != S_FREE && streams[i].conn == ci) free_stream(i);
   close(conns[ci].fd);
   conns[ci].fd = -1;
+  if (conns[ci].splice_fd >= 0) close(conns[ci].splice_fd);
+  conns[ci].splice_fd = -1;
+  conns[ci].splice_left = 0;
   buf_free(&conns[ci].in);
   buf_free(&conns[ci].out);
+  buf_free(&conns[ci].later);
 }
 
 static void read_conn(int ci) {
@@ -893,15 +910,62 @@ static void read_conn(int ci) {
 
 static void flush_conn(int ci) {
   struct conn *c = &conns[ci];
-  while (pending(c) > 0) {
-    ssize_t n = write(c->fd, c->out.data + c->out.off, pending(c));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EAGAIN) return;
-    if (n <= 0) { close_conn(ci); return; }
-    c->out.off += (size_t)n;
+  for (;;) {
+    while (pending(c) > 0) {
+      ssize_t n = write(c->fd, c->out.data + c->out.off, pending(c));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) return;
+      if (n <= 0) { close_conn(ci); return; }
+      c->out.off += (size_t)n;
+    }
+    c->out.off = c->out.len = 0;
+    if (c->splice_fd < 0) break;
+    while (c->splice_left > 0) {
+      ssize_t n = splice_unsupported ? -1 : splice(c->splice_fd, NULL, c->fd, NULL, c->splice_left, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) return;
+      if (n < 0 && (splice_unsupported || errno == EINVAL)) {
+        /* This socket type takes no splice: copy the rest of the payload (it is in the pipe). */
+        splice_unsupported = 1;
+        if (buf_reserve(&c->out, c->splice_left)) { close_conn(ci); return; }
+        n = read(c->splice_fd, c->out.data + c->out.len, c->splice_left);
+        if (n <= 0) { close_conn(ci); return; }
+        c->out.len += (size_t)n;
+        c->splice_left -= (uint32_t)n;
+        break;
+      }
+      if (n <= 0) { close_conn(ci); return; }
+      c->splice_left -= (uint32_t)n;
+    }
+    if (c->splice_left > 0) continue;
+    close(c->splice_fd);
+    c->splice_fd = -1;
+    struct buf done = c->out;
+    c->out = c->later;
+    c->later = done;
+    c->later.len = c->later.off = 0;
   }
-  c->out.off = c->out.len = 0;
   if (c->dead) close_conn(ci);
+}
+
+/* Moves a process's pipe output to the socket without copying it through the agent: the frame
+ * header is queued, then splice(2) moves exactly the payload's bytes (FIONREAD says they are in the
+ * pipe). Small amounts and EOF detection take the read path. 1 when a frame was started. */
+static int splice_output(int ci, uint32_t id, int fd, uint8_t channel, uint64_t *credit) {
+  struct conn *c = &conns[ci];
+  int avail = 0;
+  if (splice_unsupported || c->splice_fd >= 0 || ioctl(fd, FIONREAD, &avail) || avail < (int)(64u << 10)) return 0;
+  uint64_t n = (uint64_t)avail;
+  if (n > *credit) n = *credit;
+  if (n > MAX_PAYLOAD) n = MAX_PAYLOAD;
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (copy < 0) return 0;
+  compact(&c->out);
+  if (send_frame_header(&c->out, (uint32_t)n, id, KIND_DATA, channel)) { close(copy); return 0; }
+  c->splice_fd = copy;
+  c->splice_left = (uint32_t)n;
+  *credit -= n;
+  return 1;
 }
 
 /* Moves output from a process or file to its stream, bounded by the stream's credit. */
@@ -923,6 +987,9 @@ static void read_proc(int pi, int which) {
   struct proc *p = &procs[pi];
   struct stream *s = &streams[p->stream];
   int *fd = which == CH_OUT ? &p->out_fd : &p->err_fd;
+  /* Another stream on this connection started a splice in this round: its payload comes first. */
+  if (conns[s->conn].splice_fd >= 0) return;
+  if (!p->pty && splice_output(s->conn, s->id, *fd, (uint8_t)which, &s->credit)) return;
   if (!pump(s->conn, s->id, *fd, (uint8_t)which, &s->credit)) {
     if (p->pty) close_fd(&p->in_fd);
     close_fd(fd);
@@ -977,6 +1044,7 @@ static void accept_conn(int lfd) {
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   memset(&conns[ci], 0, sizeof conns[ci]);
   conns[ci].fd = fd;
+  conns[ci].splice_fd = -1;
   conns[ci].window = DEFAULT_WINDOW;
 }
 
@@ -1025,7 +1093,8 @@ static void add_listener(const char *kind, const char *arg) {
 
 static int stream_wants_data(int si) {
   struct stream *s = &streams[si];
-  return s->credit > 0 && pending(&conns[s->conn]) < OUT_HIGH_WATER && !conns[s->conn].dead;
+  const struct conn *c = &conns[s->conn];
+  return s->credit > 0 && c->splice_fd < 0 && backlog(c) < OUT_HIGH_WATER && !c->dead;
 }
 
 int main(int argc, char **argv) {
@@ -1035,7 +1104,7 @@ int main(int argc, char **argv) {
       {0, 0, 0, 0}};
   const char *ready_file = NULL;
   clock_gettime(CLOCK_MONOTONIC, &started_at);
-  for (int i = 0; i < MAX_CONNECTIONS; i++) conns[i].fd = -1;
+  for (int i = 0; i < MAX_CONNECTIONS; i++) conns[i].fd = conns[i].splice_fd = -1;
   int opt;
   while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
     if (opt == 'v') add_listener("vsock", optarg);
@@ -1070,8 +1139,8 @@ int main(int argc, char **argv) {
       struct conn *c = &conns[i];
       if (c->fd < 0) continue;
       short ev = 0;
-      if (!c->dead && pending(c) < OUT_HIGH_WATER * 2) ev |= POLLIN;
-      if (pending(c) > 0) ev |= POLLOUT;
+      if (!c->dead && backlog(c) < OUT_HIGH_WATER * 2) ev |= POLLIN;
+      if (backlog(c) > 0) ev |= POLLOUT;
       fds[n] = (struct pollfd){c->fd, ev, 0};
       tags[n++] = T_CONN << 16 | i;
     }
@@ -1123,6 +1192,6 @@ int main(int argc, char **argv) {
       } else s->bytes += before - s->credit;
     }
     for (int i = 0; i < MAX_CONNECTIONS; i++)
-      if (conns[i].fd >= 0 && (pending(&conns[i]) > 0 || conns[i].dead)) flush_conn(i);
+      if (conns[i].fd >= 0 && (backlog(&conns[i]) > 0 || conns[i].dead)) flush_conn(i);
   }
 }

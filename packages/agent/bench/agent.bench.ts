@@ -1,0 +1,186 @@
+// Prints JSON: commands.run("true") round trip p50/p99 and stdout throughput for 256 MiB, through the
+// agent (AgentClient over TCP into the agent's network namespace) and, in the same run against the
+// same namespace, through a raw socket: bench/raw-exec.c started inside the namespace, running the
+// same argv with its stdout connected straight to the socket. Targets: round trip within 2 ms of the
+// raw socket; throughput >= 0.8 of it. Needs root, unshare and ip; otherwise prints `skipped`.
+import { execFileSync } from "node:child_process";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { connect, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { hostArch } from "@sbx/arch";
+import { benchEnvironment } from "../../../scripts/bench-environment.ts";
+import { ensureAgentBinary } from "../src/agent-binary.ts";
+import { AgentClient } from "../src/client.ts";
+import { namespacedAgentUnavailable, settle, startNamespacedAgent } from "../src/testing/namespaced-agent.ts";
+
+const ROUND_TRIPS = Number(process.env.BENCH_ROUND_TRIPS ?? 300);
+const STREAM_BYTES = Number(process.env.BENCH_STREAM_MIB ?? 256) << 20;
+const REPEATS = Number(process.env.BENCH_REPEATS ?? 3);
+const RAW_PORT = 5001;
+
+const unavailable = namespacedAgentUnavailable();
+if (unavailable) {
+  console.log(JSON.stringify({ ...benchEnvironment(), benchmark: "agent", skipped: unavailable }, null, 2));
+  process.exit(0);
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number;
+}
+
+/** One persistent connection to raw-exec: send argv, read until the status byte after `expect` bytes. */
+class RawClient {
+  readonly #socket: Socket;
+  #pending: { expect: number; got: number; resolve: () => void } | undefined;
+  constructor(socket: Socket) {
+    this.#socket = socket;
+    socket.on("data", (chunk: Buffer) => {
+      const pending = this.#pending;
+      if (!pending) return;
+      pending.got += chunk.length;
+      if (pending.got >= pending.expect + 1) {
+        this.#pending = undefined;
+        pending.resolve();
+      }
+    });
+  }
+  static open(host: string, port: number): Promise<RawClient> {
+    return new Promise((resolve, reject) => {
+      const socket = connect({ host, port, noDelay: true });
+      socket.once("connect", () => resolve(new RawClient(socket)));
+      socket.once("error", reject);
+    });
+  }
+  run(argv: string[], expect: number): Promise<void> {
+    return new Promise((resolve) => {
+      this.#pending = { expect, got: 0, resolve };
+      this.#socket.write(`${argv.join(" ")}\n`);
+    });
+  }
+  close(): void {
+    this.#socket.destroy();
+  }
+}
+
+const binary = await ensureAgentBinary(hostArch());
+const work = mkdtempSync(join(tmpdir(), "sbx-agent-bench-"));
+const rawBinary = join(work, "raw-exec");
+execFileSync("gcc", [
+  "-O2",
+  "-static",
+  "-march=x86-64",
+  "-o",
+  rawBinary,
+  join(import.meta.dirname, "raw-exec.c"),
+]);
+await using agent = await startNamespacedAgent({ agent: binary.path });
+copyFileSync(rawBinary, join(agent.root, ".sbx/raw-exec"));
+await using client = new AgentClient(agent.tcp());
+const server = await client.commands.start(["/.sbx/raw-exec", String(RAW_PORT)], { stdin: false });
+const raw = await settle(
+  () => RawClient.open(agent.guestAddress, RAW_PORT).catch(() => undefined),
+  (c) => c !== undefined,
+  10_000,
+);
+if (!raw) throw new Error("raw-exec did not start in the namespace");
+
+/** Alternates the two sides sample by sample, so both see the same machine load. */
+async function roundTrips(
+  sides: Record<"agent" | "raw", () => Promise<unknown>>,
+): Promise<Record<"agent" | "raw", { p50Ms: number; p99Ms: number }>> {
+  const times = { agent: [] as number[], raw: [] as number[] };
+  for (let i = 0; i < 20; i++) for (const run of Object.values(sides)) await run();
+  for (let i = 0; i < ROUND_TRIPS; i++) {
+    for (const side of ["agent", "raw"] as const) {
+      const start = performance.now();
+      await sides[side]();
+      times[side].push(performance.now() - start);
+    }
+  }
+  const summary = (list: number[]) => {
+    list.sort((a, b) => a - b);
+    return { p50Ms: +percentile(list, 50).toFixed(3), p99Ms: +percentile(list, 99).toFixed(3) };
+  };
+  return { agent: summary(times.agent), raw: summary(times.raw) };
+}
+
+const streamArgv = ["dd", "if=/dev/zero", "bs=1M", `count=${STREAM_BYTES >> 20}`, "status=none"];
+/** Best of REPEATS for each side, alternating sides run by run. */
+async function throughput(
+  sides: Record<"agent" | "raw", () => Promise<number>>,
+): Promise<Record<"agent" | "raw", number>> {
+  const best = { agent: 0, raw: 0 };
+  for (let i = 0; i < REPEATS; i++) {
+    for (const side of ["agent", "raw"] as const) {
+      const start = performance.now();
+      const bytes = await sides[side]();
+      if (bytes !== STREAM_BYTES)
+        throw new Error(`${side}: received ${bytes} bytes, expected ${STREAM_BYTES}`);
+      best[side] = Math.max(best[side], bytes / ((performance.now() - start) / 1000) / (1 << 20));
+    }
+  }
+  return { agent: +best.agent.toFixed(1), raw: +best.raw.toFixed(1) };
+}
+
+const roundTrip = await roundTrips({
+  agent: () => client.commands.run(["true"]),
+  raw: () => raw.run(["true"], 0),
+});
+const agentRoundTrip = roundTrip.agent;
+const rawRoundTrip = roundTrip.raw;
+const streamed = await throughput({
+  agent: async () => {
+    const handle = await client.commands.start(streamArgv, { stdin: false });
+    let bytes = 0;
+    for await (const chunk of handle.stdout) bytes += chunk.length;
+    await handle.wait();
+    return bytes;
+  },
+  raw: async () => {
+    await raw.run(streamArgv, STREAM_BYTES);
+    return STREAM_BYTES;
+  },
+});
+const agentMiBps = streamed.agent;
+const rawMiBps = streamed.raw;
+const loadAverage = readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).map(Number);
+
+raw.close();
+await server.kill();
+await server.wait().catch(() => undefined);
+rmSync(work, { recursive: true, force: true });
+
+const roundTripOverheadMs = +(agentRoundTrip.p50Ms - rawRoundTrip.p50Ms).toFixed(3);
+const throughputRatio = +(agentMiBps / rawMiBps).toFixed(3);
+console.log(
+  JSON.stringify(
+    {
+      ...benchEnvironment(),
+      benchmark: "agent",
+      loadAverage,
+      transport: "tcp into the agent's network namespace (veth)",
+      roundTrip: {
+        command: ["true"],
+        samples: ROUND_TRIPS,
+        agent: agentRoundTrip,
+        raw: rawRoundTrip,
+        overheadP50Ms: roundTripOverheadMs,
+        targetMs: 2,
+        met: roundTripOverheadMs <= 2,
+      },
+      stdout: {
+        command: streamArgv,
+        bytes: STREAM_BYTES,
+        repeats: REPEATS,
+        agentMiBps,
+        rawMiBps,
+        ratio: throughputRatio,
+        target: 0.8,
+        met: throughputRatio >= 0.8,
+      },
+    },
+    null,
+    2,
+  ),
+);
