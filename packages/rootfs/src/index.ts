@@ -45,7 +45,7 @@ export {
   parseIpParameter,
   prefixToNetmask,
 } from "./kernel-cmdline.ts";
-export type { SkippedEntry, SpecialFilePolicy } from "./layer-apply.ts";
+export type { IgnoredXattrs, SkippedEntry, SpecialFilePolicy, XattrSummary } from "./layer-apply.ts";
 export { blobPath, type OciLayout, readOciLayout } from "./oci-layout.ts";
 export * from "./oci-schemas.ts";
 export {
@@ -70,3 +70,11 @@ export {
   type UnpackProgress,
   unpackImage,
 } from "./unpack.ts";
+export {
+  type FileCapability,
+  type PosixAclEntry,
+  parseFileCapability,
+  parsePosixAcl,
+  type XattrOptions,
+  xattrOptionsSchema,
+} from "./xattr.ts";
