@@ -88,9 +88,12 @@ function notFound(url: string, status: number): OrchestratorError {
 }
 
 function failed(url: string, why: string, attempts: number, cause?: unknown): OrchestratorError {
+  // undici says only "fetch failed"; the reason (ECONNREFUSED, ENOTFOUND, ...) is on its cause.
+  const inner = (cause as { cause?: { code?: string; message?: string } } | undefined)?.cause;
+  const reason = inner?.code ?? inner?.message;
   return new OrchestratorError(
     "DOWNLOAD_FAILED",
-    `downloading ${url} failed after ${attempts} attempt(s): ${why}. Check the network or proxy (HTTPS_PROXY, --proxy), or download the file elsewhere and pass --from DIR`,
+    `downloading ${url} failed after ${attempts} attempt(s): ${why}${reason ? ` (${reason})` : ""}. Check the network or proxy (HTTPS_PROXY, --proxy), or download the file elsewhere and pass --from DIR`,
     { cause, details: { url, attempts } },
   );
 }
