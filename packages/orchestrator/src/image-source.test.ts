@@ -293,7 +293,7 @@ describe("sbx template build <image reference>", () => {
       },
     });
     out.stdout = "";
-    // Port 9 (discard) is closed on loopback: the pull itself fails, after its retries.
+    // fetch never connects to port 9 (a "bad port"): the pull itself fails, after its retries.
     expect(await runCli(["template", "build", "127.0.0.1:9/team/app:1", "--name", "t", "--json"], io)).toBe(
       1,
     );
