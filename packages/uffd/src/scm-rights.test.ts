@@ -58,6 +58,12 @@ describe("parseScmRights", () => {
     expect(receivedFdsOf(ctrunc)).toEqual([7, 8]);
     const second = rejection(() => parseScmRights(control([{ fds: [7] }, { fds: [9], type: 3 }])));
     expect(receivedFdsOf(second)).toEqual([7]);
+    // Credentials first (SO_PASSCRED), then fds: those fds were installed too, and must be closed.
+    const credentialsFirst = rejection(() =>
+      parseScmRights(control([{ fds: [1234, 0, 0], type: 2 }, { fds: [7, 8] }, { fds: [9] }])),
+    );
+    expect(credentialsFirst.message).toMatch(/type 2/);
+    expect(receivedFdsOf(credentialsFirst)).toEqual([7, 8, 9]);
     expect(receivedFdsOf(rejection(() => parseScmRights(truncated)))).toEqual([]);
   });
 

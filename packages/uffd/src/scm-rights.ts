@@ -9,13 +9,16 @@ const align8 = (n: number) => (n + 7) & ~7;
 
 /**
  * The fds in a control buffer (64-bit cmsghdr layout). Anything but a clean chain of SOL_SOCKET /
- * SCM_RIGHTS messages throws BAD_CONTROL_MESSAGE; the error's `receivedFds` lists the fds of the
- * messages that were well formed, which the kernel did install and the caller must close.
+ * SCM_RIGHTS messages throws BAD_CONTROL_MESSAGE; the error's `receivedFds` lists the fds of every
+ * well-formed SCM_RIGHTS message in the buffer, which the kernel did install and the caller must close.
+ * A message of another kind does not stop that count: the kernel puts SCM_CREDENTIALS (SO_PASSCRED)
+ * before the fds, so stopping there would leak them. Only a header that cannot be read ends it.
  */
 export function parseScmRights(control: Uint8Array, msgFlags = 0): number[] {
   const fds: number[] = [];
+  let rejected: string | undefined;
   const fail = (reason: string): never => {
-    const error = new UffdError("BAD_CONTROL_MESSAGE", `control message rejected: ${reason}`);
+    const error = new UffdError("BAD_CONTROL_MESSAGE", `control message rejected: ${rejected ?? reason}`);
     Object.defineProperty(error, "receivedFds", { value: [...fds], enumerable: true });
     throw error;
   };
@@ -28,15 +31,18 @@ export function parseScmRights(control: Uint8Array, msgFlags = 0): number[] {
     const type = view.getInt32(offset + 12, true);
     if (length < CMSG_HEADER) fail(`cmsg_len ${length} is shorter than its header`);
     if (length > control.byteLength - offset) fail(`cmsg_len ${length} runs past the buffer`);
-    if (level !== SOL_SOCKET || type !== SCM_RIGHTS) fail(`unexpected level ${level} / type ${type}`);
-    if ((length - CMSG_HEADER) % 4 !== 0) fail(`SCM_RIGHTS payload of ${length - CMSG_HEADER} bytes`);
-    for (let at = offset + CMSG_HEADER; at < offset + length; at += 4) {
-      const fd = view.getInt32(at, true);
-      if (fd < 0) fail(`negative fd ${fd}`);
-      fds.push(fd);
+    if (level !== SOL_SOCKET || type !== SCM_RIGHTS) rejected ??= `unexpected level ${level} / type ${type}`;
+    else {
+      if ((length - CMSG_HEADER) % 4 !== 0) fail(`SCM_RIGHTS payload of ${length - CMSG_HEADER} bytes`);
+      for (let at = offset + CMSG_HEADER; at < offset + length; at += 4) {
+        const fd = view.getInt32(at, true);
+        if (fd < 0) fail(`negative fd ${fd}`);
+        fds.push(fd);
+      }
     }
     offset += Math.min(align8(length), control.byteLength - offset);
   }
+  if (rejected !== undefined) fail(rejected);
   if (msgFlags & MSG_CTRUNC) fail("MSG_CTRUNC: the sender passed more fds than fit");
   return fds;
 }
