@@ -4,11 +4,11 @@
 // {stateDir}/builds/.staging-{id}/   a build being made; renamed into place whole, or removed by gc
 // {stateDir}/templates/{name}.json   → a build id, replaced atomically by a rebuild
 // {stateDir}/paused/{sandbox}.json   → a pause build, replaced atomically by the sandbox's next pause
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { lstat, mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { sha256File } from "@sbx/arch";
-import { decodeMemoryHeader, type MemoryHeader } from "@sbx/uffd";
+import { decodeMemoryHeader, type MemoryHeader, ownedRanges } from "@sbx/uffd";
 import { z } from "zod";
 import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
@@ -91,7 +91,36 @@ export async function stageBuild(config: StateRoot, id: string): Promise<string>
   return staging;
 }
 
-async function fileRecord(path: string): Promise<{ sizeBytes: number; sha256: string }> {
+/**
+ * The digest of a build's memory file: sha256 over the pages its header gives this build, in order,
+ * never over holes. Those pages are all a restore reads from the file, so the digest stays the same
+ * when a copy fills the holes, and a pause hashes what it wrote, not the guest's whole memory.
+ */
+export async function memoryDigest(path: string, header: MemoryHeader, build: string): Promise<string> {
+  const hash = createHash("sha256");
+  const handle = await open(path, "r");
+  try {
+    const chunk = Buffer.allocUnsafe(1024 * 1024);
+    for (const range of ownedRanges(header, build)) {
+      for (let done = 0; done < range.length; ) {
+        const want = Math.min(chunk.length, range.length - done);
+        const { bytesRead } = await handle.read(chunk, 0, want, range.offset + done);
+        if (bytesRead === 0)
+          throw new OrchestratorError("BUILD_INVALID", `${path} ends inside a page its header gives it`);
+        hash.update(chunk.subarray(0, bytesRead));
+        done += bytesRead;
+      }
+    }
+  } finally {
+    await handle.close();
+  }
+  return hash.digest("hex");
+}
+
+async function fileRecord(
+  path: string,
+  digest: (path: string) => Promise<string> = sha256File,
+): Promise<{ sizeBytes: number; sha256: string }> {
   const handle = await open(path, "r");
   try {
     // Every file reaches the disk before build.json can name it.
@@ -99,7 +128,7 @@ async function fileRecord(path: string): Promise<{ sizeBytes: number; sha256: st
   } finally {
     await handle.close();
   }
-  return { sizeBytes: (await stat(path)).size, sha256: await sha256File(path) };
+  return { sizeBytes: (await stat(path)).size, sha256: await digest(path) };
 }
 
 /**
@@ -113,10 +142,16 @@ export async function publishBuild(
   manifest: Omit<BuildManifest, "files" | "schemaVersion">,
 ): Promise<BuildManifest> {
   const present = new Set(await readdir(staging));
-  const record = async (name: string) => (present.has(name) ? fileRecord(join(staging, name)) : undefined);
+  const record = async (name: string, digest?: (path: string) => Promise<string>) =>
+    present.has(name) ? fileRecord(join(staging, name), digest) : undefined;
+  const memoryHeader = present.has(BUILD_FILES.header)
+    ? decodeMemoryHeader(await readFile(join(staging, BUILD_FILES.header)))
+    : undefined;
   const [vmstate, memory, header, rootfs, cpuTemplate] = await Promise.all([
     record(BUILD_FILES.vmstate),
-    record(BUILD_FILES.memory),
+    memoryHeader
+      ? record(BUILD_FILES.memory, (path) => memoryDigest(path, memoryHeader, manifest.id))
+      : undefined,
     record(BUILD_FILES.header),
     record(BUILD_FILES.rootfs),
     record(BUILD_FILES.cpuTemplate),

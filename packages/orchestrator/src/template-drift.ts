@@ -1,14 +1,16 @@
-import { stat } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { sha256File } from "@sbx/arch";
+import { decodeMemoryHeader } from "@sbx/uffd";
 import {
   type ArtifactResolver,
   defaultArtifactResolver,
   resolveBootParameters,
   type TemplateSpec,
 } from "./boot-parameters.ts";
+import { memoryDigest } from "./builds.ts";
 import type { OrchestratorConfig } from "./config.ts";
-import type { BootParameters, BuildManifest } from "./template-manifest.ts";
+import { type BootParameters, BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
 
 export interface Difference {
   /** Dotted path into the boot parameters, e.g. `kernel.sha256`. */
@@ -49,6 +51,22 @@ export function describeDifferences(differences: Difference[]): string {
   return differences.map((d) => `${d.path} changed: ${short(d.recorded)} → ${short(d.current)}`).join("; ");
 }
 
+/** A file's digest as build.json records it: the memory file's over the pages its header gives the build. */
+async function digestOf(
+  buildDir: string,
+  manifest: BuildManifest,
+  name: string,
+): Promise<string | undefined> {
+  const path = join(buildDir, name);
+  if (name !== BUILD_FILES.memory) return sha256File(path);
+  try {
+    const header = decodeMemoryHeader(await readFile(join(buildDir, BUILD_FILES.header)));
+    return await memoryDigest(path, header, manifest.id);
+  } catch {
+    return undefined;
+  }
+}
+
 /** Problems with a build's files on disk: missing, resized, or (with `digests`) changed. */
 export async function verifyTemplateFiles(
   buildDir: string,
@@ -68,7 +86,7 @@ export async function verifyTemplateFiles(
     }
     if (size !== file.sizeBytes) {
       problems.push(`${name} is ${size} bytes, build.json says ${file.sizeBytes}`);
-    } else if (options.digests && (await sha256File(path)) !== file.sha256) {
+    } else if (options.digests && (await digestOf(buildDir, manifest, name)) !== file.sha256) {
       problems.push(`${name} does not match its recorded sha256`);
     }
   }
