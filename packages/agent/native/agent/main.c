@@ -329,7 +329,7 @@ static void op_exec(int ci, uint32_t id, const struct json_doc *doc, int root) {
   }
   /* The environment: a login-like base, then the caller's variables on top. */
   const char *base_keys[] = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM"};
-  const char *base_vals[] = {"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", u.home, u.name, u.name,
+  const char *base_vals[] = {"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/.sbx/bin", u.home, u.name, u.name,
                              u.shell[0] ? u.shell : "/bin/sh", pty ? "xterm-256color" : NULL};
   for (int k = 0; k < 6; k++) {
     if (!base_vals[k]) continue;
