@@ -10,6 +10,7 @@ import { OrchestratorError } from "./errors.ts";
 import type { Orchestrator } from "./orchestrator.ts";
 import type { Sandbox } from "./sandbox.ts";
 import { resolveIdPrefix } from "./sandbox-id.ts";
+import type { ExposedPort } from "./sandbox-network.ts";
 import { templateDrift } from "./template-build.ts";
 import { templateRequestSchema } from "./template-inputs.ts";
 
@@ -29,6 +30,13 @@ export const controlRequestSchema = z.discriminatedUnion("op", [
   z.object({ op: z.literal("kill"), id: z.string().min(1) }),
   z.object({ op: z.literal("fork"), id: z.string().min(1), count: z.number().int().min(1).max(64) }),
   z.object({ op: z.literal("gc") }),
+  z.object({ op: z.literal("ports"), id: z.string().min(1) }),
+  z.object({
+    op: z.literal("expose"),
+    id: z.string().min(1),
+    port: z.number().int().min(1).max(65_535),
+    publish: z.boolean().default(false),
+  }),
   z.object({ op: z.literal("template-rm"), name: z.string().min(1) }),
   z.object({ op: z.literal("paused-rm"), paused: z.string().min(1) }),
   z.object({
@@ -71,6 +79,15 @@ function summary(sandbox: Sandbox): SandboxSummary {
     build: sandbox.build.id,
     pid: sandbox.firecracker.pid,
     networkNamespace: sandbox.networkNamespace ?? null,
+  };
+}
+
+function portSummary(port: ExposedPort) {
+  return {
+    guestPort: port.guestPort,
+    host: port.host,
+    port: port.port,
+    ...(port.hostPort === undefined ? {} : { hostPort: port.hostPort }),
   };
 }
 
@@ -128,6 +145,17 @@ async function handle(orchestrator: Orchestrator, request: z.output<typeof contr
     }
     case "gc":
       return orchestrator.gc();
+    case "ports": {
+      const sandbox = byPrefix(request.id);
+      return { id: sandbox.id, ports: sandbox.ports().map(portSummary) };
+    }
+    case "expose": {
+      const sandbox = byPrefix(request.id);
+      return {
+        id: sandbox.id,
+        ...portSummary(await sandbox.expose(request.port, { publish: request.publish })),
+      };
+    }
     case "template-rm":
       await orchestrator.removeTemplate(request.name);
       return { name: request.name, removed: true };

@@ -8,7 +8,8 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cloneFile, directoryClones } from "./disk-clone.ts";
 
-const hasTool = (tool: string) => ["/usr/sbin", "/sbin", "/usr/bin"].some((dir) => existsSync(join(dir, tool)));
+const hasTool = (tool: string) =>
+  ["/usr/sbin", "/sbin", "/usr/bin"].some((dir) => existsSync(join(dir, tool)));
 const skipReason =
   process.getuid?.() !== 0
     ? "needs root to loop-mount file systems"
@@ -27,65 +28,73 @@ async function freeBytes(path: string): Promise<number> {
   return info.bavail * info.bsize;
 }
 
-describe.skipIf(skipReason !== undefined)(`disk clones${skipReason ? ` (skipped: ${skipReason})` : ""}`, () => {
-  let dir: string;
-  const mounted: string[] = [];
-  let before: { mounts: number; loops: number };
+describe.skipIf(skipReason !== undefined)(
+  `disk clones${skipReason ? ` (skipped: ${skipReason})` : ""}`,
+  () => {
+    let dir: string;
+    const mounted: string[] = [];
+    let before: { mounts: number; loops: number };
 
-  async function loopMount(kind: "xfs" | "ext4"): Promise<string> {
-    const image = join(dir, `${kind}.img`);
-    await writeFile(image, "");
-    execFileSync("truncate", ["-s", "512M", image]);
-    execFileSync(kind === "xfs" ? "mkfs.xfs" : "mkfs.ext4", kind === "xfs" ? ["-q", "-m", "reflink=1", image] : ["-q", "-F", image]);
-    const target = join(dir, kind);
-    await mkdir(target);
-    execFileSync("mount", ["-o", "loop", image, target]);
-    mounted.push(target);
-    return target;
-  }
+    async function loopMount(kind: "xfs" | "ext4"): Promise<string> {
+      const image = join(dir, `${kind}.img`);
+      await writeFile(image, "");
+      execFileSync("truncate", ["-s", "512M", image]);
+      execFileSync(
+        kind === "xfs" ? "mkfs.xfs" : "mkfs.ext4",
+        kind === "xfs" ? ["-q", "-m", "reflink=1", image] : ["-q", "-F", image],
+      );
+      const target = join(dir, kind);
+      await mkdir(target);
+      execFileSync("mount", ["-o", "loop", image, target]);
+      mounted.push(target);
+      return target;
+    }
 
-  beforeAll(async () => {
-    before = { mounts: mounts(), loops: loops() };
-    dir = await mkdtemp(join(tmpdir(), "sbx-clone-"));
-  });
-  afterAll(async () => {
-    for (const target of mounted.reverse()) execFileSync("umount", [target]);
-    await rm(dir, { recursive: true, force: true });
-    expect(mounts()).toBe(before.mounts);
-    expect(loops()).toBe(before.loops);
-  });
+    beforeAll(async () => {
+      before = { mounts: mounts(), loops: loops() };
+      dir = await mkdtemp(join(tmpdir(), "sbx-clone-"));
+    });
+    afterAll(async () => {
+      for (const target of mounted.reverse()) execFileSync("umount", [target]);
+      await rm(dir, { recursive: true, force: true });
+      expect(mounts()).toBe(before.mounts);
+      expect(loops()).toBe(before.loops);
+    });
 
-  it("XFS with reflink: a clone shares every block, and writing one copy leaves the other as it was", async () => {
-    const xfs = await loopMount("xfs");
-    expect(await directoryClones(xfs)).toBe(true);
-    const disk = join(xfs, "rootfs.ext4");
-    await writeFile(disk, Buffer.alloc(64 * 1024 * 1024, 0x5a));
-    execFileSync("sync");
-    const free = await freeBytes(xfs);
-    expect(await cloneFile(disk, join(xfs, "clone.ext4"))).toBe("reflink");
-    execFileSync("sync");
-    // 64 MiB cloned for less than 1 MiB of space: the blocks are shared, not copied.
-    expect(free - (await freeBytes(xfs))).toBeLessThan(1024 * 1024);
-    await writeFile(join(xfs, "clone.ext4"), Buffer.from("changed"), { flag: "r+" });
-    expect(readFileSync(disk).subarray(0, 7).toString()).toBe("ZZZZZZZ");
-    expect(readFileSync(join(xfs, "clone.ext4")).subarray(0, 7).toString()).toBe("changed");
-    // Never replaces a file that exists.
-    await expect(cloneFile(disk, join(xfs, "clone.ext4"))).rejects.toMatchObject({ code: "EEXIST" });
-    expect(readFileSync(join(xfs, "clone.ext4")).subarray(0, 7).toString()).toBe("changed");
-  });
+    it("XFS with reflink: a clone shares every block, and writing one copy leaves the other as it was", async () => {
+      const xfs = await loopMount("xfs");
+      expect(await directoryClones(xfs)).toBe(true);
+      const disk = join(xfs, "rootfs.ext4");
+      await writeFile(disk, Buffer.alloc(64 * 1024 * 1024, 0x5a));
+      execFileSync("sync");
+      const free = await freeBytes(xfs);
+      expect(await cloneFile(disk, join(xfs, "clone.ext4"))).toBe("reflink");
+      execFileSync("sync");
+      // 64 MiB cloned for less than 1 MiB of space: the blocks are shared, not copied.
+      expect(free - (await freeBytes(xfs))).toBeLessThan(1024 * 1024);
+      await writeFile(join(xfs, "clone.ext4"), Buffer.from("changed"), { flag: "r+" });
+      expect(readFileSync(disk).subarray(0, 7).toString()).toBe("ZZZZZZZ");
+      expect(readFileSync(join(xfs, "clone.ext4")).subarray(0, 7).toString()).toBe("changed");
+      // Never replaces a file that exists.
+      await expect(cloneFile(disk, join(xfs, "clone.ext4"))).rejects.toMatchObject({ code: "EEXIST" });
+      expect(readFileSync(join(xfs, "clone.ext4")).subarray(0, 7).toString()).toBe("changed");
+    });
 
-  it("ext4 (no reflink): a sparse copy with the same bytes and its holes kept", async () => {
-    const ext4 = await loopMount("ext4");
-    expect(await directoryClones(ext4)).toBe(false);
-    const disk = join(ext4, "rootfs.ext4");
-    await writeFile(disk, "");
-    execFileSync("truncate", ["-s", "256M", disk]);
-    await writeFile(disk, Buffer.alloc(4096, 1), { flag: "r+" });
-    expect(await cloneFile(disk, join(ext4, "copy.ext4"))).toBe("sparse-copy");
-    const copy = await stat(join(ext4, "copy.ext4"));
-    expect(copy.size).toBe(256 * 1024 * 1024);
-    expect(copy.blocks * 512).toBeLessThan(1024 * 1024);
-    expect(readFileSync(join(ext4, "copy.ext4")).subarray(0, 4096).equals(Buffer.alloc(4096, 1))).toBe(true);
-    expect(readdirSync(ext4).filter((name) => name.startsWith(".clone-probe"))).toEqual([]);
-  });
-});
+    it("ext4 (no reflink): a sparse copy with the same bytes and its holes kept", async () => {
+      const ext4 = await loopMount("ext4");
+      expect(await directoryClones(ext4)).toBe(false);
+      const disk = join(ext4, "rootfs.ext4");
+      await writeFile(disk, "");
+      execFileSync("truncate", ["-s", "256M", disk]);
+      await writeFile(disk, Buffer.alloc(4096, 1), { flag: "r+" });
+      expect(await cloneFile(disk, join(ext4, "copy.ext4"))).toBe("sparse-copy");
+      const copy = await stat(join(ext4, "copy.ext4"));
+      expect(copy.size).toBe(256 * 1024 * 1024);
+      expect(copy.blocks * 512).toBeLessThan(1024 * 1024);
+      expect(readFileSync(join(ext4, "copy.ext4")).subarray(0, 4096).equals(Buffer.alloc(4096, 1))).toBe(
+        true,
+      );
+      expect(readdirSync(ext4).filter((name) => name.startsWith(".clone-probe"))).toEqual([]);
+    });
+  },
+);

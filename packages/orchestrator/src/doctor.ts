@@ -397,6 +397,12 @@ export async function runDoctor(
     await checkHugepages(host),
     ...(await checkE2fsprogs()),
     await checkIp(host),
+    await checkCommand(
+      "nft",
+      ["nft", "--version"],
+      /nftables v(\S+)/,
+      "apt-get install nftables (every sandbox network gets NAT and its egress rules through nft)",
+    ),
     await checkBusybox(config),
     await checkFirecracker(config, host),
     await checkKernel(config),

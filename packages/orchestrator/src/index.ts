@@ -92,8 +92,18 @@ export {
   proxySettingsFromEnv,
   proxySettingsSchema,
 } from "./download.ts";
+export {
+  DEFAULT_DENIED_RANGES,
+  DEFAULT_EGRESS_POLICY,
+  type EgressPolicy,
+  type EgressPolicyInput,
+  egressPolicySchema,
+  parseEgressPolicy,
+  resolveEgressPolicy,
+} from "./egress-policy.ts";
 export { OrchestratorError, type OrchestratorErrorCode } from "./errors.ts";
 export { type CommandOutput, type RunCommandOptions, runCommand } from "./exec.ts";
+export { guestResolvers, hostResolvers } from "./host-resolvers.ts";
 export {
   type ImageSource,
   type ImageSourceOptions,
@@ -101,7 +111,9 @@ export {
   parsePlatformOverride,
   resolveImageSource,
 } from "./image-source.ts";
+export { type ImportBuildOptions, importBuild } from "./import-build.ts";
 export { ConcurrencyLimiter } from "./limiter.ts";
+export { NetworkPool, type NetworkPoolStats } from "./netns-pool.ts";
 export {
   createNetworkNamespace,
   listLinks,
@@ -113,6 +125,7 @@ export {
   networkNamesFor,
   teardownNetworkNamespace,
 } from "./network.ts";
+export { DEFAULT_FIREWALL_TABLE, deleteHostFirewall, listHostFirewall } from "./nftables.ts";
 export { type OpenOrchestratorOptions, Orchestrator } from "./orchestrator.ts";
 export { type OrchestratorState, openOrchestratorState } from "./orchestrator-state.ts";
 export { defaultPauseSteps, type PauseOptions } from "./pause.ts";
@@ -155,6 +168,7 @@ export {
   type SandboxContext,
 } from "./sandbox.ts";
 export { newSandboxId, resolveIdPrefix, sandboxIdSchema } from "./sandbox-id.ts";
+export { type ExposedPort, SandboxNetwork } from "./sandbox-network.ts";
 export {
   allocateNetwork,
   networkStep,

@@ -41,6 +41,8 @@ export async function openOrchestratorState(
   try {
     const reclaimed = await reclaim(stateDir, {
       logger,
+      firewallTable: config.firewallTable,
+      hostAddressPool: config.hostAddressPool,
       ...(options.graceMs === undefined ? {} : { graceMs: options.graceMs }),
     });
     if (reclaimed.reclaimed.length > 0 || reclaimed.invalid.length > 0) {

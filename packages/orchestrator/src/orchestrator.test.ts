@@ -14,9 +14,11 @@ import {
 } from "@sbx/fc-client/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildDir, readBuildHeader } from "./builds.ts";
+import { NetworkPool } from "./netns-pool.ts";
 import { listNetworkNamespaces } from "./network.ts";
+import { listHostFirewall } from "./nftables.ts";
 import { Orchestrator } from "./orchestrator.ts";
-import type { Sandbox } from "./sandbox.ts";
+import { createSandbox, type Sandbox } from "./sandbox.ts";
 import { diskSlotPath } from "./template-build.ts";
 import { BUILD_FILES } from "./template-manifest.ts";
 import { childPids, networkSkipReason } from "./test-capabilities.ts";
@@ -227,6 +229,39 @@ describe.skipIf(skipReason !== undefined)(
         createFailures: before.createFailures + 1,
         sandboxesCreated: before.sandboxesCreated + 1,
       });
+    });
+
+    it("takes a prepared network from a pool, exposes guest ports per clone (and published), removes it all on kill", async () => {
+      const table = fixture.config.firewallTable;
+      await using pool = new NetworkPool(orchestrator.state, { size: 1 });
+      pool.start();
+      await pool.filled();
+      const pooled = await createSandbox(
+        orchestrator.state,
+        { template: "guest", alive: GUEST_LINE },
+        { networkPool: pool },
+      );
+      const plain = await orchestrator.createSandbox({ template: "guest", alive: GUEST_LINE });
+      try {
+        expect(pool.stats.hits).toBe(1);
+        const published = await pooled.expose(8080, { publish: true });
+        const exposed = await plain.expose(8080);
+        // Clones share the guest address; their namespace addresses tell them apart.
+        expect(published.host).not.toBe(exposed.host);
+        expect(published.hostPort).toBeGreaterThan(0);
+        expect(pooled.ports().map((p) => p.guestPort)).toEqual([8080]);
+        const firewall = await listHostFirewall(table);
+        expect(firewall.published).toContainEqual({
+          hostPort: published.hostPort,
+          address: published.host,
+          port: published.port,
+        });
+      } finally {
+        await pooled.kill();
+        await plain.kill();
+      }
+      const after = await listHostFirewall(table);
+      expect(after.published.filter((p) => p.port === 8080)).toEqual([]);
     });
 
     it("leaves no process, fd, namespace or sandbox directory behind", async () => {

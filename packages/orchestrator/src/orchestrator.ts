@@ -15,6 +15,7 @@ import {
 } from "./builds.ts";
 import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
+import { NetworkPool, type NetworkPoolStats } from "./netns-pool.ts";
 import { type OrchestratorState, openOrchestratorState } from "./orchestrator-state.ts";
 import {
   type CreateSandboxOptions,
@@ -41,10 +42,21 @@ export class Orchestrator implements AsyncDisposable {
   readonly #live = new Set<Sandbox>();
   readonly #logger: Logger;
   readonly #metrics: OrchestratorMetrics = newMetrics();
+  readonly #networkPool: NetworkPool | undefined;
 
   private constructor(state: OrchestratorState, logger: Logger) {
     this.state = state;
     this.#logger = logger;
+    if (state.config.networkPoolSize > 0) {
+      // Namespaces, veths, TAPs and rules made ahead of demand: a create takes one in well under 1 ms.
+      this.#networkPool = new NetworkPool(state, { logger });
+      this.#networkPool.start();
+    }
+  }
+
+  /** The prepared-network pool's counters (undefined without `networkPoolSize`). */
+  get networkPool(): NetworkPoolStats | undefined {
+    return this.#networkPool?.stats;
   }
 
   /** Takes the state directory's lock and reclaims what a crashed previous run left in it. */
@@ -96,6 +108,7 @@ export class Orchestrator implements AsyncDisposable {
       createSandbox(this.state, options, {
         metrics: this.#metrics,
         logger: this.#logger,
+        ...(this.#networkPool ? { networkPool: this.#networkPool } : {}),
         onCreated: (sandbox) => {
           this.#live.add(sandbox);
           this.#logger.info?.(
@@ -134,7 +147,11 @@ export class Orchestrator implements AsyncDisposable {
   /** Kills every live sandbox, then releases the state directory. */
   async close(): Promise<void> {
     const results = await Promise.allSettled([...this.#live].map((s) => s.kill()));
-    await this.state.close();
+    try {
+      await this.#networkPool?.close();
+    } finally {
+      await this.state.close();
+    }
     const failed = results.filter((r) => r.status === "rejected");
     if (failed.length > 0) {
       throw new OrchestratorError("STEP_CLEANUP_FAILED", `${failed.length} sandboxes did not stop cleanly`, {

@@ -89,7 +89,7 @@ export function defaultPauseSteps(): StepList<PauseContext> {
         const owned = header.entries
           .filter((e) => header.builds[e.build] === context.buildId)
           .reduce((sum, e) => sum + e.length, 0);
-        const { boot, hostFingerprint, network, template, arch } = parent;
+        const { boot, hostFingerprint, network, template, arch, egress } = parent;
         context.build = await publishBuild(
           context.sandbox.state.config,
           requireFromStep(context.staging, "the staging directory"),
@@ -104,6 +104,7 @@ export function defaultPauseSteps(): StepList<PauseContext> {
             ...(boot ? { boot } : {}),
             hostFingerprint,
             ...(network ? { network } : {}),
+            ...(egress ? { egress } : {}),
             memory: { sizeBytes: header.memorySize, ownedBytes: owned },
           },
         );

@@ -15,12 +15,13 @@ import type { Sandbox } from "./sandbox.ts";
 import { childPids, networkSkipReason } from "./test-capabilities.ts";
 import { type TemplateFixture, templateFixture, testResolver } from "./test-template-fixture.ts";
 
-const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker();
 const kernel = process.env.SBX_TEST_KERNEL;
+// Every unmet condition is named, not only the first.
+const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker({
+  files: { SBX_TEST_KERNEL: kernel },
+});
 const skipReason =
-  firecrackerSkip ??
-  networkSkipReason() ??
-  (!kernel ? "SBX_TEST_KERNEL not set (real-KVM hosts only)" : undefined);
+  [firecrackerSkip, networkSkipReason()].filter((reason) => reason !== undefined).join("; ") || undefined;
 if (skipReason) console.log(`[orchestrator] real-Linux end-to-end test skipped: ${skipReason}`);
 
 async function answersPing(sandbox: Sandbox, address: string): Promise<boolean> {

@@ -1,22 +1,24 @@
 // The create steps' first check: a host that lacks what the template's guest may use is refused before
 // anything is created.
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { type CpuTemplate, type Fingerprint, normalizeFleet, parseFingerprint } from "@sbx/cpu-template";
 import { describe, expect, it } from "vitest";
+import {
+  firecrackerTestDataSkipReason,
+  firecrackerTestDataSkipSuffix,
+  firecrackerTestFile,
+} from "../../../scripts/test-data.ts";
 import { createConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
 import { importBuild } from "./import-build.ts";
 import { openOrchestratorState } from "./orchestrator-state.ts";
 import { createSandbox } from "./sandbox.ts";
 
-const fingerprints = resolve(
-  import.meta.dirname,
-  "../../../../shared/firecracker/cpu-templates/fingerprints",
-);
-const skip = existsSync(fingerprints) ? undefined : `fingerprints not found at ${fingerprints}`;
+const fingerprints = firecrackerTestFile("cpu-templates/fingerprints");
+const skip = firecrackerTestDataSkipReason();
 if (skip) console.log(`[orchestrator] compatibility-step test skipped: ${skip}`);
 const fp = (name: string) =>
   parseFingerprint(JSON.parse(readFileSync(join(fingerprints, `fingerprint_${name}host.json`), "utf8")));
@@ -47,24 +49,27 @@ async function createOn(source: Fingerprint, target: Fingerprint, template?: Cpu
   }
 }
 
-describe.skipIf(skip !== undefined)("createSandbox's compatibility step", () => {
-  it("refuses an Ice Lake build on a Cascade Lake host, naming the features, and leaves nothing", async () => {
-    const { error, sandboxesLeft } = await createOn(fp("INTEL_ICELAKE_6.1"), fp("INTEL_CASCADELAKE_6.1"));
-    expect(error).toBeInstanceOf(OrchestratorError);
-    expect((error as OrchestratorError).code).toBe("STEP_FAILED");
-    expect((error as OrchestratorError).details.step).toBe("compatibility");
-    expect((error!.cause as OrchestratorError).code).toBe("TEMPLATE_INVALID");
-    expect(String(error!.cause)).toMatch(/avx512_vbmi/);
-    expect(sandboxesLeft).toEqual([]);
-  });
+describe.skipIf(skip !== undefined)(
+  `createSandbox's compatibility step${firecrackerTestDataSkipSuffix()}`,
+  () => {
+    it("refuses an Ice Lake build on a Cascade Lake host, naming the features, and leaves nothing", async () => {
+      const { error, sandboxesLeft } = await createOn(fp("INTEL_ICELAKE_6.1"), fp("INTEL_CASCADELAKE_6.1"));
+      expect(error).toBeInstanceOf(OrchestratorError);
+      expect((error as OrchestratorError).code).toBe("STEP_FAILED");
+      expect((error as OrchestratorError).details.step).toBe("compatibility");
+      expect((error!.cause as OrchestratorError).code).toBe("TEMPLATE_INVALID");
+      expect(String(error!.cause)).toMatch(/avx512_vbmi/);
+      expect(sandboxesLeft).toEqual([]);
+    });
 
-  it("lets the same move through with the fleet's normalized template kept in the build (then fails later: no Firecracker)", async () => {
-    const source = fp("INTEL_ICELAKE_6.1");
-    const target = fp("INTEL_CASCADELAKE_6.1");
-    const { error, sandboxesLeft } = await createOn(source, target, normalizeFleet([source, target]));
-    expect(error).toBeInstanceOf(OrchestratorError);
-    // Past the compatibility step: it failed where the missing Firecracker is first needed.
-    expect((error as OrchestratorError).details.step).toBe("firecracker");
-    expect(sandboxesLeft).toEqual([]);
-  });
-});
+    it("lets the same move through with the fleet's normalized template kept in the build (then fails later: no Firecracker)", async () => {
+      const source = fp("INTEL_ICELAKE_6.1");
+      const target = fp("INTEL_CASCADELAKE_6.1");
+      const { error, sandboxesLeft } = await createOn(source, target, normalizeFleet([source, target]));
+      expect(error).toBeInstanceOf(OrchestratorError);
+      // Past the compatibility step: it failed where the missing Firecracker is first needed.
+      expect((error as OrchestratorError).details.step).toBe("firecracker");
+      expect(sandboxesLeft).toEqual([]);
+    });
+  },
+);

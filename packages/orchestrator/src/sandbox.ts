@@ -26,12 +26,15 @@ import {
 } from "./builds.ts";
 import type { UseMemfdMode } from "./config.ts";
 import { cloneFile } from "./disk-clone.ts";
+import { type EgressPolicyInput, resolveEgressPolicy } from "./egress-policy.ts";
 import { OrchestratorError } from "./errors.ts";
 import { firecrackerFor, thisHostFingerprint } from "./host-facts.ts";
+import type { NetworkPool } from "./netns-pool.ts";
 import type { OrchestratorState } from "./orchestrator-state.ts";
 import { type PauseOptions, pauseSandbox } from "./pause.ts";
 import { processIdentity } from "./process-identity.ts";
 import { newSandboxId } from "./sandbox-id.ts";
+import type { ExposedPort, SandboxNetwork } from "./sandbox-network.ts";
 import {
   networkStep,
   type SandboxCreateContext,
@@ -62,6 +65,8 @@ export interface CreateSandboxOptions {
   aliveTimeoutMs?: number;
   /** Overrides the config's `useMemfd` for this sandbox. */
   useMemfd?: UseMemfdMode;
+  /** What this sandbox may reach, layered on the config's and the template's policy. */
+  egress?: EgressPolicyInput;
   /** The host the compatibility step checks the build against; default this one (a dry run names another). */
   compatibilityTarget?: Fingerprint;
   /** Edit the create steps (insert, replace, remove by name). */
@@ -299,6 +304,42 @@ export class Sandbox implements AsyncDisposable {
     return this.#context.network?.name;
   }
 
+  #network(what: string): SandboxNetwork {
+    const network = this.#context.sandboxNetwork;
+    if (!network)
+      throw new OrchestratorError(
+        "INVALID_OPTIONS",
+        `${what}: sandbox ${this.id}'s build has no network interface`,
+      );
+    return network;
+  }
+
+  /**
+   * Makes a guest port reachable from the host at the sandbox's own address (clones share a guest
+   * address; each has its own namespace address), and with `publish` on a host port too. Removed
+   * with the sandbox, or by `close()`.
+   */
+  expose(guestPort: number, options: { publish?: boolean | number } = {}): Promise<ExposedPort> {
+    return this.#network("expose").expose(guestPort, options);
+  }
+
+  /** The guest ports exposed now. */
+  ports(): ExposedPort[] {
+    return this.#context.sandboxNetwork ? [...this.#context.sandboxNetwork.exposedPorts] : [];
+  }
+
+  /** Replaces this sandbox's own policy layer (on the config's and template's), in one firewall transaction. */
+  setEgressPolicy(policy: EgressPolicyInput): Promise<void> {
+    const { config } = this.#context.state;
+    return this.#network("setEgressPolicy").applyEgressPolicy(
+      resolveEgressPolicy(
+        config.egressPolicy,
+        this.#context.build.egress as EgressPolicyInput | undefined,
+        policy,
+      ),
+    );
+  }
+
   get state(): OrchestratorState {
     return this.#context.state;
   }
@@ -363,6 +404,8 @@ export class Sandbox implements AsyncDisposable {
 export interface CreateSandboxHooks {
   metrics?: OrchestratorMetrics;
   logger?: Logger;
+  /** Prepared networks to take from (an Orchestrator with `networkPoolSize` keeps one). */
+  networkPool?: NetworkPool;
   /** Called once the sandbox is running, and `onGone` once it is killed (an Orchestrator tracks both). */
   onCreated?: (sandbox: Sandbox) => void;
   onGone?: (sandbox: Sandbox) => void;
@@ -412,6 +455,12 @@ export async function createSandbox(
       build,
       header,
       memoryFiles: await memoryFilesOf(state.config, header),
+      egressPolicy: resolveEgressPolicy(
+        state.config.egressPolicy,
+        build.egress as EgressPolicyInput | undefined,
+        options.egress,
+      ),
+      ...(hooks.networkPool ? { networkPool: hooks.networkPool } : {}),
       options,
       metrics,
       logger: hooks.logger ?? silentLogger,

@@ -33,6 +33,7 @@ import {
   templatesDir,
 } from "./builds.ts";
 import type { OrchestratorConfig } from "./config.ts";
+import { resolveEgressPolicy } from "./egress-policy.ts";
 import { OrchestratorError } from "./errors.ts";
 import { type NetworkNamespace, networkNamesFor } from "./network.ts";
 import type { OrchestratorState } from "./orchestrator-state.ts";
@@ -218,7 +219,10 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
       async run(context, { signal }) {
         if (!context.request.network) return;
         const names = networkNamesFor(`build-${randomBytes(4).toString("hex")}`);
-        const { network, release } = await allocateNetwork(context.state, names, { signal });
+        const { network, release } = await allocateNetwork(context.state, names, {
+          signal,
+          policy: resolveEgressPolicy(context.config.egressPolicy, context.request.egress),
+        });
         context.network = network;
         return release;
       },
@@ -345,6 +349,7 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
           boot: inputs.boot,
           hostFingerprint: fingerprintToFile(requireFromStep(context.fingerprint, "the host fingerprint")),
           ...(context.network ? { network: { tapName: context.network.tapName, guestMac: GUEST_MAC } } : {}),
+          ...(context.request.egress ? { egress: context.request.egress } : {}),
           memory: { sizeBytes: memorySize, ownedBytes: memorySize },
           files: {} as BuildManifest["files"],
         };

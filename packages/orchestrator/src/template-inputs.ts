@@ -22,7 +22,9 @@ import {
 } from "./boot-parameters.ts";
 import type { OrchestratorConfig } from "./config.ts";
 import { dockerCredentialsFromEnv } from "./docker-config.ts";
+import { egressPolicySchema } from "./egress-policy.ts";
 import { OrchestratorError } from "./errors.ts";
+import { guestResolvers } from "./host-resolvers.ts";
 import { parsePlatformOverride, resolveImageSource } from "./image-source.ts";
 import { parseCidr } from "./ipv4.ts";
 import type { ProgressEvent } from "./progress.ts";
@@ -51,6 +53,8 @@ export const templateRequestSchema = z.object({
   kernelCommandLine: z.string().optional(),
   /** Give the VM a network interface on the sandbox TAP (default true). */
   network: z.boolean().default(true),
+  /** What sandboxes of this template may reach (a create's policy layers on top); default the config's. */
+  egress: egressPolicySchema.optional(),
 });
 export type TemplateRequest = z.input<typeof templateRequestSchema>;
 export type ParsedTemplateRequest = z.output<typeof templateRequestSchema>;
@@ -146,7 +150,7 @@ export async function resolveTemplateInputs(
     ...(request.smt === undefined ? {} : { smt: request.smt }),
     ...(request.hugePages === undefined ? {} : { hugePages: request.hugePages }),
     kernelCommandLine:
-      request.kernelCommandLine ?? defaultCommandLine(config, injected.init, request.network),
+      request.kernelCommandLine ?? (await defaultCommandLine(config, injected.init, request.network)),
     initScript,
     ...(request.provisionScript === undefined ? {} : { provisionScript: request.provisionScript }),
   };
@@ -161,9 +165,18 @@ export async function resolveTemplateInputs(
   return { artifacts, spec, boot, rootDir, init: injected.init };
 }
 
-/** The recorded command line: no boot-time values (clock, provisioning flag), so it can drift-check. */
-function defaultCommandLine(config: OrchestratorConfig, init: string, network: boolean): string {
+/**
+ * The recorded command line: no boot-time values (clock, provisioning flag), so it can drift-check. A
+ * guest with a NIC gets the resolvers (the init writes them to /etc/resolv.conf) so provisioning can
+ * install packages.
+ */
+async function defaultCommandLine(
+  config: OrchestratorConfig,
+  init: string,
+  network: boolean,
+): Promise<string> {
   const tap = parseCidr(config.tapAddress);
+  const dns = network && tap ? (await guestResolvers(config)).slice(0, 2) : [];
   return buildKernelCmdline({
     arch: config.targetArch,
     init,
@@ -173,6 +186,7 @@ function defaultCommandLine(config: OrchestratorConfig, init: string, network: b
             clientIp: config.guestAddress,
             gatewayIp: config.tapAddress.split("/")[0] as string,
             prefixLength: tap.prefixLength,
+            dns,
           },
         }
       : {}),

@@ -78,6 +78,8 @@ export const buildManifestSchema = z.object({
   hostFingerprint: z.record(z.string(), z.unknown()),
   /** The TAP the snapshot reopens by name; every sandbox's namespace must have it. */
   network: z.object({ tapName: z.string().min(1).max(15), guestMac: z.string() }).optional(),
+  /** The template's egress policy (as given; combined with the config's and each create's). */
+  egress: z.record(z.string(), z.unknown()).optional(),
   memory: z.object({
     /** Guest memory size (the header covers exactly this). */
     sizeBytes: z.number().int().positive(),

@@ -47,6 +47,8 @@ commands:
   sandbox kill <id>                stop a sandbox and remove everything it owns
   sandbox fork <id> --count N      N new sandboxes continuing from this one's state (it keeps running)
   sandbox rm <paused>              forget a paused sandbox (gc frees its build)
+  sandbox ports <id>               the guest ports exposed from a sandbox, with their host addresses
+  sandbox expose <id> --port N     reach guest port N from the host [--publish: on a host port too]
   gc                               delete every build nothing pins; prints the bytes freed
 
 <id> and <paused> may be any unique prefix. create, pause, resume and fork need \`sbx serve\` running;
@@ -76,6 +78,8 @@ interface Parsed {
   force: boolean;
   platform: string | undefined;
   count: string | undefined;
+  port: string | undefined;
+  publish: boolean;
 }
 
 function parse(argv: string[]): Parsed {
@@ -98,6 +102,8 @@ function parse(argv: string[]): Parsed {
         force: { type: "boolean", default: false },
         platform: { type: "string" },
         count: { type: "string" },
+        port: { type: "string" },
+        publish: { type: "boolean", default: false },
       },
     });
     return {
@@ -115,6 +121,8 @@ function parse(argv: string[]): Parsed {
       force: values.force ?? false,
       platform: values.platform,
       count: values.count,
+      port: values.port,
+      publish: values.publish ?? false,
     };
   } catch (error) {
     throw new UsageError((error as Error).message);
