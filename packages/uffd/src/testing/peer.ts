@@ -67,7 +67,7 @@ export interface TestPeerOptions {
   writePages?: number[];
   /**
    * Each thread touches a page, removes it (MADV_DONTNEED) and checks it reads back as zeros, this many
-   * times: a fault right behind a REMOVE, often in the handler's same batch. Counted in zeroChecked.
+   * times: a fault right behind its REMOVE, from many threads at once. Counted in zeroChecked.
    */
   removeRace?: number;
   /** Remove this many single pages (every other page of the last 2N) before the pass, which then

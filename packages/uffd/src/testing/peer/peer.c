@@ -9,8 +9,9 @@
  *
  * Balloon-like modes: --remove-race N makes each thread touch a page, madvise it away and check it reads
  * back as zeros, N times on pages of its own; the madvise returns once the handler has read the REMOVE,
- * so the touch that follows races into the handler's batch right behind it (REMOVE then fault in one
- * read). --pre-remove N removes N single pages (every other page of the region's last 2N) before the
+ * so the touch that follows comes as soon as the handler can see it. (It rarely lands in the very read
+ * that held its REMOVE: the kernel hands out pending faults before events, and while any REMOVE is
+ * pending UFFDIO_COPY fails with EAGAIN.) --pre-remove N removes N single pages (every other page of the region's last 2N) before the
  * pass, which then touches only the pages below them (--check-removed reads those N pages back too).
  */
 #define _GNU_SOURCE
