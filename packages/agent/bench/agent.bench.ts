@@ -76,7 +76,9 @@ execFileSync("gcc", [
 ]);
 await using agent = await startNamespacedAgent({ agent: binary.path });
 copyFileSync(rawBinary, join(agent.root, ".sbx/raw-exec"));
-await using client = new AgentClient(agent.tcp());
+await using client = new AgentClient(agent.tcp(), {
+  window: Number(process.env.BENCH_WINDOW_MIB ?? 4) << 20,
+});
 const server = await client.commands.start(["/.sbx/raw-exec", String(RAW_PORT)], { stdin: false });
 const raw = await settle(
   () => RawClient.open(agent.guestAddress, RAW_PORT).catch(() => undefined),
@@ -107,12 +109,13 @@ async function roundTrips(
 
 const streamArgv = ["dd", "if=/dev/zero", "bs=1M", `count=${STREAM_BYTES >> 20}`, "status=none"];
 /** Best of REPEATS for each side, alternating sides run by run. */
+type StreamSide = "agent" | "agentCallback" | "raw";
 async function throughput(
-  sides: Record<"agent" | "raw", () => Promise<number>>,
-): Promise<Record<"agent" | "raw", number>> {
-  const best = { agent: 0, raw: 0 };
+  sides: Record<StreamSide, () => Promise<number>>,
+): Promise<Record<StreamSide, number>> {
+  const best = { agent: 0, agentCallback: 0, raw: 0 };
   for (let i = 0; i < REPEATS; i++) {
-    for (const side of ["agent", "raw"] as const) {
+    for (const side of ["agent", "agentCallback", "raw"] as const) {
       const start = performance.now();
       const bytes = await sides[side]();
       if (bytes !== STREAM_BYTES)
@@ -120,7 +123,11 @@ async function throughput(
       best[side] = Math.max(best[side], bytes / ((performance.now() - start) / 1000) / (1 << 20));
     }
   }
-  return { agent: +best.agent.toFixed(1), raw: +best.raw.toFixed(1) };
+  return {
+    agent: +best.agent.toFixed(1),
+    agentCallback: +best.agentCallback.toFixed(1),
+    raw: +best.raw.toFixed(1),
+  };
 }
 
 const roundTrip = await roundTrips({
@@ -137,12 +144,24 @@ const streamed = await throughput({
     await handle.wait();
     return bytes;
   },
+  agentCallback: async () => {
+    let bytes = 0;
+    const handle = await client.commands.start(streamArgv, {
+      stdin: false,
+      onStdout: (chunk) => {
+        bytes += chunk.length;
+      },
+    });
+    await handle.wait();
+    return bytes;
+  },
   raw: async () => {
     await raw.run(streamArgv, STREAM_BYTES);
     return STREAM_BYTES;
   },
 });
 const agentMiBps = streamed.agent;
+const agentCallbackMiBps = streamed.agentCallback;
 const rawMiBps = streamed.raw;
 const loadAverage = readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).map(Number);
 
@@ -174,8 +193,10 @@ console.log(
         bytes: STREAM_BYTES,
         repeats: REPEATS,
         agentMiBps,
+        agentCallbackMiBps,
         rawMiBps,
         ratio: throughputRatio,
+        callbackRatio: +(agentCallbackMiBps / rawMiBps).toFixed(3),
         target: 0.8,
         met: throughputRatio >= 0.8,
       },

@@ -12,7 +12,9 @@ export class OutputChannel implements AsyncIterable<Buffer> {
   #withheld = 0;
   #ended = false;
   #error: AgentError | undefined;
-  #wake: (() => void) | undefined;
+  #waiting:
+    | { resolve: (result: IteratorResult<Buffer>) => void; reject: (error: AgentError) => void }
+    | undefined;
   #callback: ((data: Buffer) => void) | undefined;
   #iterating = false;
 
@@ -29,48 +31,67 @@ export class OutputChannel implements AsyncIterable<Buffer> {
       this.#grant(data.length);
       return;
     }
+    const waiting = this.#waiting;
+    if (waiting) {
+      // A reader is already waiting: hand the chunk straight over, nothing queues.
+      this.#waiting = undefined;
+      this.#grant(data.length);
+      waiting.resolve({ value: data, done: false });
+      return;
+    }
     // A view of the socket's chunk: net gives every read its own buffer, so it is never overwritten.
     this.#queue.push(data);
     this.#queued += data.length;
     if (this.#queued <= this.#highWater) this.#grant(data.length);
     else this.#withheld += data.length;
-    this.#wake?.();
   }
 
   end(error?: AgentError): void {
     if (this.#ended) return;
     this.#ended = true;
     this.#error = error;
-    this.#wake?.();
+    const waiting = this.#waiting;
+    this.#waiting = undefined;
+    if (waiting) {
+      if (error) waiting.reject(error);
+      else waiting.resolve({ value: undefined, done: true });
+    }
   }
 
   get iterating(): boolean {
     return this.#iterating;
   }
 
-  async *[Symbol.asyncIterator](): AsyncIterator<Buffer> {
+  // A hand-written iterator rather than an async generator: a queued chunk is returned without
+  // suspending, which matters at tens of thousands of chunks per second.
+  [Symbol.asyncIterator](): AsyncIterator<Buffer> {
     if (this.#iterating) throw new AgentError("INVALID_OPTIONS", "an output can be iterated once");
     this.#iterating = true;
-    for (;;) {
-      const chunk = this.#queue.shift();
-      if (chunk) {
-        this.#queued -= chunk.length;
-        if (this.#withheld > 0 && this.#queued <= this.#highWater) {
-          const bytes = this.#withheld;
-          this.#withheld = 0;
-          this.#grant(bytes);
-        }
-        yield chunk;
-        continue;
+    return {
+      next: () => this.#next(),
+      return: async () => {
+        this.#queue = [];
+        return { value: undefined, done: true };
+      },
+    };
+  }
+
+  #next(): Promise<IteratorResult<Buffer>> {
+    const chunk = this.#queue.shift();
+    if (chunk) {
+      this.#queued -= chunk.length;
+      if (this.#withheld > 0 && this.#queued <= this.#highWater) {
+        const bytes = this.#withheld;
+        this.#withheld = 0;
+        this.#grant(bytes);
       }
-      if (this.#ended) {
-        if (this.#error) throw this.#error;
-        return;
-      }
-      await new Promise<void>((resolve) => {
-        this.#wake = resolve;
-      });
-      this.#wake = undefined;
+      return Promise.resolve({ value: chunk, done: false });
     }
+    if (this.#ended) {
+      return this.#error ? Promise.reject(this.#error) : Promise.resolve({ value: undefined, done: true });
+    }
+    return new Promise((resolve, reject) => {
+      this.#waiting = { resolve, reject };
+    });
   }
 }
