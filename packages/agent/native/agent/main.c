@@ -759,6 +759,8 @@ static void handle_control(int ci, uint32_t id, const char *payload, size_t len)
     return;
   }
   if (id == 0) { protocol_error(ci, "stream 0 carries only the hello"); json_free(&doc); return; }
+  /* A request opens its stream: reusing an open one would route two streams' frames as one. */
+  if (find_stream(ci, id) >= 0) { protocol_error(ci, "a request on a stream that is still open"); json_free(&doc); return; }
   if (!op) { send_error(ci, id, "INVALID_REQUEST", 0, "a request is an object with a string op"); json_free(&doc); return; }
   int needs_user = !strcmp(op, "stat") || !strcmp(op, "list") || !strcmp(op, "mkdir") || !strcmp(op, "remove") ||
                    !strcmp(op, "rename") || !strcmp(op, "read") || !strcmp(op, "write");
