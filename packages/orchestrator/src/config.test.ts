@@ -85,15 +85,23 @@ describe("createConfig", () => {
   });
 
   it("resolves static and custom CPU templates and refuses both at once", () => {
-    expect(createConfig({ cpuTemplate: "t2s" }).cpuTemplate).toEqual({ kind: "static", name: "T2S" });
+    expect(createConfig({ cpuTemplate: "t2s", targetArch: "amd64" }).cpuTemplate).toMatchObject({
+      kind: "static",
+      name: "T2S",
+      deprecation: expect.stringMatching(/deprecated.*FC_CUSTOM_CPU_TEMPLATE_PATH/),
+    });
+    // One parser for the name, the arch and conflicts (@sbx/cpu-template's).
+    expect(issuesOf(() => createConfig({ cpuTemplate: "T2A", targetArch: "arm64" }))[0]?.message).toMatch(
+      /arm64|aarch64|x86/i,
+    );
     expect(createConfig({ cpuTemplate: "None" }).cpuTemplate).toEqual({ kind: "none" });
     expect(createConfig({ customCpuTemplatePath: "/etc/sbx/fleet.json" }).cpuTemplate).toEqual({
       kind: "custom",
       path: "/etc/sbx/fleet.json",
     });
     const both = issuesOf(() => createConfig({ cpuTemplate: "T2", customCpuTemplatePath: "/x.json" }));
-    expect(both[0]?.message).toMatch(/exactly one CPU template/);
-    expect(issuesOf(() => createConfig({ cpuTemplate: "Z9" }))[0]?.message).toMatch(/unknown static/);
+    expect(both[0]?.message).toMatch(/choose one/);
+    expect(issuesOf(() => createConfig({ cpuTemplate: "Z9" }))[0]?.message).toMatch(/Z9/);
   });
 
   it("checks the network addresses against each other", () => {

@@ -1,5 +1,6 @@
 import { isAbsolute } from "node:path";
 import { ACCEPTED_ARCH_NAMES, type Arch, hostArch, normalizeArch } from "@sbx/arch";
+import { CpuTemplateError, parseCpuTemplateSetting, type StaticTemplate } from "@sbx/cpu-template";
 import { z } from "zod";
 import { type EgressPolicy, egressPolicySchema } from "./egress-policy.ts";
 import { OrchestratorError } from "./errors.ts";
@@ -47,18 +48,37 @@ export const CONFIG_DEFAULTS = Object.freeze({
   publishPortRange: "40000-40999",
   /** Guest memory memfd from Firecracker (a fork feature; upstream never sends one): off by default. */
   useMemfd: "off",
+  /** A create that does not fit the host waits (bounded, FIFO) for capacity; see docs/operations.md. */
+  admission: "queue",
+  admissionQueueSize: 64,
+  admissionTimeoutMs: 30_000,
+  /** Guest vCPUs per host vCPU, as E2B runs its hosts: guests mostly idle. */
+  vcpuOvercommit: 4,
+  /** Host memory is not overcommitted: a guest that touches all of it must not push the host into OOM. */
+  memoryOvercommit: 1,
+  /** Guests with a free-page-reporting balloon give idle memory back, so they may be packed tighter. */
+  balloonMemoryOvercommit: 1.5,
+  reservedVcpus: 0,
 });
+
+export const ADMISSION_MODES = ["queue", "reject", "off"] as const;
+/** queue: wait for capacity (bounded); reject: refuse at once; off: count, never refuse (the old behaviour). */
+export type AdmissionMode = (typeof ADMISSION_MODES)[number];
 
 export const USE_MEMFD_MODES = ["off", "prefer", "require"] as const;
 export type UseMemfdMode = (typeof USE_MEMFD_MODES)[number];
 
-/** Firecracker's static CPU templates, by their API spelling. */
-export const STATIC_CPU_TEMPLATES = ["C3", "T2", "T2S", "T2CL", "T2A", "V1N1"] as const;
-export type StaticCpuTemplate = (typeof STATIC_CPU_TEMPLATES)[number];
+/** Firecracker's static CPU templates, by their API spelling: @sbx/cpu-template's catalog is the one list. */
+export type StaticCpuTemplate = StaticTemplate["name"];
 
 export type CpuTemplateChoice =
   | { kind: "none" }
-  | { kind: "static"; name: StaticCpuTemplate }
+  | {
+      kind: "static";
+      name: StaticCpuTemplate;
+      /** Static templates are deprecated upstream: this names the custom replacement (logged at start). */
+      deprecation: string;
+    }
   | { kind: "custom"; path: string };
 
 const absolutePath = z
@@ -74,6 +94,7 @@ const pathSegment = z
     message: "must be a single path segment (no '/', '.' or '..')",
   });
 const positiveInt = (max: number) => z.number().int().min(1).max(max);
+const overcommitRatio = z.number().min(0.1).max(64);
 const cidrText = z
   .string()
   .trim()
@@ -86,6 +107,11 @@ export const orchestratorOptionsSchema = z.object({
   /** A static template name (C3, T2, T2S, T2CL, T2A, V1N1) or "None". */
   cpuTemplate: z.string().trim().optional(),
   customCpuTemplatePath: absolutePath.optional(),
+  /**
+   * Firecracker's static templates in custom form (`tests/data/custom_cpu_templates` of its release):
+   * a template built with a static template keeps that form, so a resume can check moves between CPUs.
+   */
+  staticCpuTemplatesDir: absolutePath.optional(),
   busyboxDir: absolutePath.optional(),
   busyboxVersion: pathSegment.optional(),
   firecrackerRoot: absolutePath.optional(),
@@ -172,6 +198,21 @@ export const orchestratorOptionsSchema = z.object({
    */
   seccompFilter: absolutePath.optional(),
   allowNoSeccomp: z.boolean().optional(),
+  /** What a create that does not fit the host does: queue (wait), reject (CAPACITY_EXCEEDED at once) or off. */
+  admission: z.enum(ADMISSION_MODES).optional(),
+  /** Creates that may wait for capacity at once; one more is refused (CAPACITY_EXCEEDED). */
+  admissionQueueSize: z.number().int().min(0).max(65_536).optional(),
+  /** How long a create waits for capacity; never counted against its boot or alive timeouts. */
+  admissionTimeoutMs: positiveInt(24 * 3600_000).optional(),
+  vcpuOvercommit: overcommitRatio.optional(),
+  memoryOvercommit: overcommitRatio.optional(),
+  balloonMemoryOvercommit: overcommitRatio.optional(),
+  /** The host's vCPUs and memory as admission sees them; default what the host reports. */
+  hostVcpus: positiveInt(65_536).optional(),
+  hostMemoryMib: positiveInt(1 << 30).optional(),
+  /** Headroom for the host itself, never given to guests; memory default 10% (at least 256 MiB). */
+  reservedVcpus: z.number().int().min(0).max(65_536).optional(),
+  reservedMemoryMib: z.number().int().min(0).max(1 << 30).optional(),
 });
 export type OrchestratorOptions = z.input<typeof orchestratorOptionsSchema>;
 type OptionName = keyof OrchestratorOptions;
@@ -179,6 +220,7 @@ type OptionName = keyof OrchestratorOptions;
 export interface OrchestratorConfig {
   targetArch: Arch;
   cpuTemplate: CpuTemplateChoice;
+  staticCpuTemplatesDir: string | undefined;
   busyboxDir: string;
   busyboxVersion: string;
   firecrackerRoot: string;
@@ -208,9 +250,21 @@ export interface OrchestratorConfig {
   useMemfd: UseMemfdMode;
   seccompFilter: string | undefined;
   allowNoSeccomp: boolean;
+  admission: AdmissionMode;
+  admissionQueueSize: number;
+  admissionTimeoutMs: number;
+  vcpuOvercommit: number;
+  memoryOvercommit: number;
+  balloonMemoryOvercommit: number;
+  /** Undefined: what the host reports (resolveCapacity). */
+  hostVcpus: number | undefined;
+  hostMemoryMib: number | undefined;
+  reservedVcpus: number;
+  /** Undefined: 10% of the host's memory, at least 256 MiB. */
+  reservedMemoryMib: number | undefined;
 }
 
-type ValueKind = "string" | "integer" | "boolean";
+type ValueKind = "string" | "integer" | "number" | "boolean";
 
 /** The environment variable behind each option; `configFromEnv` reads exactly these. */
 export const CONFIG_ENV_VARIABLES: Readonly<Record<OptionName, { variable: string; kind: ValueKind }>> =
@@ -218,6 +272,7 @@ export const CONFIG_ENV_VARIABLES: Readonly<Record<OptionName, { variable: strin
     targetArch: { variable: "TARGET_ARCH", kind: "string" },
     cpuTemplate: { variable: "FC_CPU_TEMPLATE", kind: "string" },
     customCpuTemplatePath: { variable: "FC_CUSTOM_CPU_TEMPLATE_PATH", kind: "string" },
+    staticCpuTemplatesDir: { variable: "SBX_STATIC_CPU_TEMPLATES_DIR", kind: "string" },
     busyboxDir: { variable: "HOST_BUSYBOX_DIR", kind: "string" },
     busyboxVersion: { variable: "BUSYBOX_VERSION", kind: "string" },
     firecrackerRoot: { variable: "FIRECRACKER_DIR", kind: "string" },
@@ -245,6 +300,16 @@ export const CONFIG_ENV_VARIABLES: Readonly<Record<OptionName, { variable: strin
     useMemfd: { variable: "SBX_USE_MEMFD", kind: "string" },
     seccompFilter: { variable: "SBX_SECCOMP_FILTER", kind: "string" },
     allowNoSeccomp: { variable: "SBX_ALLOW_NO_SECCOMP", kind: "boolean" },
+    admission: { variable: "SBX_ADMISSION", kind: "string" },
+    admissionQueueSize: { variable: "SBX_ADMISSION_QUEUE_SIZE", kind: "integer" },
+    admissionTimeoutMs: { variable: "SBX_ADMISSION_TIMEOUT_MS", kind: "integer" },
+    vcpuOvercommit: { variable: "SBX_VCPU_OVERCOMMIT", kind: "number" },
+    memoryOvercommit: { variable: "SBX_MEMORY_OVERCOMMIT", kind: "number" },
+    balloonMemoryOvercommit: { variable: "SBX_BALLOON_MEMORY_OVERCOMMIT", kind: "number" },
+    hostVcpus: { variable: "SBX_HOST_VCPUS", kind: "integer" },
+    hostMemoryMib: { variable: "SBX_HOST_MEMORY_MIB", kind: "integer" },
+    reservedVcpus: { variable: "SBX_RESERVED_VCPUS", kind: "integer" },
+    reservedMemoryMib: { variable: "SBX_RESERVED_MEMORY_MIB", kind: "integer" },
   });
 
 export interface ConfigIssue {
@@ -267,32 +332,30 @@ function invalid(issues: ConfigIssue[]): OrchestratorError {
   );
 }
 
+/** `FC_CPU_TEMPLATE` / `FC_CUSTOM_CPU_TEMPLATE_PATH` through @sbx/cpu-template's one parser (case, arch, conflicts). */
 function resolveCpuTemplate(
   options: { cpuTemplate?: string | undefined; customCpuTemplatePath?: string | undefined },
+  arch: Arch,
   report: (option: OptionName, message: string) => void,
 ): CpuTemplateChoice {
-  const name = options.cpuTemplate;
-  const custom = options.customCpuTemplatePath;
-  const isNone = name === undefined || name === "" || name.toLowerCase() === "none";
-  if (custom !== undefined) {
-    if (!isNone) {
-      report(
-        "cpuTemplate",
-        `conflicts with the custom CPU template ${custom}: exactly one CPU template is applied; unset one of them`,
-      );
-    }
-    return { kind: "custom", path: custom };
-  }
-  if (isNone) return { kind: "none" };
-  const canonical = STATIC_CPU_TEMPLATES.find((t) => t.toLowerCase() === name.toLowerCase());
-  if (!canonical) {
-    report(
-      "cpuTemplate",
-      `unknown static CPU template; use one of ${STATIC_CPU_TEMPLATES.join(", ")}, None, or a custom template file`,
+  try {
+    const setting = parseCpuTemplateSetting(
+      {
+        ...(options.cpuTemplate === undefined ? {} : { cpuTemplate: options.cpuTemplate }),
+        ...(options.customCpuTemplatePath === undefined
+          ? {}
+          : { customCpuTemplatePath: options.customCpuTemplatePath }),
+      },
+      arch,
     );
+    if (setting.kind === "static")
+      return { kind: "static", name: setting.name, deprecation: setting.deprecation };
+    return setting;
+  } catch (error) {
+    if (!(error instanceof CpuTemplateError)) throw error;
+    report("cpuTemplate", error.message);
     return { kind: "none" };
   }
-  return { kind: "static", name: canonical };
 }
 
 function resolveConfig(
@@ -329,12 +392,13 @@ function resolveConfig(
       report("targetArch", `unknown architecture; use one of ${ACCEPTED_ARCH_NAMES.join(", ")}`);
     }
   }
-  const cpuTemplate = resolveCpuTemplate(options, report);
+  const cpuTemplate = resolveCpuTemplate(options, targetArch, report);
 
   const archDefaults = ARCH_DEFAULTS[targetArch];
   const config: OrchestratorConfig = {
     targetArch,
     cpuTemplate,
+    staticCpuTemplatesDir: options.staticCpuTemplatesDir,
     busyboxDir: options.busyboxDir ?? CONFIG_DEFAULTS.busyboxDir,
     busyboxVersion: options.busyboxVersion ?? CONFIG_DEFAULTS.busyboxVersion,
     firecrackerRoot: options.firecrackerRoot ?? CONFIG_DEFAULTS.firecrackerRoot,
@@ -362,6 +426,16 @@ function resolveConfig(
     useMemfd: options.useMemfd ?? (CONFIG_DEFAULTS.useMemfd as UseMemfdMode),
     seccompFilter: options.seccompFilter,
     allowNoSeccomp: options.allowNoSeccomp ?? false,
+    admission: options.admission ?? (CONFIG_DEFAULTS.admission as AdmissionMode),
+    admissionQueueSize: options.admissionQueueSize ?? CONFIG_DEFAULTS.admissionQueueSize,
+    admissionTimeoutMs: options.admissionTimeoutMs ?? CONFIG_DEFAULTS.admissionTimeoutMs,
+    vcpuOvercommit: options.vcpuOvercommit ?? CONFIG_DEFAULTS.vcpuOvercommit,
+    memoryOvercommit: options.memoryOvercommit ?? CONFIG_DEFAULTS.memoryOvercommit,
+    balloonMemoryOvercommit: options.balloonMemoryOvercommit ?? CONFIG_DEFAULTS.balloonMemoryOvercommit,
+    hostVcpus: options.hostVcpus,
+    hostMemoryMib: options.hostMemoryMib,
+    reservedVcpus: options.reservedVcpus ?? CONFIG_DEFAULTS.reservedVcpus,
+    reservedMemoryMib: options.reservedMemoryMib,
   };
 
   if (config.maxConcurrentCreates > config.maxSandboxes && options.maxConcurrentCreates !== undefined) {
@@ -433,6 +507,12 @@ export function configFromEnv(
     if (kind === "integer") {
       if (!/^\d+$/.test(raw)) {
         preIssues.push({ option, variable, value: raw, message: "must be a whole number" });
+        continue;
+      }
+      input[option] = Number(raw);
+    } else if (kind === "number") {
+      if (!/^\d+(\.\d+)?$/.test(raw)) {
+        preIssues.push({ option, variable, value: raw, message: "must be a number like 4 or 1.5" });
         continue;
       }
       input[option] = Number(raw);

@@ -309,7 +309,12 @@ async function checkCpuTemplate(config: OrchestratorConfig): Promise<DoctorCheck
   const choice = config.cpuTemplate;
   if (choice.kind === "none") return { id: "cpu-template", status: "ok", summary: "no CPU template" };
   if (choice.kind === "static") {
-    return { id: "cpu-template", status: "ok", summary: `static CPU template ${choice.name}` };
+    return {
+      id: "cpu-template",
+      status: "warn",
+      summary: `static CPU template ${choice.name}, deprecated by Firecracker`,
+      fix: choice.deprecation,
+    };
   }
   try {
     JSON.parse(await readFile(choice.path, "utf8"));

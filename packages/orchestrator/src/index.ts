@@ -53,7 +53,6 @@ export {
   type OrchestratorConfig,
   type OrchestratorOptions,
   orchestratorOptionsSchema,
-  STATIC_CPU_TEMPLATES,
   type StaticCpuTemplate,
 } from "./config.ts";
 export {

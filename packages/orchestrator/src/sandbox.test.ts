@@ -201,6 +201,16 @@ describe.skipIf(skipReason !== undefined)(
       }
     }, 300_000);
 
+    it("a page-fault server that stops, for any reason, takes its sandbox with it", async () => {
+      const sandbox = await createSandbox(state, { template: "guest", alive: GUEST_LINE });
+      await sandbox.server.close();
+      // Not left hanging on its next fault: the VM is killed and everything it owned goes.
+      const exit = await sandbox.firecracker.exited;
+      expect(exit).toBeDefined();
+      await sandbox.kill();
+      expect(existsSync(sandbox.directory)).toBe(false);
+    }, 60_000);
+
     it("fork(3): the original runs on, each fork continues from the fork point with its own memory", async () => {
       await using original = await createSandbox(state, { template: "guest", alive: GUEST_LINE });
       const forkedAt = await runOn(original);

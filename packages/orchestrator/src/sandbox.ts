@@ -8,6 +8,7 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type Logger, silentLogger } from "@sbx/arch";
 import {
+  assertSnapshotLoadable,
   type CpuTemplate,
   checkCompatibility,
   type Fingerprint,
@@ -28,6 +29,7 @@ import type { UseMemfdMode } from "./config.ts";
 import { cloneFile } from "./disk-clone.ts";
 import { type EgressPolicyInput, resolveEgressPolicy } from "./egress-policy.ts";
 import { OrchestratorError } from "./errors.ts";
+import { readProcessMemory, type SandboxMemoryStats, sandboxMemoryStats } from "./memory-stats.ts";
 import { firecrackerFor, thisHostFingerprint } from "./host-facts.ts";
 import type { NetworkPool } from "./netns-pool.ts";
 import type { OrchestratorState } from "./orchestrator-state.ts";
@@ -188,8 +190,14 @@ export function defaultSandboxSteps(): StepList<SandboxContext> {
       async run(context, { signal }) {
         const config = context.state.config;
         const sandboxDir = requireFromStep(context.sandboxDir, "the sandbox directory");
+        const firecracker = await firecrackerFor(context.state);
+        // A snapshot format this Firecracker cannot load is refused with both versions, before it starts.
+        assertSnapshotLoadable({
+          snapshotFirecrackerVersion: context.build.firecrackerVersion,
+          runningFirecrackerVersion: firecracker.version,
+        });
         const fc = await launchFirecracker({
-          ...wrapInVmNamespaces((await firecrackerFor(context.state)).path, {
+          ...wrapInVmNamespaces(firecracker.path, {
             ...(context.network ? { networkNamespace: context.network.name } : {}),
             binds: context.diskPath ? [{ source: context.diskPath, target: diskSlotPath(config) }] : [],
           }),
@@ -288,15 +296,30 @@ export class Sandbox implements AsyncDisposable {
     this.firecracker = requireFromStep(context.firecracker, "Firecracker");
     this.server = requireFromStep(context.server, "the page-fault server");
     this.timings = steps.timings;
-    // Firecracker would hang on its next fault without its page-fault server: kill it at once.
+    // Firecracker would hang on its next fault without its page-fault server, and a server whose peer
+    // exited serves nobody: whatever stopped it (error, close, abort, a crashed worker, the VM's exit),
+    // the sandbox goes with it. kill() is idempotent, so the server stopping inside kill() is harmless.
     void this.server.stopped.then((stop: PageFaultServerStop) => {
-      if (stop.reason === "error") void this.kill();
+      if (this.#killed) return;
+      this.#context.logger.warn?.(
+        { id: this.id, reason: stop.reason, error: stop.error?.message },
+        "the page-fault server stopped: killing the sandbox",
+      );
+      void this.kill().catch(() => undefined);
     });
   }
 
   /** The build whose memory and disk this sandbox runs on (after a `keepRunning` pause, that pause). */
   get build(): BuildManifest {
     return this.#context.build;
+  }
+
+  /** Firecracker's resident memory, what it gave back since its peak, and the balloon's REMOVE events. */
+  async memoryStats(): Promise<SandboxMemoryStats> {
+    return sandboxMemoryStats(await readProcessMemory(this.firecracker.pid), this.server.metrics(), {
+      guestBytes: this.#context.build.memory.sizeBytes,
+      balloon: this.#context.build.boot?.balloon?.freePageReporting === true,
+    });
   }
 
   /** The network namespace the VM lives in (undefined for a build without a NIC). */
@@ -409,6 +432,12 @@ export interface CreateSandboxHooks {
   /** Called once the sandbox is running, and `onGone` once it is killed (an Orchestrator tracks both). */
   onCreated?: (sandbox: Sandbox) => void;
   onGone?: (sandbox: Sandbox) => void;
+  /**
+   * Waits until the host has room for a VM of `build` (an Orchestrator charges its capacity), before
+   * anything of the sandbox exists; released when the create fails or the sandbox is gone. Time spent
+   * here never counts against the boot or alive timeouts, which start later.
+   */
+  admit?: (build: BuildManifest, signal: AbortSignal | undefined) => Promise<{ release(): void }>;
 }
 
 async function resolveBuildId(state: OrchestratorState, options: CreateSandboxOptions): Promise<string> {
@@ -467,13 +496,18 @@ export async function createSandbox(
     };
     const defaults = defaultSandboxSteps();
     const steps = options.steps ? options.steps(defaults) : defaults;
+    const admission = await hooks.admit?.(build, options.signal);
     let result: StepRunResult;
     try {
-      result = await runSteps(steps, context, {
+      const run = await runSteps(steps, context, {
         ...(options.signal ? { signal: options.signal } : {}),
         ...(options.onEvent ? { onEvent: options.onEvent } : {}),
       });
+      // The charge goes back once everything the steps made is gone (kill, or a failure below).
+      const cleanup = () => run.cleanup().finally(() => admission?.release());
+      result = { timings: run.timings, cleanup, [Symbol.asyncDispose]: cleanup };
     } catch (error) {
+      admission?.release();
       metrics.createFailures += 1;
       throw error;
     }

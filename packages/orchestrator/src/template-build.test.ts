@@ -5,7 +5,13 @@ import { rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { ext4ReadFile } from "@sbx/rootfs/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildDir, buildsDir, collectGarbage, templatesDir } from "./builds.ts";
+import {
+  firecrackerTestDataSkipReason,
+  firecrackerTestDataSkipSuffix,
+  firecrackerTestFile,
+} from "../../../scripts/test-data.ts";
+import { buildDir, buildsDir, collectGarbage, removeTemplatePointer, templatesDir } from "./builds.ts";
+import { createConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
 import { type OrchestratorState, openOrchestratorState } from "./orchestrator-state.ts";
 import { type Step, StepList } from "./steps.ts";
@@ -140,6 +146,31 @@ describe.skipIf(skipReason !== undefined)("template build steps", () => {
     expect(readdirSync(buildsDir(fixture.config))).toEqual([built.id]);
     expect(fdCount()).toBe(fdsBefore);
   });
+
+  it.skipIf(process.arch !== "x64" || firecrackerTestDataSkipReason() !== undefined)(
+    `a static CPU template's custom form is kept in the build when its directory is configured${firecrackerTestDataSkipSuffix()}`,
+    async () => {
+      const forms = firecrackerTestFile("cpu-templates/custom");
+      const staticState = {
+        ...state,
+        config: {
+          ...state.config,
+          cpuTemplate: createConfig({ cpuTemplate: "T2CL", targetArch: "amd64" }).cpuTemplate,
+          staticCpuTemplatesDir: forms,
+        },
+      } as OrchestratorState;
+      const built = await buildTemplate(staticState, {
+        request: { name: "static", ociLayout: fixture.layoutDir, network: false },
+        resolver: testResolver("/bin/true"),
+        steps: withoutVm,
+      });
+      expect(built.manifest.boot!.cpuTemplate).toEqual({ kind: "static", name: "T2CL" });
+      const kept = JSON.parse(readFileSync(join(built.directory, BUILD_FILES.cpuTemplate), "utf8"));
+      expect(kept).toEqual(JSON.parse(readFileSync(join(forms, "T2CL.json"), "utf8")));
+      await removeTemplatePointer(fixture.config, "static");
+      await collectGarbage(fixture.config, state.leases);
+    },
+  );
 
   it("templateDrift: null for the same request, the reason for a changed one", async () => {
     const request = { name: "base", ociLayout: fixture.layoutDir, network: false, memoryMib: 96 };

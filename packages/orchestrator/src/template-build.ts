@@ -12,6 +12,7 @@ import {
   fingerprintToFile,
   hostFingerprint,
   parseCpuTemplate,
+  readStaticTemplateCustomForm,
 } from "@sbx/cpu-template";
 import {
   configureAndStart,
@@ -96,6 +97,8 @@ export interface TemplateBuildContext {
   inputs?: TemplateInputs;
   rootfsPath?: string;
   cpuTemplate?: CpuTemplate;
+  /** A static template's custom form (from `staticCpuTemplatesDir`): checked at resume, not sent to Firecracker. */
+  staticCustomForm?: CpuTemplate;
   fingerprint?: Fingerprint;
   network?: NetworkNamespace;
   firecracker?: FirecrackerProcess;
@@ -210,8 +213,17 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
           }
           context.cpuTemplate = parseCpuTemplate(JSON.parse(text));
         }
+        const staticForms = context.config.staticCpuTemplatesDir;
+        if (cpu.kind === "static" && staticForms) {
+          // What the static template masks, kept in the build: resumes check CPU moves against it.
+          context.staticCustomForm = readStaticTemplateCustomForm(cpu.name, staticForms);
+        }
         // Another arch's template can get its rootfs here, but only its own hosts can fingerprint and boot it.
-        if (context.config.targetArch === hostArch()) context.fingerprint = hostFingerprint();
+        if (context.config.targetArch === hostArch())
+          context.fingerprint = hostFingerprint({
+            firecrackerVersion: requireFromStep(context.inputs, "the template inputs").boot.firecracker
+              .version,
+          });
       },
     },
     {
@@ -336,8 +348,9 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
           blockSize: inputs.boot.hugePages === "2M" ? 2 * 1024 * 1024 : 4096,
         });
         await writeFile(staged(BUILD_FILES.header), encodeMemoryHeader(header));
-        if (context.cpuTemplate)
-          await writeFile(staged(BUILD_FILES.cpuTemplate), JSON.stringify(context.cpuTemplate));
+        // The template resumes check CPU moves against: the custom one, or a static one's custom form.
+        const kept = context.cpuTemplate ?? context.staticCustomForm;
+        if (kept) await writeFile(staged(BUILD_FILES.cpuTemplate), JSON.stringify(kept));
         context.manifest = {
           schemaVersion: 1,
           id: context.buildId,
