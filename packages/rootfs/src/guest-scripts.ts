@@ -225,7 +225,7 @@ sbx_start_agent() {
     done
   ) </dev/null &
   _sbx_wait=0
-  while [ ! -e "$_sbx_ready" ] && [ $_sbx_wait -lt 20 ]; do "$SBX_BB" usleep 100000; _sbx_wait=$((_sbx_wait + 1)); done
+  while [ ! -e "$_sbx_ready" ] && [ $_sbx_wait -lt 20 ]; do "$SBX_BB" usleep 100000 2>/dev/null || "$SBX_BB" sleep 1; _sbx_wait=$((_sbx_wait + 1)); done
   [ -e "$_sbx_ready" ] || sbx_log "warning: the agent is not listening after 2 s"
 }
 
