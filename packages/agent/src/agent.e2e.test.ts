@@ -360,6 +360,11 @@ describe.skipIf(reason !== "")("agent in namespaces, end to end (needs root, uns
     await reading;
     expect(out).toBe("got-one\ngot-two\n");
 
+    // What the orchestrator does after every resume: drop the (possibly dead) connection, then clock and RNG.
+    proxy.resetAll();
+    await vsock.afterRestore();
+    expect((await vsock.commands.run("echo restored")).stdout).toBe("restored\n");
+
     const wrongPort = new AgentClient(firecrackerVsockTransport({ udsPath: proxy.path, port: 9 }), {
       connectTimeoutMs: 300,
     });
