@@ -12,7 +12,22 @@ import { z } from "zod";
 import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
 import { runCommand } from "./exec.ts";
-import { type BootParameters, bootParametersSchema, type CpuTemplateRecord } from "./template-manifest.ts";
+import {
+  type BootParameters,
+  balloonSettingsSchema,
+  bootParametersSchema,
+  type CpuTemplateRecord,
+} from "./template-manifest.ts";
+
+/** How every template's ext4 image is made (a build input: a change rebuilds templates). */
+export const TEMPLATE_EXT4_OPTIONS = Object.freeze({ size: "auto", label: "rootfs" });
+
+/** This package's version, read from its package.json (next to src/ and dist/ alike). */
+export const SBX_VERSION: string = (() => {
+  const here = typeof __filename === "string" ? __filename : fileURLToPath(import.meta.url);
+  return (JSON.parse(readFileSync(join(dirname(here), "..", "package.json"), "utf8")) as { version: string })
+    .version;
+})();
 
 /** The kernel command line when the template spec gives none (serial console, reboot = exit). */
 export const DEFAULT_KERNEL_COMMAND_LINE: Readonly<Record<Arch, string>> = Object.freeze({
@@ -39,6 +54,7 @@ export interface BootArtifacts {
   kernel: { path: string; sha256: string };
   busybox: { path: string; version: string; sha256: string };
   customCpuTemplate?: { path: string; sha256: string };
+  balloon: balloonSettingsSchema.optional(),
 }
 
 /** Finds and digests the artifacts a template is built from; replace it in tests or forks. */
@@ -228,5 +244,6 @@ export function assertCanRunFirecracker(config: OrchestratorConfig, host: Arch =
       `the target arch is ${config.targetArch} but this host is ${host}: Firecracker runs only VMs of the host's arch. Building a rootfs for ${config.targetArch} works here; boot and snapshot it on a ${config.targetArch} host`,
       { details: { target: config.targetArch, host } },
     );
+    ...(spec.balloon ? { balloon: spec.balloon } : {}),
   }
 }

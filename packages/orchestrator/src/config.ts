@@ -212,7 +212,12 @@ export const orchestratorOptionsSchema = z.object({
   hostMemoryMib: positiveInt(1 << 30).optional(),
   /** Headroom for the host itself, never given to guests; memory default 10% (at least 256 MiB). */
   reservedVcpus: z.number().int().min(0).max(65_536).optional(),
-  reservedMemoryMib: z.number().int().min(0).max(1 << 30).optional(),
+  reservedMemoryMib: z
+    .number()
+    .int()
+    .min(0)
+    .max(1 << 30)
+    .optional(),
 });
 export type OrchestratorOptions = z.input<typeof orchestratorOptionsSchema>;
 type OptionName = keyof OrchestratorOptions;

@@ -28,6 +28,8 @@ export type OrchestratorErrorCode =
   | "MEMFD_MISSING"
   | "ARTIFACT_INVALID"
   | "ARCH_MISMATCH"
+  /** The host has no room for the create (see `details.reason` and `details.short`). */
+  | "CAPACITY_EXCEEDED"
   | "WAIT_TIMEOUT"
   | "WAIT_ENDED"
   | "NOT_AVAILABLE"

@@ -39,9 +39,27 @@ export {
   type TemplatePointer,
   templatesDir,
 } from "./builds.ts";
+export {
+  AdmissionController,
+  type AdmissionOptions,
+  type CapacityDemand,
+  type CapacityLimits,
+  type CapacityResource,
+  type CapacitySnapshot,
+  defaultReservedMemoryBytes,
+  demandOf,
+  describeCapacity,
+  type HostResources,
+  type Reservation,
+  type ResolvedCapacity,
+  readHostResources,
+  resolveCapacity,
+} from "./capacity.ts";
 export { type CliIo, runCli, USAGE } from "./cli/cli.ts";
 export { runSetupCommand, SETUP_USAGE, type SetupIo } from "./cli/setup-command.ts";
 export {
+  ADMISSION_MODES,
+  type AdmissionMode,
   ARCH_DEFAULTS,
   CONFIG_DEFAULTS,
   CONFIG_ENV_VARIABLES,
@@ -112,6 +130,13 @@ export {
 } from "./image-source.ts";
 export { type ImportBuildOptions, importBuild } from "./import-build.ts";
 export { ConcurrencyLimiter } from "./limiter.ts";
+export {
+  type ProcessMemory,
+  parseProcessMemory,
+  readProcessMemory,
+  type SandboxMemoryStats,
+  sandboxMemoryStats,
+} from "./memory-stats.ts";
 export { NetworkPool, type NetworkPoolStats } from "./netns-pool.ts";
 export {
   createNetworkNamespace,
@@ -125,7 +150,11 @@ export {
   teardownNetworkNamespace,
 } from "./network.ts";
 export { DEFAULT_FIREWALL_TABLE, deleteHostFirewall, listHostFirewall } from "./nftables.ts";
-export { type OpenOrchestratorOptions, Orchestrator } from "./orchestrator.ts";
+export {
+  type OpenOrchestratorOptions,
+  Orchestrator,
+  type OrchestratorMetricsWithCapacity,
+} from "./orchestrator.ts";
 export { type OrchestratorState, openOrchestratorState } from "./orchestrator-state.ts";
 export { defaultPauseSteps, type PauseOptions } from "./pause.ts";
 export {
@@ -246,9 +275,11 @@ export {
   templateRequestSchema,
 } from "./template-inputs.ts";
 export {
+  type BalloonSettings,
   type BootParameters,
   BUILD_FILES,
   type BuildManifest,
+  balloonSettingsSchema,
   bootParametersSchema,
   buildIdSchema,
   buildManifestSchema,

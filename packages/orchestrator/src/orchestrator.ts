@@ -13,6 +13,14 @@ import {
   removeTemplatePointer,
   type TemplatePointer,
 } from "./builds.ts";
+import {
+  AdmissionController,
+  type CapacitySnapshot,
+  demandOf,
+  describeCapacity,
+  type ResolvedCapacity,
+  resolveCapacity,
+} from "./capacity.ts";
 import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
 import { NetworkPool, type NetworkPoolStats } from "./netns-pool.ts";
@@ -37,16 +45,31 @@ export interface OpenOrchestratorOptions {
   resolver?: ArtifactResolver;
 }
 
+export interface OrchestratorMetricsWithCapacity extends OrchestratorMetrics {
+  /** Committed vs available vCPUs, memory and sandbox slots, the admission queue and its wait times. */
+  capacity: CapacitySnapshot;
+}
+
 export class Orchestrator implements AsyncDisposable {
   readonly state: OrchestratorState;
   readonly #live = new Set<Sandbox>();
   readonly #logger: Logger;
   readonly #metrics: OrchestratorMetrics = newMetrics();
   readonly #networkPool: NetworkPool | undefined;
+  readonly #capacity: AdmissionController;
+  /** The host as admission sees it (detected, or the config's overrides) and the limits from it. */
+  readonly hostCapacity: ResolvedCapacity;
 
   private constructor(state: OrchestratorState, logger: Logger) {
     this.state = state;
     this.#logger = logger;
+    this.hostCapacity = resolveCapacity(state.config);
+    this.#capacity = new AdmissionController(this.hostCapacity.limits, {
+      mode: state.config.admission,
+      queueSize: state.config.admissionQueueSize,
+      queueTimeoutMs: state.config.admissionTimeoutMs,
+      describeLimits: describeCapacity(this.hostCapacity, state.config),
+    });
     if (state.config.networkPoolSize > 0) {
       // Namespaces, veths, TAPs and rules made ahead of demand: a create takes one in well under 1 ms.
       this.#networkPool = new NetworkPool(state, { logger });
@@ -83,8 +106,8 @@ export class Orchestrator implements AsyncDisposable {
     return this.state.config;
   }
 
-  metrics(): OrchestratorMetrics {
-    return { ...this.#metrics };
+  metrics(): OrchestratorMetricsWithCapacity {
+    return { ...this.#metrics, capacity: this.#capacity.snapshot() };
   }
 
   /** The sandboxes this orchestrator started (forks included) and has not killed. */
@@ -98,7 +121,8 @@ export class Orchestrator implements AsyncDisposable {
 
   /** From a template (`template`), a paused sandbox (`from`) or any build (`build`). */
   async createSandbox(options: CreateSandboxOptions): Promise<Sandbox> {
-    if (this.#live.size >= this.config.maxSandboxes) {
+    // Otherwise admission counts sandbox slots, creates in flight included (CAPACITY_EXCEEDED).
+    if (this.config.admission === "off" && this.#live.size >= this.config.maxSandboxes) {
       throw new OrchestratorError(
         "INVALID_OPTIONS",
         `maxSandboxes (${this.config.maxSandboxes}) are running`,
@@ -117,6 +141,9 @@ export class Orchestrator implements AsyncDisposable {
           );
         },
         onGone: (sandbox) => this.#live.delete(sandbox),
+        // Forks of a sandbox reuse these hooks, so they are admitted (and charged) too.
+        admit: (build, signal) =>
+          this.#capacity.admit(demandOf(build, this.config), signal ? { signal } : {}),
       }),
     );
   }

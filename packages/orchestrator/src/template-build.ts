@@ -130,6 +130,15 @@ export function templateVmConfig(context: TemplateBuildContext, bootArgs: string
     ],
   };
   if (context.cpuTemplate) config["cpu-config"] = context.cpuTemplate as FullVmConfiguration["cpu-config"];
+  if (boot.balloon) {
+    // Deflated (0 MiB): it exists for free page reporting, which can only be enabled before boot.
+    config.balloon = {
+      amount_mib: 0,
+      deflate_on_oom: true,
+      free_page_reporting: boot.balloon.freePageReporting,
+      stats_polling_interval_s: boot.balloon.statsPollingIntervalS,
+    };
+  }
   if (context.network) {
     config["network-interfaces"] = [
       { iface_id: GUEST_INTERFACE_ID, host_dev_name: context.network.tapName, guest_mac: GUEST_MAC },

@@ -55,6 +55,16 @@ export const templateRequestSchema = z.object({
   network: z.boolean().default(true),
   /** What sandboxes of this template may reach (a create's policy layers on top); default the config's. */
   egress: egressPolicySchema.optional(),
+  /**
+   * A balloon device with free page reporting: idle guests give freed memory back to the host (their
+   * kernel needs CONFIG_PAGE_REPORTING), and admission packs them by `balloonMemoryOvercommit`.
+   */
+  balloon: z
+    .object({
+      freePageReporting: z.boolean().default(true),
+      statsPollingIntervalS: z.number().int().min(0).max(3600).default(0),
+    })
+    .optional(),
 });
 export type TemplateRequest = z.input<typeof templateRequestSchema>;
 export type ParsedTemplateRequest = z.output<typeof templateRequestSchema>;
@@ -160,6 +170,7 @@ export async function resolveTemplateInputs(
     throw new OrchestratorError(
       "TEMPLATE_INVALID",
       `the busybox the rootfs got (${busybox.path}) is not the one the artifact resolver digested`,
+    ...(request.balloon === undefined ? {} : { balloon: request.balloon }),
     );
   }
   return { artifacts, spec, boot, rootDir, init: injected.init };

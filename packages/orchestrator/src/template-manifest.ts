@@ -18,6 +18,19 @@ export const cpuTemplateRecordSchema = z.discriminatedUnion("kind", [
 export type CpuTemplateRecord = z.infer<typeof cpuTemplateRecordSchema>;
 
 /**
+ * A virtio balloon that stays deflated: with free page reporting the guest's kernel (PAGE_REPORTING)
+ * reports freed memory and Firecracker madvise(MADV_DONTNEED)s it, so idle guests give memory back.
+ * Free page hinting is not offered: upstream marks it a developer preview whose guest can reuse a page
+ * before Firecracker frees it, which with UFFD-served memory loses the guest's write.
+ */
+export const balloonSettingsSchema = z.object({
+  freePageReporting: z.boolean(),
+  /** Seconds between the guest's memory statistics (0: none); Firecracker can only enable them at boot. */
+  statsPollingIntervalS: z.number().int().min(0).max(3600),
+});
+export type BalloonSettings = z.infer<typeof balloonSettingsSchema>;
+
+/**
  * Everything that decides what a template's VM is. Built by `resolveBootParameters`, stored in
  * template.json, and recomputed by the drift check with the same function.
  */
@@ -42,6 +55,8 @@ export type BootParameters = z.infer<typeof bootParametersSchema>;
 /** A ULID: 48 bits of milliseconds and 80 random bits in Crockford base32, so ids sort by creation. */
 export const buildIdSchema = z
   .string()
+  /** Absent: no balloon device (and builds from before balloons existed). */
+  balloon: balloonSettingsSchema.optional(),
   .regex(/^[0-9A-HJKMNP-TV-Z]{26}$/, "a build id is a 26-character ULID");
 
 const buildFileSchema = z.object({ sizeBytes: z.number().int().nonnegative(), sha256 });
