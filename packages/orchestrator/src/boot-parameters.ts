@@ -1,4 +1,7 @@
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import {
   type Arch,
   archTraits,
@@ -45,7 +48,13 @@ export const templateSpecSchema = z.object({
   kernelCommandLine: z.string().optional(),
   /** The init script's content, exactly as it goes into the rootfs. */
   initScript: z.string(),
+  /** `injectGuestFiles`' digest of every guest file sbx generates. */
+  guestFilesSha256: z
+    .string()
+    .regex(/^[0-9a-f]{64}$/)
+    .optional(),
   provisionScript: z.string().optional(),
+  balloon: balloonSettingsSchema.optional(),
 });
 export type TemplateSpec = z.input<typeof templateSpecSchema>;
 
@@ -54,7 +63,6 @@ export interface BootArtifacts {
   kernel: { path: string; sha256: string };
   busybox: { path: string; version: string; sha256: string };
   customCpuTemplate?: { path: string; sha256: string };
-  balloon: balloonSettingsSchema.optional(),
 }
 
 /** Finds and digests the artifacts a template is built from; replace it in tests or forks. */
@@ -232,7 +240,11 @@ export async function resolveBootParameters(
     ociManifestDigest: spec.ociManifestDigest,
     busybox: { version: artifacts.busybox.version, sha256: artifacts.busybox.sha256 },
     initScriptSha256: sha256Text(spec.initScript),
+    guestFilesSha256: spec.guestFilesSha256 ?? null,
+    ext4: TEMPLATE_EXT4_OPTIONS,
+    sbxVersion: SBX_VERSION,
     provisionScriptSha256: spec.provisionScript === undefined ? null : sha256Text(spec.provisionScript),
+    ...(spec.balloon ? { balloon: spec.balloon } : {}),
   });
 }
 
@@ -244,6 +256,5 @@ export function assertCanRunFirecracker(config: OrchestratorConfig, host: Arch =
       `the target arch is ${config.targetArch} but this host is ${host}: Firecracker runs only VMs of the host's arch. Building a rootfs for ${config.targetArch} works here; boot and snapshot it on a ${config.targetArch} host`,
       { details: { target: config.targetArch, host } },
     );
-    ...(spec.balloon ? { balloon: spec.balloon } : {}),
   }
 }

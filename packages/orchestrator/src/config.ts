@@ -42,6 +42,12 @@ export const CONFIG_DEFAULTS = Object.freeze({
   guestAddress: "192.168.241.2",
   /** Namespaces prepared ahead of demand; 0 creates each on demand. */
   networkPoolSize: 0,
+  /** Untrusted image layers: at most this many uncompressed tar bytes over all layers (16 GiB). */
+  unpackMaxBytes: 16 * 1024 ** 3,
+  /** ... this many tar entries over all layers. */
+  unpackMaxEntries: 2_000_000,
+  /** ... and paths of at most this many components. */
+  unpackMaxPathDepth: 256,
   /** The host's nftables table sbx owns (`inet sbx`); `nft delete table inet sbx` removes all of it. */
   firewallTable: "sbx",
   /** Host ports `expose(port, { publish: true })` picks from. */
@@ -141,6 +147,9 @@ export const orchestratorOptionsSchema = z.object({
     .refine((text) => parseIpv4(text) !== undefined, { message: "must be an IPv4 address" })
     .optional(),
   networkPoolSize: z.number().int().min(0).max(1024).optional(),
+  unpackMaxBytes: z.number().int().positive().optional(),
+  unpackMaxEntries: z.number().int().positive().optional(),
+  unpackMaxPathDepth: z.number().int().min(8).optional(),
   firewallTable: z
     .string()
     .trim()
@@ -246,6 +255,9 @@ export interface OrchestratorConfig {
   tapAddress: string;
   guestAddress: string;
   networkPoolSize: number;
+  unpackMaxBytes: number;
+  unpackMaxEntries: number;
+  unpackMaxPathDepth: number;
   firewallTable: string;
   /** Undefined: the host's upstream resolvers, read when a network is created (hostResolvers()). */
   dnsServers: string[] | undefined;
@@ -298,6 +310,9 @@ export const CONFIG_ENV_VARIABLES: Readonly<Record<OptionName, { variable: strin
     tapAddress: { variable: "SBX_TAP_ADDRESS", kind: "string" },
     guestAddress: { variable: "SBX_GUEST_ADDRESS", kind: "string" },
     networkPoolSize: { variable: "SBX_NETWORK_POOL_SIZE", kind: "integer" },
+    unpackMaxBytes: { variable: "SBX_UNPACK_MAX_BYTES", kind: "integer" },
+    unpackMaxEntries: { variable: "SBX_UNPACK_MAX_ENTRIES", kind: "integer" },
+    unpackMaxPathDepth: { variable: "SBX_UNPACK_MAX_PATH_DEPTH", kind: "integer" },
     firewallTable: { variable: "SBX_FIREWALL_TABLE", kind: "string" },
     dnsServers: { variable: "SBX_DNS_SERVERS", kind: "string" },
     publishPortRange: { variable: "SBX_PUBLISH_PORT_RANGE", kind: "string" },
@@ -424,6 +439,9 @@ function resolveConfig(
     tapAddress: options.tapAddress ?? CONFIG_DEFAULTS.tapAddress,
     guestAddress: options.guestAddress ?? CONFIG_DEFAULTS.guestAddress,
     networkPoolSize: options.networkPoolSize ?? CONFIG_DEFAULTS.networkPoolSize,
+    unpackMaxBytes: options.unpackMaxBytes ?? CONFIG_DEFAULTS.unpackMaxBytes,
+    unpackMaxEntries: options.unpackMaxEntries ?? CONFIG_DEFAULTS.unpackMaxEntries,
+    unpackMaxPathDepth: options.unpackMaxPathDepth ?? CONFIG_DEFAULTS.unpackMaxPathDepth,
     firewallTable: options.firewallTable ?? CONFIG_DEFAULTS.firewallTable,
     dnsServers: options.dnsServers,
     publishPortRange: options.publishPortRange ?? CONFIG_DEFAULTS.publishPortRange,

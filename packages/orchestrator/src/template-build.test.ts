@@ -172,6 +172,24 @@ describe.skipIf(skipReason !== undefined)("template build steps", () => {
     },
   );
 
+  it("unpacks untrusted layers under limits by default; an image past one fails the build and leaves nothing", async () => {
+    expect(createConfig({})).toMatchObject({
+      unpackMaxBytes: expect.any(Number),
+      unpackMaxEntries: expect.any(Number),
+      unpackMaxPathDepth: expect.any(Number),
+    });
+    const tight = { ...state, config: { ...state.config, unpackMaxEntries: 2 } } as OrchestratorState;
+    const error = await buildTemplate(tight, {
+      request: { name: "tight", ociLayout: fixture.layoutDir, network: false },
+      resolver: testResolver("/bin/true"),
+      steps: withoutVm,
+    }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: "STEP_FAILED", details: { step: "inputs" } });
+    expect((error as Error).cause).toMatchObject({ code: "UNPACK_LIMIT_EXCEEDED" });
+    expect(readdirSync(buildsDir(fixture.config)).filter((name) => name.startsWith("."))).toEqual([]);
+    expect(readdirSync(templatesDir(fixture.config))).not.toContain("tight.json");
+  });
+
   it("templateDrift: null for the same request, the reason for a changed one", async () => {
     const request = { name: "base", ociLayout: fixture.layoutDir, network: false, memoryMib: 96 };
     const resolver = testResolver("/bin/true");

@@ -22,7 +22,7 @@ import {
 } from "@sbx/fc-client";
 import { buildExt4Image, parseProvisionExit, READY_MARKER, repairExt4 } from "@sbx/rootfs";
 import { encodeMemoryHeader, fullMemoryHeader } from "@sbx/uffd";
-import { type ArtifactResolver, assertCanRunFirecracker } from "./boot-parameters.ts";
+import { type ArtifactResolver, assertCanRunFirecracker, TEMPLATE_EXT4_OPTIONS } from "./boot-parameters.ts";
 import {
   buildDir,
   newBuildId,
@@ -203,7 +203,7 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
       async run(context) {
         const inputs = requireFromStep(context.inputs, "the template inputs");
         const output = join(context.stagingDir, BUILD_FILES.rootfs);
-        await buildExt4Image({ sourceDir: inputs.rootDir, output, size: "auto", label: "rootfs" });
+        await buildExt4Image({ sourceDir: inputs.rootDir, output, ...TEMPLATE_EXT4_OPTIONS });
         await rm(join(context.stagingDir, "work"), { recursive: true, force: true });
         context.rootfsPath = output;
       },

@@ -197,6 +197,19 @@ describe("templateDriftReason", () => {
     ]);
   });
 
+  it("counts the guest files, the ext4 options and the sbx version as build inputs", async () => {
+    const manifest = await manifestFor(config, fakeResolver());
+    expect(manifest.boot.sbxVersion).toMatch(/^\d+\.\d+\.\d+/);
+    expect(manifest.boot.ext4).toEqual({ size: "auto", label: "rootfs" });
+    const differences = diffBootParameters(manifest.boot, {
+      ...manifest.boot,
+      guestFilesSha256: digest("7"),
+      ext4: { size: "2G", label: "rootfs" },
+      sbxVersion: "99.0.0",
+    });
+    expect(differences.map((d) => d.path).sort()).toEqual(["ext4.size", "guestFilesSha256", "sbxVersion"]);
+  });
+
   it("checks the template's files when given its directory", async () => {
     const dir = await mkdtemp(join(tmpdir(), "sbx-template-"));
     try {

@@ -132,6 +132,12 @@ export async function resolveTemplateInputs(
     layout,
     platform,
     dest: rootDir,
+    // Layers are untrusted: bombs of bytes, entries or path depth stop at the configured limits.
+    limits: {
+      maxUncompressedBytes: config.unpackMaxBytes,
+      maxEntries: config.unpackMaxEntries,
+      maxPathDepth: config.unpackMaxPathDepth,
+    },
     ...(tag === undefined ? {} : { tag }),
     ...(options.signal ? { signal: options.signal } : {}),
     ...(options.onProgress
@@ -162,7 +168,9 @@ export async function resolveTemplateInputs(
     kernelCommandLine:
       request.kernelCommandLine ?? (await defaultCommandLine(config, injected.init, request.network)),
     initScript,
+    guestFilesSha256: injected.guestFilesSha256,
     ...(request.provisionScript === undefined ? {} : { provisionScript: request.provisionScript }),
+    ...(request.balloon === undefined ? {} : { balloon: request.balloon }),
   };
   // The artifacts were just resolved and digested: resolve them once, not twice.
   const boot = await resolveBootParameters(config, spec, { resolve: async () => artifacts });
@@ -170,7 +178,6 @@ export async function resolveTemplateInputs(
     throw new OrchestratorError(
       "TEMPLATE_INVALID",
       `the busybox the rootfs got (${busybox.path}) is not the one the artifact resolver digested`,
-    ...(request.balloon === undefined ? {} : { balloon: request.balloon }),
     );
   }
   return { artifacts, spec, boot, rootDir, init: injected.init };

@@ -47,16 +47,22 @@ export const bootParametersSchema = z.object({
   ociManifestDigest: z.string().regex(/^sha256:[0-9a-f]{64}$/, "an OCI digest is sha256:<64 hex digits>"),
   busybox: z.object({ version: z.string().min(1), sha256 }),
   initScriptSha256: sha256,
+  /** Every guest file sbx generates (init, library, runners, agent), the build clock left out. */
+  guestFilesSha256: sha256.nullable(),
+  /** How the ext4 image is made. */
+  ext4: z.object({ size: z.string(), label: z.string() }),
+  /** The @sbx/orchestrator version that built it: its guest files and build steps. */
+  sbxVersion: z.string().min(1),
   /** null when the template is not provisioned. */
   provisionScriptSha256: sha256.nullable(),
+  /** Absent: no balloon device (and builds from before balloons existed). */
+  balloon: balloonSettingsSchema.optional(),
 });
 export type BootParameters = z.infer<typeof bootParametersSchema>;
 
 /** A ULID: 48 bits of milliseconds and 80 random bits in Crockford base32, so ids sort by creation. */
 export const buildIdSchema = z
   .string()
-  /** Absent: no balloon device (and builds from before balloons existed). */
-  balloon: balloonSettingsSchema.optional(),
   .regex(/^[0-9A-HJKMNP-TV-Z]{26}$/, "a build id is a 26-character ULID");
 
 const buildFileSchema = z.object({ sizeBytes: z.number().int().nonnegative(), sha256 });

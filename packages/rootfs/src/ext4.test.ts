@@ -145,7 +145,7 @@ describe("buildExt4Image", () => {
     });
     await expect(
       buildExt4Image({ sourceDir: join(src, "missing"), output: join(base, "x") }),
-    ).rejects.toMatchObject({ code: "ENOENT", path: join(src, "missing") });
+    ).rejects.toMatchObject({ code: "INVALID_OPTIONS", details: { sourceDir: join(src, "missing") } });
     expect(existsSync(join(base, "x"))).toBe(false);
     expect(await tempLeftovers()).toEqual([]);
   });

@@ -181,6 +181,13 @@ export async function buildExt4Image(input: BuildExt4ImageOptions): Promise<Buil
     });
   }
   const options = parsed.data;
+  const source = await lstat(options.sourceDir).catch(() => undefined);
+  if (!source?.isDirectory())
+    throw new RootfsError(
+      "INVALID_OPTIONS",
+      `buildExt4Image: the source ${options.sourceDir} is ${source ? "not a directory" : "missing"}`,
+      { details: { sourceDir: options.sourceDir } },
+    );
   const logger = input.logger ?? silentLogger;
   const report = input.onProgress ?? (() => {});
   let lastReport = 0;

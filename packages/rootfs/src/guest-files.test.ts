@@ -85,6 +85,19 @@ describe("listBusyboxApplets", () => {
 });
 
 describe("injectGuestFiles", () => {
+  it("digests every generated guest file, leaving the build clock out: equal inputs, equal digest", async () => {
+    const digestOf = async (options: { buildEpochSeconds: number; provisionScript?: string }) => {
+      const dir = join(base, `digest-${Math.random().toString(16).slice(2)}`);
+      await mkdir(dir);
+      const result = await injectGuestFiles({ root: dir, busybox: { path: "/bin/busybox" }, ...options });
+      expect(result.guestFilesSha256).toMatch(/^[0-9a-f]{64}$/);
+      return result.guestFilesSha256;
+    };
+    const first = await digestOf({ buildEpochSeconds: 1_000 });
+    expect(await digestOf({ buildEpochSeconds: 2_000_000 })).toBe(first);
+    expect(await digestOf({ buildEpochSeconds: 1_000, provisionScript: "apk add curl\n" })).not.toBe(first);
+  });
+
   it("adds /.sbx without changing any of the image's files, and enables setup-network.service for systemd", async () => {
     await debianLikeImage();
     const before = await snapshot(root);

@@ -160,6 +160,12 @@ export interface InjectGuestFilesResult {
   systemd: boolean;
   /** The `init=` value for buildKernelCmdline. */
   init: string;
+  /**
+   * sha256 over every generated guest file (init, library, provisioning runner, network setup, the
+   * provisioning script, the agent) with the build clock left out: a template build input, so a
+   * change to any of them makes the template drift.
+   */
+  guestFilesSha256: string;
 }
 
 /**
@@ -169,6 +175,15 @@ export interface InjectGuestFilesResult {
  * for systemd images, an enabled setup-network.service. Refuses an image
  * that already has /.sbx; creates /proc, /sys, /dev, /run and /tmp only when missing.
  */
+function digestGuestFiles(files: readonly (readonly [string, string | Uint8Array, number])[]): string {
+  const hash = createHash("sha256");
+  for (const [path, content, mode] of [...files].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
+    const bytes = typeof content === "string" ? Buffer.from(content) : content;
+    hash.update(`${path}\0${mode.toString(8)}\0${bytes.length}\0`).update(bytes);
+  }
+  return hash.digest("hex");
+}
+
 export async function injectGuestFiles(input: InjectGuestFilesOptions): Promise<InjectGuestFilesResult> {
   const parsed = injectGuestFilesOptionsSchema.safeParse(input);
   if (!parsed.success) {
@@ -222,6 +237,16 @@ export async function injectGuestFiles(input: InjectGuestFilesOptions): Promise<
   ];
   if (options.provisionScript !== undefined)
     scripts.push(["/.sbx/provision.sh", options.provisionScript, 0o755]);
+  const guestFilesSha256 = digestGuestFiles([
+    // The library script as it would be with the clock at 0: the build time is not an input.
+    [
+      "/.sbx/lib.sh",
+      guestLibraryScript({ buildEpochSeconds: 0, immutableFiles: options.immutableFiles }),
+      0o644,
+    ],
+    ...scripts.slice(1),
+    ...(agent ? [["/.sbx/agent", agent.sha256, 0o755] as [string, string, number]] : []),
+  ]);
 
   for (const [dir, mode] of [
     ["/proc", 0o555],
@@ -266,7 +291,7 @@ export async function injectGuestFiles(input: InjectGuestFilesOptions): Promise<
     await rm(guest, { recursive: true, force: true });
     throw error;
   }
-  return { files, applets, workload, systemd, init: GUEST_INIT };
+  return { files, applets, workload, systemd, init: GUEST_INIT, guestFilesSha256 };
 }
 
 /**

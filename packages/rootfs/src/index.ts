@@ -67,6 +67,7 @@ export {
   selectLayoutImage,
   type UnpackImageOptions,
   type UnpackImageResult,
+  type UnpackLimits,
   type UnpackProgress,
   unpackImage,
 } from "./unpack.ts";

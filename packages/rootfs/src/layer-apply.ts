@@ -47,6 +47,8 @@ export interface LayerApplyOptions {
   /** What the unpacking process may write (CAP_SETFCAP, CAP_SYS_ADMIN). */
   hostPrivileges: XattrHostPrivileges;
   logger: Logger;
+  /** Paths with more components fail with UNPACK_LIMIT_EXCEEDED (a path-depth bomb). */
+  maxPathDepth?: number;
 }
 
 /** xattrs of one name that were not applied for one reason, over all layers. */
@@ -215,6 +217,13 @@ export class LayerApplier {
     this.entries++;
     const components = cleanEntryPath(entry.path);
     if (components === null) this.#refuse(entry.path, "its path climbs above the image root with '..'");
+    const maxDepth = this.#options.maxPathDepth;
+    if (maxDepth !== undefined && components.length > maxDepth)
+      throw new RootfsError(
+        "UNPACK_LIMIT_EXCEEDED",
+        `the image exceeds the unpack limit at layer ${this.#layer}: a path of ${components.length} components (at most ${maxDepth}). Raise limits if the image is trusted`,
+        { details: { layer: this.#layer, entry: entry.path, limit: `maxPathDepth ${maxDepth}` } },
+      );
     // The previous entry is complete (its data ended before this header), so its records can go.
     if (this.#xattrWriter.full) this.#xattrWriter.flush();
     const xattrs = this.#xattrsToApply(entry);

@@ -399,6 +399,17 @@ describe("resource limits", () => {
     ).rejects.toMatchObject({ code: "UNPACK_LIMIT_EXCEEDED" });
     expect(existsSync(b.dest)).toBe(false);
     assertOutsideUnchanged(b);
+
+    // A path-depth bomb: one entry 300 directories deep.
+    await using c = await arena();
+    const deep = `${Array.from({ length: 300 }, () => "d").join("/")}/f`;
+    await unpackLayers(c, [[{ path: deep, content: "x" }]]);
+    const deepLayout = await readOciLayout(join(c.tmp, "layout"));
+    await expect(
+      unpackImage({ layout: deepLayout, platform: "amd64", dest: c.dest, limits: { maxPathDepth: 64 } }),
+    ).rejects.toMatchObject({ code: "UNPACK_LIMIT_EXCEEDED", details: { limit: "maxPathDepth 64" } });
+    expect(existsSync(c.dest)).toBe(false);
+    assertOutsideUnchanged(c);
   });
 });
 

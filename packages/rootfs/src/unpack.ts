@@ -33,6 +33,12 @@ export interface UnpackProgress {
   done: boolean;
 }
 
+export interface UnpackLimits {
+  maxUncompressedBytes?: number;
+  maxEntries?: number;
+  maxPathDepth?: number;
+}
+
 export interface UnpackImageOptions {
   layout: OciLayout;
   platform: PlatformSpec;
@@ -46,10 +52,11 @@ export interface UnpackImageOptions {
   /** Fifos: "create" (default), "skip" or "refuse". */
   fifos?: SpecialFilePolicy;
   /**
-   * Caps against decompression bombs and entry floods (default: none): the total uncompressed tar
-   * bytes and the total tar entries over all layers. Exceeding one fails with UNPACK_LIMIT_EXCEEDED.
+   * Caps against decompression bombs, entry floods and path-depth bombs (default: none): the total
+   * uncompressed tar bytes and tar entries over all layers, and the components of any one path.
+   * Exceeding one fails with UNPACK_LIMIT_EXCEEDED.
    */
-  limits?: { maxUncompressedBytes?: number; maxEntries?: number };
+  limits?: UnpackLimits;
   /** Apply entry uid/gid (default: when running as root). */
   preserveOwnership?: boolean;
   /**
@@ -128,6 +135,7 @@ export async function unpackImage(options: UnpackImageOptions): Promise<UnpackIm
       xattrs: xattrPolicy,
       hostPrivileges: hostXattrPrivileges(await readFile("/proc/self/status", "utf8").catch(() => "")),
       logger,
+      ...(options.limits?.maxPathDepth === undefined ? {} : { maxPathDepth: options.limits.maxPathDepth }),
     });
     applier = active;
     const uncompressed = { bytes: 0 };
@@ -196,7 +204,7 @@ async function applyLayer(
   applier: LayerApplier,
   progress: (bytes: number, done: boolean) => void,
   signal: AbortSignal | undefined,
-  limits: { maxUncompressedBytes?: number; maxEntries?: number },
+  limits: UnpackLimits,
   uncompressed: { bytes: number },
 ): Promise<void> {
   const compression = layerCompression(layer.mediaType);
