@@ -1,0 +1,4 @@
+import { defineConfig } from "tsup";
+import { packageBuildConfig } from "../../tsup.shared.ts";
+
+export default defineConfig(packageBuildConfig({ index: "src/index.ts" }));
