@@ -1,10 +1,8 @@
 // The filesystem backend: one file per key under a root directory (a local disk, or an NFS mount that
 // several hosts share). Writes go through a temp file, fsync and rename, so a reader sees an object
 // whole or not at all.
-import { createReadStream } from "node:fs";
 import { mkdir, open, readdir, rm, stat } from "node:fs/promises";
 import { dirname, join, relative, sep } from "node:path";
-import { pipeline } from "node:stream/promises";
 import { isTempName, writeFileAtomic } from "./atomic-file.ts";
 import {
   type BuildStore,
@@ -51,16 +49,27 @@ export class FilesystemStore implements BuildStore {
           await handle.writeFile(body);
           return;
         }
-        const start = body.offset ?? 0;
-        const end = body.length === undefined ? undefined : start + body.length - 1;
-        if (body.length === 0) return;
-        await pipeline(
-          createReadStream(body.path, { start, end }),
-          handle.createWriteStream({ autoClose: false }),
-          {
-            signal: options.signal,
-          },
-        );
+        const source = await open(body.path, "r");
+        try {
+          const start = body.offset ?? 0;
+          const length = body.length ?? (await source.stat()).size - start;
+          const buffer = Buffer.allocUnsafe(Math.min(length, 1024 * 1024));
+          for (let done = 0; done < length; ) {
+            options.signal?.throwIfAborted();
+            const { bytesRead } = await source.read(
+              buffer,
+              0,
+              Math.min(buffer.length, length - done),
+              start + done,
+            );
+            if (bytesRead === 0)
+              throw new StoreError("STORE_FAILED", `${body.path} ends before ${start + length}`, { key });
+            await handle.write(buffer, 0, bytesRead);
+            done += bytesRead;
+          }
+        } finally {
+          await source.close();
+        }
       });
     } catch (cause) {
       if (cause instanceof StoreError) throw cause;

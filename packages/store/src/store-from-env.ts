@@ -1,5 +1,5 @@
 import { z } from "zod";
-import type { BuildStore } from "./build-store.ts";
+import { type BuildStore, checkKey } from "./build-store.ts";
 import { StoreError } from "./errors.ts";
 import { FilesystemStore } from "./filesystem-store.ts";
 import { S3Store, type S3StoreOptions } from "./s3-store.ts";
@@ -48,8 +48,13 @@ export function parseStoreUrl(url: string): StoreLocation {
     if (!BUCKET.test(parsed.host))
       throw badUrl(url, `names bucket ${JSON.stringify(parsed.host)}, not a valid bucket`);
     const prefix = decodeURIComponent(parsed.pathname).replace(/^\/+|\/+$/g, "");
-    if (prefix !== "" && !/^[A-Za-z0-9_][A-Za-z0-9._/-]*$/.test(prefix))
-      throw badUrl(url, "has a prefix with characters keys do not allow");
+    if (prefix !== "") {
+      try {
+        checkKey(prefix);
+      } catch {
+        throw badUrl(url, "has a prefix that is not a/b/c of [A-Za-z0-9._-] segments");
+      }
+    }
     return { kind: "s3", bucket: parsed.host, prefix };
   }
   throw badUrl(url, `has scheme ${parsed.protocol}`);
