@@ -13,10 +13,14 @@ import {
   type Reservation,
   resolveCapacity,
 } from "./capacity.ts";
+import { checkCapacity } from "./capacity-doctor.ts";
 import { CONFIG_DEFAULTS, configFromEnv, createConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
 import { importBuild } from "./import-build.ts";
 import { Orchestrator } from "./orchestrator.ts";
+import { openOrchestratorState } from "./orchestrator-state.ts";
+import { processIdentity } from "./process-identity.ts";
+import { newSandboxId } from "./sandbox-id.ts";
 
 const MiB = 1024 * 1024;
 const oneVcpu: CapacityDemand = { vcpus: 1, memoryBytes: 128 * MiB };
@@ -327,5 +331,74 @@ describe("an Orchestrator's admission", () => {
     expect(error.code).toBe("CAPACITY_EXCEEDED");
     expect(error.details).toMatchObject({ reason: "too-large", short: ["memoryBytes"] });
     expect(steps).toEqual([]);
+  });
+});
+
+describe("sbx doctor's capacity check", () => {
+  let dir: string;
+  let meminfo: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), "sbx-capacity-doctor-"));
+    meminfo = join(dir, "meminfo");
+    await writeFile(meminfo, "MemTotal:        4194304 kB\nMemFree:  1 kB\n");
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+  const config = (options: Parameters<typeof createConfig>[0] = {}) =>
+    createConfig({
+      stateDir: join(dir, "state"),
+      firecrackerBin: "/bin/true",
+      hostVcpus: 2,
+      reservedMemoryMib: 0,
+      ...options,
+    });
+
+  it("shows the limits and what the recorded sandboxes hold", async () => {
+    const state = await openOrchestratorState(config());
+    try {
+      await writeFile(join(dir, "vmstate"), "vmstate");
+      await writeFile(join(dir, "mem"), Buffer.alloc(2 * MiB));
+      const build = await importBuild(state, {
+        template: "t",
+        vmstate: join(dir, "vmstate"),
+        memory: join(dir, "mem"),
+      });
+      const owner = await processIdentity(process.pid);
+      for (const recordState of ["running", "creating", "paused"] as const)
+        await state.stateDir.writeRecord({
+          schemaVersion: 1,
+          id: newSandboxId(),
+          createdAt: new Date().toISOString(),
+          state: recordState,
+          owner: owner!,
+          processes: [],
+          sockets: [],
+          build: build.id,
+        });
+    } finally {
+      await state.close();
+    }
+    const check = await checkCapacity(config(), meminfo);
+    expect(check.status).toBe("ok");
+    // Two records hold a 1-vCPU, 2 MiB build each; the paused one holds nothing.
+    expect(check.summary).toMatch(/vCPUs 2 of 8 \(2 host - 0 reserved, x4\)/);
+    expect(check.summary).toMatch(/memory 4 MiB of 4\.0 GiB/);
+    expect(check.summary).toMatch(/sandboxes 2 of 64/);
+  });
+
+  it("warns when admission is off, fails when headroom leaves nothing, says what to set when /proc is unreadable", async () => {
+    expect(await checkCapacity(config({ admission: "off" }), meminfo)).toMatchObject({
+      status: "warn",
+      fix: expect.stringMatching(/SBX_ADMISSION=queue/),
+    });
+    expect(await checkCapacity(config({ reservedVcpus: 2 }), meminfo)).toMatchObject({
+      status: "fail",
+      fix: expect.stringMatching(/SBX_RESERVED_VCPUS/),
+    });
+    expect(await checkCapacity(config({ hostVcpus: undefined }), join(dir, "none"))).toMatchObject({
+      status: "warn",
+      fix: expect.stringMatching(/SBX_HOST_MEMORY_MIB/),
+    });
   });
 });

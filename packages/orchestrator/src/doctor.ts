@@ -8,6 +8,7 @@ import {
   resolveFirecrackerBinary,
   resolveKernel,
 } from "./boot-parameters.ts";
+import { checkCapacity } from "./capacity-doctor.ts";
 import type { OrchestratorConfig } from "./config.ts";
 import { directoryClones } from "./disk-clone.ts";
 import { runCommand } from "./exec.ts";
@@ -414,6 +415,7 @@ export async function runDoctor(
     await checkCpuTemplate(config),
     await checkStateDir(config),
     await checkDiskClones(config),
+    await checkCapacity(config, host.meminfoPath),
   ];
 }
 
