@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { chunkCacheOptionsFromEnv, parseByteSize } from "./chunk-cache-from-env.ts";
 import { FilesystemStore } from "./filesystem-store.ts";
 import { S3Store } from "./s3-store.ts";
 import { parseStoreUrl, storeFromEnv } from "./store-from-env.ts";
@@ -45,5 +46,33 @@ describe("storeFromEnv", () => {
     [{ SBX_STORE_URL: "" }, "SBX_STORE_URL"],
   ])("rejects %j naming %s", (env, variable) => {
     expect(() => storeFromEnv(env)).toThrow(expect.objectContaining({ code: "CONFIG_INVALID", variable }));
+  });
+});
+
+describe("chunkCacheOptionsFromEnv", () => {
+  it("reads the directory and size, with defaults", () => {
+    expect(chunkCacheOptionsFromEnv({ directory: "/var/lib/sbx/chunk-cache" }, {})).toEqual({
+      directory: "/var/lib/sbx/chunk-cache",
+      maxBytes: 10 * 2 ** 30,
+    });
+    expect(
+      chunkCacheOptionsFromEnv(
+        { directory: "/d" },
+        { SBX_CHUNK_CACHE_DIR: "/cache", SBX_CHUNK_CACHE_SIZE: "512M" },
+      ),
+    ).toEqual({ directory: "/cache", maxBytes: 512 * 2 ** 20 });
+    expect(parseByteSize("20GiB")).toBe(20 * 2 ** 30);
+    expect(parseByteSize("4096")).toBe(4096);
+    expect(parseByteSize("1kb")).toBe(1024);
+  });
+
+  it.each([
+    [{ SBX_CHUNK_CACHE_SIZE: "lots" }, "SBX_CHUNK_CACHE_SIZE"],
+    [{ SBX_CHUNK_CACHE_SIZE: "0" }, "SBX_CHUNK_CACHE_SIZE"],
+    [{ SBX_CHUNK_CACHE_DIR: "relative/dir" }, "SBX_CHUNK_CACHE_DIR"],
+  ])("rejects %j naming %s", (env, variable) => {
+    expect(() => chunkCacheOptionsFromEnv({ directory: "/d" }, env)).toThrow(
+      expect.objectContaining({ code: "CONFIG_INVALID", variable }),
+    );
   });
 });
