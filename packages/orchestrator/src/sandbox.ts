@@ -6,6 +6,7 @@
 
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { AgentClient, firecrackerVsockTransport } from "@sbx/agent";
 import { type Logger, silentLogger } from "@sbx/arch";
 import {
   assertSnapshotLoadable,
@@ -44,10 +45,28 @@ import {
   updateSandboxRecord,
 } from "./sandbox-steps.ts";
 import { requireFromStep, runSteps, type StepEvent, StepList, type StepRunResult } from "./steps.ts";
-import { diskSlotPath, ensureDiskSlot } from "./template-build.ts";
+import { AGENT_VSOCK_PORT, AGENT_VSOCK_SOCKET, diskSlotPath, ensureDiskSlot } from "./template-build.ts";
 import { BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
 import { wrapInVmNamespaces } from "./vm-namespace.ts";
 import { waitForConsoleLogged } from "./wait-for-line.ts";
+
+/**
+ * An object whose every method awaits `target` first: `sandbox.commands.run(...)` reads as a plain call
+ * while the agent connection is made on first use.
+ */
+function lazyFacade<T extends object>(target: () => Promise<T>): T {
+  return new Proxy({} as T, {
+    get(_object, property) {
+      return async (...args: unknown[]) => {
+        const resolved = (await target()) as Record<PropertyKey, unknown>;
+        const member = resolved[property];
+        if (typeof member !== "function")
+          throw new OrchestratorError("INVALID_OPTIONS", `the agent has no operation ${String(property)}`);
+        return (member as (...a: unknown[]) => unknown).apply(resolved, args);
+      };
+    },
+  });
+}
 
 /** Any console line: the default proof that a restored guest runs again. */
 export const DEFAULT_ALIVE = /\S/;
@@ -207,6 +226,8 @@ export function defaultSandboxSteps(): StepList<SandboxContext> {
           // Logger and metrics are not in a snapshot: they are set at launch, before the load.
           logPath: join(sandboxDir, "firecracker.log"),
           metricsPath: join(sandboxDir, "firecracker.metrics"),
+          // The snapshot's vsock socket path is relative: each sandbox's lands in its own directory.
+          cwd: sandboxDir,
           uffdRestore: true,
           ...(config.seccompFilter ? { seccompFilter: config.seccompFilter } : {}),
           ...(config.allowNoSeccomp ? { allowNoSeccomp: true } : {}),
@@ -285,6 +306,7 @@ export class Sandbox implements AsyncDisposable {
   readonly #hooks: CreateSandboxHooks;
   #killed: Promise<void> | undefined;
   #pausing: Promise<unknown> = Promise.resolve();
+  #agent: Promise<AgentClient> | undefined;
 
   constructor(context: SandboxContext, steps: StepRunResult, hooks: CreateSandboxHooks = {}) {
     this.#context = context;
@@ -351,6 +373,43 @@ export class Sandbox implements AsyncDisposable {
     return this.#context.sandboxNetwork ? [...this.#context.sandboxNetwork.exposedPorts] : [];
   }
 
+  /**
+   * The in-guest agent, over the sandbox's vsock. The first call after a create or resume also sets
+   * the guest's clock and reseeds its RNG (clones of one snapshot otherwise share both).
+   */
+  agent(): Promise<AgentClient> {
+    this.#agent ??= (async () => {
+      const client = new AgentClient(
+        firecrackerVsockTransport({
+          udsPath: join(this.directory, AGENT_VSOCK_SOCKET),
+          port: AGENT_VSOCK_PORT,
+        }),
+        { logger: this.#context.logger },
+      );
+      try {
+        await client.afterRestore();
+      } catch (error) {
+        await client.close();
+        throw error;
+      }
+      return client;
+    })();
+    this.#agent.catch(() => {
+      this.#agent = undefined;
+    });
+    return this.#agent;
+  }
+
+  /** `sandbox.commands.run("uname -a")`, `.start(...)`, `.list()`: processes in the guest. */
+  get commands(): AgentClient["commands"] {
+    return lazyFacade(() => this.agent().then((client) => client.commands));
+  }
+
+  /** `sandbox.files.read/write/list/stat/mkdir/remove/rename`: the guest's files. */
+  get files(): AgentClient["files"] {
+    return lazyFacade(() => this.agent().then((client) => client.files));
+  }
+
   /** Replaces this sandbox's own policy layer (on the config's and template's), in one firewall transaction. */
   setEgressPolicy(policy: EgressPolicyInput): Promise<void> {
     const { config } = this.#context.state;
@@ -415,7 +474,12 @@ export class Sandbox implements AsyncDisposable {
 
   /** Firecracker (graceful, then forced), its page-fault server, network, disk and record. */
   kill(): Promise<void> {
-    this.#killed ??= this.#steps.cleanup().finally(() => this.#hooks.onGone?.(this));
+    this.#killed ??= (async () => {
+      const agent = this.#agent;
+      this.#agent = undefined;
+      if (agent) await agent.then((client) => client.close()).catch(() => undefined);
+      await this.#steps.cleanup();
+    })().finally(() => this.#hooks.onGone?.(this));
     return this.#killed;
   }
 

@@ -52,6 +52,12 @@ import { BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
 import { wrapInVmNamespaces } from "./vm-namespace.ts";
 import { startProgressLog, waitForConsoleLogged } from "./wait-for-line.ts";
 
+/** The agent's vsock: its guest CID and the socket Firecracker binds in the VM's working directory. */
+export const AGENT_GUEST_CID = 3;
+export const AGENT_VSOCK_SOCKET = "vsock.sock";
+/** The port the guest agent listens on (the init's default, `sbx.agent_vsock`). */
+export const AGENT_VSOCK_PORT = 1024;
+
 /** The guest MAC every sandbox has: clones share it, each in its own network namespace. */
 export const GUEST_MAC = "06:00:c0:a8:f1:02";
 export const GUEST_INTERFACE_ID = "eth0";
@@ -139,6 +145,9 @@ export function templateVmConfig(context: TemplateBuildContext, bootArgs: string
       stats_polling_interval_s: boot.balloon.statsPollingIntervalS,
     };
   }
+  // The agent's vsock: the socket path is relative, so each VM (template boot, every restored sandbox)
+  // binds it in its own working directory, and the snapshot carries no host path.
+  config.vsock = { guest_cid: AGENT_GUEST_CID, uds_path: AGENT_VSOCK_SOCKET };
   if (context.network) {
     config["network-interfaces"] = [
       { iface_id: GUEST_INTERFACE_ID, host_dev_name: context.network.tapName, guest_mac: GUEST_MAC },
@@ -155,11 +164,15 @@ async function launchTemplateVm(context: TemplateBuildContext, id: string, signa
       { source: requireFromStep(context.rootfsPath, "the rootfs"), target: diskSlotPath(context.config) },
     ],
   });
+  // A VM that ended (the provisioning boot) leaves its vsock socket; the next one binds it anew.
+  await rm(join(context.stagingDir, AGENT_VSOCK_SOCKET), { force: true });
   return launchFirecracker({
     ...wrapped,
     id,
     arch: context.config.targetArch,
     logPath: join(context.stagingDir, `${id}.log`),
+    // The vsock socket (a relative path in the VM config) lands here, and is removed with the staging.
+    cwd: context.stagingDir,
     signal,
   });
 }
@@ -346,8 +359,9 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
       async run(context) {
         const inputs = requireFromStep(context.inputs, "the template inputs");
         const staged = (name: string) => join(context.stagingDir, name);
+        // Only the build's own files are published: not the VMs' logs, not the agent's vsock socket.
         for (const name of await readdir(context.stagingDir)) {
-          if (name.endsWith(".log")) await rm(staged(name), { force: true });
+          if (name.endsWith(".log") || name === AGENT_VSOCK_SOCKET) await rm(staged(name), { force: true });
         }
         const memorySize = (await stat(staged(BUILD_FILES.memory))).size;
         // A Full snapshot: this build owns every page.

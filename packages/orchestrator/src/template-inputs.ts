@@ -2,6 +2,7 @@
 // a drift check that looked at other inputs than the build would silently reuse a stale template.
 import { mkdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
+import { ensureAgentBinary } from "@sbx/agent";
 import {
   buildKernelCmdline,
   GUEST_INIT,
@@ -153,9 +154,12 @@ export async function resolveTemplateInputs(
         }
       : {}),
   });
+  // The in-guest agent (commands, files) is built from source for the target arch, once per version.
+  const agent = await ensureAgentBinary(config.targetArch);
   const injected = await injectGuestFiles({
     root: rootDir,
     busybox,
+    agent: { path: agent.path, version: agent.version, sha256: agent.sha256, arch: agent.arch },
     ...(request.provisionScript === undefined ? {} : { provisionScript: request.provisionScript }),
   });
   const initScript = await readFile(join(rootDir, GUEST_INIT), "utf8");

@@ -19,11 +19,12 @@ import { reclaimSandbox } from "../reclaim.ts";
 import { resolveIdPrefix } from "../sandbox-id.ts";
 import { type SandboxRecord, StateDirectory } from "../state-dir.ts";
 import { templateDrift } from "../template-build.ts";
+import { copyWithSandbox, execInSandbox } from "./agent-commands.ts";
 import { runSetupCommand } from "./setup-command.ts";
 
 export interface CliIo {
-  stdout: { write(text: string): unknown };
-  stderr: { write(text: string): unknown };
+  stdout: { write(text: string | Uint8Array): unknown };
+  stderr: { write(text: string | Uint8Array): unknown };
   env: Readonly<Record<string, string | undefined>>;
 }
 
@@ -47,6 +48,8 @@ commands:
   sandbox kill <id>                stop a sandbox and remove everything it owns
   sandbox fork <id> --count N      N new sandboxes continuing from this one's state (it keeps running)
   sandbox rm <paused>              forget a paused sandbox (gc frees its build)
+  sandbox exec <id> -- CMD ARGS    run a command in a sandbox (its in-guest agent); exits with its code
+  sandbox cp <src> <dest>          copy a file to or from a sandbox; one side is id:/guest/path
   sandbox ports <id>               the guest ports exposed from a sandbox, with their host addresses
   sandbox expose <id> --port N     reach guest port N from the host [--publish: on a host port too]
   gc                               delete every build nothing pins; prints the bytes freed
@@ -283,6 +286,41 @@ async function sandboxCommand(args: Parsed, io: CliIo, config: OrchestratorConfi
         forks: { id: string }[];
       };
       print(result, result.forks.map((f) => `${f.id}\n`).join(""));
+      return EXIT_OK;
+    }
+    case "exec": {
+      if (idPrefix === undefined)
+        throw new UsageError("sandbox exec takes an id (or unique prefix), then -- and a command");
+      return execInSandbox(config, idPrefix, extra, { json: args.json }, io);
+    }
+    case "cp": {
+      if (idPrefix === undefined || extra.length !== 1) throw new UsageError("sandbox cp takes <src> <dest>");
+      const copied = await copyWithSandbox(config, idPrefix, extra[0] as string);
+      print(copied, `copied ${copied.bytes} bytes\n`);
+      return EXIT_OK;
+    }
+    case "ports":
+    case "expose": {
+      if (idPrefix === undefined || extra.length > 0)
+        throw new UsageError(`sandbox ${action} takes one id (or unique prefix)`);
+      const socket = await daemon(config, `sbx sandbox ${action}`);
+      type Port = { guestPort: number; host: string; port: number; hostPort?: number };
+      const line = (p: Port) =>
+        `${p.guestPort} -> ${p.host}:${p.port}${p.hostPort === undefined ? "" : ` (host port ${p.hostPort})`}\n`;
+      if (action === "ports") {
+        const result = (await controlRequest(socket, { op: "ports", id: idPrefix })) as { ports: Port[] };
+        print(result, result.ports.length === 0 ? "no exposed ports\n" : result.ports.map(line).join(""));
+      } else {
+        const port = positiveInteger(args.port, "--port");
+        if (port === undefined) throw new UsageError("sandbox expose needs --port N");
+        const result = (await controlRequest(socket, {
+          op: "expose",
+          id: idPrefix,
+          port,
+          publish: args.publish,
+        })) as Port;
+        print(result, line(result));
+      }
       return EXIT_OK;
     }
     case "rm": {
