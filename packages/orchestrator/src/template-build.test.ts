@@ -14,6 +14,7 @@ import { buildDir, buildsDir, collectGarbage, removeTemplatePointer, templatesDi
 import { createConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
 import { type OrchestratorState, openOrchestratorState } from "./orchestrator-state.ts";
+import type { ProgressEvent } from "./progress.ts";
 import { type Step, StepList } from "./steps.ts";
 import { buildTemplate, readTemplate, type TemplateBuildContext, templateDrift } from "./template-build.ts";
 import { BUILD_FILES } from "./template-manifest.ts";
@@ -188,6 +189,23 @@ describe.skipIf(skipReason !== undefined)("template build steps", () => {
     expect((error as Error).cause).toMatchObject({ code: "UNPACK_LIMIT_EXCEEDED" });
     expect(readdirSync(buildsDir(fixture.config)).filter((name) => name.startsWith("."))).toEqual([]);
     expect(readdirSync(templatesDir(fixture.config))).not.toContain("tight.json");
+  });
+
+  it("reports byte progress of the unpack and of the ext4 image, each ending done", async () => {
+    const events: ProgressEvent[] = [];
+    const built = await buildTemplate(state, {
+      request: { name: "progress", ociLayout: fixture.layoutDir, network: false },
+      resolver: testResolver("/bin/true"),
+      steps: withoutVm,
+      onProgress: (event) => events.push(event),
+    });
+    const phases = new Set(events.map((e) => e.phase));
+    expect(phases).toEqual(new Set(["unpack", "ext4"]));
+    for (const phase of phases) expect(events.filter((e) => e.phase === phase).at(-1)?.done).toBe(true);
+    const ext4 = events.filter((e) => e.phase === "ext4");
+    expect(ext4.at(-1)?.bytes).toBeGreaterThan(0);
+    await removeTemplatePointer(fixture.config, "progress");
+    expect((await collectGarbage(fixture.config, state.leases)).removed.map((r) => r.id)).toEqual([built.id]);
   });
 
   it("templateDrift: null for the same request, the reason for a changed one", async () => {

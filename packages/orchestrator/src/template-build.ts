@@ -20,7 +20,7 @@ import {
   type FullVmConfiguration,
   launchFirecracker,
 } from "@sbx/fc-client";
-import { buildExt4Image, parseProvisionExit, READY_MARKER, repairExt4 } from "@sbx/rootfs";
+import { buildExt4Image, type Ext4Progress, parseProvisionExit, READY_MARKER, repairExt4 } from "@sbx/rootfs";
 import { encodeMemoryHeader, fullMemoryHeader } from "@sbx/uffd";
 import { type ArtifactResolver, assertCanRunFirecracker, TEMPLATE_EXT4_OPTIONS } from "./boot-parameters.ts";
 import {
@@ -38,6 +38,7 @@ import { resolveEgressPolicy } from "./egress-policy.ts";
 import { OrchestratorError } from "./errors.ts";
 import { type NetworkNamespace, networkNamesFor } from "./network.ts";
 import type { OrchestratorState } from "./orchestrator-state.ts";
+import type { ProgressEvent } from "./progress.ts";
 import { allocateNetwork } from "./sandbox-steps.ts";
 import { requireFromStep, runSteps, type StepEvent, StepList, type StepRunResult } from "./steps.ts";
 import { describeDifferences, diffBootParameters, verifyTemplateFiles } from "./template-drift.ts";
@@ -89,6 +90,8 @@ export interface BuildTemplateOptions {
   signal?: AbortSignal;
   /** Progress of long waits (boot, provisioning), at most every `waitLogIntervalMs`. */
   logger?: Logger;
+  /** Byte progress of the image pull, the unpack and the ext4 image (see `createProgressReporter`). */
+  onProgress?: (event: ProgressEvent) => void;
 }
 
 export interface TemplateBuildContext {
@@ -207,7 +210,11 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
           context.config,
           context.request,
           join(context.stagingDir, "work"),
-          { signal, ...(context.options.resolver ? { resolver: context.options.resolver } : {}) },
+          {
+            signal,
+            ...(context.options.resolver ? { resolver: context.options.resolver } : {}),
+            ...(context.options.onProgress ? { onProgress: context.options.onProgress } : {}),
+          },
         );
       },
     },
@@ -216,7 +223,23 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
       async run(context) {
         const inputs = requireFromStep(context.inputs, "the template inputs");
         const output = join(context.stagingDir, BUILD_FILES.rootfs);
-        await buildExt4Image({ sourceDir: inputs.rootDir, output, ...TEMPLATE_EXT4_OPTIONS });
+        const onProgress = context.options.onProgress;
+        await buildExt4Image({
+          sourceDir: inputs.rootDir,
+          output,
+          ...TEMPLATE_EXT4_OPTIONS,
+          ...(onProgress
+            ? {
+                onProgress: (progress: Ext4Progress) =>
+                  onProgress({
+                    task: BUILD_FILES.rootfs,
+                    phase: "ext4",
+                    bytes: progress.bytes,
+                    done: progress.phase === "done",
+                  }),
+              }
+            : {}),
+        });
         await rm(join(context.stagingDir, "work"), { recursive: true, force: true });
         context.rootfsPath = output;
       },

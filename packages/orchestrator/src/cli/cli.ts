@@ -15,6 +15,7 @@ import { OrchestratorError } from "../errors.ts";
 import { isImageReference } from "../image-source.ts";
 import { Orchestrator } from "../orchestrator.ts";
 import { checkProcessIdentity } from "../process-identity.ts";
+import { createProgressReporter, progressModeFor } from "../progress.ts";
 import { reclaimSandbox } from "../reclaim.ts";
 import { resolveIdPrefix } from "../sandbox-id.ts";
 import { type SandboxRecord, StateDirectory } from "../state-dir.ts";
@@ -387,11 +388,16 @@ async function templateBuild(layout: string, args: Parsed, io: CliIo, config: Or
     return EXIT_OK;
   }
   await using orchestrator = await Orchestrator.open(config);
+  // Bytes, rate and ETA: a bar on a terminal, JSON lines with --json (stderr), nothing on a pipe.
+  const mode = progressModeFor({ json: args.json, isTTY: (io.stderr as { isTTY?: boolean }).isTTY });
+  using progress = createProgressReporter({ mode, stream: io.stderr as NodeJS.WritableStream });
   const built = await orchestrator.buildTemplate({
     request,
     ...(args.readyLine ? { readyMarker: new RegExp(args.readyLine, "m") } : {}),
+    onProgress: (event) => progress.update(event),
     onEvent: (event) => {
-      if (args.json) return;
+      // Step lines go to a plain stream only: they would tear a bar, and --json has its own lines.
+      if (mode !== "none") return;
       if (event.kind === "step-start") io.stderr.write(`[${event.index + 1}/${event.total}] ${event.step}\n`);
       if (event.kind === "step-failed")
         io.stderr.write(`    ${event.step} failed after ${event.durationMs.toFixed(0)} ms\n`);
