@@ -19,7 +19,11 @@ export interface GetOptions extends RequestOptions {
   /** Read `length` bytes from `offset` (a range GET); the whole object by default. */
   offset?: number;
   length?: number;
+  /** Refuse an object larger than this (STORE_FAILED) instead of reading it; default 1 GiB. */
+  maxBytes?: number;
 }
+
+export const DEFAULT_MAX_GET_BYTES = 1024 * 1024 * 1024;
 
 export interface BuildStore extends AsyncDisposable {
   /** Where it points, for logs and `sbx doctor` (never a credential). */

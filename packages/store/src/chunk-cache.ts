@@ -160,7 +160,8 @@ export class ChunkCache implements AsyncDisposable {
     const lockPath = join(this.directory, "locks", digest);
     const waitUntil = Date.now() + this.#lockWaitMs;
     for (;;) {
-      signal?.throwIfAborted();
+      if (signal?.aborted)
+        throw new StoreError("ABORTED", `fetching chunk ${digest} was aborted`, { cause: signal.reason });
       if (await this.#useCached(digest, path, length)) return path;
       let lock: import("node:fs/promises").FileHandle;
       try {

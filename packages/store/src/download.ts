@@ -5,7 +5,7 @@
 // Everything lands in `.staging-{id}` beside the target first and is renamed into place with
 // build.json written last, so a crash or a dead store leaves no half build under the target name.
 import { createHash } from "node:crypto";
-import { mkdir, open, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { mkdir, open, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { sha256File } from "@sbx/arch";
 import { z } from "zod";
@@ -52,7 +52,7 @@ export async function fetchBuildManifest(
   signal?: AbortSignal,
 ): Promise<StoredManifest> {
   const key = buildFileKey(build, STORED_BUILD_FILES.manifest);
-  const bytes = await store.get(key, { signal });
+  const bytes = await store.get(key, { signal, maxBytes: 1024 * 1024 });
   let parsed: ReturnType<typeof storedManifestSchema.safeParse>;
   try {
     parsed = storedManifestSchema.safeParse(JSON.parse(bytes.toString("utf8")));
@@ -70,6 +70,13 @@ export async function downloadBuild(options: DownloadBuildOptions): Promise<Down
   const { store, build, directory, signal } = options;
   const concurrency = options.concurrency ?? 4;
   const fetched: FetchCounter = { requests: 0, storedBytes: 0 };
+  if (
+    await stat(directory).then(
+      () => true,
+      () => false,
+    )
+  )
+    throw new StoreError("LOCAL_BUILD_EXISTS", `${directory} exists: build ${build} is already on this host`);
   const manifest = await fetchBuildManifest(store, build, signal);
   fetched.requests++;
   const staging = join(dirname(directory), `.staging-${basename(directory)}`);
@@ -82,7 +89,7 @@ export async function downloadBuild(options: DownloadBuildOptions): Promise<Down
     for (const [name, record] of Object.entries(manifest.files)) {
       if (!record || CHUNKED_FILES.includes(name)) continue;
       const key = buildFileKey(build, name);
-      const bytes = await store.get(key, { signal });
+      const bytes = await store.get(key, { signal, maxBytes: record.sizeBytes });
       fetched.requests++;
       fetched.storedBytes += bytes.length;
       if (

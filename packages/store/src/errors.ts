@@ -20,6 +20,8 @@ export type StoreErrorCode =
   | "BUILD_INVALID"
   /** A local build directory or its files are not what the upload was told. */
   | "LOCAL_BUILD_INVALID"
+  /** downloadBuild's target directory exists already: this host has the build. */
+  | "LOCAL_BUILD_EXISTS"
   /** A memory range the store holds no chunk for: the header gives those pages to another build. */
   | "RANGE_NOT_STORED"
   | "ABORTED"

@@ -26,7 +26,7 @@ export async function fetchChunk(
 ): Promise<Buffer> {
   if (chunk.zero) return Buffer.alloc(chunk.length);
   const key = chunkKey(build, table.file, chunk.index, chunk.sha256);
-  const stored = await store.get(key, { signal });
+  const stored = await store.get(key, { signal, offset: 0, length: chunk.storedLength });
   if (counter) {
     counter.requests++;
     counter.storedBytes += stored.length;
@@ -49,6 +49,9 @@ export async function fetchChunk(
   return bytes;
 }
 
+/** A table of MAX_CHUNKS entries is about 150 MiB of JSON; anything larger is not a table. */
+const MAX_TABLE_BYTES = 192 * 1024 * 1024;
+
 export async function fetchChunkTable(
   store: BuildStore,
   build: string,
@@ -56,7 +59,7 @@ export async function fetchChunkTable(
   signal?: AbortSignal,
 ): Promise<ChunkTable> {
   const key = chunkTableKey(build, file);
-  const bytes = await store.get(key, { signal });
+  const bytes = await store.get(key, { signal, maxBytes: MAX_TABLE_BYTES });
   let value: unknown;
   try {
     value = JSON.parse(bytes.toString("utf8"));

@@ -9,6 +9,7 @@ import {
   checkKey,
   checkPrefix,
   checkRange,
+  DEFAULT_MAX_GET_BYTES,
   type GetOptions,
   type PutBody,
   type RequestOptions,
@@ -93,6 +94,9 @@ export class FilesystemStore implements BuildStore {
     try {
       const size = (await handle.stat()).size;
       const length = options.length ?? size - offset;
+      const limit = options.length ?? options.maxBytes ?? DEFAULT_MAX_GET_BYTES;
+      if (length > limit)
+        throw new StoreError("STORE_FAILED", `reading ${key}: ${length} bytes, more than ${limit}`, { key });
       if (offset + length > size)
         throw new StoreError(
           "RANGE_INVALID",

@@ -18,6 +18,7 @@ import {
   checkKey,
   checkPrefix,
   checkRange,
+  DEFAULT_MAX_GET_BYTES,
   type GetOptions,
   type PutBody,
   type RequestOptions,
@@ -226,7 +227,27 @@ export class S3Store implements BuildStore {
         (body as unknown as { destroy?: (error: unknown) => void }).destroy?.(abortSignal.reason);
       abortSignal.addEventListener("abort", onAbort, { once: true });
       try {
-        const bytes = Buffer.from(await body.transformToByteArray());
+        const limit = options.length ?? options.maxBytes ?? DEFAULT_MAX_GET_BYTES;
+        if (response.ContentLength !== undefined && response.ContentLength > limit)
+          throw new StoreError(
+            "STORE_FAILED",
+            `reading ${key}: ${response.ContentLength} bytes, more than ${limit}`,
+            {
+              key,
+            },
+          );
+        const parts: Buffer[] = [];
+        let received = 0;
+        // Counted as it arrives: a server that sends more than it announced is cut off, not buffered.
+        for await (const part of body as unknown as AsyncIterable<Uint8Array>) {
+          received += part.length;
+          if (received > limit)
+            throw new StoreError("STORE_FAILED", `reading ${key}: the store sent more than ${limit} bytes`, {
+              key,
+            });
+          parts.push(Buffer.from(part.buffer, part.byteOffset, part.length));
+        }
+        const bytes = Buffer.concat(parts, received);
         if (options.length !== undefined && bytes.length !== options.length)
           throw new StoreError(
             "STORE_UNREACHABLE",

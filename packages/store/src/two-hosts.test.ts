@@ -3,7 +3,7 @@
 // through its own chunk cache.
 import { createHash } from "node:crypto";
 import { once } from "node:events";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -121,6 +121,45 @@ describe("a build moves between two hosts through an S3-compatible store", () =>
     const memoryAgain = new RemoteMemory({ store: storeB, cache: cacheAgain });
     await memoryAgain.readMemoryRange(build.id, 0, 4096);
     expect(cacheAgain.stats()).toMatchObject({ hits: 1, misses: 0 });
+  });
+
+  it("downloads memory as a sparse file on request, uncompressed chunks too", async () => {
+    await using store = server.store();
+    const report = await uploadBuild({
+      store,
+      directory: build.directory,
+      manifest: build.manifest,
+      memoryRanges: OWNED,
+      chunkSize: CHUNK,
+      compression: "none",
+    });
+    expect(report.bytesUploaded).toBeGreaterThan(3 * CHUNK);
+    const target = join(root, "hostB", "builds", build.id);
+    await downloadBuild({ store, build: build.id, directory: target, memory: "file" });
+    const original = await readFile(join(build.directory, "memory"));
+    const copy = await readFile(join(target, "memory"));
+    expect(copy.length).toBe(MEMORY_SIZE);
+    for (const range of OWNED)
+      expect(
+        copy
+          .subarray(range.offset, range.offset + range.length)
+          .equals(original.subarray(range.offset, range.offset + range.length)),
+      ).toBe(true);
+    // Only the three stored chunks take blocks on disk.
+    expect((await stat(join(target, "memory"))).blocks * 512).toBeLessThanOrEqual(3 * CHUNK + 64 * 1024);
+    // A download into a directory that exists is refused and leaves it as it was.
+    await expect(downloadBuild({ store, build: build.id, directory: target })).rejects.toMatchObject({
+      code: "LOCAL_BUILD_EXISTS",
+    });
+    expect((await readFile(join(target, "memory"))).length).toBe(MEMORY_SIZE);
+  });
+
+  it("refuses an object larger than the reader allows without buffering it", async () => {
+    await using store = server.store();
+    await store.put("builds/x/big", Buffer.alloc(2 * MiB));
+    await expect(store.get("builds/x/big", { maxBytes: MiB })).rejects.toMatchObject({
+      code: "STORE_FAILED",
+    });
   });
 
   it("an interrupted upload resumes: chunks already stored are skipped, build.json lands last", async () => {
