@@ -1,11 +1,14 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { createConfig } from "../config.ts";
+import { importBuild } from "../import-build.ts";
+import { openOrchestratorState } from "../orchestrator-state.ts";
 import { type ProcessIdentity, processIdentity } from "../process-identity.ts";
 import { type SandboxRecord, StateDirectory } from "../state-dir.ts";
 import { runCli } from "./cli.ts";
@@ -95,13 +98,44 @@ describe("sbx", () => {
     await record("a1b2c3d4e5f6", await self());
     await record("a1ffffffffff", await gone());
     const text = await sbx("sandbox", "list");
-    expect(text.stdout).toMatch(/^ID\s+STATE\s+TEMPLATE\s+OWNER\s+CREATED\n/);
-    expect(text.stdout).toContain(`a1ffffffffff  running  base      ${process.pid} (gone)`);
+    expect(text.stdout).toMatch(/^ID\s+STATE\s+TEMPLATE\s+MEMORY\s+AGE\s+OWNER\n/);
+    expect(text.stdout).toMatch(
+      new RegExp(`a1ffffffffff  running  base      -       \\d+[smhd]\\s+${process.pid} \\(gone\\)`),
+    );
     const json = JSON.parse((await sbx("sandbox", "list", "--json")).stdout);
     expect(json.sandboxes.map((s: { id: string; ownerRunning: boolean }) => [s.id, s.ownerRunning])).toEqual([
       ["a1b2c3d4e5f6", true],
       ["a1ffffffffff", false],
     ]);
+  });
+
+  it("lists and inspects templates, removes one, and gc frees its build", async () => {
+    const config = createConfig({ stateDir: join(root, "state"), firecrackerBin: "/bin/true" });
+    await writeFile(join(root, "vmstate"), "vmstate");
+    await writeFile(join(root, "mem"), Buffer.alloc(256 * 1024, 1));
+    let id: string;
+    {
+      await using orchestratorState = await openOrchestratorState(config);
+      id = (
+        await importBuild(orchestratorState, {
+          template: "base",
+          vmstate: join(root, "vmstate"),
+          memory: join(root, "mem"),
+          firecrackerVersion: "v1.14.2",
+        })
+      ).id;
+    }
+    const ls = await sbx("template", "ls");
+    expect(ls.stdout).toMatch(/^NAME\s+BUILD\s+MEMORY\s+VCPUS\s+FIRECRACKER\s+AGE\n/);
+    expect(ls.stdout).toMatch(new RegExp(`\nbase\\s+${id}\\s+0 MiB\\s+-\\s+v1\\.14\\.2\\s+\\d+s\n`));
+    const inspect = JSON.parse((await sbx("template", "inspect", "base", "--json")).stdout);
+    expect(inspect).toMatchObject({ name: "base", build: id, memoryHeader: { builds: [id], entries: 1 } });
+    expect((await sbx("template", "inspect", "nope")).stderr).toMatch(/no template "nope"/);
+    expect((await sbx("template", "rm", "base")).code).toBe(0);
+    const gc = JSON.parse((await sbx("gc", "--json")).stdout);
+    expect(gc.removed.map((r: { id: string }) => r.id)).toEqual([id]);
+    expect(gc.bytesFreed).toBeGreaterThan(0);
+    expect((await sbx("template", "ls")).stdout).toBe("no templates\n");
   });
 
   it("resolves id prefixes and lists the matches of an ambiguous one", async () => {

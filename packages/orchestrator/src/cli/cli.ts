@@ -1,7 +1,13 @@
 import { readFile } from "node:fs/promises";
 import { resolve as resolvePath } from "node:path";
 import { parseArgs } from "node:util";
-import { listPausedSandboxes, listTemplatePointers, readBuild } from "../builds.ts";
+import {
+  listPausedSandboxes,
+  listTemplatePointers,
+  type PausedSandbox,
+  readBuild,
+  readBuildHeader,
+} from "../builds.ts";
 import { configFromEnv, type OrchestratorConfig } from "../config.ts";
 import {
   type ControlRequest,
@@ -19,7 +25,7 @@ import { createProgressReporter, progressModeFor } from "../progress.ts";
 import { reclaimSandbox } from "../reclaim.ts";
 import { resolveIdPrefix } from "../sandbox-id.ts";
 import { type SandboxRecord, StateDirectory } from "../state-dir.ts";
-import { templateDrift } from "../template-build.ts";
+import { readTemplate, templateDrift } from "../template-build.ts";
 import { copyWithSandbox, execInSandbox } from "./agent-commands.ts";
 import { runSetupCommand } from "./setup-command.ts";
 
@@ -41,9 +47,10 @@ commands:
                                    (--name NAME [--memory MIB] [--vcpus N] [--provision FILE]
                                     [--no-network] [--ready-line REGEX] [--force] [--platform OS/ARCH[/VARIANT]])
   template ls                      list templates and the builds they point at
+  template inspect <name>          a template's build: inputs, sizes, fingerprint, Firecracker version
   template rm <name>               remove a template's name (gc frees its builds when nothing needs them)
   sandbox create --template NAME   start a sandbox from a template [--alive-line REGEX]
-  sandbox list                     list running and paused sandboxes
+  sandbox list (or ls)             running and paused sandboxes: state, template, memory, age, owner
   sandbox pause <id>               pause a sandbox to a diff snapshot (the VM stops; resume continues it)
   sandbox resume <paused>          resume a paused sandbox (the name \`sandbox list\` shows)
   sandbox kill <id>                stop a sandbox and remove everything it owns
@@ -137,6 +144,9 @@ interface ListedSandbox {
   id: string;
   state: SandboxRecord["state"];
   template: string | null;
+  build: string | null;
+  /** The guest memory of its build. */
+  memoryBytes: number | undefined;
   createdAt: string;
   ownerPid: number;
   ownerRunning: boolean;
@@ -156,6 +166,13 @@ async function listSandboxes(config: OrchestratorConfig) {
       id: record.id,
       state: record.state,
       template: record.template ?? null,
+      build: record.build ?? null,
+      memoryBytes: record.build
+        ? await readBuild(config, record.build).then(
+            (build) => build.memory.sizeBytes,
+            () => undefined,
+          )
+        : undefined,
       createdAt: record.createdAt,
       ownerPid: record.owner.pid,
       ownerRunning: (await checkProcessIdentity(record.owner)).same,
@@ -165,27 +182,48 @@ async function listSandboxes(config: OrchestratorConfig) {
   return { stateDir, records, sandboxes, invalid };
 }
 
-function formatList(sandboxes: ListedSandbox[]): string {
-  if (sandboxes.length === 0) return "no sandboxes\n";
-  const rows = [["ID", "STATE", "TEMPLATE", "OWNER", "CREATED"]];
+/** Rows as aligned columns; the first row is the header. */
+function table(rows: string[][]): string {
+  const widths = (rows[0] ?? []).map((_, column) =>
+    Math.max(...rows.map((row) => (row[column] ?? "").length)),
+  );
+  return `${rows
+    .map((row) =>
+      row
+        .map((cell, i) => cell.padEnd(widths[i] ?? 0))
+        .join("  ")
+        .trimEnd(),
+    )
+    .join("\n")}\n`;
+}
+
+/** `3s`, `5m`, `2h`, `4d`: how long ago `iso` was. */
+function age(iso: string, now = Date.now()): string {
+  const seconds = Math.max(0, Math.round((now - Date.parse(iso)) / 1000));
+  if (seconds < 120) return `${seconds}s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)}m`;
+  if (seconds < 172_800) return `${Math.round(seconds / 3600)}h`;
+  return `${Math.round(seconds / 86_400)}d`;
+}
+
+const mib = (bytes: number | undefined) =>
+  bytes === undefined ? "-" : `${Math.round(bytes / 1024 / 1024)} MiB`;
+
+function formatList(sandboxes: ListedSandbox[], paused: PausedSandbox[]): string {
+  if (sandboxes.length === 0 && paused.length === 0) return "no sandboxes\n";
+  const rows = [["ID", "STATE", "TEMPLATE", "MEMORY", "AGE", "OWNER"]];
   for (const s of sandboxes) {
     rows.push([
       s.id,
       s.state,
       s.template ?? "-",
+      mib(s.memoryBytes),
+      age(s.createdAt),
       `${s.ownerPid}${s.ownerRunning ? "" : " (gone)"}`,
-      s.createdAt,
     ]);
   }
-  const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => row[column]!.length)));
-  return `${rows
-    .map((row) =>
-      row
-        .map((cell, i) => cell.padEnd(widths[i]!))
-        .join("  ")
-        .trimEnd(),
-    )
-    .join("\n")}\n`;
+  for (const p of paused) rows.push([p.id, "paused", p.template, "-", age(p.pausedAt), "-"]);
+  return table(rows);
 }
 
 async function daemon(config: OrchestratorConfig, what: string): Promise<string> {
@@ -204,17 +242,14 @@ async function sandboxCommand(args: Parsed, io: CliIo, config: OrchestratorConfi
   const print = (value: unknown, text: string) =>
     io.stdout.write(args.json ? `${JSON.stringify(value, null, 2)}\n` : text);
   switch (action) {
-    case "list": {
-      if (idPrefix !== undefined) throw new UsageError("sandbox list takes no arguments");
+    case "list":
+    case "ls": {
+      if (idPrefix !== undefined) throw new UsageError(`sandbox ${action} takes no arguments`);
       const { sandboxes, invalid } = await listSandboxes(config);
       const paused = await listPausedSandboxes(config);
       print(
         { sandboxes, paused, invalid },
-        formatList(sandboxes) +
-          paused
-            .map((p) => `paused  ${p.id}  template ${p.template}  build ${p.build}  ${p.pausedAt}\n`)
-            .join("") +
-          invalid.map((i) => `unreadable: ${i.path}: ${i.reason}\n`).join(""),
+        formatList(sandboxes, paused) + invalid.map((i) => `unreadable: ${i.path}: ${i.reason}\n`).join(""),
       );
       return EXIT_OK;
     }
@@ -445,20 +480,69 @@ async function templateCommand(
       for (const pointer of await listTemplatePointers(config)) {
         const build = await readBuild(config, pointer.build).catch((error: Error) => error);
         templates.push({
-          ...pointer,
-          ...(build instanceof Error
-            ? { error: build.message }
-            : { build: pointer.build, memoryBytes: build.memory.sizeBytes, createdAt: build.createdAt }),
+          name: pointer.name,
+          build: pointer.build,
+          ...(build instanceof Error ? { error: build.message } : { manifest: build }),
         });
       }
+      const rows = [["NAME", "BUILD", "MEMORY", "VCPUS", "FIRECRACKER", "AGE"]];
+      for (const t of templates) {
+        const m = "manifest" in t ? t.manifest : undefined;
+        rows.push([
+          t.name,
+          t.build,
+          mib(m?.memory.sizeBytes),
+          String(m?.boot?.vcpuCount ?? "-"),
+          m?.firecrackerVersion ?? ("error" in t ? `unreadable: ${t.error}` : "-"),
+          m ? age(m.createdAt) : "-",
+        ]);
+      }
       print(
-        { templates },
-        templates.length === 0
-          ? "no templates\n"
-          : templates
-              .map((t) => `${t.name}  build ${t.build}  ${"error" in t ? t.error : t.createdAt}\n`)
-              .join(""),
+        {
+          templates: templates.map((t) => ({
+            name: t.name,
+            build: t.build,
+            ...("error" in t
+              ? { error: t.error }
+              : { createdAt: t.manifest?.createdAt, memoryBytes: t.manifest?.memory.sizeBytes }),
+          })),
+        },
+        templates.length === 0 ? "no templates\n" : table(rows),
       );
+      return EXIT_OK;
+    }
+    case "inspect": {
+      if (rest.length !== 1) throw new UsageError("template inspect takes one template name");
+      const { id, directory, manifest } = await readTemplate(config, rest[0] as string);
+      const header = await readBuildHeader(config, id);
+      const details = {
+        name: manifest.template,
+        build: id,
+        directory,
+        manifest,
+        memoryHeader: { builds: header.builds, entries: header.entries.length, blockSize: header.blockSize },
+      };
+      const boot = manifest.boot;
+      const text = [
+        `template ${manifest.template} → build ${id} (${manifest.kind}, ${manifest.createdAt})`,
+        `  directory     ${directory}`,
+        `  firecracker   ${manifest.firecrackerVersion}, ${manifest.arch}`,
+        ...(boot
+          ? [
+              `  machine       ${boot.vcpuCount} vCPUs, ${boot.memoryMib} MiB, smt ${boot.smt}, huge pages ${boot.hugePages}`,
+              `  cpu template  ${boot.cpuTemplate.kind === "none" ? "none" : boot.cpuTemplate.kind === "static" ? boot.cpuTemplate.name : boot.cpuTemplate.path}`,
+              `  image         ${boot.ociManifestDigest}`,
+              `  kernel        ${boot.kernel.path} (${boot.kernel.sha256.slice(0, 12)}…)`,
+              `  command line  ${boot.kernelCommandLine}`,
+            ]
+          : []),
+        `  fingerprint   ${String(manifest.hostFingerprint.cpu_model ?? manifest.hostFingerprint.model_name ?? "recorded")}`,
+        `  network       ${manifest.network ? `TAP ${manifest.network.tapName}` : "none"}`,
+        ...Object.entries(manifest.files).flatMap(([name, file]) =>
+          file ? [`  ${name.padEnd(13)} ${file.sizeBytes} bytes, sha256 ${file.sha256.slice(0, 12)}…`] : [],
+        ),
+      ].join("\n");
+      print(details, `${text}\n`);
       return EXIT_OK;
     }
     case "rm": {
