@@ -84,7 +84,8 @@ describe.skipIf(skipReason !== undefined)(
         await Promise.all(sandboxes.map((s) => s.kill()));
       }
       expect(childPids()).toEqual(before.children);
-      expect((await listNetworkNamespaces()).sort()).toEqual([...before.namespaces].sort());
+      // Only namespaces that appeared count: other test files create and remove their own meanwhile.
+      expect((await listNetworkNamespaces()).filter((name) => !before.namespaces.includes(name))).toEqual([]);
       expect(readdirSync(join(fixture.config.stateDir, "sandboxes"))).toEqual([]);
     }, 300_000);
   },

@@ -35,8 +35,13 @@ describe("writeJsonAtomic", () => {
   });
 
   it("removes its temp file when the rename fails", async () => {
-    await expect(writeJsonAtomic(join(root, "missing-dir", "x.json"), {})).rejects.toThrow();
-    await expect(writeJsonAtomic(root, {})).rejects.toThrow();
+    // No directory to write the temp file in; then a rename onto a directory.
+    await expect(writeJsonAtomic(join(root, "missing-dir", "x.json"), {})).rejects.toMatchObject({
+      code: "ENOENT",
+    });
+    await expect(writeJsonAtomic(root, {})).rejects.toMatchObject({
+      code: expect.stringMatching(/^(EISDIR|ENOTEMPTY|EEXIST)$/),
+    });
     expect(await readdir(root)).toEqual([]);
   });
 });
@@ -64,8 +69,10 @@ describe("StateDirectory", () => {
 
   it("refuses records and ids that could escape the directory", async () => {
     const state = await StateDirectory.open(root);
-    expect(() => state.sandboxDir("../etc")).toThrow();
-    await expect(state.writeRecord({ ...(await record("ok1")), id: "../x" })).rejects.toThrow();
+    expect(() => state.sandboxDir("../etc")).toThrow(/sandbox id|Invalid/i);
+    await expect(state.writeRecord({ ...(await record("ok1")), id: "../x" })).rejects.toMatchObject({
+      name: "ZodError",
+    });
   });
 
   it("locks the directory against a second live orchestrator and takes over a dead one's lock", async () => {
