@@ -18,6 +18,8 @@ export type UffdErrorCode =
   | "MEMORY_FILE_INVALID"
   /** A memory header that is truncated, fails its checksum, or maps pages twice, nowhere or out of range. */
   | "MEMORY_HEADER_INVALID"
+  /** A working-set file that is truncated, fails its checksum, or lists pages unaligned, twice or out of range. */
+  | "WORKING_SET_INVALID"
   | "CLOSED";
 
 /** The one error class of @sbx/uffd. `code` is stable; `errno`, `syscall` and `address` are set where they apply. */

@@ -49,3 +49,16 @@ export {
   warmPageFaultWorkerCount,
 } from "./server.ts";
 export type { StopReason } from "./worker-protocol.ts";
+export {
+  decodeWorkingSet,
+  encodeWorkingSet,
+  MAX_WORKING_SET_BYTES,
+  MAX_WORKING_SET_RANGES,
+  validateWorkingSet,
+  WORKING_SET_PAGE_SIZE,
+  WORKING_SET_VERSION,
+  type WorkingSet,
+  type WorkingSetRange,
+  workingSetFromTrace,
+  workingSetPages,
+} from "./working-set.ts";
