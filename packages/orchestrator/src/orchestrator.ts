@@ -2,6 +2,7 @@
 // from them with the one sandbox lifecycle (sandbox.ts), limits and tracking on top, and gc for the
 // builds nothing pins any more.
 import { type Logger, silentLogger } from "@sbx/arch";
+import type { BuildStore } from "@sbx/store";
 import { type ArtifactResolver, defaultArtifactResolver } from "./boot-parameters.ts";
 import {
   collectGarbage,
@@ -32,6 +33,7 @@ import {
   type OrchestratorMetrics,
   type Sandbox,
 } from "./sandbox.ts";
+import { uploadToStore } from "./store-sync.ts";
 import { type BuildTemplateOptions, type BuiltTemplate, buildTemplate } from "./template-build.ts";
 
 export interface OpenOrchestratorOptions {
@@ -43,6 +45,11 @@ export interface OpenOrchestratorOptions {
    */
   checkArtifacts?: boolean;
   resolver?: ArtifactResolver;
+  /**
+   * A build store shared by hosts (`storeFromEnv()` from @sbx/store reads SBX_STORE_URL): every build
+   * published here is uploaded in the background, and a create of a build that is not here fetches it.
+   */
+  store?: BuildStore;
 }
 
 export interface OrchestratorMetricsWithCapacity extends OrchestratorMetrics {
@@ -60,9 +67,13 @@ export class Orchestrator implements AsyncDisposable {
   /** The host as admission sees it (detected, or the config's overrides) and the limits from it. */
   readonly hostCapacity: ResolvedCapacity;
 
-  private constructor(state: OrchestratorState, logger: Logger) {
+  readonly #store: BuildStore | undefined;
+  readonly #uploads = new Map<string, Promise<void>>();
+
+  private constructor(state: OrchestratorState, logger: Logger, store: BuildStore | undefined) {
     this.state = state;
     this.#logger = logger;
+    this.#store = store;
     this.hostCapacity = resolveCapacity(state.config);
     this.#capacity = new AdmissionController(this.hostCapacity.limits, {
       mode: state.config.admission,
@@ -99,7 +110,7 @@ export class Orchestrator implements AsyncDisposable {
         );
       }
     }
-    return new Orchestrator(await openOrchestratorState(config, { logger }), logger);
+    return new Orchestrator(await openOrchestratorState(config, { logger }), logger, options.store);
   }
 
   get config(): OrchestratorConfig {
@@ -115,8 +126,34 @@ export class Orchestrator implements AsyncDisposable {
     return [...this.#live];
   }
 
-  buildTemplate(options: BuildTemplateOptions): Promise<BuiltTemplate> {
-    return buildTemplate(this.state, { logger: this.#logger, ...options });
+  async buildTemplate(options: BuildTemplateOptions): Promise<BuiltTemplate> {
+    const built = await buildTemplate(this.state, { logger: this.#logger, ...options });
+    this.#upload(built.id);
+    return built;
+  }
+
+  /** Starts uploading a published build to the store, in the background of the caller. */
+  #upload(id: string): void {
+    const store = this.#store;
+    if (!store || this.#uploads.has(id)) return;
+    const release = this.state.leases.lease(id);
+    const upload = uploadToStore(this.state, store, id)
+      .then(() => this.#logger.info?.({ build: id, store: store.description }, "build uploaded"))
+      .finally(release);
+    upload.catch((error: unknown) =>
+      this.#logger.error?.({ build: id, error: (error as Error).message }, "build upload failed"),
+    );
+    this.#uploads.set(id, upload);
+  }
+
+  /**
+   * Resolves once build `id` is in the store (build.json landed last), rejects with the upload's error;
+   * without a store, NOT_AVAILABLE.
+   */
+  async uploaded(id: string): Promise<void> {
+    if (!this.#store) throw new OrchestratorError("NOT_AVAILABLE", "this orchestrator has no build store");
+    this.#upload(id);
+    await this.#uploads.get(id);
   }
 
   /** From a template (`template`), a paused sandbox (`from`) or any build (`build`). */
@@ -133,6 +170,7 @@ export class Orchestrator implements AsyncDisposable {
         metrics: this.#metrics,
         logger: this.#logger,
         ...(this.#networkPool ? { networkPool: this.#networkPool } : {}),
+        ...(this.#store ? { store: this.#store, onBuildPublished: (id: string) => this.#upload(id) } : {}),
         onCreated: (sandbox) => {
           this.#live.add(sandbox);
           this.#logger.info?.(
@@ -174,6 +212,8 @@ export class Orchestrator implements AsyncDisposable {
   /** Kills every live sandbox, then releases the state directory. */
   async close(): Promise<void> {
     const results = await Promise.allSettled([...this.#live].map((s) => s.kill()));
+    // Uploads in flight finish (or fail) before the state directory is let go.
+    await Promise.allSettled(this.#uploads.values());
     try {
       await this.#networkPool?.close();
     } finally {

@@ -17,6 +17,7 @@ import {
   parseFingerprint,
 } from "@sbx/cpu-template";
 import { type FirecrackerProcess, launchFirecracker } from "@sbx/fc-client";
+import type { BuildStore } from "@sbx/store";
 import { type MemoryHeader, PageFaultServer, type PageFaultServerStop } from "@sbx/uffd";
 import {
   buildDir,
@@ -45,6 +46,7 @@ import {
   updateSandboxRecord,
 } from "./sandbox-steps.ts";
 import { requireFromStep, runSteps, type StepEvent, StepList, type StepRunResult } from "./steps.ts";
+import { ensureLocalBuild } from "./store-sync.ts";
 import { AGENT_VSOCK_PORT, AGENT_VSOCK_SOCKET, diskSlotPath, ensureDiskSlot } from "./template-build.ts";
 import { BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
 import { wrapInVmNamespaces } from "./vm-namespace.ts";
@@ -435,6 +437,7 @@ export class Sandbox implements AsyncDisposable {
     // One pause at a time: each layers on the build the one before made.
     const paused = this.#pausing.then(async () => {
       const result = await pauseSandbox(this.#context, this.firecracker, options);
+      this.#hooks.onBuildPublished?.(result.build.id);
       if (options.keepRunning) {
         this.#context.build = result.build;
         this.#context.header = result.header;
@@ -493,6 +496,10 @@ export interface CreateSandboxHooks {
   logger?: Logger;
   /** Prepared networks to take from (an Orchestrator with `networkPoolSize` keeps one). */
   networkPool?: NetworkPool;
+  /** Where builds that are not on this host come from (see store-sync.ts). */
+  store?: BuildStore;
+  /** Called with each build a pause publishes (an Orchestrator with a store uploads it). */
+  onBuildPublished?: (build: string) => void;
   /** Called once the sandbox is running, and `onGone` once it is killed (an Orchestrator tracks both). */
   onCreated?: (sandbox: Sandbox) => void;
   onGone?: (sandbox: Sandbox) => void;
@@ -531,6 +538,8 @@ export async function createSandbox(
   const buildId = await resolveBuildId(state, options);
   const release = state.leases.lease(buildId);
   try {
+    // A build made on another host (and the builds its pages come from) is fetched first.
+    await ensureLocalBuild(state, hooks.store, buildId);
     const [build, header] = await Promise.all([
       readBuild(state.config, buildId),
       readBuildHeader(state.config, buildId),

@@ -21,6 +21,7 @@ import { OrchestratorError } from "../errors.ts";
 import { isImageReference } from "../image-source.ts";
 import { Orchestrator } from "../orchestrator.ts";
 import { checkProcessIdentity } from "../process-identity.ts";
+import { storeFromEnv } from "@sbx/store";
 import { createProgressReporter, progressModeFor } from "../progress.ts";
 import { reclaimSandbox } from "../reclaim.ts";
 import { resolveIdPrefix } from "../sandbox-id.ts";
@@ -575,7 +576,9 @@ async function gcCommand(args: Parsed, io: CliIo, config: OrchestratorConfig): P
 
 /** `sbx serve`: runs until SIGINT or SIGTERM, then kills every sandbox it owns. */
 async function serve(io: CliIo, config: OrchestratorConfig, json: boolean): Promise<number> {
-  const orchestrator = await Orchestrator.open(config, { checkArtifacts: true });
+  // SBX_STORE_URL (with the standard AWS variables): builds go up to the store and come down on demand.
+  const store = storeFromEnv(io.env);
+  const orchestrator = await Orchestrator.open(config, { checkArtifacts: true, ...(store ? { store } : {}) });
   const server = await serveControl(orchestrator);
   const socketPath = controlSocketPath(config);
   io.stdout.write(
