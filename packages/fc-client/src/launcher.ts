@@ -20,6 +20,8 @@ import {
   type WaitForConsoleOptions,
 } from "./console-capture.ts";
 import { FirecrackerApiError } from "./errors.ts";
+import { childrenOf, type Jail, type JailLaunchOptions, jailedVmPid, type PreparedJail } from "./jail.ts";
+import { prepareJailedFiles } from "./jailed-files.ts";
 import { FirecrackerLaunchError } from "./launch-error.ts";
 import { type FullVmConfiguration, fullVmConfigurationSchema } from "./schemas.ts";
 
@@ -65,6 +67,23 @@ export interface LaunchFirecrackerOptions {
   env?: NodeJS.ProcessEnv;
   cwd?: string;
   logger?: Logger;
+  /**
+   * Kill Firecracker when the Node process that launched it dies, SIGKILL included: the command runs
+   * under `setpriv --pdeathsig KILL` (util-linux). Default true. The death signal belongs to the process
+   * Node spawns and survives exec, so wrappers in `binaryArgs` must exec in place (nsenter, `unshare`
+   * without `--fork`, `sh -c '... exec "$@"'`), as sbx's own do. Turn it off only for a VM that must
+   * outlive its owner (and then own its cleanup elsewhere).
+   */
+  dieWithOwner?: boolean;
+  /** The setpriv used for `dieWithOwner`; default `/usr/bin/setpriv`. */
+  setprivBinary?: string;
+  /**
+   * Run Firecracker under the jailer: its own chroot, uid/gid, cgroups, network namespace and pid
+   * namespace. Paths Firecracker sees (API calls, `args`) are then paths inside the chroot; place files
+   * with `jail.files` or the handle's `jail.place()`. `logPath`/`metricsPath` are hard-linked in,
+   * `configFile` and `seccompFilter` are put in. `binaryArgs` and `socketPath` do not apply.
+   */
+  jail?: JailLaunchOptions;
 }
 
 export interface FirecrackerExit {
@@ -80,7 +99,10 @@ export interface KillOptions {
 }
 
 export interface FirecrackerProcess extends AsyncDisposable {
+  /** Firecracker's pid (on the host; under the jailer, not the jailer's wrapper). */
   readonly pid: number;
+  /** The jail, when launched with `jail`: its chroot, cgroups, `hostPath()` and `place()`. */
+  readonly jail: Jail | undefined;
   readonly id: string;
   readonly arch: Arch;
   readonly socketPath: string;
@@ -100,7 +122,8 @@ export interface FirecrackerProcess extends AsyncDisposable {
   readonly exitStatus: FirecrackerExit | undefined;
   /**
    * Stops Firecracker: SendCtrlAltDel when the arch has it and the VM runs (unless `discard`),
-   * else SIGTERM; SIGKILL after `graceMs`. Then removes the socket and temp files. Idempotent.
+   * else SIGTERM; SIGKILL after `graceMs`. Then removes the socket and temp files, and a jail's
+   * directory and cgroups. Idempotent.
    */
   kill(options?: KillOptions): Promise<FirecrackerExit>;
   /** `kill({ discard: true, graceMs: 1000 })`. */
@@ -108,6 +131,7 @@ export interface FirecrackerProcess extends AsyncDisposable {
 }
 
 const ID_PATTERN = /^[A-Za-z0-9-]{1,64}$/;
+const SETPRIV_BINARY = "/usr/bin/setpriv";
 const MAX_SOCKET_PATH_BYTES = 107;
 const OUTPUT_LINES_IN_ERRORS = 20;
 
@@ -206,6 +230,7 @@ export async function launchFirecracker(options: LaunchFirecrackerOptions): Prom
     throw cause;
   }
 
+  let prepared: PreparedJail | undefined;
   let configObject: FullVmConfiguration | undefined;
   if (typeof options.configFile === "string") {
     let text: string;
@@ -237,6 +262,33 @@ export async function launchFirecracker(options: LaunchFirecrackerOptions): Prom
     configObject = validateVmConfigFile(options.configFile, "configFile");
   }
 
+  if (options.jail && (options.socketPath !== undefined || options.binaryArgs !== undefined)) {
+    throw new FirecrackerLaunchError(
+      "INVALID_OPTIONS",
+      "a jailed launch takes neither socketPath (the API socket lives in the chroot) nor binaryArgs (the jailer execs the binary itself)",
+      { details: { id } },
+    );
+  }
+  const setprivBinary = options.setprivBinary ?? SETPRIV_BINARY;
+  const dieWithOwner = options.dieWithOwner ?? true;
+  if (dieWithOwner && !(await stat(setprivBinary).catch(() => undefined))?.isFile()) {
+    throw new FirecrackerLaunchError(
+      "INVALID_OPTIONS",
+      `${setprivBinary} (util-linux setpriv) is missing: it makes Firecracker die with its owner; install util-linux, pass setprivBinary, or dieWithOwner: false`,
+      { details: { setprivBinary } },
+    );
+  }
+  if (options.jail) {
+    prepared = await prepareJailedFiles(
+      { ...options, jail: options.jail },
+      id,
+      configObject,
+      archArgs,
+      arch,
+      logger,
+    );
+  }
+
   if (options.socketPath !== undefined) {
     if (Buffer.byteLength(options.socketPath) > MAX_SOCKET_PATH_BYTES) {
       throw new FirecrackerLaunchError(
@@ -254,12 +306,14 @@ export async function launchFirecracker(options: LaunchFirecrackerOptions): Prom
     }
   }
 
-  const needTempDir = options.socketPath === undefined || configObject !== undefined;
+  const needTempDir = !prepared && (options.socketPath === undefined || configObject !== undefined);
   const tempDir = needTempDir ? await mkdtemp(join(tmpdir(), `sbx-fc-${id.slice(0, 24)}-`)) : undefined;
-  const socketPath = resolve(options.socketPath ?? join(tempDir!, "api.sock"));
+  const socketPath = prepared
+    ? prepared.command.socketPath
+    : resolve(options.socketPath ?? join(tempDir!, "api.sock"));
   let configPath = typeof options.configFile === "string" ? options.configFile : undefined;
   try {
-    if (configObject !== undefined) {
+    if (configObject !== undefined && !prepared) {
       configPath = join(tempDir!, "vm-config.json");
       await writeFile(configPath, JSON.stringify(configObject), { mode: 0o600 });
     }
@@ -267,6 +321,7 @@ export async function launchFirecracker(options: LaunchFirecrackerOptions): Prom
     if (options.metricsPath) await ensureFile(options.metricsPath);
   } catch (cause) {
     if (tempDir) await rm(tempDir, { recursive: true, force: true });
+    await prepared?.remove();
     throw new FirecrackerLaunchError(
       "SPAWN_FAILED",
       `preparing files for Firecracker failed: ${(cause as Error).message}`,
@@ -288,9 +343,15 @@ export async function launchFirecracker(options: LaunchFirecrackerOptions): Prom
     ...(configPath ? ["--config-file", configPath] : []),
     ...(options.args ?? []),
   ];
-  logger.debug?.({ binary: options.binary, argv, id }, "starting Firecracker");
+  const command = prepared
+    ? { binary: prepared.binary, args: prepared.args }
+    : { binary: options.binary, args: argv };
+  const spawned = dieWithOwner
+    ? { binary: setprivBinary, args: ["--pdeathsig", "KILL", "--", command.binary, ...command.args] }
+    : command;
+  logger.debug?.({ binary: spawned.binary, argv: spawned.args, id }, "starting Firecracker");
 
-  const child: ChildProcessWithoutNullStreams = spawn(options.binary, argv, {
+  const child: ChildProcessWithoutNullStreams = spawn(spawned.binary, spawned.args, {
     stdio: ["pipe", "pipe", "pipe"],
     env: options.env ?? process.env,
     cwd: options.cwd,
@@ -340,8 +401,32 @@ export async function launchFirecracker(options: LaunchFirecrackerOptions): Prom
       }
       await rm(socketPath, { force: true }).catch(() => {});
       if (tempDir) await rm(tempDir, { recursive: true, force: true }).catch(() => {});
+      if (prepared) {
+        const { leftCgroups } = await prepared.remove();
+        if (leftCgroups.length > 0)
+          logger.warn?.({ id, leftCgroups }, "jail cgroups still busy; left behind");
+      }
     })();
     return cleaned;
+  };
+
+  let vmPid: number | undefined = prepared ? undefined : child.pid;
+  // Under the jailer, Node's child is unshare, which blocks SIGTERM: signal Firecracker itself. Before
+  // its pid is known, SIGKILL to unshare takes the whole pid namespace down (the init's death signal).
+  const signalVm = (signal: NodeJS.Signals): void => {
+    if (!prepared) {
+      child.kill(signal);
+      return;
+    }
+    if (vmPid === undefined) {
+      child.kill("SIGKILL");
+      return;
+    }
+    try {
+      process.kill(vmPid, signal);
+    } catch {
+      // already gone
+    }
   };
 
   let killing: Promise<FirecrackerExit> | undefined;
@@ -366,7 +451,7 @@ export async function launchFirecracker(options: LaunchFirecrackerOptions): Prom
             );
           }
         }
-        if (!politeSent && !exitStatus) child.kill("SIGTERM");
+        if (!politeSent && !exitStatus) signalVm("SIGTERM");
         let timer: NodeJS.Timeout | undefined;
         const inTime = await Promise.race([
           exited.then(() => true),
@@ -377,7 +462,7 @@ export async function launchFirecracker(options: LaunchFirecrackerOptions): Prom
         clearTimeout(timer);
         if (!inTime && !exitStatus) {
           logger.warn?.({ id, pid: child.pid, graceMs }, "Firecracker did not stop in time; sending SIGKILL");
-          child.kill("SIGKILL");
+          signalVm("SIGKILL");
         }
       }
       const status = await exited;
@@ -445,6 +530,19 @@ export async function launchFirecracker(options: LaunchFirecrackerOptions): Prom
     await Promise.race([sleep(10), exited]);
   }
 
+  if (prepared) {
+    vmPid = await jailedVmPid(child.pid!, options.binary);
+    if (vmPid === undefined) {
+      return failLaunch(
+        new FirecrackerLaunchError(
+          "JAIL_SETUP_FAILED",
+          `the jailed Firecracker ${id} answered, but no Firecracker process was found under the jail's pid namespace (children of ${child.pid}: ${(await childrenOf(child.pid!)).join(", ") || "none"})`,
+          { output: outputTail() },
+        ),
+      );
+    }
+  }
+
   if (options.signal) {
     if (options.signal.aborted) onAbort();
     else options.signal.addEventListener("abort", onAbort, { once: true });
@@ -456,7 +554,8 @@ export async function launchFirecracker(options: LaunchFirecrackerOptions): Prom
   });
 
   return {
-    pid: child.pid!,
+    pid: vmPid!,
+    jail: prepared?.jail,
     id,
     arch,
     socketPath,

@@ -1,0 +1,87 @@
+// A jailed VM whose owner was SIGKILLed dies with it (pid namespace, death signal), but nobody is left
+// to remove its chroot and cgroups. The next owner sweeps them before it starts VMs of its own.
+import { readdir, readFile, readlink, rm } from "node:fs/promises";
+import { basename, join } from "node:path";
+import { readCgroupMounts, removeCgroupDirs } from "./cgroups.ts";
+
+export interface RemoveStaleJailsOptions {
+  /** The Firecracker binary the jails were made for (its file name names the chroot level). */
+  firecrackerBinary: string;
+  /** Default `/srv/jailer`. */
+  chrootBaseDir?: string;
+  /** Default `sbx`, as for launches. */
+  parentCgroup?: string;
+  /** Only VM ids starting with this (an owner's own prefix, when several owners share the base). */
+  idPrefix?: string;
+}
+
+export interface RemovedJails {
+  /** VM ids whose chroot or cgroups were removed. */
+  removed: string[];
+  /** VM ids left alone because a process still runs in their chroot or cgroup. */
+  running: string[];
+  /** Cgroup directories that could not be removed. */
+  leftCgroups: string[];
+}
+
+async function list(dir: string): Promise<string[]> {
+  return readdir(dir).catch(() => []);
+}
+
+/** Chroot directories some live process has as its root (`/proc/<pid>/root`). */
+async function rootsInUse(): Promise<Set<string>> {
+  const roots = new Set<string>();
+  for (const entry of await list("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const root = await readlink(`/proc/${entry}/root`).catch(() => undefined);
+    if (root !== undefined && root !== "/") roots.add(root);
+  }
+  return roots;
+}
+
+/** A dead VM stays in its cgroup as a zombie until its reaper (the host's init) collects it. */
+async function hasLiveTasks(cgroupDir: string): Promise<boolean> {
+  const procs = await readFile(join(cgroupDir, "cgroup.procs"), "utf8").catch(() => "");
+  for (const pid of procs.split("\n").filter(Boolean)) {
+    const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => undefined);
+    if (stat !== undefined && !stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")) return true;
+  }
+  return false;
+}
+
+/**
+ * Removes the chroots and per-VM cgroups of jailed VMs that no longer run. Call it when an owner starts,
+ * before it launches: a jail being set up by another owner concurrently in the same base and prefix
+ * looks stale too.
+ */
+export async function removeStaleJails(options: RemoveStaleJailsOptions): Promise<RemovedJails> {
+  const base = join(options.chrootBaseDir ?? "/srv/jailer", basename(options.firecrackerBinary));
+  const parent = options.parentCgroup ?? "sbx";
+  const prefix = options.idPrefix ?? "";
+  const mounts = await readCgroupMounts();
+  const cgroupParents = mounts.map((m) => join(m.path, parent));
+  const ids = new Set<string>();
+  for (const id of await list(base)) if (id.startsWith(prefix)) ids.add(id);
+  for (const dir of cgroupParents) {
+    const children = await readdir(dir, { withFileTypes: true }).catch(() => []);
+    for (const child of children) {
+      if (child.isDirectory() && child.name.startsWith(prefix) && /^[A-Za-z0-9-]{1,64}$/.test(child.name)) {
+        ids.add(child.name);
+      }
+    }
+  }
+  const roots = await rootsInUse();
+  const result: RemovedJails = { removed: [], running: [], leftCgroups: [] };
+  for (const id of [...ids].sort()) {
+    const cgroupDirs = cgroupParents.map((dir) => join(dir, id));
+    const busy = (await Promise.all(cgroupDirs.map(hasLiveTasks))).some(Boolean);
+    if (busy || roots.has(join(base, id, "root"))) {
+      result.running.push(id);
+      continue;
+    }
+    await rm(join(base, id), { recursive: true, force: true });
+    result.leftCgroups.push(...(await removeCgroupDirs(cgroupDirs)));
+    result.removed.push(id);
+  }
+  return result;
+}
