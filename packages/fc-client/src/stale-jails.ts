@@ -1,6 +1,6 @@
 // A jailed VM whose owner was SIGKILLed dies with it (pid namespace, death signal), but nobody is left
 // to remove its chroot and cgroups. The next owner sweeps them before it starts VMs of its own.
-import { readdir, readFile, readlink, rm } from "node:fs/promises";
+import { readdir, readFile, rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { readCgroupMounts, removeCgroupDirs } from "./cgroups.ts";
 
@@ -28,15 +28,19 @@ async function list(dir: string): Promise<string[]> {
   return readdir(dir).catch(() => []);
 }
 
-/** Chroot directories some live process has as its root (`/proc/<pid>/root`). */
-async function rootsInUse(): Promise<Set<string>> {
-  const roots = new Set<string>();
+/**
+ * VM ids of live jailed Firecrackers (`/<exec name> --id <id>`). The jailer pivots into the chroot in
+ * its own mount namespace, so `/proc/<pid>/root` says "/" and cannot tell which chroot a process uses.
+ */
+async function runningIds(execName: string): Promise<Set<string>> {
+  const ids = new Set<string>();
   for (const entry of await list("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
-    const root = await readlink(`/proc/${entry}/root`).catch(() => undefined);
-    if (root !== undefined && root !== "/") roots.add(root);
+    const args = (await readFile(`/proc/${entry}/cmdline`, "utf8").catch(() => "")).split("\0");
+    const at = args.indexOf("--id");
+    if (args[0] === `/${execName}` && at > 0 && args[at + 1] !== undefined) ids.add(args[at + 1]!);
   }
-  return roots;
+  return ids;
 }
 
 /** A dead VM stays in its cgroup as a zombie until its reaper (the host's init) collects it. */
@@ -70,12 +74,12 @@ export async function removeStaleJails(options: RemoveStaleJailsOptions): Promis
       }
     }
   }
-  const roots = await rootsInUse();
+  const live = await runningIds(basename(options.firecrackerBinary));
   const result: RemovedJails = { removed: [], running: [], leftCgroups: [] };
   for (const id of [...ids].sort()) {
     const cgroupDirs = cgroupParents.map((dir) => join(dir, id));
     const busy = (await Promise.all(cgroupDirs.map(hasLiveTasks))).some(Boolean);
-    if (busy || roots.has(join(base, id, "root"))) {
+    if (busy || live.has(id)) {
       result.running.push(id);
       continue;
     }
