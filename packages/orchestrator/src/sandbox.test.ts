@@ -30,6 +30,8 @@ if (skipReason) console.log(`[orchestrator] sandbox lifecycle test skipped: ${sk
 
 const fdCount = () => readdirSync("/proc/self/fd").length;
 const GUEST_LINE = /^SBX-GUEST iter=\d+ sum=[0-9a-f]{8}$/;
+// A liveness bound, not a speed target: in a full run other packages' guests spin the same two cores.
+const ALIVE = { alive: GUEST_LINE, aliveTimeoutMs: 60_000 } as const;
 
 const lastIteration = (sandbox: Sandbox) =>
   Math.max(0, ...sandbox.firecracker.console.lines().map((line) => parseTestGuestLine(line)?.iteration ?? 0));
@@ -150,7 +152,7 @@ describe.skipIf(skipReason !== undefined)(
     }, 180_000);
 
     it("a rebuilt template, a memory file copied without holes, and a parent gone: exact, or a typed refusal", async () => {
-      const sandbox = await createSandbox(state, { template: "guest", alive: GUEST_LINE });
+      const sandbox = await createSandbox(state, { template: "guest", ...ALIVE });
       const pausedAt = await runOn(sandbox);
       const paused = await sandbox.pause();
 
@@ -164,7 +166,7 @@ describe.skipIf(skipReason !== undefined)(
       execFileSync("cp", ["--sparse=never", memory, `${memory}.full`]);
       await rename(`${memory}.full`, memory);
       {
-        await using resumed = await createSandbox(state, { from: paused, alive: GUEST_LINE });
+        await using resumed = await createSandbox(state, { from: paused, ...ALIVE });
         await checksumContinues(resumed, pausedAt);
       }
 
@@ -172,9 +174,7 @@ describe.skipIf(skipReason !== undefined)(
       const parentMemory = join(buildDir(state.config, templateBuild), BUILD_FILES.memory);
       await rename(parentMemory, `${parentMemory}.away`);
       try {
-        const error = await createSandbox(state, { from: paused, alive: GUEST_LINE }).catch(
-          (e: unknown) => e,
-        );
+        const error = await createSandbox(state, { from: paused, ...ALIVE }).catch((e: unknown) => e);
         expect(error).toBeInstanceOf(OrchestratorError);
         expect((error as OrchestratorError).code).toBe("BUILD_MISSING");
         expect((error as OrchestratorError).details.build).toBe(templateBuild);
@@ -186,14 +186,14 @@ describe.skipIf(skipReason !== undefined)(
     }, 180_000);
 
     it("a chain of 10 pause/resume cycles resumes exactly each time", async () => {
-      let sandbox = await createSandbox(state, { template: "guest", alive: GUEST_LINE });
+      let sandbox = await createSandbox(state, { template: "guest", ...ALIVE });
       try {
         for (let depth = 1; depth <= 10; depth++) {
           const pausedAt = await runOn(sandbox);
           const paused = await sandbox.pause();
           const header = await readBuildHeader(state.config, paused.build);
           expect(header.builds.length).toBeLessThanOrEqual(depth + 1);
-          sandbox = await createSandbox(state, { from: paused, alive: GUEST_LINE });
+          sandbox = await createSandbox(state, { from: paused, ...ALIVE });
           await checksumContinues(sandbox, pausedAt);
         }
       } finally {
@@ -202,7 +202,7 @@ describe.skipIf(skipReason !== undefined)(
     }, 300_000);
 
     it("a page-fault server that stops, for any reason, takes its sandbox with it", async () => {
-      const sandbox = await createSandbox(state, { template: "guest", alive: GUEST_LINE });
+      const sandbox = await createSandbox(state, { template: "guest", ...ALIVE });
       await sandbox.server.close();
       // Not left hanging on its next fault: the VM is killed and everything it owned goes.
       const exit = await sandbox.firecracker.exited;
@@ -212,9 +212,9 @@ describe.skipIf(skipReason !== undefined)(
     }, 60_000);
 
     it("fork(3): the original runs on, each fork continues from the fork point with its own memory", async () => {
-      await using original = await createSandbox(state, { template: "guest", alive: GUEST_LINE });
+      await using original = await createSandbox(state, { template: "guest", ...ALIVE });
       const forkedAt = await runOn(original);
-      const forks = await original.fork(3, { alive: GUEST_LINE });
+      const forks = await original.fork(3, ALIVE);
       try {
         expect(new Set(forks.map((f) => f.firecracker.pid)).size).toBe(3);
         expect(forks.every((f) => f.build.id === original.build.id)).toBe(true);
