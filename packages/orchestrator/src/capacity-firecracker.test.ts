@@ -167,6 +167,34 @@ describe.skipIf(skipReason !== undefined)(
       expect(firecrackerPids(fixture.dir)).toEqual([]);
     }, 300_000);
 
+    it("time in the queue does not count against the alive timeout", async () => {
+      await using orchestrator = await open({ hostVcpus: 1, vcpuOvercommit: 1, admissionTimeoutMs: 60_000 });
+      const first = await orchestrator.createSandbox({ template: "busy", alive: GUEST_LINE });
+      let second: Sandbox | Error | undefined;
+      const waiting = orchestrator
+        .createSandbox({ template: "busy", alive: GUEST_LINE, aliveTimeoutMs: 5_000 })
+        .then(
+          (sandbox) => {
+            second = sandbox;
+          },
+          (error: Error) => {
+            second = error;
+          },
+        );
+      // Queued for longer than its whole alive timeout.
+      await new Promise((resolve) => setTimeout(resolve, 6_000));
+      expect(second).toBeUndefined();
+      expect(orchestrator.metrics().capacity.queue.length).toBe(1);
+      await first.kill();
+      await waiting;
+      expect(second).not.toBeInstanceOf(Error);
+      try {
+        expectRunningExactly(second as Sandbox);
+      } finally {
+        await (second as Sandbox).kill();
+      }
+    }, 60_000);
+
     it("the memory limit refuses a create that would exceed it before any Firecracker starts", async () => {
       // Room for two 128 MiB guests, not three.
       await using orchestrator = await open({
