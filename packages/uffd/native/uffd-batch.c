@@ -37,7 +37,7 @@
 #include <unistd.h>
 
 /* Bumped whenever a signature below changes: the JS side refuses a helper of another version. */
-int sbx_uffd_abi_version(void) { return 5; }
+int sbx_uffd_abi_version(void) { return 6; }
 
 static int64_t now_ns(void) {
   struct timespec ts;
@@ -150,6 +150,91 @@ long sbx_uffd_serve_batch(int uffd, struct uffd_msg *msgs, long max_msgs, const 
       served++;
     }
     if (for_js) return count;
+  }
+  return 0;
+}
+
+/*
+ * Copies up to max_pages pages of a working set into the guest, one UFFDIO_COPY per run of pages that
+ * are contiguous in one region, in one layer and not removed, so a recorded working set of thousands of
+ * pages costs a handful of ffi calls. It never waits for events: the fault loop calls it between its
+ * reads of the userfaultfd, so a real fault waits for at most one call.
+ *
+ * ranges:  nranges x { memory-file offset, length } (uint64), any alignment, in any order; pages outside
+ *          every region are skipped (a stale or foreign list costs time, never correctness)
+ * cursor:  { range index, byte offset inside it } (int64), where the next call continues
+ * removed: the fault loop's removed-page map: a removed page is skipped, so a REMOVE the loop already
+ *          read is never undone with file data (a REMOVE it has not read yet makes UFFDIO_COPY fail
+ *          with EAGAIN, see below)
+ * stats:   { pages copied, pages already present (EEXIST), pages skipped } added to
+ * mode:    0 or UFFDIO_COPY_MODE_WP (dirty tracking: a prefetched page has not been written)
+ * Returns 0 when the list is done, 1 when the budget ran out, -EAGAIN when the guest's memory map is
+ * changing (a REMOVE is pending: read the events, then call again), or another -errno (-ESRCH: the
+ * peer's mm is gone).
+ */
+long sbx_uffd_prefetch(int uffd, const uint64_t *regions, long nregions, const uint64_t *layer_addrs,
+                       const uint8_t *layer_of_page, const uint8_t *removed, long removed_bits,
+                       const uint64_t *ranges, long nranges, int64_t *cursor, long max_pages, int64_t *stats,
+                       long mode) {
+  if (nranges <= 0) return 0; /* also the main thread's do-nothing call that resolves the symbol */
+  long budget = max_pages;
+  while (cursor[0] < nranges) {
+    const uint64_t *range = ranges + 2 * cursor[0];
+    uint64_t at = range[0] + (uint64_t)cursor[1], end = range[0] + range[1];
+    if (end < range[0]) end = UINT64_MAX; /* a hostile length must not wrap */
+    if (at >= end) { cursor[0]++; cursor[1] = 0; continue; }
+    if (budget <= 0) return 1;
+    const uint64_t *r = 0;
+    for (long j = 0; j < nregions; j++) {
+      const uint64_t *candidate = regions + REGION_FIELDS * j;
+      if (at >= candidate[3] && at - candidate[3] < candidate[1]) { r = candidate; break; }
+    }
+    if (!r) {
+      /* Outside every region: skip one 4 KiB page (a region can start inside the range further on). */
+      uint64_t next = (at | 4095) + 1;
+      cursor[1] = (int64_t)((next < end ? next : end) - range[0]);
+      stats[2]++;
+      budget--;
+      continue;
+    }
+    uint64_t psize = r[2];
+    uint64_t page = r[0] + ((at - r[3]) & ~(psize - 1));
+    uint64_t offset = r[3] + (page - r[0]);
+    uint64_t region_end = r[0] + r[1];
+    uint8_t layer = layer_of_page ? layer_of_page[offset / 4096] : 0;
+    /* The run: pages from `page` on, inside the range, region and layer, none removed. */
+    uint64_t len = 0;
+    while (page + len < region_end && offset + len < end && (long)((len / psize) + 1) <= budget &&
+           !page_removed(removed, removed_bits, r, page + len) &&
+           (!layer_of_page || layer_of_page[(offset + len) / 4096] == layer))
+      len += psize;
+    if (len == 0) {
+      /* The first page was removed: never reintroduced as file data. */
+      cursor[1] = (int64_t)(offset + psize - range[0]);
+      stats[2]++;
+      budget--;
+      continue;
+    }
+    struct uffdio_copy copy = {
+      .dst = page, .src = layer_addrs[layer] + offset, .len = len, .mode = (uint64_t)mode, .copy = 0};
+    long advanced = 0, err = 0;
+    if (ioctl(uffd, UFFDIO_COPY, &copy) == 0) advanced = (long)len;
+    else if (copy.copy > 0) advanced = (long)copy.copy; /* a partial copy: the next page stopped it */
+    else err = copy.copy < 0 ? (long)-copy.copy : errno;
+    if (advanced > 0) {
+      stats[0] += advanced / (long)psize;
+      budget -= advanced / (long)psize;
+      cursor[1] = (int64_t)(offset + (uint64_t)advanced - range[0]);
+      continue;
+    }
+    if (err == EEXIST) {
+      /* Present already (a fault or an earlier range got there first): skip that one page. */
+      stats[1]++;
+      budget--;
+      cursor[1] = (int64_t)(offset + psize - range[0]);
+      continue;
+    }
+    return -err;
   }
   return 0;
 }

@@ -86,6 +86,14 @@ const SPIN_READS = 16;
 // No faults for this long after some were served: the restore's burst is over (gaps inside a burst,
 // while Firecracker finishes loading or the vCPU is descheduled, last a few milliseconds at most).
 const QUIET_MS = 100;
+// Working-set pages copied per call between reads of the userfaultfd: about 1 MiB, a few hundred µs on
+// the native path, so a real fault waits at most that long behind the prefetch.
+const PREFETCH_SLICE_PAGES = 256;
+// The pure-ffi prefetch pays an ffi call per page: smaller slices keep a fault's wait alike.
+const PREFETCH_SLICE_PAGES_FFI = 32;
+// A REMOVE pending makes UFFDIO_COPY fail with EAGAIN until the loop reads it; a list that keeps
+// hitting that is given up on rather than spun on (it only ever costs time).
+const PREFETCH_MAX_EAGAIN = 10_000;
 
 function pollFor(fds: number[], timeoutMs: number): number[] {
   fds.forEach((fd, i) => {
@@ -261,6 +269,74 @@ function serve(
   };
   if (!prefetch(config.prefetch)) return "peer-exited";
 
+  const workingSet = config.workingSet;
+  let prefetching = workingSet.length > 0;
+  let prefetchEagain = 0;
+  const addTo = (slot: number, n: number) => {
+    if (n > 0) counters[slot] = (counters[slot] ?? 0) + n;
+  };
+  /** The prefetch is over, done or given up: faults alone from here. */
+  const endPrefetch = (complete: boolean, why?: string) => {
+    prefetching = false;
+    if (complete) counters[METRIC.prefetchComplete] = 1;
+    if (why) post({ type: "warning", message: `working-set prefetch stopped: ${why}` });
+  };
+  /** What a prefetch slice says: go on, or the peer is gone. */
+  const afterSlice = (result: number): boolean => {
+    if (result === 0) endPrefetch(true);
+    else if (result === -EAGAIN) {
+      counters[METRIC.eagain] = (counters[METRIC.eagain] ?? 0) + 1;
+      if (++prefetchEagain > PREFETCH_MAX_EAGAIN) endPrefetch(false, "the guest's memory map kept changing");
+    } else if (result === -ESRCH) return false;
+    else if (result < 0) endPrefetch(false, `UFFDIO_COPY failed with errno ${-result}`);
+    return true;
+  };
+  // The pure-ffi prefetch's cursor: range index and byte offset inside it.
+  let cursorRange = 0;
+  let cursorByte = 0;
+  /** Pure ffi: one UFFDIO_COPY per page, `maxPages` at most; as sbx_uffd_prefetch returns. */
+  const prefetchSliceFfi = (maxPages: number): number => {
+    let budget = maxPages;
+    while (cursorRange < workingSet.length) {
+      const range = workingSet[cursorRange] as { offset: number; length: number };
+      const at = range.offset + cursorByte;
+      if (at >= range.offset + range.length) {
+        cursorRange++;
+        cursorByte = 0;
+        continue;
+      }
+      if (budget-- <= 0) return 1;
+      const region = regions.find((r) => at >= r.offset && at - r.offset < r.size);
+      if (!region) {
+        cursorByte = Math.floor(at / PAGE_4K) * PAGE_4K + PAGE_4K - range.offset;
+        addTo(METRIC.prefetchSkipped, 1);
+        continue;
+      }
+      const inRegion = at - region.offset;
+      const page = region.base + inRegion - (inRegion % region.pageSize);
+      const offset = fileOffsetOf(region, page);
+      const next = offset + region.pageSize - range.offset;
+      if (removed.has(region, page)) {
+        cursorByte = next;
+        addTo(METRIC.prefetchSkipped, 1);
+        continue;
+      }
+      scratch.setU64(COPY, page);
+      scratch.setU64(COPY + 8, layers.sourceFor(offset));
+      scratch.setU64(COPY + 16, region.pageSize);
+      scratch.setU64(COPY + 24, trackDirty ? UFFDIO_COPY_MODE_WP : 0);
+      const errno = installPage(UFFDIO_COPY, COPY, COPY + 32);
+      if (errno === EAGAIN) return -EAGAIN; // the cursor stays: this page is tried again
+      cursorByte = next;
+      if (errno === 0) {
+        addTo(METRIC.prefetched, 1);
+        addTo(METRIC.bytes, region.pageSize);
+      } else if (errno === EEXIST) addTo(METRIC.prefetchPresent, 1);
+      else return -errno;
+    }
+    return 0;
+  };
+
   const onRemove = (start: number, end: number) => {
     removed.add(start, end);
     counters[METRIC.removes] = (counters[METRIC.removes] ?? 0) + 1;
@@ -323,6 +399,7 @@ function serve(
       }
       if (errno === EEXIST) {
         counters[METRIC.eexist] = (counters[METRIC.eexist] ?? 0) + 1;
+        if (workingSet.length > 0) addTo(METRIC.prefetchHits, 1);
         break;
       }
       if (errno === ESRCH) return false;
@@ -365,7 +442,14 @@ function serve(
     return undefined;
   };
 
-  const helper = native?.batchServer(regions, layers, removed, recordTrace, trackDirty ? dirty : undefined);
+  const helper = native?.batchServer(
+    regions,
+    layers,
+    removed,
+    recordTrace,
+    trackDirty ? dirty : undefined,
+    workingSet,
+  );
   // The server refills its warm workers on this signal, not during the restore's fault burst, when a
   // worker's start-up (~150 ms of CPU) would compete with the fault loop for the host's cores.
   let servedAny = false;
@@ -380,10 +464,16 @@ function serve(
     }
     return checkPeer(-1);
   };
+  const takePrefetchStats = (stats: { copied: number; present: number; skipped: number }) => {
+    addTo(METRIC.prefetched, stats.copied);
+    addTo(METRIC.prefetchPresent, stats.present);
+    addTo(METRIC.prefetchSkipped, stats.skipped);
+  };
   if (helper) {
     for (;;) {
       const started = performance.now();
-      const count = helper.serveBatch(uffd, events, MAX_EVENTS, SPIN_NS);
+      // While prefetching, an empty queue returns at once: the next slice goes in, and faults go first.
+      const count = helper.serveBatch(uffd, events, MAX_EVENTS, prefetching ? 0 : SPIN_NS);
       if (count < 0) check("read(userfaultfd)", { value: -1, errno: -count });
       const stats = helper.takeStats();
       if (stats.removes > 0) counters[METRIC.removes] = (counters[METRIC.removes] ?? 0) + stats.removes;
@@ -393,6 +483,7 @@ function serve(
         counters[METRIC.faults] = (counters[METRIC.faults] ?? 0) + stats.copied + stats.present;
         counters[METRIC.pagesCopied] = (counters[METRIC.pagesCopied] ?? 0) + stats.copied;
         counters[METRIC.eexist] = (counters[METRIC.eexist] ?? 0) + stats.present;
+        if (workingSet.length > 0) addTo(METRIC.prefetchHits, stats.present);
         counters[METRIC.bytes] = (counters[METRIC.bytes] ?? 0) + stats.bytes;
         const served = stats.copied + stats.present;
         const ns = ((performance.now() - started) * 1e6) / served;
@@ -406,6 +497,14 @@ function serve(
         // Quiet for a while, or a budget of faults served: look at the peer and the wake fd.
         const busy = stats.copied + stats.present + stats.writeProtect > 0;
         if (busy) servedAny = true;
+        if (prefetching) {
+          const result = helper.prefetchSlice(uffd, PREFETCH_SLICE_PAGES);
+          takePrefetchStats(helper.takePrefetchStats());
+          if (!afterSlice(result)) return "peer-exited";
+          const state = checkPeer(0);
+          if (state === "closed" || state === "peer-exited") return state;
+          continue;
+        }
         const state = busy ? checkPeer(0) : waitIdle();
         if (state === "closed" || state === "peer-exited") return state;
         continue;
@@ -440,6 +539,15 @@ function serve(
         const state = checkPeer(0);
         if (state === "closed" || state === "peer-exited") return state;
       }
+      continue;
+    }
+    if (prefetching) {
+      if (!afterSlice(prefetchSliceFfi(PREFETCH_SLICE_PAGES_FFI))) return "peer-exited";
+      if (++busy % 64 === 0) {
+        const state = checkPeer(0);
+        if (state === "closed" || state === "peer-exited") return state;
+      }
+      checkNextRead = true;
       continue;
     }
     if (++idle < SPIN_READS) continue;

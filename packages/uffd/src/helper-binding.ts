@@ -6,6 +6,7 @@ import type { Arch } from "@sbx/arch";
 import { DataType, load, open } from "ffi-rs";
 import { UffdError } from "./errors.ts";
 import type { GuestRegion } from "./handshake.ts";
+import { UFFDIO_COPY_MODE_WP } from "./kernel.ts";
 import type { ByteExtent, Layers } from "./layers.ts";
 import { addressOf } from "./libc.ts";
 import { NATIVE_HELPER_ABI, resolveNativeHelper } from "./native-helper.ts";
@@ -21,6 +22,8 @@ const EXTENTS_PER_CALL = 4096;
 const STATS_SIZE = 48;
 /** Per region: base, size, page size, memory-file offset, first bit in the removed-page map. */
 const REGION_SIZE = 40;
+/** The prefetch cursor (range, byte in it) and its stats (copied, present, skipped), int64 each. */
+const PREFETCH_STATE_SIZE = 40;
 
 export interface BatchServer {
   /** Serves faults; the number of messages JS must look at, 0 for time or budget, or -errno. */
@@ -32,6 +35,13 @@ export interface BatchServer {
   status(index: number): number;
   /** Faults served and REMOVEs applied by the helper since the last call, then zeroes them. */
   takeStats(): { copied: number; present: number; bytes: number; writeProtect: number; removes: number };
+  /**
+   * Copies up to `maxPages` more pages of the working set: 0 when it is done, 1 when the budget ran
+   * out, -EAGAIN when a REMOVE is pending (read the events first), or another -errno.
+   */
+  prefetchSlice(uffd: number, maxPages: number): number;
+  /** Working-set pages copied, found present and skipped since the last call, then zeroes them. */
+  takePrefetchStats(): { copied: number; present: number; skipped: number };
 }
 
 export interface NativeHelperBinding {
@@ -48,6 +58,7 @@ export interface NativeHelperBinding {
     removed: RemovedPages,
     recordTrace: (offset: number) => void,
     dirty?: Uint8Array,
+    workingSet?: readonly ByteExtent[],
   ): BatchServer;
 }
 
@@ -85,6 +96,9 @@ const HELPER_FUNCTIONS = {
   // (uffd, msgs, max_msgs, regions, nregions, layer_addrs, layer_of_page, removed, removed_bits, status,
   //  spin_ns, stats, max_faults, trace, trace_cap, dirty, dirty_pages)
   sbx_uffd_serve_batch: [I32, ...new Array<DataType>(16).fill(I64)],
+  // (uffd, regions, nregions, layer_addrs, layer_of_page, removed, removed_bits, ranges, nranges, cursor,
+  //  max_pages, stats, mode)
+  sbx_uffd_prefetch: [I32, ...new Array<DataType>(12).fill(I64)],
   // (fd, start, size, out, cap)
   sbx_data_extents: [I32, I64, I64, I64, I64],
   // (fd, base, ranges, count)
@@ -181,13 +195,16 @@ export function openNativeHelper(path: string, cleanups: (() => void)[]): Native
     removed: RemovedPages,
     recordTrace: (offset: number) => void,
     dirty?: Uint8Array,
+    workingSet: readonly ByteExtent[] = [],
   ): BatchServer => {
     const memory = new NativeMemory(
       regions.length * REGION_SIZE +
         layers.addresses.length * 8 +
         MAX_EVENTS * 8 +
         STATS_SIZE +
-        MAX_FAULTS_PER_CALL * 8,
+        MAX_FAULTS_PER_CALL * 8 +
+        PREFETCH_STATE_SIZE +
+        workingSet.length * 16,
     );
     cleanups.push(() => memory.free());
     const regionsAt = 0;
@@ -195,6 +212,12 @@ export function openNativeHelper(path: string, cleanups: (() => void)[]): Native
     const statusAt = layersAt + layers.addresses.length * 8;
     const statsAt = statusAt + MAX_EVENTS * 8;
     const traceAt = statsAt + STATS_SIZE;
+    const prefetchAt = traceAt + MAX_FAULTS_PER_CALL * 8;
+    const rangesAt = prefetchAt + PREFETCH_STATE_SIZE;
+    workingSet.forEach((range, i) => {
+      memory.setU64(rangesAt + i * 16, range.offset);
+      memory.setU64(rangesAt + i * 16 + 8, range.length);
+    });
     regions.forEach((region, i) => {
       memory.setU64(regionsAt + i * REGION_SIZE, region.base);
       memory.setU64(regionsAt + i * REGION_SIZE + 8, region.size);
@@ -226,7 +249,38 @@ export function openNativeHelper(path: string, cleanups: (() => void)[]): Native
       dirty ? addressOf(dirty) : 0,
       dirty?.length ?? 0,
     ];
+    const prefetchParams = helperCall(library, "sbx_uffd_prefetch");
+    // Cursor (2 x int64) then stats (3 x int64) at prefetchAt; uffd and max_pages are set per call.
+    prefetchParams.paramsValue = [
+      0,
+      memory.address + regionsAt,
+      regions.length,
+      memory.address + layersAt,
+      layers.layerOfPage,
+      removed.address,
+      removed.bits,
+      memory.address + rangesAt,
+      workingSet.length,
+      memory.address + prefetchAt,
+      0,
+      memory.address + prefetchAt + 16,
+      dirty ? UFFDIO_COPY_MODE_WP : 0,
+    ];
     return {
+      prefetchSlice(uffd, maxPages) {
+        prefetchParams.paramsValue[0] = uffd;
+        prefetchParams.paramsValue[10] = maxPages;
+        return load(prefetchParams as never) as unknown as number;
+      },
+      takePrefetchStats() {
+        const stats = {
+          copied: memory.u64(prefetchAt + 16),
+          present: memory.u64(prefetchAt + 24),
+          skipped: memory.u64(prefetchAt + 32),
+        };
+        memory.bytes.fill(0, prefetchAt + 16, prefetchAt + PREFETCH_STATE_SIZE);
+        return stats;
+      },
       serveBatch(uffd, events, maxEvents, spinNs) {
         params.paramsValue[0] = uffd;
         params.paramsValue[1] = events;

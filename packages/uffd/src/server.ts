@@ -32,6 +32,7 @@ import {
   type WorkerConfig,
   type WorkerMessage,
 } from "./worker-protocol.ts";
+import { MAX_WORKING_SET_RANGES } from "./working-set.ts";
 
 // The one logger of every sbx package, re-exported for callers that import it from here; its methods
 // are optional, so every call below goes through `?.`.
@@ -71,6 +72,15 @@ const optionsSchema = z.strictObject({
     .optional(),
   /** Memory-file offsets to copy in before the first fault (for example an earlier `faultTrace()`). */
   prefetch: z.array(z.number().int().nonnegative()).default([]),
+  /**
+   * Memory-file ranges to copy in from the handshake on (a build's recorded working set, see
+   * working-set.ts), in order, in slices between faults, which always go first. Any list restores
+   * exactly: pages outside the memory, already present or removed by a balloon are skipped.
+   */
+  workingSet: z
+    .array(z.strictObject({ offset: z.number().int().nonnegative(), length: z.number().int().positive() }))
+    .max(MAX_WORKING_SET_RANGES)
+    .default([]),
   /** Record the pages the guest writes after the restore (write-protect faults); see `dirtyPages()`. */
   trackDirty: z.boolean().default(false),
   owner: z
@@ -112,7 +122,18 @@ export interface PageFaultMetrics {
   bytes: number;
   eagainRetries: number;
   eexist: number;
+  /** Pages copied in ahead of the guest: the `prefetch` list and the working set. */
   prefetched: number;
+  /** Faults that installed their page (on demand): the faults a prefetch did not save. */
+  faultsOnDemand: number;
+  /** Faults whose page was present by the time they were served, with a working set: the prefetch won. */
+  prefetchHits: number;
+  /** Working-set pages already present when the prefetch reached them. */
+  prefetchPresent: number;
+  /** Working-set pages skipped: outside every region, or removed by a balloon. */
+  prefetchSkipped: number;
+  /** Whether the whole working set was gone through (false while it runs, or when it was given up). */
+  prefetchComplete: boolean;
   writeProtectFaults: number;
   /** Service time per fault (event read to page installed), from a log2 histogram: upper bounds. */
   latencyP50Us: number;
@@ -318,6 +339,7 @@ export class PageFaultServer implements AsyncDisposable {
       wakeFd: this.#wakeFd,
       layers: this.#layers,
       prefetch: this.#options.prefetch,
+      workingSet: this.#options.workingSet,
       trackDirty: this.#options.trackDirty,
       writeProtect,
       acceptTimeoutMs: this.#options.acceptTimeoutMs,
@@ -384,6 +406,11 @@ export class PageFaultServer implements AsyncDisposable {
       eagainRetries: counters[METRIC.eagain] ?? 0,
       eexist: counters[METRIC.eexist] ?? 0,
       prefetched: counters[METRIC.prefetched] ?? 0,
+      faultsOnDemand: (counters[METRIC.faults] ?? 0) - (counters[METRIC.eexist] ?? 0),
+      prefetchHits: counters[METRIC.prefetchHits] ?? 0,
+      prefetchPresent: counters[METRIC.prefetchPresent] ?? 0,
+      prefetchSkipped: counters[METRIC.prefetchSkipped] ?? 0,
+      prefetchComplete: (counters[METRIC.prefetchComplete] ?? 0) === 1,
       writeProtectFaults: counters[METRIC.writeProtectFaults] ?? 0,
       latencyP50Us: percentile(0.5),
       latencyP99Us: percentile(0.99),

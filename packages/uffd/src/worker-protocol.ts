@@ -10,6 +10,8 @@ export interface WorkerConfig {
   layers: { path: string; ranges?: { offset: number; length: number }[] | undefined }[];
   /** Memory-file offsets to copy in before the first fault. */
   prefetch: number[];
+  /** Memory-file ranges to copy in after the handshake, between faults (which go first). */
+  workingSet: { offset: number; length: number }[];
   trackDirty: boolean;
   /** What @sbx/arch says this arch and kernel can write-protect, per kind of guest memory. */
   writeProtect: { anonymous: boolean; shmem: boolean; hugetlb: boolean };
@@ -73,7 +75,14 @@ export const METRIC = {
   eexist: 6,
   prefetched: 7,
   writeProtectFaults: 8,
+  /** Faults that found their page present while a working set was given: the prefetch got there first. */
+  prefetchHits: 9,
+  /** Working-set pages found present already, or skipped (outside every region, or removed). */
+  prefetchPresent: 10,
+  prefetchSkipped: 11,
+  /** 1 once the whole working set was gone through. */
+  prefetchComplete: 12,
 } as const;
-export const METRIC_SLOTS = 9;
+export const METRIC_SLOTS = 13;
 /** Latency histogram: bucket i counts faults served in (2^(i-1), 2^i] ns. */
 export const HISTOGRAM_BUCKETS = 40;

@@ -1,0 +1,169 @@
+// Issue 18: the working set is copied in between faults, and any list, however wrong, restores exactly.
+import { mkdtempSync, readFileSync, readSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import { PageFaultServer, type PageFaultServerOptions } from "./server.ts";
+import { leakCheck } from "./test-counts.ts";
+import { buildTestNativeHelper, faultLoops } from "./test-native-helper.ts";
+import {
+  buildTestPeer,
+  runTestPeer,
+  spawnTestPeer,
+  type TestPeerOptions,
+  writeTestMemoryFile,
+} from "./testing/peer.ts";
+
+const MiB = 1024 * 1024;
+const SIZE = 16 * MiB;
+const PAGE = 4096;
+const PAGES = SIZE / PAGE;
+let peer: string;
+let dir: string;
+let memoryFile: string;
+let checkLeaks: () => Promise<void>;
+const nativeHelper = buildTestNativeHelper();
+
+beforeAll(async () => {
+  peer = await buildTestPeer();
+});
+afterAll(() => nativeHelper.remove());
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), "sbx-uffd-working-set-"));
+  memoryFile = join(dir, "mem");
+  writeTestMemoryFile(memoryFile, SIZE);
+  checkLeaks = leakCheck();
+});
+afterEach(async () => {
+  await checkLeaks();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function shuffled<T>(items: T[]): T[] {
+  const out = [...items];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [out[i], out[j]] = [out[j] as T, out[i] as T];
+  }
+  return out;
+}
+
+const allPages = () => Array.from({ length: PAGES }, (_, page) => ({ offset: page * PAGE, length: PAGE }));
+
+/** Lists no guest could have recorded: each must still restore byte-exactly. */
+const hostileLists: Record<string, () => { offset: number; length: number }[]> = {
+  shuffled: () => shuffled(allPages()),
+  truncated: () => [{ offset: 0, length: 37 * PAGE }],
+  oversized: () => [{ offset: SIZE - 2 * PAGE, length: 1024 * MiB }, ...allPages()],
+  "out of range": () => [
+    { offset: SIZE, length: PAGE },
+    { offset: 2 ** 50, length: 64 * MiB },
+  ],
+  "unaligned and overlapping": () => [
+    { offset: 100, length: 5000 },
+    { offset: 3 * PAGE + 1, length: 10 * PAGE },
+    { offset: 0, length: SIZE },
+    { offset: 0, length: SIZE },
+  ],
+};
+
+async function serve(server: Partial<PageFaultServerOptions>, peerOptions: Partial<TestPeerOptions> = {}) {
+  const socketPath = join(dir, "uffd.sock");
+  await using pfs = new PageFaultServer({ socketPath, memoryFile, ...server } as PageFaultServerOptions);
+  await pfs.listen();
+  const result = await runTestPeer({
+    binary: peer,
+    socketPath,
+    memoryFile,
+    size: SIZE,
+    mode: "seq",
+    timeoutMs: 30_000,
+    ...peerOptions,
+  });
+  await pfs.stopped;
+  return { result, metrics: pfs.metrics(), stop: await pfs.stopped };
+}
+
+for (const { codePath, helper } of faultLoops(nativeHelper.path)) {
+  describe(`working-set prefetch (${codePath})`, () => {
+    for (const [name, list] of Object.entries(hostileLists))
+      it(`a ${name} list restores byte-exactly, every page installed once`, async () => {
+        const { result, metrics, stop } = await serve({ nativeHelper: helper, workingSet: list() });
+        expect(stop.reason).toBe("peer-exited");
+        expect(result.mismatches).toBe(0);
+        expect(result.touched).toBe(PAGES);
+        // Each page is installed by exactly one of the two: a prefetch copy or an on-demand fault.
+        expect(metrics.prefetched + metrics.faultsOnDemand).toBe(PAGES);
+      });
+
+    it("copies exactly the listed pages, from the file, while the guest touches nothing", async () => {
+      const socketPath = join(dir, "uffd.sock");
+      const listed = [7, 8, 9, 100, 4095, 2, 3000, 3001];
+      const workingSet = [
+        { offset: 7 * PAGE, length: 3 * PAGE },
+        { offset: 100 * PAGE, length: PAGE },
+        { offset: 4095 * PAGE, length: 8 * PAGE }, // runs past the memory: the page inside only
+        { offset: 2 * PAGE, length: PAGE },
+        { offset: 3000 * PAGE, length: 2 * PAGE },
+      ];
+      await using server = new PageFaultServer({ socketPath, memoryFile, nativeHelper: helper, workingSet });
+      await server.listen();
+      const child = spawnTestPeer({
+        binary: peer,
+        socketPath,
+        memoryFile,
+        size: SIZE,
+        mode: "none",
+        holdMs: 60_000,
+        backing: "memfd",
+        fds: 2,
+      });
+      try {
+        await server.ready;
+        await vi.waitFor(() => expect(server.metrics().prefetchComplete).toBe(true), { timeout: 20_000 });
+        await using memfd = server.takeMemfd();
+        expect(memfd).toBeDefined();
+        const file = readFileSync(memoryFile);
+        const page = Buffer.alloc(PAGE);
+        for (let index = 0; index < PAGES; index++) {
+          readSync(memfd!.fd, page, 0, PAGE, index * PAGE);
+          const expected = listed.includes(index)
+            ? file.subarray(index * PAGE, (index + 1) * PAGE)
+            : Buffer.alloc(PAGE);
+          if (!page.equals(expected)) throw new Error(`page ${index} is not what the list says`);
+        }
+        const metrics = server.metrics();
+        expect(metrics.prefetched).toBe(listed.length);
+        expect(metrics.prefetchSkipped).toBe(7); // the 7 pages past the memory
+        expect(metrics.faultsOnDemand).toBe(0);
+      } finally {
+        child.kill("SIGKILL");
+        await new Promise((resolve) => child.once("close", resolve));
+      }
+    });
+
+    it("a prefetch racing REMOVEs never brings removed pages back as file data", async () => {
+      // The removed pages first in the list: the prefetch reaches them while the peer removes them.
+      const removedPages = Array.from({ length: 256 }, (_, i) => PAGES - 512 + 2 * i);
+      const first = removedPages.map((page) => ({ offset: page * PAGE, length: PAGE }));
+      const { result, metrics } = await serve(
+        { nativeHelper: helper, workingSet: [...first, ...allPages()] },
+        { preRemove: 256, checkRemoved: true },
+      );
+      expect(result.mismatches).toBe(0);
+      expect(result.zeroChecked).toBe(256);
+      expect(result.zeroMismatches).toBe(0);
+      expect(metrics.removes).toBeGreaterThan(0);
+    });
+
+    it("pages removed and touched again by racing threads read zeros with a prefetch running", async () => {
+      const { result } = await serve(
+        { nativeHelper: helper, workingSet: shuffled(allPages()) },
+        { removeRace: 200, threads: 4 },
+      );
+      expect(result.mismatches).toBe(0);
+      expect(result.zeroChecked).toBeGreaterThan(0);
+      expect(result.zeroMismatches).toBe(0);
+    });
+  });
+}
