@@ -12,26 +12,38 @@ export interface CgroupMount {
   controllers: string[];
 }
 
-const MOUNTS_FILE = "/proc/self/mounts";
+const MOUNTINFO_FILE = "/proc/self/mountinfo";
 
 /** Mount points decode spaces and other bytes as octal escapes (`\040`). */
 function unescapeMountPath(path: string): string {
   return path.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(Number.parseInt(octal, 8)));
 }
 
-/** The cgroup hierarchies mounted on this host, as the jailer finds them (from the mount table). */
-export async function readCgroupMounts(mountsText?: string): Promise<CgroupMount[]> {
-  const text = mountsText ?? (await readFile(MOUNTS_FILE, "utf8"));
+/**
+ * The cgroup hierarchies mounted on this host (from mountinfo, whose super-block options of a v1
+ * mount are exactly its controllers, without the per-mount flags).
+ */
+export async function readCgroupMounts(mountinfoText?: string): Promise<CgroupMount[]> {
+  const text = mountinfoText ?? (await readFile(MOUNTINFO_FILE, "utf8"));
   const mounts: CgroupMount[] = [];
   for (const line of text.split("\n")) {
-    const [, mountPoint, type, options] = line.split(" ");
-    if (mountPoint === undefined || options === undefined) continue;
+    const fields = line.split(" ");
+    const separator = fields.indexOf("-");
+    const mountPoint = fields[4];
+    const type = fields[separator + 1];
+    const superOptions = fields[separator + 3];
+    if (separator < 0 || mountPoint === undefined || superOptions === undefined) continue;
     const path = unescapeMountPath(mountPoint);
     if (type === "cgroup") {
-      const controllers = options.split(",").filter((o) => !o.includes("=") && !["rw", "ro"].includes(o));
+      const controllers = superOptions
+        .split(",")
+        .filter((o) => !o.includes("=") && !["rw", "ro"].includes(o));
       mounts.push({ version: 1, path, controllers });
     } else if (type === "cgroup2") {
-      const listed = mountsText === undefined ? await readFile(join(path, "cgroup.controllers"), "utf8") : "";
+      const listed =
+        mountinfoText === undefined
+          ? await readFile(join(path, "cgroup.controllers"), "utf8").catch(() => "")
+          : "";
       mounts.push({ version: 2, path, controllers: listed.trim().split(/\s+/).filter(Boolean) });
     }
   }
