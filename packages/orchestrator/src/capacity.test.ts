@@ -216,6 +216,18 @@ describe("AdmissionController", () => {
     holder.release();
   });
 
+  it("close: every waiting create and every later one is ABORTED, no timer left behind", async () => {
+    const admission = controller();
+    const holder = await admission.admit({ vcpus: 4, memoryBytes: MiB });
+    const waiting = refusal(admission.admit(oneVcpu));
+    admission.close();
+    expect((await waiting).code).toBe("ABORTED");
+    expect(vi.getTimerCount()).toBe(0);
+    expect((await refusal(admission.admit(oneVcpu))).code).toBe("ABORTED");
+    holder.release();
+    expect(admission.snapshot().committed.sandboxes).toBe(0);
+  });
+
   it("an already aborted signal is refused without touching the counts", async () => {
     const admission = controller();
     const error = await refusal(admission.admit(oneVcpu, { signal: AbortSignal.abort() }));

@@ -162,6 +162,7 @@ interface Waiter {
   demand: CapacityDemand;
   queuedAt: number;
   admit: () => void;
+  refuse: (error: OrchestratorError) => void;
 }
 
 /** The last admissions whose wait times make the percentiles. */
@@ -181,6 +182,7 @@ export class AdmissionController {
   readonly #queue: Waiter[] = [];
   readonly #waits: number[] = [];
   #counters = { admitted: 0, rejected: 0, timedOut: 0, aborted: 0 };
+  #closed = false;
 
   constructor(limits: CapacityLimits, options: AdmissionOptions) {
     for (const [name, value] of Object.entries(limits)) {
@@ -241,6 +243,8 @@ export class AdmissionController {
         new OrchestratorError("ABORTED", "aborted before admission", { cause: signal.reason }),
       );
     }
+    if (this.#closed)
+      return Promise.reject(new OrchestratorError("ABORTED", "the orchestrator is closing: no new creates"));
     const started = this.#now();
     if (this.#options.mode === "off") return Promise.resolve(this.#take(demand, started));
     const tooLarge = this.#short(demand, { vcpus: 0, memoryBytes: 0, sandboxes: 0 });
@@ -266,6 +270,12 @@ export class AdmissionController {
           clearTimeout(timer);
           signal?.removeEventListener("abort", onAbort);
           resolve(this.#take(demand, started));
+        },
+        refuse: (error) => {
+          clearTimeout(timer);
+          signal?.removeEventListener("abort", onAbort);
+          this.#counters.aborted++;
+          reject(error);
         },
       };
       const onAbort = () => {
@@ -294,6 +304,16 @@ export class AdmissionController {
       signal?.addEventListener("abort", onAbort, { once: true });
       this.#queue.push(waiter);
     });
+  }
+
+  /** Refuses every waiting create (ABORTED) and every later one: nothing waits on a closing orchestrator. */
+  close(): void {
+    this.#closed = true;
+    for (const waiter of this.#queue.splice(0)) {
+      waiter.refuse(
+        new OrchestratorError("ABORTED", "the orchestrator closed while this create waited for capacity"),
+      );
+    }
   }
 
   #fits(demand: CapacityDemand): boolean {

@@ -211,6 +211,7 @@ export class Orchestrator implements AsyncDisposable {
 
   /** Kills every live sandbox, then releases the state directory. */
   async close(): Promise<void> {
+    this.#capacity.close();
     const results = await Promise.allSettled([...this.#live].map((s) => s.kill()));
     // Uploads in flight finish (or fail) before the state directory is let go.
     await Promise.allSettled(this.#uploads.values());
