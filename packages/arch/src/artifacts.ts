@@ -6,8 +6,8 @@ import { detectBinaryArch } from "./binary-arch.ts";
 import { type ChecksumRule, verifyChecksum } from "./checksum.ts";
 import { ArchError } from "./errors.ts";
 
-// Versions and names come from env vars and config files: one path segment each, never `..`.
-const pathSegment = z
+/** Versions and names come from env vars and config files: one path segment each, never `..`. */
+export const pathSegmentSchema = z
   .string()
   .min(1)
   .refine((s) => !s.includes("/") && !s.includes("\0") && s !== "." && s !== "..", {
@@ -16,8 +16,8 @@ const pathSegment = z
 
 export const resolveArtifactOptionsSchema = z.object({
   root: z.string().min(1),
-  version: pathSegment,
-  name: pathSegment,
+  version: pathSegmentSchema,
+  name: pathSegmentSchema,
   arch: archSchema,
   verifyArch: z.boolean().default(true),
   checksum: z

@@ -11,6 +11,7 @@ export {
 export {
   type ArtifactLayout,
   artifactCandidates,
+  pathSegmentSchema,
   type RejectedCandidate,
   type ResolveArtifactOptions,
   type ResolvedArtifact,

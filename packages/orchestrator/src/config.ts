@@ -1,17 +1,17 @@
 import { isAbsolute } from "node:path";
-import { ACCEPTED_ARCH_NAMES, type Arch, hostArch, normalizeArch } from "@sbx/arch";
+import { ACCEPTED_ARCH_NAMES, type Arch, hostArch, normalizeArch, pathSegmentSchema } from "@sbx/arch";
 import { CpuTemplateError, parseCpuTemplateSetting, type StaticTemplate } from "@sbx/cpu-template";
+import { DEFAULT_BUSYBOX_VERSION } from "@sbx/rootfs";
 import { z } from "zod";
 import { type EgressPolicy, egressPolicySchema } from "./egress-policy.ts";
 import { OrchestratorError } from "./errors.ts";
 import { cidrContains, cidrsOverlap, parseCidr, parseIpv4 } from "./ipv4.ts";
 
 /**
- * The busybox version templates are built with. It must stay equal to `DEFAULT_BUSYBOX_VERSION` of
- * @sbx/rootfs, which resolves busybox for the build: the Go orchestrator had two such defaults and
- * they drifted apart.
+ * The busybox version templates are built with: @sbx/rootfs's, which resolves busybox for the build
+ * (one definition: the Go orchestrator had two such defaults and they drifted apart).
  */
-export const DEFAULT_BUSYBOX_VERSION = "1.36.1";
+export { DEFAULT_BUSYBOX_VERSION };
 
 /** Defaults that depend on the target arch. Real arm64 kernels boot more slowly. */
 export const ARCH_DEFAULTS: Readonly<
@@ -92,13 +92,7 @@ const absolutePath = z
   .trim()
   .min(1)
   .refine((path) => isAbsolute(path), { message: "must be an absolute path" });
-const pathSegment = z
-  .string()
-  .trim()
-  .min(1)
-  .refine((s) => !s.includes("/") && !s.includes("\0") && s !== "." && s !== "..", {
-    message: "must be a single path segment (no '/', '.' or '..')",
-  });
+const pathSegment = z.string().trim().pipe(pathSegmentSchema);
 const positiveInt = (max: number) => z.number().int().min(1).max(max);
 const overcommitRatio = z.number().min(0.1).max(64);
 const cidrText = z

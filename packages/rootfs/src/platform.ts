@@ -1,4 +1,4 @@
-import { type Arch, archTraits } from "@sbx/arch";
+import { ACCEPTED_ARCH_NAMES, type Arch, archTraits, normalizeArch } from "@sbx/arch";
 import { RootfsError } from "./errors.ts";
 import {
   type Descriptor,
@@ -31,7 +31,10 @@ export function formatPlatform(platform: PlatformTriple): string {
   return [platform.os, platform.architecture, platform.variant].filter(Boolean).join("/");
 }
 
-const ARCH_ALIASES: Record<string, string> = { x86_64: "amd64", "x86-64": "amd64", aarch64: "arm64" };
+/** An OCI architecture in @sbx/arch's spelling when it is one of its aliases (x86_64, aarch64, ...). */
+function canonicalArchitecture(name: string): string {
+  return ACCEPTED_ARCH_NAMES.includes(name) ? normalizeArch(name, { strict: true }) : name;
+}
 
 /**
  * How well an image's platform fits the target: 2 exact, 1 compatible, 0 no match. An arm64 entry
@@ -39,8 +42,8 @@ const ARCH_ALIASES: Record<string, string> = { x86_64: "amd64", "x86-64": "amd64
  * without a variant accepts `v1` (the baseline) but not v2+ (which need newer CPUs).
  */
 export function platformMatchScore(candidate: PlatformTriple, target: PlatformTriple): 0 | 1 | 2 {
-  const architecture = ARCH_ALIASES[candidate.architecture] ?? candidate.architecture;
-  const targetArchitecture = ARCH_ALIASES[target.architecture] ?? target.architecture;
+  const architecture = canonicalArchitecture(candidate.architecture);
+  const targetArchitecture = canonicalArchitecture(target.architecture);
   if (candidate.os !== target.os || architecture !== targetArchitecture) return 0;
   if (architecture === candidate.architecture && (candidate.variant ?? "") === (target.variant ?? ""))
     return 2;

@@ -245,6 +245,10 @@ describe("platformMatchScore", () => {
     [{ os: "linux", architecture: "amd64", variant: "v1" }, { os: "linux", architecture: "amd64" }, 1],
     [{ os: "linux", architecture: "amd64", variant: "v3" }, { os: "linux", architecture: "amd64" }, 0],
     [{ os: "linux", architecture: "x86_64" }, { os: "linux", architecture: "amd64" }, 1],
+    [{ os: "linux", architecture: "aarch64" }, { os: "linux", architecture: "arm64", variant: "v8" }, 1],
+    // Names that are Object.prototype members are no architecture: they match nothing.
+    [{ os: "linux", architecture: "constructor" }, { os: "linux", architecture: "amd64" }, 0],
+    [{ os: "linux", architecture: "__proto__" }, { os: "linux", architecture: "arm64" }, 0],
     [{ os: "windows", architecture: "amd64" }, { os: "linux", architecture: "amd64" }, 0],
   ])("%j against %j is %i", (candidate, target, score) => {
     expect(platformMatchScore(candidate, target)).toBe(score);
