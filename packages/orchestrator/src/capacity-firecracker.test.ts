@@ -1,7 +1,7 @@
 // Overload with a real Firecracker and the busy test guest (every running guest spins one vCPU): a
 // burst larger than the host ends with each create either running (alive, checksum right) or refused
 // with CAPACITY_EXCEEDED, never failing inside the VM start; the memory limit refuses before any
-// Firecracker starts. Takes about 1.5 minutes on a 2-core host (most of it queue timeouts).
+// Firecracker starts. Takes about 45 s on a 2-core host (most of it queue timeouts).
 import { readdirSync, readFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";

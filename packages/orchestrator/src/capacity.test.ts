@@ -314,6 +314,37 @@ describe("an Orchestrator's admission", () => {
     });
   });
 
+  it("reject mode refuses at once, not after the creates ahead of it have started", async () => {
+    await using orchestrator = await Orchestrator.open(
+      createConfig({
+        stateDir: join(dir, "state"),
+        firecrackerBin: "/bin/true",
+        admission: "reject",
+        hostVcpus: 1,
+        vcpuOvercommit: 1,
+        maxConcurrentCreates: 1,
+      }),
+    );
+    await writeFile(join(dir, "vmstate"), "vmstate");
+    await writeFile(join(dir, "mem"), Buffer.alloc(64 * 1024));
+    await importBuild(orchestrator.state, {
+      template: "one",
+      vmstate: join(dir, "vmstate"),
+      memory: join(dir, "mem"),
+    });
+    const order: string[] = [];
+    const ended = (name: string) => (error: OrchestratorError) => {
+      order.push(`${name} ${error.code}`);
+    };
+    await Promise.all([
+      orchestrator.createSandbox({ template: "one" }).catch(ended("first")),
+      orchestrator.createSandbox({ template: "one" }).catch(ended("second")),
+    ]);
+    // The first goes on to fail at the launch (no Firecracker); the second never waited for it.
+    expect(order).toEqual(["second CAPACITY_EXCEEDED", "first STEP_FAILED"]);
+    expect(orchestrator.metrics().capacity.committed.sandboxes).toBe(0);
+  });
+
   it("reject mode: a create larger than the memory limit is refused before any step runs", async () => {
     await using orchestrator = await Orchestrator.open(
       createConfig({

@@ -7,6 +7,7 @@ import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import type { AdmissionMode, OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
+import type { ConcurrencyLimiter } from "./limiter.ts";
 import type { BuildManifest } from "./template-manifest.ts";
 
 const MiB = 1024 * 1024;
@@ -399,6 +400,18 @@ export class AdmissionController {
 
 function mib(bytes: number): string {
   return `${Math.round(bytes / MiB)} MiB`;
+}
+
+/**
+ * Takes one of `limiter`'s slots and holds it until the returned function is called, so admission can
+ * come first and a create waits for a start slot only once the host has room for it.
+ */
+export function takeSlot(limiter: ConcurrencyLimiter, signal?: AbortSignal): Promise<() => void> {
+  return new Promise((resolve, reject) => {
+    limiter
+      .run(() => new Promise<void>((free) => resolve(() => free())), signal ? { signal } : {})
+      .catch(reject);
+  });
 }
 
 /** One line for errors and `sbx doctor`: where the numbers come from. */

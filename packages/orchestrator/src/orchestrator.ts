@@ -21,6 +21,7 @@ import {
   describeCapacity,
   type ResolvedCapacity,
   resolveCapacity,
+  takeSlot,
 } from "./capacity.ts";
 import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
@@ -165,25 +166,43 @@ export class Orchestrator implements AsyncDisposable {
         `maxSandboxes (${this.config.maxSandboxes}) are running`,
       );
     }
-    return this.state.createLimiter.run(() =>
-      createSandbox(this.state, options, {
-        metrics: this.#metrics,
-        logger: this.#logger,
-        ...(this.#networkPool ? { networkPool: this.#networkPool } : {}),
-        ...(this.#store ? { store: this.#store, onBuildPublished: (id: string) => this.#upload(id) } : {}),
-        onCreated: (sandbox) => {
-          this.#live.add(sandbox);
-          this.#logger.info?.(
-            { id: sandbox.id, template: sandbox.template, build: sandbox.build.id },
-            "sandbox created",
-          );
-        },
-        onGone: (sandbox) => this.#live.delete(sandbox),
-        // Forks of a sandbox reuse these hooks, so they are admitted (and charged) too.
-        admit: (build, signal) =>
-          this.#capacity.admit(demandOf(build, this.config), signal ? { signal } : {}),
-      }),
-    );
+    return createSandbox(this.state, options, {
+      metrics: this.#metrics,
+      logger: this.#logger,
+      ...(this.#networkPool ? { networkPool: this.#networkPool } : {}),
+      ...(this.#store ? { store: this.#store, onBuildPublished: (id: string) => this.#upload(id) } : {}),
+      onCreated: (sandbox) => {
+        this.#live.add(sandbox);
+        this.#logger.info?.(
+          { id: sandbox.id, template: sandbox.template, build: sandbox.build.id },
+          "sandbox created",
+        );
+      },
+      onGone: (sandbox) => this.#live.delete(sandbox),
+      // Capacity first, then a start slot (maxConcurrentCreates): a create the host has no room for
+      // is refused or queued at once, and the queue timeout bounds all of its waiting. Forks of a
+      // sandbox reuse these hooks, so they are admitted, charged and limited too.
+      admit: async (build, signal) => {
+        const reservation = await this.#capacity.admit(
+          demandOf(build, this.config),
+          signal ? { signal } : {},
+        );
+        let freeSlot: () => void;
+        try {
+          freeSlot = await takeSlot(this.state.createLimiter, signal);
+        } catch (error) {
+          reservation.release();
+          throw error;
+        }
+        return {
+          started: freeSlot,
+          release: () => {
+            freeSlot();
+            reservation.release();
+          },
+        };
+      },
+    });
   }
 
   templates(): Promise<TemplatePointer[]> {

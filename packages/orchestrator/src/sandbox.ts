@@ -508,7 +508,10 @@ export interface CreateSandboxHooks {
    * anything of the sandbox exists; released when the create fails or the sandbox is gone. Time spent
    * here never counts against the boot or alive timeouts, which start later.
    */
-  admit?: (build: BuildManifest, signal: AbortSignal | undefined) => Promise<{ release(): void }>;
+  admit?: (
+    build: BuildManifest,
+    signal: AbortSignal | undefined,
+  ) => Promise<{ started?(): void; release(): void }>;
 }
 
 async function resolveBuildId(state: OrchestratorState, options: CreateSandboxOptions): Promise<string> {
@@ -591,6 +594,7 @@ export async function createSandbox(
     metrics.sandboxesCreated += 1;
     const sandbox = new Sandbox(context, result, { ...hooks, metrics });
     hooks.onCreated?.(sandbox);
+      admission?.started?.();
     return sandbox;
   } finally {
     // From here the sandbox's record (which names its build) pins it.
