@@ -504,9 +504,10 @@ export interface CreateSandboxHooks {
   onCreated?: (sandbox: Sandbox) => void;
   onGone?: (sandbox: Sandbox) => void;
   /**
-   * Waits until the host has room for a VM of `build` (an Orchestrator charges its capacity), before
-   * anything of the sandbox exists; released when the create fails or the sandbox is gone. Time spent
-   * here never counts against the boot or alive timeouts, which start later.
+   * Waits until the host has room for a VM of `build` (an Orchestrator charges its capacity and takes
+   * a start slot), before anything of the sandbox exists; `started` once the steps succeeded, `release`
+   * when the create fails or the sandbox is gone. Time spent here never counts against the boot or
+   * alive timeouts, which start later.
    */
   admit?: (
     build: BuildManifest,
