@@ -583,6 +583,7 @@ export async function createSandbox(
       // The charge goes back once everything the steps made is gone (kill, or a failure below).
       const cleanup = () => run.cleanup().finally(() => admission?.release());
       result = { timings: run.timings, cleanup, [Symbol.asyncDispose]: cleanup };
+      admission?.started?.();
     } catch (error) {
       admission?.release();
       metrics.createFailures += 1;
@@ -595,7 +596,6 @@ export async function createSandbox(
     metrics.sandboxesCreated += 1;
     const sandbox = new Sandbox(context, result, { ...hooks, metrics });
     hooks.onCreated?.(sandbox);
-      admission?.started?.();
     return sandbox;
   } finally {
     // From here the sandbox's record (which names its build) pins it.
