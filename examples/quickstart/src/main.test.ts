@@ -10,12 +10,14 @@ function runQuickstart(env: Record<string, string>) {
   const output = execFileSync(process.execPath, ["--conditions=@sbx/source", main, "--json"], {
     env: { ...process.env, ...env },
     encoding: "utf8",
-    timeout: 60_000,
+    // A liveness bound: the first template build compiles the guest agent (for arm64 too, with the
+    // cross compiler), and a full test run shares two cores with every package's guests.
+    timeout: 170_000,
   });
   return JSON.parse(output.trim().split("\n").at(-1)!);
 }
 
-describe.skipIf(!existsSync("/bin/busybox"))("quickstart", () => {
+describe.skipIf(!existsSync("/bin/busybox"))("quickstart", { timeout: 180_000 }, () => {
   it("resolves this host's busybox and refuses it for the other arch", () => {
     const result = runQuickstart({ TARGET_ARCH: "" });
     const host = hostArch();
