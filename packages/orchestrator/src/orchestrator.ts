@@ -180,7 +180,7 @@ export class Orchestrator implements AsyncDisposable {
       },
       onGone: (sandbox) => this.#live.delete(sandbox),
       // Capacity first, then a start slot (maxConcurrentCreates): a create the host has no room for
-      // is refused or queued at once, and the queue timeout bounds all of its waiting. Forks of a
+      // is refused or queued at once, never after waiting for a slot behind others. Forks of a
       // sandbox reuse these hooks, so they are admitted, charged and limited too.
       admit: async (build, signal) => {
         const reservation = await this.#capacity.admit(
