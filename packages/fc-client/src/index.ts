@@ -1,4 +1,11 @@
 export {
+  type CgroupMount,
+  chooseCgroupVersion,
+  jailCgroupDirs,
+  readCgroupMounts,
+  removeCgroupDirs,
+} from "./cgroups.ts";
+export {
   type CallOptions,
   type CreateFirecrackerClientOptions,
   createFirecrackerClient,
@@ -22,6 +29,7 @@ export {
   type FirecrackerErrorCode,
   FirecrackerVersionError,
 } from "./errors.ts";
+export type { Jail, JailLaunchOptions } from "./jail.ts";
 export {
   buildJailerArgs,
   type JailerCommand,
@@ -29,6 +37,7 @@ export {
   jailedPaths,
   linkIntoJail,
 } from "./jailer.ts";
+export { type JailerAndFirecrackerVersions, readJailerAndFirecrackerVersions } from "./jailer-version.ts";
 export { FirecrackerLaunchError, type FirecrackerLaunchErrorCode } from "./launch-error.ts";
 export {
   type FirecrackerExit,
@@ -50,6 +59,7 @@ export {
 } from "./metrics.ts";
 export { OPERATIONS, type OperationId, type OperationSpec, type Operations } from "./operations.ts";
 export * from "./schemas.ts";
+export { type RemovedJails, type RemoveStaleJailsOptions, removeStaleJails } from "./stale-jails.ts";
 export {
   FIELD_SINCE,
   OLDEST_KNOWN_VERSION,

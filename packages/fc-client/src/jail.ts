@@ -6,15 +6,12 @@
 // changes credentials), runs the jailer (which execs Firecracker in place) and exits with Firecracker's
 // status. When the owner dies, unshare dies (setpriv), the shell gets SIGKILL, and the kernel kills
 // every process in the namespace.
-import { execFile } from "node:child_process";
 import { chown, copyFile, link, mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { constants } from "node:os";
 import { basename, dirname, join, posix } from "node:path";
-import { promisify } from "node:util";
 import { chooseCgroupVersion, jailCgroupDirs, readCgroupMounts, removeCgroupDirs } from "./cgroups.ts";
 import { buildJailerArgs, type JailerCommand, type JailerOptions } from "./jailer.ts";
 import { FirecrackerLaunchError } from "./launch-error.ts";
-
-const run = promisify(execFile);
 
 export const UNSHARE_BINARY = "/usr/bin/unshare";
 export const SHELL_BINARY = "/bin/sh";
@@ -247,37 +244,17 @@ export async function jailedVmPid(pid: number, firecrackerBinary: string): Promi
   return undefined;
 }
 
-/** The jailer's and Firecracker's versions (`--version`), for `sbx doctor`. */
-export async function readJailerAndFirecrackerVersions(binaries: {
-  jailer: string;
-  firecracker: string;
-}): Promise<{ jailer: string; firecracker: string }> {
-  const version = async (binary: string, name: string): Promise<string> => {
-    let stdout: string;
-    try {
-      ({ stdout } = await run(binary, ["--version"], { timeout: 10_000 }));
-    } catch (cause) {
-      throw new FirecrackerLaunchError(
-        "BINARY_NOT_FOUND",
-        `cannot run ${binary} --version: ${(cause as Error).message}`,
-        {
-          cause,
-          details: { binary },
-        },
-      );
-    }
-    const match = new RegExp(`^${name} v(\\d+\\.\\d+\\.\\d+\\S*)`, "m").exec(stdout);
-    if (!match) {
-      throw new FirecrackerLaunchError(
-        "BINARY_NOT_FOUND",
-        `${binary} --version did not print "${name} vX.Y.Z" (got ${JSON.stringify(stdout.slice(0, 200))})`,
-        { details: { binary } },
-      );
-    }
-    return match[1]!;
-  };
-  return {
-    jailer: await version(binaries.jailer, "Jailer"),
-    firecracker: await version(binaries.firecracker, "Firecracker"),
-  };
+/**
+ * Firecracker's exit as the launcher reports it unjailed: the namespace init exits with 128 + n when
+ * Firecracker was killed by signal n, and unshare passes that on as a plain status.
+ */
+export function jailedExitStatus(
+  exitCode: number | null,
+  signal: NodeJS.Signals | null,
+): { exitCode: number | null; signal: NodeJS.Signals | null } {
+  if (exitCode !== null && exitCode > 128) {
+    const name = Object.entries(constants.signals).find(([, number]) => number === exitCode - 128)?.[0];
+    if (name) return { exitCode: null, signal: name as NodeJS.Signals };
+  }
+  return { exitCode, signal };
 }

@@ -20,7 +20,14 @@ import {
   type WaitForConsoleOptions,
 } from "./console-capture.ts";
 import { FirecrackerApiError } from "./errors.ts";
-import { childrenOf, type Jail, type JailLaunchOptions, jailedVmPid, type PreparedJail } from "./jail.ts";
+import {
+  childrenOf,
+  type Jail,
+  type JailLaunchOptions,
+  jailedExitStatus,
+  jailedVmPid,
+  type PreparedJail,
+} from "./jail.ts";
 import { prepareJailedFiles } from "./jailed-files.ts";
 import { FirecrackerLaunchError } from "./launch-error.ts";
 import { type FullVmConfiguration, fullVmConfigurationSchema } from "./schemas.ts";
@@ -376,7 +383,7 @@ export async function launchFirecracker(options: LaunchFirecrackerOptions): Prom
       }
     });
     child.once("close", (exitCode, signal) => {
-      exitStatus ??= { exitCode, signal };
+      exitStatus ??= prepared ? jailedExitStatus(exitCode, signal) : { exitCode, signal };
       consoleCapture.end();
       stderrCapture.end();
       child.stdin.destroy();

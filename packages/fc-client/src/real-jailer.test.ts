@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { removeCgroupDirs } from "./cgroups.ts";
-import { readJailerAndFirecrackerVersions } from "./jail.ts";
+import { readJailerAndFirecrackerVersions } from "./jailer-version.ts";
 import { launchFirecracker } from "./launcher.ts";
 import { cgroupChildren, entries, firecrackerPids } from "./test-jail-counts.ts";
 import { childPids, fdCount, settle, settledFdCount } from "./test-process-counts.ts";
@@ -150,7 +150,8 @@ describe.skipIf(skipReason !== undefined)(
         await link(j.hostPath("/vmstate"), snapshotPath);
         await link(j.hostPath("/mem"), memPath);
       } finally {
-        await first.kill({ graceMs: 2000 });
+        // Paused: SIGTERM at once, reported as Firecracker's own signal (not the init's 128 + n).
+        expect(await first.kill({ graceMs: 2000 })).toEqual({ exitCode: null, signal: "SIGTERM" });
       }
       // Disposal removed the VM's directory and its cgroups; the process and its namespace are gone.
       expect(existsSync(join(base, "firecracker", `${prefix}1`))).toBe(false);
