@@ -147,7 +147,7 @@ export async function publishBuild(
   const memoryHeader = present.has(BUILD_FILES.header)
     ? decodeMemoryHeader(await readFile(join(staging, BUILD_FILES.header)))
     : undefined;
-  const [vmstate, memory, header, rootfs, cpuTemplate] = await Promise.all([
+  const [vmstate, memory, header, rootfs, cpuTemplate, workingSet] = await Promise.all([
     record(BUILD_FILES.vmstate),
     memoryHeader
       ? record(BUILD_FILES.memory, (path) => memoryDigest(path, memoryHeader, manifest.id))
@@ -155,6 +155,7 @@ export async function publishBuild(
     record(BUILD_FILES.header),
     record(BUILD_FILES.rootfs),
     record(BUILD_FILES.cpuTemplate),
+    record(BUILD_FILES.workingSet),
   ]);
   const parsed = buildManifestSchema.safeParse({
     schemaVersion: 1,
@@ -165,6 +166,7 @@ export async function publishBuild(
       [BUILD_FILES.header]: header,
       ...(rootfs ? { [BUILD_FILES.rootfs]: rootfs } : {}),
       ...(cpuTemplate ? { [BUILD_FILES.cpuTemplate]: cpuTemplate } : {}),
+      ...(workingSet ? { [BUILD_FILES.workingSet]: workingSet } : {}),
     },
   });
   if (!parsed.success)

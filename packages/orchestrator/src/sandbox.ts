@@ -51,6 +51,7 @@ import { AGENT_VSOCK_PORT, AGENT_VSOCK_SOCKET, diskSlotPath, ensureDiskSlot } fr
 import { BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
 import { wrapInVmNamespaces } from "./vm-namespace.ts";
 import { waitForConsoleLogged } from "./wait-for-line.ts";
+import { readWorkingSet } from "./working-set-record.ts";
 
 /**
  * An object whose every method awaits `target` first: `sandbox.commands.run(...)` reads as a plain call
@@ -194,9 +195,19 @@ export function defaultSandboxSteps(): StepList<SandboxContext> {
     {
       name: "page-fault-server",
       async run(context) {
+        // Prefetched from the handshake on, between the guest's faults; a build without one (or with an
+        // unreadable one) restores on demand.
+        const workingSet = context.build.files[BUILD_FILES.workingSet]
+          ? await readWorkingSet(
+              join(buildDir(context.state.config, context.build.id), BUILD_FILES.workingSet),
+              context.build.memory.sizeBytes,
+              context.logger,
+            )
+          : undefined;
         const server = new PageFaultServer({
           socketPath: join(requireFromStep(context.sandboxDir, "the sandbox directory"), "uffd.sock"),
           memory: { header: context.header, paths: context.memoryFiles },
+          ...(workingSet ? { workingSet: workingSet.ranges } : {}),
           // Dirty pages come from Firecracker's own Diff snapshot.
           trackDirty: false,
           logger: context.logger,

@@ -52,6 +52,7 @@ import {
 import { BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
 import { wrapInVmNamespaces } from "./vm-namespace.ts";
 import { startProgressLog, waitForConsoleLogged } from "./wait-for-line.ts";
+import { recordWorkingSet } from "./working-set-record.ts";
 
 /** The agent's vsock: its guest CID and the socket Firecracker binds in the VM's working directory. */
 export const AGENT_GUEST_CID = 3;
@@ -92,6 +93,12 @@ export interface BuildTemplateOptions {
   logger?: Logger;
   /** Byte progress of the image pull, the unpack and the ext4 image (see `createProgressReporter`). */
   onProgress?: (event: ProgressEvent) => void;
+  /**
+   * Restore the snapshot once before publishing and record the pages its guest touches until `alive`
+   * (default any console line), for every create to prefetch; `false` skips it. A recording that fails
+   * is logged and the build is published without one: creates then restore on demand.
+   */
+  workingSet?: { alive?: RegExp } | false;
 }
 
 export interface TemplateBuildContext {
@@ -412,6 +419,35 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
           memory: { sizeBytes: memorySize, ownedBytes: memorySize },
           files: {} as BuildManifest["files"],
         };
+      },
+    },
+    {
+      name: "working-set",
+      async run(context, { signal }) {
+        if (context.options.workingSet === false) return;
+        const inputs = requireFromStep(context.inputs, "the template inputs");
+        const alive = context.options.workingSet?.alive;
+        try {
+          await recordWorkingSet({
+            stagingDir: context.stagingDir,
+            buildId: context.buildId,
+            firecrackerBinary: inputs.artifacts.firecracker.path,
+            config: context.config,
+            ...(context.network ? { networkNamespace: context.network.name } : {}),
+            ...(alive ? { alive } : {}),
+            timeoutMs: context.config.readyTimeoutMs,
+            logIntervalMs: context.config.waitLogIntervalMs,
+            signal,
+            ...(context.options.logger ? { logger: context.options.logger } : {}),
+          });
+        } catch (error) {
+          if (signal.aborted) throw error;
+          context.options.logger?.warn?.(
+            { build: context.buildId, error: (error as Error).message },
+            "recording the working set failed: the build is published without one (creates restore on demand)",
+          );
+          await rm(join(context.stagingDir, BUILD_FILES.workingSet), { force: true });
+        }
       },
     },
     {

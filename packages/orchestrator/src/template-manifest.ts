@@ -76,6 +76,11 @@ export const BUILD_FILES = Object.freeze({
   rootfs: "rootfs.ext4",
   /** A copy of the custom CPU template the guest was booted with: resume never rereads the original. */
   cpuTemplate: "cpu-template.json",
+  /**
+   * The pages a fresh restore touched before its guest was alive, in first-touch order (@sbx/uffd's
+   * working-set format): prefetched by every create. Optional: a build without one restores on demand.
+   */
+  workingSet: "working-set",
 });
 
 /**
@@ -113,6 +118,7 @@ export const buildManifestSchema = z.object({
     [BUILD_FILES.header]: buildFileSchema,
     [BUILD_FILES.rootfs]: buildFileSchema.optional(),
     [BUILD_FILES.cpuTemplate]: buildFileSchema.optional(),
+    [BUILD_FILES.workingSet]: buildFileSchema.optional(),
   }),
 });
 export type BuildManifest = z.infer<typeof buildManifestSchema>;

@@ -1,0 +1,176 @@
+// Records a build's working set: restores its staged snapshot once, serves the guest's faults from the
+// staged memory, and keeps the order in which pages were first touched until the guest is alive again.
+// Every later create prefetches those pages (see the `page-fault-server` step), so the guest finds
+// them present instead of faulting them in one at a time. It runs before `publish`: a published build
+// is immutable, and its working set is one of its files.
+import { mkdir, mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { type Logger, silentLogger } from "@sbx/arch";
+import { launchFirecracker } from "@sbx/fc-client";
+import {
+  decodeWorkingSet,
+  encodeWorkingSet,
+  fullMemoryHeader,
+  MAX_WORKING_SET_BYTES,
+  PageFaultServer,
+  type WorkingSet,
+  workingSetFromTrace,
+  workingSetPages,
+} from "@sbx/uffd";
+import type { OrchestratorConfig } from "./config.ts";
+import { cloneFile } from "./disk-clone.ts";
+import { OrchestratorError } from "./errors.ts";
+import { writeFileAtomic } from "./state-dir.ts";
+import { diskSlotPath, ensureDiskSlot } from "./template-build.ts";
+import { BUILD_FILES } from "./template-manifest.ts";
+import { wrapInVmNamespaces } from "./vm-namespace.ts";
+import { waitForConsoleLogged } from "./wait-for-line.ts";
+
+/** Any console line: a restored guest that prints has run again (the same default as a create's). */
+export const DEFAULT_RECORD_ALIVE = /\S/;
+/** The scratch directory of a recording inside the staging directory; never published. */
+const RECORD_DIR = ".record-working-set";
+
+export interface RecordWorkingSetOptions {
+  /** A staged build's directory: its vmstate and Full memory (and its rootfs, when it has one). */
+  stagingDir: string;
+  buildId: string;
+  /** The Firecracker binary that restores it (the one that wrote the snapshot). */
+  firecrackerBinary: string;
+  /** Paths for the VM's mount namespace: the state directory's disk slot. */
+  config: Pick<OrchestratorConfig, "stateDir" | "targetArch" | "seccompFilter" | "allowNoSeccomp">;
+  /** The network namespace with the TAP the snapshot reopens, when its VM had a NIC. */
+  networkNamespace?: string;
+  /** The console line that says the guest is ready: recording stops there. Default any line. */
+  alive?: RegExp;
+  timeoutMs: number;
+  logIntervalMs?: number;
+  signal?: AbortSignal;
+  logger?: Logger;
+}
+
+export interface RecordedWorkingSet {
+  workingSet: WorkingSet;
+  /** Where it was written: `<stagingDir>/working-set`. */
+  path: string;
+  pages: number;
+  faults: number;
+  elapsedMs: number;
+}
+
+/**
+ * Restores the staged snapshot once over userfaultfd, waits for the alive line, and writes the pages
+ * the guest touched until then, in first-touch order, to `<stagingDir>/working-set` (temp name, fsync,
+ * rename). The VM runs on a clone of the staged rootfs, so the build's own disk is never written.
+ */
+export async function recordWorkingSet(options: RecordWorkingSetOptions): Promise<RecordedWorkingSet> {
+  const logger = options.logger ?? silentLogger;
+  const started = performance.now();
+  const staged = (name: string) => join(options.stagingDir, name);
+  // The disk clone stays beside the staged rootfs (a reflink where the filesystem can); the sockets go
+  // to a short temp directory, since a Unix socket path holds at most 107 bytes.
+  const diskDir = staged(RECORD_DIR);
+  await rm(diskDir, { recursive: true, force: true });
+  await mkdir(diskDir, { recursive: true, mode: 0o700 });
+  const work = await mkdtemp(join(tmpdir(), "sbx-ws-"));
+  try {
+    const memoryPath = staged(BUILD_FILES.memory);
+    const memorySize = (await stat(memoryPath)).size;
+    const hasRootfs = await stat(staged(BUILD_FILES.rootfs)).then(
+      () => true,
+      () => false,
+    );
+    const binds: { source: string; target: string }[] = [];
+    if (hasRootfs) {
+      const disk = join(diskDir, BUILD_FILES.rootfs);
+      await cloneFile(staged(BUILD_FILES.rootfs), disk);
+      binds.push({ source: disk, target: diskSlotPath(options.config) });
+      await ensureDiskSlot(options.config);
+    }
+    await using server = new PageFaultServer({
+      socketPath: join(work, "uffd.sock"),
+      memory: {
+        header: fullMemoryHeader({ build: options.buildId, memorySize }),
+        paths: { [options.buildId]: memoryPath },
+      },
+      logger,
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+    await server.listen();
+    await using fc = await launchFirecracker({
+      ...wrapInVmNamespaces(options.firecrackerBinary, {
+        ...(options.networkNamespace ? { networkNamespace: options.networkNamespace } : {}),
+        binds,
+      }),
+      id: `record-${options.buildId}`,
+      arch: options.config.targetArch,
+      logPath: join(work, "firecracker.log"),
+      // The snapshot's vsock socket path is relative: it lands here and goes with the directory.
+      cwd: work,
+      uffdRestore: true,
+      ...(options.config.seccompFilter ? { seccompFilter: options.config.seccompFilter } : {}),
+      ...(options.config.allowNoSeccomp ? { allowNoSeccomp: true } : {}),
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+    const since = fc.console.position;
+    await fc.client.loadSnapshot({
+      snapshot_path: staged(BUILD_FILES.vmstate),
+      mem_backend: { backend_type: "Uffd", backend_path: server.socketPath },
+      resume_vm: true,
+    });
+    await waitForConsoleLogged(fc, options.alive ?? DEFAULT_RECORD_ALIVE, {
+      what: `build ${options.buildId}'s guest to run again (recording its working set)`,
+      timeoutMs: options.timeoutMs,
+      since,
+      logIntervalMs: options.logIntervalMs ?? 10_000,
+      logger,
+    });
+    // Read at the alive line: what the guest touches later is its steady state, not its resume.
+    const trace = server.faultTrace();
+    const workingSet = workingSetFromTrace(trace, memorySize);
+    const path = staged(BUILD_FILES.workingSet);
+    await writeFileAtomic(path, encodeWorkingSet(workingSet));
+    const recorded = {
+      workingSet,
+      path,
+      pages: workingSetPages(workingSet),
+      faults: trace.length,
+      elapsedMs: performance.now() - started,
+    };
+    logger.info?.(
+      { build: options.buildId, pages: recorded.pages, ranges: workingSet.ranges.length },
+      "working set recorded",
+    );
+    return recorded;
+  } finally {
+    await rm(work, { recursive: true, force: true });
+    await rm(diskDir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * A build's working set as the page-fault server takes it, or undefined when the build has none or its
+ * file is unreadable or invalid (logged): a working set only ever saves time, so it never fails a create.
+ */
+export async function readWorkingSet(
+  path: string,
+  memorySize: number,
+  logger: Logger = silentLogger,
+): Promise<WorkingSet | undefined> {
+  try {
+    const info = await stat(path);
+    if (info.size > MAX_WORKING_SET_BYTES)
+      throw new OrchestratorError("BUILD_INVALID", `${path} is ${info.size} bytes, more than a working set`);
+    const set = decodeWorkingSet(await readFile(path));
+    if (set.memorySize !== memorySize)
+      throw new OrchestratorError(
+        "BUILD_INVALID",
+        `${path} was recorded for ${set.memorySize} bytes of memory, the build has ${memorySize}`,
+      );
+    return set;
+  } catch (error) {
+    logger.warn?.({ path, error: (error as Error).message }, "working set not used: restoring on demand");
+    return undefined;
+  }
+}
