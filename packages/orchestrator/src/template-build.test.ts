@@ -71,6 +71,7 @@ describe.skipIf(skipReason !== undefined)("template build steps", () => {
       "network",
       "snapshot",
       "build-record",
+      "working-set",
       "publish",
       "pointer",
     ]);
