@@ -74,6 +74,9 @@ describe("buildJailerArgs", () => {
     expect(() => buildJailerArgs({ ...base, uid: -1 })).toThrow(/uid/);
     expect(() => buildJailerArgs({ ...base, firecrackerBinary: "fc" })).toThrow(/absolute/);
     expect(() => buildJailerArgs({ ...base, cgroups: { "cpu max": 1 } })).toThrow(/cgroup file/);
+    expect(buildJailerArgs({ ...base, cgroups: { "hugetlb.2MB.max": 0 } }).args).toContain(
+      "hugetlb.2MB.max=0",
+    );
     expect(() => buildJailerArgs({ ...base, parentCgroup: "../x" })).toThrow(/parentCgroup/);
   });
 

@@ -105,7 +105,7 @@ export function buildJailerArgs(options: JailerOptions): JailerCommand {
     String(cgroupVersion),
   ];
   for (const [file, value] of Object.entries(options.cgroups ?? {})) {
-    if (!/^[a-z0-9_]+\.[a-z0-9_.]+$/.test(file)) {
+    if (!/^[a-z0-9_]+\.[A-Za-z0-9_.]+$/.test(file)) {
       throw invalid(`cgroup file ${JSON.stringify(file)} must look like <controller>.<knob>, e.g. cpu.max`, {
         file,
       });

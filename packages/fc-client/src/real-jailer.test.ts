@@ -4,7 +4,7 @@ import { link, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { removeCgroupDirs } from "./cgroups.ts";
+import { readCgroupMounts, removeCgroupDirs } from "./cgroups.ts";
 import { readJailerAndFirecrackerVersions } from "./jailer-version.ts";
 import { launchFirecracker } from "./launcher.ts";
 import { cgroupChildren, entries, firecrackerPids } from "./test-jail-counts.ts";
@@ -75,6 +75,39 @@ describe.skipIf(skipReason !== undefined)(
       });
       expect(versions.jailer).toMatch(/^\d+\.\d+\.\d+/);
       expect(versions.firecracker).toMatch(/^\d+\.\d+\.\d+/);
+    });
+
+    it("cgroup v2: a jailed VM lands in its own v2 cgroup with the limit set, removed at disposal (hugetlb: the one controller this hybrid host's v2 tree offers)", async (context) => {
+      const v2 = (await readCgroupMounts()).find((m) => m.version === 2);
+      if (!v2?.controllers.includes("hugetlb") || !existsSync("/sys/kernel/mm/hugepages/hugepages-2048kB")) {
+        context.skip("no cgroup2 hierarchy offering hugetlb with 2 MiB pages here");
+      }
+      const id = `sbx-jt-${nonce}-v2`;
+      const fc = await launchFirecracker({
+        binary: firecrackerBin!,
+        id,
+        jail: {
+          jailerBinary: jailerBin!,
+          uid: UID,
+          gid: UID,
+          chrootBaseDir: base,
+          parentCgroup,
+          cgroupVersion: 2,
+          cgroups: { "hugetlb.2MB.max": 0 },
+        },
+      });
+      const cgroupDir = join(v2!.path, parentCgroup, id);
+      try {
+        expect(fc.jail!.cgroupVersion).toBe(2);
+        expect(fc.jail!.cgroupDirs).toEqual([cgroupDir]);
+        expect(readFileSync(join(cgroupDir, "hugetlb.2MB.max"), "utf8").trim()).toBe("0");
+        expect(readFileSync(join(cgroupDir, "cgroup.procs"), "utf8").split("\n")).toContain(String(fc.pid));
+        expect(readFileSync(`/proc/${fc.pid}/cgroup`, "utf8")).toContain(`0::/${parentCgroup}/${id}\n`);
+      } finally {
+        await fc[Symbol.asyncDispose]();
+      }
+      expect(existsSync(cgroupDir)).toBe(false);
+      expect(entries(join(base, "firecracker"))).toEqual([]);
     });
 
     it("boots jailed (uid, chroot, pid and network namespace, cgroups), snapshots, and a second jail restores it; disposal leaves nothing", async () => {
