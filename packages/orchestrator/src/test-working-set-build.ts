@@ -4,7 +4,7 @@ import { rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fingerprintToFile } from "@sbx/cpu-template";
 import { configureAndStart, launchFirecracker } from "@sbx/fc-client";
-import { encodeMemoryHeader, fullMemoryHeader } from "@sbx/uffd";
+import { encodeMemoryHeader, encodeWorkingSet, fullMemoryHeader, type WorkingSet } from "@sbx/uffd";
 import { newBuildId, publishBuild, setTemplatePointer, stageBuild } from "./builds.ts";
 import { cloneFile } from "./disk-clone.ts";
 import { firecrackerFor, thisHostFingerprint } from "./host-facts.ts";
@@ -42,8 +42,15 @@ export async function snapshotTestGuest(
 /** Stages a Full snapshot as a build, records its working set until `alive`, publishes and names it. */
 export async function importWithWorkingSet(
   state: OrchestratorState,
-  options: { template: string; vmstate: string; memory: string; alive: RegExp },
-): Promise<{ manifest: BuildManifest; recorded: RecordedWorkingSet }> {
+  options: {
+    template: string;
+    vmstate: string;
+    memory: string;
+    alive: RegExp;
+    /** Store this set instead of recording one (a benchmark's stale working set). */
+    workingSet?: WorkingSet;
+  },
+): Promise<{ manifest: BuildManifest; recorded: RecordedWorkingSet | undefined }> {
   const config = state.config;
   const id = newBuildId();
   const release = state.leases.lease(id);
@@ -57,14 +64,18 @@ export async function importWithWorkingSet(
       encodeMemoryHeader(fullMemoryHeader({ build: id, memorySize })),
     );
     const firecracker = await firecrackerFor(state);
-    const recorded = await recordWorkingSet({
-      stagingDir: staging,
-      buildId: id,
-      firecrackerBinary: firecracker.path,
-      config,
-      alive: options.alive,
-      timeoutMs: 30_000,
-    });
+    let recorded: RecordedWorkingSet | undefined;
+    if (options.workingSet)
+      await writeFile(join(staging, BUILD_FILES.workingSet), encodeWorkingSet(options.workingSet));
+    else
+      recorded = await recordWorkingSet({
+        stagingDir: staging,
+        buildId: id,
+        firecrackerBinary: firecracker.path,
+        config,
+        alive: options.alive,
+        timeoutMs: 30_000,
+      });
     const manifest = await publishBuild(config, staging, {
       id,
       kind: "template",

@@ -51,11 +51,9 @@ describe.skipIf(skipReason !== undefined)(
       await using state = await openOrchestratorState(
         createConfig({ stateDir: join(dir, "state"), firecrackerBin: binary! }),
       );
-      const { manifest, recorded } = await importWithWorkingSet(state, {
-        template: "prefetched",
-        ...snapshot,
-        alive,
-      });
+      const imported = await importWithWorkingSet(state, { template: "prefetched", ...snapshot, alive });
+      const { manifest } = imported;
+      const recorded = imported.recorded!;
       expect(manifest.files[BUILD_FILES.workingSet]?.sizeBytes).toBeGreaterThan(0);
       // The build directory holds the file build.json records, and nothing of the recording.
       const published = readFileSync(join(buildDir(state.config, manifest.id), BUILD_FILES.workingSet));
