@@ -77,6 +77,29 @@ describe.skipIf(skipReason !== undefined)(
       expect(versions.firecracker).toMatch(/^\d+\.\d+\.\d+/);
     });
 
+    it("a jailed Firecracker that exits before ready fails the launch with its output, and leaves no chroot, cgroup or process", async () => {
+      const id = `sbx-jt-${nonce}-bad`;
+      const error = await launchFirecracker({
+        binary: firecrackerBin!,
+        id,
+        args: ["--no-such-flag"],
+        jail: {
+          jailerBinary: jailerBin!,
+          uid: UID,
+          gid: UID,
+          chrootBaseDir: base,
+          parentCgroup,
+          cgroupVersion: 1,
+          cgroups: { "pids.max": 16 },
+        },
+      }).catch((e: unknown) => e);
+      expect(error).toMatchObject({ code: "EXITED_BEFORE_READY" });
+      expect((error as { output: string[] }).output.join("\n")).toMatch(/no-such-flag/);
+      expect(entries(join(base, "firecracker"))).toEqual([]);
+      expect(cgroupChildren(parentCgroup)).toEqual([]);
+      expect(firecrackerPids(id)).toEqual([]);
+    });
+
     it("cgroup v2: a jailed VM lands in its own v2 cgroup with the limit set, removed at disposal (hugetlb: the one controller this hybrid host's v2 tree offers)", async (context) => {
       const v2 = (await readCgroupMounts()).find((m) => m.version === 2);
       if (!v2?.controllers.includes("hugetlb") || !existsSync("/sys/kernel/mm/hugepages/hugepages-2048kB")) {
@@ -186,6 +209,8 @@ describe.skipIf(skipReason !== undefined)(
         // Paused: SIGTERM at once, reported as Firecracker's own signal (not the init's 128 + n).
         expect(await first.kill({ graceMs: 2000 })).toEqual({ exitCode: null, signal: "SIGTERM" });
       }
+      // The log was hard-linked into the jail: Firecracker's lines are in the host file.
+      expect(readFileSync(join(dir, "fc1.log"), "utf8")).toMatch(/Running Firecracker v\d+/);
       // Disposal removed the VM's directory and its cgroups; the process and its namespace are gone.
       expect(existsSync(join(base, "firecracker", `${prefix}1`))).toBe(false);
       expect(cgroupChildren(parentCgroup)).toEqual([]);
