@@ -54,7 +54,9 @@ describe.skipIf(skipReason !== undefined)(
       const guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
       fixture = await templateFixture({ firecrackerBin: firecrackerBin as string });
       before = { fds: fdCount(), children: childPids(), namespaces: await listNetworkNamespaces() };
-      orchestrator = await Orchestrator.open(fixture.config);
+      // Room for the 10 one-vCPU guests below on a 2-core host (the default 4x overcommit allows 8):
+      // admission itself is tested in capacity-firecracker.test.ts.
+      orchestrator = await Orchestrator.open({ ...fixture.config, vcpuOvercommit: 5 });
       const built = await orchestrator.buildTemplate({
         request: { name: "guest", ociLayout: fixture.layoutDir, memoryMib: 128, vcpuCount: 1 },
         resolver: testResolver(guest, firecrackerBin),
