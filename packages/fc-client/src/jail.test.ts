@@ -101,6 +101,15 @@ describe("prepareJail and jailed launch options", () => {
     expect((await stat(prepared.jail.hostPath("/kernel"))).ino).toBe((await stat(kernel)).ino);
     // Not owned: a hard link shares the inode, and chowning it would change the source's owner.
     expect((await stat(kernel)).uid).toBe(process.getuid!());
+    // A copy on request, owned by the jail's uid/gid while the source keeps its owner.
+    const placed = await prepared.jail.place(
+      { vmstate: kernel },
+      { copied: ["vmstate"], owned: ["vmstate"] },
+    );
+    expect(placed).toEqual({ vmstate: "/vmstate" });
+    const copy = await stat(prepared.jail.hostPath("/vmstate"));
+    expect([copy.ino === (await stat(kernel)).ino, copy.uid, copy.gid]).toEqual([false, 4321, 4322]);
+    expect((await stat(kernel)).uid).toBe(process.getuid!());
     await prepared.remove();
     await expect(stat(join(dir, "b", "firecracker", "vm-1"))).rejects.toThrow(/ENOENT/);
     expect((await stat(kernel)).size).toBe(1);
@@ -134,6 +143,10 @@ describe("prepareJail and jailed launch options", () => {
         client.on("error", reject);
       });
       expect(reply).toBe("served");
+      // A socket cannot be copied: placing it as a copy fails with a typed error.
+      await expect(prepared.jail.place({ other: socketPath }, { copied: ["other"] })).rejects.toMatchObject({
+        code: "JAIL_SETUP_FAILED",
+      });
       await prepared.remove();
     } finally {
       await new Promise((resolve) => server.close(resolve));

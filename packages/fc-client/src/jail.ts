@@ -46,6 +46,8 @@ export interface JailLaunchOptions {
   files?: Record<string, string>;
   /** Files among `files` that this VM may write: they are chowned to uid/gid (a hard link shares the owner). */
   ownedFiles?: readonly string[];
+  /** Files among `files` to copy instead of linking (e.g. a shared vmstate the VM's uid cannot read, then owned). */
+  copiedFiles?: readonly string[];
 }
 
 export interface Jail {
@@ -61,12 +63,13 @@ export interface Jail {
   /**
    * Puts host files (regular files or Unix sockets) into the chroot, at `/<name>`: a hard link when on
    * the chroot's file system (a socket keeps working through its link), else a copy (not for sockets).
+   * Names in `copied` are copied even on the same file system (a private copy the VM may own or write).
    * Files named in `owned` are chowned to the jail's uid/gid, which changes the source's owner too when
    * linked: own only what belongs to this VM. Returns the jailed path of each name.
    */
   place(
     files: Record<string, string>,
-    options?: { owned?: readonly string[] },
+    options?: { owned?: readonly string[]; copied?: readonly string[] },
   ): Promise<Record<string, string>>;
 }
 
@@ -91,6 +94,7 @@ async function placeFiles(
   files: Record<string, string>,
   owner: { uid: number; gid: number },
   owned: readonly string[],
+  copied: readonly string[],
 ): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
   for (const [name, source] of Object.entries(files)) {
@@ -99,11 +103,12 @@ async function placeFiles(
     }
     const target = join(chrootDir, name);
     await rm(target, { force: true });
+    const copy = copied.includes(name);
     try {
-      await link(source, target);
+      await (copy ? copyFile(source, target) : link(source, target));
     } catch (cause) {
       const code = (cause as NodeJS.ErrnoException).code;
-      const info = code === "EXDEV" ? await stat(source).catch(() => undefined) : undefined;
+      const info = !copy && code === "EXDEV" ? await stat(source).catch(() => undefined) : undefined;
       if (!info?.isFile()) {
         throw new FirecrackerLaunchError(
           "JAIL_SETUP_FAILED",
@@ -181,7 +186,8 @@ export async function prepareJail(
     cgroupDirs,
     cgroupVersion,
     hostPath: command.hostPath,
-    place: (files, placeOptions) => placeFiles(command.chrootDir, files, owner, placeOptions?.owned ?? []),
+    place: (files, placeOptions) =>
+      placeFiles(command.chrootDir, files, owner, placeOptions?.owned ?? [], placeOptions?.copied ?? []),
   };
   const remove = async (): Promise<{ leftCgroups: string[] }> => {
     await rm(vmDir, { recursive: true, force: true });
@@ -189,7 +195,8 @@ export async function prepareJail(
   };
   try {
     await mkdir(command.chrootDir, { recursive: true, mode: 0o700 });
-    if (options.files) await jail.place(options.files, { owned: options.ownedFiles });
+    if (options.files)
+      await jail.place(options.files, { owned: options.ownedFiles, copied: options.copiedFiles });
   } catch (cause) {
     await remove();
     throw cause;
