@@ -196,6 +196,23 @@ describe("prepareJail and jailed launch options", () => {
     await expect(stat(join(base, "firecracker", "vm-1"))).rejects.toThrow(/ENOENT/);
   });
 
+  it("validates the jail options at the boundary: unknown keys, relative paths, bad ids, file names", async () => {
+    const base = { jailerBinary: jailer, uid: 1, gid: 1, chrootBaseDir: join(dir, "b") };
+    for (const [bad, pattern] of [
+      [{ ...base, cgroup: { "pids.max": 1 } }, /jail: Unrecognized key.*cgroup/],
+      [{ ...base, netns: "sbx-1" }, /jail.netns: must be an absolute path/],
+      [{ ...base, uid: -1 }, /jail.uid/],
+      [{ ...base, files: { "../x": "/etc/passwd" } }, /jail.files/],
+      [{ ...base, cgroups: { "pids.max": "1\nmemory.max=0" } }, /jail.cgroups/],
+    ] as const) {
+      await expect(prepareJail(bad as never, fc())).rejects.toMatchObject({
+        code: "INVALID_OPTIONS",
+        message: expect.stringMatching(pattern),
+      });
+    }
+    await expect(stat(join(dir, "b"))).rejects.toThrow(/ENOENT/);
+  });
+
   it("launchFirecracker refuses socketPath or binaryArgs with a jail, and a missing setpriv", async () => {
     const jail = { jailerBinary: jailer, uid: 1, gid: 1, chrootBaseDir: join(dir, "b") };
     await expect(

@@ -9,6 +9,7 @@
 import { chown, copyFile, link, mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { constants } from "node:os";
 import { basename, dirname, join, posix } from "node:path";
+import { z } from "zod";
 import { chooseCgroupVersion, jailCgroupDirs, readCgroupMounts, removeCgroupDirs } from "./cgroups.ts";
 import { buildJailerArgs, type JailerCommand, type JailerOptions } from "./jailer.ts";
 import { FirecrackerLaunchError } from "./launch-error.ts";
@@ -85,6 +86,34 @@ export interface PreparedJail {
 
 const NAME_PATTERN = /^[A-Za-z0-9._-]+$/;
 
+const absolutePath = z.string().min(1).refine(posix.isAbsolute, "must be an absolute path");
+const id32 = z.number().int().min(0).max(0xfffffffe);
+const jailedName = z
+  .string()
+  .regex(NAME_PATTERN)
+  .refine((n) => n !== "." && n !== "..", "must be a plain file name");
+
+/** The boundary check of {@link JailLaunchOptions} (unknown keys refused: a typo must not drop a limit). */
+export const jailLaunchOptionsSchema = z.strictObject({
+  jailerBinary: absolutePath,
+  uid: id32,
+  gid: id32,
+  chrootBaseDir: absolutePath.optional(),
+  cgroupVersion: z.union([z.literal(1), z.literal(2)]).optional(),
+  cgroups: z.record(z.string(), z.union([z.string().regex(/^[^\n=]*$/), z.number().int()])).optional(),
+  parentCgroup: z.string().min(1).optional(),
+  netns: absolutePath.optional(),
+  resourceLimits: z
+    .strictObject({
+      fsize: z.number().int().min(0).optional(),
+      "no-file": z.number().int().min(0).optional(),
+    })
+    .optional(),
+  files: z.record(jailedName, absolutePath).optional(),
+  ownedFiles: z.array(jailedName).optional(),
+  copiedFiles: z.array(jailedName).optional(),
+});
+
 function invalid(message: string, details: Record<string, unknown>): FirecrackerLaunchError {
   return new FirecrackerLaunchError("INVALID_OPTIONS", message, { details });
 }
@@ -129,9 +158,21 @@ async function placeFiles(
  * exists on failure. `firecrackerArgs` are Firecracker's own arguments with jailed paths.
  */
 export async function prepareJail(
-  options: JailLaunchOptions,
+  jailOptions: JailLaunchOptions,
   firecracker: { binary: string; id: string; firecrackerArgs: readonly string[] },
 ): Promise<PreparedJail> {
+  const parsed = jailLaunchOptionsSchema.safeParse(jailOptions);
+  if (!parsed.success) {
+    const issues = parsed.error.issues
+      .slice(0, 5)
+      .map((issue) => `${["jail", ...issue.path].join(".")}: ${issue.message}`)
+      .join("; ");
+    throw new FirecrackerLaunchError("INVALID_OPTIONS", `invalid jail options: ${issues}`, {
+      cause: parsed.error,
+      details: { issues: parsed.error.issues },
+    });
+  }
+  const options = parsed.data;
   const parentCgroup = options.parentCgroup ?? "sbx";
   const cgroupFiles = Object.keys(options.cgroups ?? {});
   const mounts = await readCgroupMounts();
