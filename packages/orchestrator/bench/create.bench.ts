@@ -96,21 +96,14 @@ async function main(): Promise<Record<string, unknown>> {
     const ours: number[] = [];
     const floor: number[] = [];
     const steps = new Map<string, number[]>();
-    const columns = {
-      prefetch: {
-        template: "bench-prefetch",
-        ms: [] as number[],
-        faults: [] as number[],
-        extra: [] as number[],
-      },
-      stale: {
-        template: "bench-stale",
-        ms: [] as number[],
-        faults: [] as number[],
-        extra: [] as number[],
-        steps: new Map<string, number[]>(),
-      },
-    };
+    const column = (template: string) => ({
+      template,
+      ms: [] as number[],
+      faults: [] as number[],
+      extra: [] as number[],
+      steps: new Map<string, number[]>(),
+    });
+    const columns = { prefetch: column("bench-prefetch"), stale: column("bench-stale") };
     const onDemandFaults: number[] = [];
     for (let i = 0; i < CREATES; i++) {
       // Each measurement starts on a quiet host: the previous one's teardown and the warm-worker refill

@@ -91,6 +91,10 @@ const QUIET_MS = 100;
 const PREFETCH_SLICE_PAGES = 256;
 // The pure-ffi prefetch pays an ffi call per page: smaller slices keep a fault's wait alike.
 const PREFETCH_SLICE_PAGES_FFI = 32;
+// A working set is given up as stale once the guest faulted this many pages it does not list, and
+// more than STALE_RATIO times as many as pages it lists (a guest racing the prefetch faults listed ones).
+const STALE_MIN_FAULTS = 256;
+const STALE_RATIO = 3;
 // A REMOVE pending makes UFFDIO_COPY fail with EAGAIN until the loop reads it; a list that keeps
 // hitting that is given up on rather than spun on (it only ever costs time).
 const PREFETCH_MAX_EAGAIN = 10_000;
@@ -245,7 +249,16 @@ function serve(
     counters[METRIC.writeProtectFaults] = (counters[METRIC.writeProtectFaults] ?? 0) + 1;
   };
 
+  // Which pages the working set lists: a guest that keeps faulting pages it does not list is not the
+  // guest it was recorded from, and copying the rest of a stale list only competes with its faults.
+  const listed = listedPages(config.workingSet, layers.size);
+  let faultsListed = 0;
+  let faultsUnlisted = 0;
   const recordTrace = (offset: number) => {
+    if (listed && prefetching) {
+      if (listed[Math.floor(offset / PAGE_4K)]) faultsListed++;
+      else faultsUnlisted++;
+    }
     const n = traceCount[0] as number;
     if (n < trace.length) {
       trace[n] = offset;
@@ -283,6 +296,14 @@ function serve(
   };
   /** What a prefetch slice says: go on, or the peer is gone. */
   const afterSlice = (result: number): boolean => {
+    if (faultsUnlisted >= STALE_MIN_FAULTS && faultsUnlisted > STALE_RATIO * faultsListed) {
+      counters[METRIC.prefetchStale] = 1;
+      endPrefetch(
+        false,
+        `the guest faulted ${faultsUnlisted} pages its working set does not list (and ${faultsListed} it does): the working set is stale; record it again`,
+      );
+      return true;
+    }
     if (result === 0) endPrefetch(true);
     else if (result === -EAGAIN) {
       counters[METRIC.eagain] = (counters[METRIC.eagain] ?? 0) + 1;
@@ -556,6 +577,26 @@ function serve(
     if (state === "closed" || state === "peer-exited") return state;
     checkNextRead = true;
   }
+}
+
+/**
+ * One byte per memory-file page the working set lists; undefined when marking them would cost more
+ * than a few milliseconds (overlapping hostile ranges): the stale check is then off.
+ */
+function listedPages(ranges: readonly { offset: number; length: number }[], size: number) {
+  if (ranges.length === 0) return undefined;
+  const pages = Math.ceil(size / PAGE_4K);
+  const listed = new Uint8Array(pages);
+  let work = 0;
+  for (const { offset, length } of ranges) {
+    const first = Math.floor(offset / PAGE_4K);
+    const end = Math.min(pages, Math.ceil((offset + length) / PAGE_4K));
+    if (first >= end) continue;
+    work += end - first;
+    if (work > Math.max(4 * pages, 1 << 22)) return undefined;
+    listed.fill(1, first, end);
+  }
+  return listed;
 }
 
 function run(): void {

@@ -134,6 +134,8 @@ export interface PageFaultMetrics {
   prefetchSkipped: number;
   /** Whether the whole working set was gone through (false while it runs, or when it was given up). */
   prefetchComplete: boolean;
+  /** Whether the working set was given up as stale: the guest kept faulting pages it does not list. */
+  prefetchStale: boolean;
   writeProtectFaults: number;
   /** Service time per fault (event read to page installed), from a log2 histogram: upper bounds. */
   latencyP50Us: number;
@@ -411,6 +413,7 @@ export class PageFaultServer implements AsyncDisposable {
       prefetchPresent: counters[METRIC.prefetchPresent] ?? 0,
       prefetchSkipped: counters[METRIC.prefetchSkipped] ?? 0,
       prefetchComplete: (counters[METRIC.prefetchComplete] ?? 0) === 1,
+      prefetchStale: (counters[METRIC.prefetchStale] ?? 0) === 1,
       writeProtectFaults: counters[METRIC.writeProtectFaults] ?? 0,
       latencyP50Us: percentile(0.5),
       latencyP99Us: percentile(0.99),

@@ -82,7 +82,9 @@ export const METRIC = {
   prefetchSkipped: 11,
   /** 1 once the whole working set was gone through. */
   prefetchComplete: 12,
+  /** 1 when the working set was given up as stale (the guest faulted pages it does not list). */
+  prefetchStale: 13,
 } as const;
-export const METRIC_SLOTS = 13;
+export const METRIC_SLOTS = 14;
 /** Latency histogram: bucket i counts faults served in (2^(i-1), 2^i] ns. */
 export const HISTOGRAM_BUCKETS = 40;

@@ -142,6 +142,28 @@ for (const { codePath, helper } of faultLoops(nativeHelper.path)) {
       }
     });
 
+    it("gives a stale working set up once the guest keeps faulting pages it does not list", async () => {
+      // The last quarter, many times over: the peer's walk faults the 3072 pages below it first, long
+      // before the prefetch is through the list.
+      const lastQuarter = { offset: 3 * (SIZE / 4), length: SIZE / 4 };
+      const socketPath = join(dir, "uffd.sock");
+      await using server = new PageFaultServer({
+        socketPath,
+        memoryFile,
+        nativeHelper: helper,
+        workingSet: Array.from({ length: 400 }, () => lastQuarter),
+      });
+      await server.listen();
+      const result = await runTestPeer({ binary: peer, socketPath, memoryFile, size: SIZE, mode: "seq" });
+      await server.stopped;
+      expect(result.mismatches).toBe(0);
+      const metrics = server.metrics();
+      expect(metrics.prefetchStale).toBe(true);
+      expect(metrics.prefetchComplete).toBe(false);
+      expect(metrics.prefetched + metrics.faultsOnDemand).toBe(PAGES);
+      expect(server.warnings.join("\n")).toMatch(/working set is stale/);
+    });
+
     it("a prefetch racing REMOVEs never brings removed pages back as file data", async () => {
       // The removed pages first in the list: the prefetch reaches them while the peer removes them.
       const removedPages = Array.from({ length: 256 }, (_, i) => PAGES - 512 + 2 * i);
