@@ -139,3 +139,42 @@ export async function removeCgroupDirs(dirs: readonly string[], withinMs = 5000)
   }
   return left;
 }
+
+export interface CgroupLimits {
+  /** CPU time as a number of CPUs (1.5 = 150 ms per 100 ms period). */
+  cpus?: number;
+  memoryBytes?: number;
+  pids?: number;
+}
+
+const CPU_PERIOD_US = 100_000;
+
+/** The cgroup files that set `limits` in the given version, for `jail.cgroups`. */
+export function cgroupLimitFiles(limits: CgroupLimits, version: 1 | 2): Record<string, string | number> {
+  for (const [name, value] of Object.entries(limits)) {
+    if (value !== undefined && (!Number.isFinite(value) || value <= 0)) {
+      throw new FirecrackerLaunchError(
+        "INVALID_OPTIONS",
+        `cgroup limit ${name} must be a positive number, got ${value}`,
+        {
+          details: { [name]: value },
+        },
+      );
+    }
+  }
+  const files: Record<string, string | number> = {};
+  if (limits.cpus !== undefined) {
+    const quota = Math.max(1000, Math.round(limits.cpus * CPU_PERIOD_US));
+    if (version === 1) {
+      files["cpu.cfs_period_us"] = CPU_PERIOD_US;
+      files["cpu.cfs_quota_us"] = quota;
+    } else {
+      files["cpu.max"] = `${quota} ${CPU_PERIOD_US}`;
+    }
+  }
+  if (limits.memoryBytes !== undefined) {
+    files[version === 1 ? "memory.limit_in_bytes" : "memory.max"] = Math.floor(limits.memoryBytes);
+  }
+  if (limits.pids !== undefined) files["pids.max"] = Math.floor(limits.pids);
+  return files;
+}

@@ -1,5 +1,7 @@
 export {
+  type CgroupLimits,
   type CgroupMount,
+  cgroupLimitFiles,
   chooseCgroupVersion,
   jailCgroupDirs,
   readCgroupMounts,

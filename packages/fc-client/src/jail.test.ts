@@ -3,7 +3,7 @@ import { createConnection, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { chooseCgroupVersion, jailCgroupDirs, readCgroupMounts } from "./cgroups.ts";
+import { cgroupLimitFiles, chooseCgroupVersion, jailCgroupDirs, readCgroupMounts } from "./cgroups.ts";
 import { prepareJail } from "./jail.ts";
 import { FirecrackerLaunchError } from "./launch-error.ts";
 import { launchFirecracker } from "./launcher.ts";
@@ -60,6 +60,22 @@ describe("cgroup hierarchies", () => {
     expect(() => jailCgroupDirs(hybrid, 1, ["hugetlb.2MB.limit_in_bytes"], "sbx", "vm-1")).toThrow(
       /no cgroup v1 hierarchy has the hugetlb controller/,
     );
+  });
+
+  it("writes limits as each version's files", () => {
+    expect(cgroupLimitFiles({ cpus: 1.5, memoryBytes: 512 * 2 ** 20, pids: 64 }, 1)).toEqual({
+      "cpu.cfs_period_us": 100_000,
+      "cpu.cfs_quota_us": 150_000,
+      "memory.limit_in_bytes": 536_870_912,
+      "pids.max": 64,
+    });
+    expect(cgroupLimitFiles({ cpus: 0.25, memoryBytes: 2 ** 30, pids: 32 }, 2)).toEqual({
+      "cpu.max": "25000 100000",
+      "memory.max": 1_073_741_824,
+      "pids.max": 32,
+    });
+    expect(cgroupLimitFiles({}, 2)).toEqual({});
+    expect(() => cgroupLimitFiles({ pids: 0 }, 1)).toThrow(/pids must be a positive number/);
   });
 
   it.skipIf(process.platform !== "linux")(

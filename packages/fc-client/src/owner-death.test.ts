@@ -1,10 +1,11 @@
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { removeCgroupDirs } from "./cgroups.ts";
+import { cgroupLimitFiles, removeCgroupDirs } from "./cgroups.ts";
 import { removeStaleJails } from "./stale-jails.ts";
 import { cgroupChildren, entries, firecrackerPids, until } from "./test-jail-counts.ts";
 import { childPids, launcherTempDirs } from "./test-process-counts.ts";
@@ -123,7 +124,7 @@ describe.skipIf(firecrackerSkip !== undefined)(
               chrootBaseDir: base,
               parentCgroup,
               cgroupVersion: 1,
-              cgroups: { "cpu.shares": 512, "memory.limit_in_bytes": 512 * 1024 * 1024, "pids.max": 64 },
+              cgroups: cgroupLimitFiles({ cpus: 0.5, memoryBytes: 512 * 1024 * 1024, pids: 64 }, 1),
             },
           });
           expect(owner.pids).toHaveLength(3);
@@ -134,6 +135,8 @@ describe.skipIf(firecrackerSkip !== undefined)(
               [1, 2, 3].map((n) => join("/sys/fs/cgroup", controller, parentCgroup, `${prefix}${n}`)),
             ),
           );
+          const cpuDir = join("/sys/fs/cgroup/cpu", parentCgroup, `${prefix}1`);
+          expect(readFileSync(join(cpuDir, "cpu.cfs_quota_us"), "utf8").trim()).toBe("50000");
           owner.kill();
           await owner.exited;
           await until(() => firecrackerPids(prefix).length === 0, 10_000);
