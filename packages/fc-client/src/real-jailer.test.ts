@@ -100,6 +100,32 @@ describe.skipIf(skipReason !== undefined)(
       expect(firecrackerPids(id)).toEqual([]);
     });
 
+    it("aborting a jailed VM's signal discards it: Firecracker and its namespace gone, chroot and cgroups removed", async () => {
+      const id = `sbx-jt-${nonce}-abort`;
+      const controller = new AbortController();
+      const fc = await launchFirecracker({
+        binary: firecrackerBin!,
+        id,
+        signal: controller.signal,
+        jail: {
+          jailerBinary: jailerBin!,
+          uid: UID,
+          gid: UID,
+          chrootBaseDir: base,
+          parentCgroup,
+          cgroupVersion: 1,
+          cgroups: { "pids.max": 16 },
+        },
+      });
+      expect(firecrackerPids(id)).toEqual([fc.pid]);
+      controller.abort();
+      // kill() is idempotent: this awaits the discard the abort started.
+      expect((await fc.kill()).signal).toBe("SIGTERM");
+      expect(firecrackerPids(id)).toEqual([]);
+      expect(entries(join(base, "firecracker"))).toEqual([]);
+      expect(cgroupChildren(parentCgroup)).toEqual([]);
+    });
+
     it("cgroup v2: a jailed VM lands in its own v2 cgroup with the limit set, removed at disposal (hugetlb: the one controller this hybrid host's v2 tree offers)", async (context) => {
       const v2 = (await readCgroupMounts()).find((m) => m.version === 2);
       if (!v2?.controllers.includes("hugetlb") || !existsSync("/sys/kernel/mm/hugepages/hugepages-2048kB")) {
