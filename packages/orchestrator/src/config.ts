@@ -118,6 +118,8 @@ export const orchestratorOptionsSchema = z.object({
   firecrackerVersion: pathSegment.optional(),
   /** An explicit Firecracker binary; bypasses the artifact root (still arch-checked). */
   firecrackerBin: absolutePath.optional(),
+  /** The jailer (`JAILER_BIN`); `sbx doctor` reports it with Firecracker's version. */
+  jailerBin: absolutePath.optional(),
   kernelRoot: absolutePath.optional(),
   kernelVersion: pathSegment.optional(),
   kernelName: pathSegment.optional(),
@@ -234,6 +236,7 @@ export interface OrchestratorConfig {
   firecrackerRoot: string;
   firecrackerVersion: string;
   firecrackerBin: string | undefined;
+  jailerBin: string | undefined;
   kernelRoot: string;
   kernelVersion: string;
   kernelName: string;
@@ -289,6 +292,7 @@ export const CONFIG_ENV_VARIABLES: Readonly<Record<OptionName, { variable: strin
     firecrackerRoot: { variable: "FIRECRACKER_DIR", kind: "string" },
     firecrackerVersion: { variable: "FIRECRACKER_VERSION", kind: "string" },
     firecrackerBin: { variable: "FIRECRACKER_BIN", kind: "string" },
+    jailerBin: { variable: "JAILER_BIN", kind: "string" },
     kernelRoot: { variable: "KERNEL_DIR", kind: "string" },
     kernelVersion: { variable: "KERNEL_VERSION", kind: "string" },
     kernelName: { variable: "KERNEL_NAME", kind: "string" },
@@ -418,6 +422,7 @@ function resolveConfig(
     firecrackerRoot: options.firecrackerRoot ?? CONFIG_DEFAULTS.firecrackerRoot,
     firecrackerVersion: options.firecrackerVersion ?? CONFIG_DEFAULTS.firecrackerVersion,
     firecrackerBin: options.firecrackerBin,
+    jailerBin: options.jailerBin,
     kernelRoot: options.kernelRoot ?? CONFIG_DEFAULTS.kernelRoot,
     kernelVersion: options.kernelVersion ?? CONFIG_DEFAULTS.kernelVersion,
     kernelName: options.kernelName ?? archDefaults.kernelName,

@@ -130,6 +130,27 @@ describe("runDoctor", () => {
     }
   });
 
+  const jailer = process.env.JAILER_BIN;
+  const firecracker = process.env.FIRECRACKER_BIN;
+  it.skipIf(!jailer || !firecracker)(
+    `reports the jailer and Firecracker as a pair${jailer && firecracker ? "" : " (skipped: JAILER_BIN or FIRECRACKER_BIN not set)"}`,
+    async () => {
+      const checks = byId(await runDoctor({ ...config, jailerBin: jailer, firecrackerBin: firecracker }));
+      expect(checks.jailer).toMatchObject({
+        status: "ok",
+        summary: expect.stringMatching(/^jailer v\d+\.\d+\.\d+ with Firecracker v\d+\.\d+\.\d+/),
+      });
+    },
+  );
+
+  it("warns without a jailer, and fails a jailer that is no jailer", async () => {
+    expect(byId(await runDoctor({ ...config, jailerBin: undefined })).jailer).toMatchObject({
+      status: "warn",
+    });
+    const checks = byId(await runDoctor({ ...config, jailerBin: "/bin/false", firecrackerBin: "/bin/true" }));
+    expect(checks.jailer).toMatchObject({ status: "fail", fix: expect.stringMatching(/JAILER_BIN/) });
+  });
+
   it("formats one line per check, fixes indented below", () => {
     const text = formatDoctorReport([
       { id: "kvm", status: "ok", summary: "/dev/kvm is usable" },

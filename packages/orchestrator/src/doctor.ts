@@ -2,6 +2,7 @@ import { constants } from "node:fs";
 import { access, open, readFile, stat } from "node:fs/promises";
 import { dirname } from "node:path";
 import { type Arch, hostArch, hostKernelRelease, uffdWriteProtectSupported } from "@sbx/arch";
+import { readJailerAndFirecrackerVersions } from "@sbx/fc-client";
 import {
   firecrackerVersionOf,
   resolveBusyboxArtifact,
@@ -356,6 +357,41 @@ async function checkStateDir(config: OrchestratorConfig): Promise<DoctorCheck> {
   }
 }
 
+/** The jailer and the Firecracker it would launch, as a pair (a v1.7.0 jailer launches v1.14.2 fine). */
+async function checkJailer(config: OrchestratorConfig): Promise<DoctorCheck> {
+  if (!config.jailerBin)
+    return {
+      id: "jailer",
+      status: "warn",
+      summary: "no jailer configured: Firecracker runs unjailed, as root (it still dies with its owner)",
+      fix: "set JAILER_BIN to a Firecracker jailer (the orchestrator does not run VMs under it yet; see docs/operations.md, Security)",
+    };
+  if (!config.firecrackerBin)
+    return {
+      id: "jailer",
+      status: "warn",
+      summary: `jailer ${config.jailerBin}; set FIRECRACKER_BIN to check the pair`,
+    };
+  try {
+    const versions = await readJailerAndFirecrackerVersions({
+      jailer: config.jailerBin,
+      firecracker: config.firecrackerBin,
+    });
+    return {
+      id: "jailer",
+      status: "ok",
+      summary: `jailer v${versions.jailer} with Firecracker v${versions.firecracker}`,
+    };
+  } catch (error) {
+    return {
+      id: "jailer",
+      status: "fail",
+      summary: `jailer ${config.jailerBin}: ${failureMessage(error)}`,
+      fix: "point JAILER_BIN at a jailer binary of this arch (from a Firecracker release)",
+    };
+  }
+}
+
 /** Whether disks clone by reflink in the state directory: otherwise every create copies the whole disk. */
 async function checkDiskClones(config: OrchestratorConfig): Promise<DoctorCheck> {
   try {
@@ -415,6 +451,7 @@ export async function runDoctor(
     await checkCpuTemplate(config),
     await checkStateDir(config),
     await checkDiskClones(config),
+    await checkJailer(config),
     await checkCapacity(config, host.meminfoPath),
   ];
 }
