@@ -95,8 +95,9 @@ export interface BuildTemplateOptions {
   onProgress?: (event: ProgressEvent) => void;
   /**
    * Restore the snapshot once before publishing and record the pages its guest touches until `alive`
-   * (default any console line), for every create to prefetch; `false` skips it. A recording that fails
-   * is logged and the build is published without one: creates then restore on demand.
+   * (a console line; by default until its faults go quiet, as sbx's guests print nothing after a
+   * restore), for every create to prefetch; `false` skips it. A recording that fails is logged and the
+   * build is published without one: creates then restore on demand.
    */
   workingSet?: { alive?: RegExp } | false;
 }
@@ -434,7 +435,7 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
             firecrackerBinary: inputs.artifacts.firecracker.path,
             config: context.config,
             ...(context.network ? { networkNamespace: context.network.name } : {}),
-            ...(alive ? { alive } : {}),
+            ...(alive ? { until: alive } : {}),
             timeoutMs: context.config.readyTimeoutMs,
             logIntervalMs: context.config.waitLogIntervalMs,
             signal,

@@ -46,7 +46,8 @@ export async function importWithWorkingSet(
     template: string;
     vmstate: string;
     memory: string;
-    alive: RegExp;
+    /** A console line, or `quiet` (no new fault for a while). */
+    alive: RegExp | "quiet";
     /** Store this set instead of recording one (a benchmark's stale working set). */
     workingSet?: WorkingSet;
   },
@@ -73,7 +74,7 @@ export async function importWithWorkingSet(
         buildId: id,
         firecrackerBinary: firecracker.path,
         config,
-        alive: options.alive,
+        until: options.alive,
         timeoutMs: 30_000,
       });
     const manifest = await publishBuild(config, staging, {

@@ -27,8 +27,11 @@ import { BUILD_FILES } from "./template-manifest.ts";
 import { wrapInVmNamespaces } from "./vm-namespace.ts";
 import { waitForConsoleLogged } from "./wait-for-line.ts";
 
-/** Any console line: a restored guest that prints has run again (the same default as a create's). */
-export const DEFAULT_RECORD_ALIVE = /\S/;
+/**
+ * Without an alive line, recording ends once the guest faulted no new page for this long: its resume
+ * burst is over (sbx's own guests print nothing after a restore).
+ */
+export const RECORD_QUIET_MS = 250;
 /** The scratch directory of a recording inside the staging directory; never published. */
 const RECORD_DIR = ".record-working-set";
 
@@ -42,8 +45,12 @@ export interface RecordWorkingSetOptions {
   config: Pick<OrchestratorConfig, "stateDir" | "targetArch" | "seccompFilter" | "allowNoSeccomp">;
   /** The network namespace with the TAP the snapshot reopens, when its VM had a NIC. */
   networkNamespace?: string;
-  /** The console line that says the guest is ready: recording stops there. Default any line. */
-  alive?: RegExp;
+  /**
+   * The console line that says the guest is ready: recording stops there. `quiet` (the default):
+   * recording stops once no page was faulted for RECORD_QUIET_MS, or at `timeoutMs` with what the
+   * guest touched until then.
+   */
+  until?: RegExp | "quiet";
   timeoutMs: number;
   logIntervalMs?: number;
   signal?: AbortSignal;
@@ -60,8 +67,8 @@ export interface RecordedWorkingSet {
 }
 
 /**
- * Restores the staged snapshot once over userfaultfd, waits for the alive line, and writes the pages
- * the guest touched until then, in first-touch order, to `<stagingDir>/working-set` (temp name, fsync,
+ * Restores the staged snapshot once over userfaultfd, waits for the alive line (or for the faults to
+ * go quiet), and writes the pages the guest touched until then, in first-touch order, to `<stagingDir>/working-set` (temp name, fsync,
  * rename). The VM runs on a clone of the staged rootfs, so the build's own disk is never written.
  */
 export async function recordWorkingSet(options: RecordWorkingSetOptions): Promise<RecordedWorkingSet> {
@@ -119,14 +126,17 @@ export async function recordWorkingSet(options: RecordWorkingSetOptions): Promis
       mem_backend: { backend_type: "Uffd", backend_path: server.socketPath },
       resume_vm: true,
     });
-    await waitForConsoleLogged(fc, options.alive ?? DEFAULT_RECORD_ALIVE, {
-      what: `build ${options.buildId}'s guest to run again (recording its working set)`,
-      timeoutMs: options.timeoutMs,
-      since,
-      logIntervalMs: options.logIntervalMs ?? 10_000,
-      logger,
-    });
-    // Read at the alive line: what the guest touches later is its steady state, not its resume.
+    const until = options.until ?? "quiet";
+    if (until === "quiet") await faultsQuiet(server, options.timeoutMs, options.signal);
+    else
+      await waitForConsoleLogged(fc, until, {
+        what: `build ${options.buildId}'s guest to run again (recording its working set)`,
+        timeoutMs: options.timeoutMs,
+        since,
+        logIntervalMs: options.logIntervalMs ?? 10_000,
+        logger,
+      });
+    // Read at once: what the guest touches later is its steady state, not its resume.
     const trace = server.faultTrace();
     const workingSet = workingSetFromTrace(trace, memorySize);
     const path = staged(BUILD_FILES.workingSet);
@@ -146,6 +156,22 @@ export async function recordWorkingSet(options: RecordWorkingSetOptions): Promis
   } finally {
     await rm(work, { recursive: true, force: true });
     await rm(diskDir, { recursive: true, force: true });
+  }
+}
+
+/** Resolves once no fault was served for RECORD_QUIET_MS after the first one, or at `timeoutMs`. */
+async function faultsQuiet(server: PageFaultServer, timeoutMs: number, signal?: AbortSignal) {
+  const deadline = performance.now() + timeoutMs;
+  let faults = 0;
+  let changed = performance.now();
+  while (performance.now() < deadline) {
+    if (signal?.aborted) throw new OrchestratorError("ABORTED", "recording the working set was aborted");
+    const now = server.metrics().faults;
+    if (now !== faults) {
+      faults = now;
+      changed = performance.now();
+    } else if (faults > 0 && performance.now() - changed >= RECORD_QUIET_MS) return;
+    await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }
 

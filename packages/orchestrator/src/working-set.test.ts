@@ -1,5 +1,5 @@
 // Issue 18: a build's working set is recorded from one restore, and every create prefetches it.
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -18,9 +18,12 @@ import { openOrchestratorState } from "./orchestrator-state.ts";
 import { createSandbox } from "./sandbox.ts";
 import { writeFileAtomic } from "./state-dir.ts";
 import { BUILD_FILES } from "./template-manifest.ts";
+import { childPids } from "./test-capabilities.ts";
 import { importWithWorkingSet, snapshotTestGuest } from "./test-working-set-build.ts";
 
 const { binary, skipReason } = realFirecracker({ testGuest: true });
+const fdCount = () => readdirSync("/proc/self/fd").length;
+const recordTemps = () => readdirSync(tmpdir()).filter((name) => name.startsWith("sbx-ws-"));
 if (skipReason) console.log(`[orchestrator] working-set tests skipped: ${skipReason}`);
 const alive = /^SBX-GUEST iter=\d+ sum=/;
 const PAGE = 4096;
@@ -96,6 +99,42 @@ describe.skipIf(skipReason !== undefined)(
         // Faults at the alive line: what the prefetch did not save.
         expect(metrics.faultsOnDemand).toBeLessThan(onDemandFaults * 0.5);
       }
+    }, 120_000);
+
+    it("without an alive line, records until the faults go quiet: every page the guest walks, once", async () => {
+      const before = { fds: fdCount(), children: childPids(), temps: recordTemps() };
+      const state = await openOrchestratorState(
+        createConfig({ stateDir: join(dir, "state-quiet"), firecrackerBin: binary! }),
+      );
+      const { manifest, recorded } = await importWithWorkingSet(state, {
+        template: "quiet",
+        ...snapshot,
+        alive: "quiet",
+      });
+      // The recording's Firecracker, sockets, temp directory and disk clone are gone.
+      expect(readdirSync(buildDir(state.config, manifest.id)).sort()).toEqual(
+        [
+          BUILD_FILES.manifest,
+          BUILD_FILES.vmstate,
+          BUILD_FILES.memory,
+          BUILD_FILES.header,
+          BUILD_FILES.workingSet,
+        ].sort(),
+      );
+      await state.close();
+      expect(childPids()).toEqual(before.children);
+      expect(fdCount()).toBe(before.fds);
+      expect(recordTemps()).toEqual(before.temps);
+      const pages = new Set<number>();
+      for (const range of recorded!.workingSet.ranges)
+        for (let offset = range.offset; offset < range.offset + range.length; offset += PAGE)
+          pages.add(offset);
+      // The guest rewrites every page of its region on every walk: once its faults stop, all of them
+      // are in, and besides them only its code, stack, state and page tables.
+      const region = [...pages].filter((o) => o >= TEST_GUEST_REGION.start && o < TEST_GUEST_REGION.end);
+      expect(region.length).toBe((TEST_GUEST_REGION.end - TEST_GUEST_REGION.start) / PAGE);
+      expect(pages.size - region.length).toBeLessThan(64);
+      expect(pages.size).toBe(recorded!.pages);
     }, 120_000);
 
     it("a corrupt working set is ignored: the create restores on demand", async () => {
