@@ -1,5 +1,5 @@
 // Issue 18: a build's working set is recorded from one restore, and every create prefetches it.
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -9,7 +9,7 @@ import {
   realFirecracker,
   TEST_GUEST_REGION,
 } from "@sbx/fc-client/testing";
-import { decodeWorkingSet } from "@sbx/uffd";
+import { decodeWorkingSet, type WorkingSet } from "@sbx/uffd";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildDir, readBuild } from "./builds.ts";
 import { createConfig } from "./config.ts";
@@ -29,11 +29,12 @@ const alive = /^SBX-GUEST iter=\d+ sum=/;
 const PAGE = 4096;
 let dir: string;
 let snapshot: { vmstate: string; memory: string };
+let guest: string;
 
 beforeAll(async () => {
   if (skipReason || !binary) return;
   dir = mkdtempSync(join(tmpdir(), "sbx-working-set-"));
-  const guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
+  guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
   snapshot = await snapshotTestGuest(binary, guest, dir);
 }, 60_000);
 afterAll(() => {
@@ -135,6 +136,33 @@ describe.skipIf(skipReason !== undefined)(
       expect(region.length).toBe((TEST_GUEST_REGION.end - TEST_GUEST_REGION.start) / PAGE);
       expect(pages.size - region.length).toBeLessThan(64);
       expect(pages.size).toBe(recorded!.pages);
+    }, 120_000);
+
+    it("a guest whose working set moved: recorded where it walks, and another's set still restores it exactly", async () => {
+      const shifted = join(dir, "shifted");
+      mkdirSync(shifted);
+      const moved = await snapshotTestGuest(binary!, guest, shifted, "console=ttyS0 sbx.region-shift-mib=48");
+      await using state = await openOrchestratorState(
+        createConfig({ stateDir: join(dir, "state-moved"), firecrackerBin: binary! }),
+      );
+      const MiB = 1024 * 1024;
+      const walked = (set: WorkingSet, from: number) =>
+        set.ranges
+          .flatMap((r) => Array.from({ length: r.length / PAGE }, (_, i) => r.offset + i * PAGE))
+          .filter((offset) => offset >= from && offset < from + 48 * MiB).length;
+      const own = (await importWithWorkingSet(state, { template: "moved", ...moved, alive: "quiet" }))
+        .recorded!;
+      expect(walked(own.workingSet, 64 * MiB)).toBe(12288);
+      expect(walked(own.workingSet, 16 * MiB)).toBe(0);
+      // The unshifted guest's working set, on the shifted guest: every page it lists is the wrong one.
+      const other = (await importWithWorkingSet(state, { template: "first", ...snapshot, alive: "quiet" }))
+        .recorded!;
+      await importWithWorkingSet(state, { template: "stale", ...moved, alive, workingSet: other.workingSet });
+      await using sandbox = await createSandbox(state, { template: "stale", alive });
+      checkGuestSum(sandbox.firecracker.console.lines(5));
+      const metrics = sandbox.server.metrics();
+      expect(metrics.prefetched).toBeGreaterThan(0);
+      expect(metrics.faultsOnDemand).toBeGreaterThan(12_000);
     }, 120_000);
 
     it("a corrupt working set is ignored: the create restores on demand", async () => {

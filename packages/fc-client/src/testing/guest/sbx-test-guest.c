@@ -24,6 +24,10 @@
  *
  * so a test can check that a CPU template reached the guest bit for bit.
  *
+ * With `sbx.region-shift-mib=<decimal>` the region moves up by that many MiB (the guest needs 64 MiB
+ * plus the shift of memory): the same walk and the same checksums over other pages, so a working set
+ * recorded from one guest can be tried on a guest whose working set is elsewhere.
+ *
  * A provisioning boot (the kernel command line has `sbx.provision=1`, as sbx's template build passes
  * it) instead prints what sbx's provisioning runner prints, `SBX_PROVISION_EXIT status=<n>` (n from
  * `sbx.test-provision-status=<n>`, default 0), and resets the machine through the i8042 controller,
@@ -48,8 +52,9 @@ struct guest_state {
   u32 checksum;
   u32 reserved;
   u64 last_report_tsc;
+  u64 region_start;
 };
-static volatile struct guest_state state = {0x53425847u, 0, 0x811c9dc5u, 0, 0};
+static volatile struct guest_state state = {0x53425847u, 0, 0x811c9dc5u, 0, 0, REGION_START};
 
 static unsigned char stack[16384] __attribute__((used, aligned(16)));
 
@@ -92,7 +97,8 @@ static void step(void) {
   u32 iteration = state.iteration + 1u;
   u32 checksum = state.checksum;
   u32 page = 0;
-  for (u64 addr = REGION_START; addr < REGION_END; addr += PAGE_SIZE, page++) {
+  u64 start = state.region_start;
+  for (u64 addr = start; addr < start + (REGION_END - REGION_START); addr += PAGE_SIZE, page++) {
     volatile u32 *word = (volatile u32 *)addr;
     u32 next = *word * 1664525u + (1013904223u ^ page ^ iteration);
     *word = next;
@@ -181,6 +187,12 @@ void sbx_guest_main(const unsigned char *zero_page) {
   /* boot_params.hdr.cmd_line_ptr (offset 0x228), below 4 GiB: identity-mapped like all low memory. */
   const char *cmdline = zero_page ? (const char *)(u64)(*(const volatile u32 *)(zero_page + 0x228)) : 0;
   if (cmdline && cmdline_find(cmdline, "sbx.provision=1")) provision_and_reset(cmdline);
+  const char *shift = cmdline ? cmdline_find(cmdline, "sbx.region-shift-mib=") : 0;
+  if (shift) {
+    u64 mib = 0;
+    while (*shift >= '0' && *shift <= '9') mib = mib * 10u + (u64)(*shift++ - '0');
+    state.region_start = REGION_START + (mib << 20);
+  }
   const char *cpuid_list = cmdline ? cmdline_find(cmdline, "sbx.cpuid=") : 0;
   if (cpuid_list) print_cpuid(cpuid_list);
   put_str("SBX-GUEST-READY\n");
