@@ -22,6 +22,7 @@ import { createSandbox, type Sandbox } from "./sandbox.ts";
 import { diskSlotPath } from "./template-build.ts";
 import { BUILD_FILES } from "./template-manifest.ts";
 import { childPids, networkSkipReason } from "./test-capabilities.ts";
+import { expectChecksumContinues } from "./test-guest-snapshot.ts";
 import { type TemplateFixture, templateFixture, testResolver } from "./test-template-fixture.ts";
 
 const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker({ testGuest: true });
@@ -147,18 +148,7 @@ describe.skipIf(skipReason !== undefined)(
       sandbox = await orchestrator.createSandbox({ from: paused, alive: GUEST_LINE });
       try {
         // The first progress line past the pause carries the checksum an uninterrupted guest has there.
-        let after = sandbox.firecracker.console.position - 1;
-        for (;;) {
-          const next = await sandbox.firecracker.waitForConsole(GUEST_LINE, {
-            timeoutMs: 30_000,
-            since: after + 1,
-          });
-          after = next.line.seq;
-          const progress = parseTestGuestLine(next.line.text)!;
-          if (progress.iteration <= pausedAt) continue;
-          expect(progress.checksum).toBe(expectedGuestChecksums(progress.iteration)[progress.iteration - 1]);
-          break;
-        }
+        await expectChecksumContinues(sandbox.firecracker, pausedAt);
       } finally {
         await sandbox.kill();
       }

@@ -4,16 +4,10 @@
 // the crash left half made, never the template or a named pause.
 import { spawnSync } from "node:child_process";
 import { readdirSync } from "node:fs";
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { configureAndStart, launchFirecracker } from "@sbx/fc-client";
-import {
-  buildTestGuest,
-  expectedGuestChecksums,
-  parseTestGuestLine,
-  realFirecracker,
-} from "@sbx/fc-client/testing";
+import { realFirecracker } from "@sbx/fc-client/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildDir, buildsDir, readBuild } from "./builds.ts";
 import { createConfig, type OrchestratorConfig } from "./config.ts";
@@ -23,11 +17,11 @@ import { openOrchestratorState } from "./orchestrator-state.ts";
 import { defaultPauseSteps } from "./pause.ts";
 import { verifyTemplateFiles } from "./template-drift.ts";
 import { childPids } from "./test-capabilities.ts";
+import { expectChecksumContinues, GUEST_LINE, snapshotTestGuest } from "./test-guest-snapshot.ts";
 
 const { binary: firecrackerBin, skipReason } = realFirecracker({ testGuest: true });
 if (skipReason) console.log(`[orchestrator] pause crash-safety test skipped: ${skipReason}`);
 const CHILD = join(import.meta.dirname, "test-pause-crash-child.ts");
-const GUEST_LINE = /^SBX-GUEST iter=\d+ sum=[0-9a-f]{8}$/;
 
 describe.skipIf(skipReason !== undefined)(
   `a pause killed at any step${skipReason ? ` (skipped: ${skipReason})` : ""}`,
@@ -38,34 +32,9 @@ describe.skipIf(skipReason !== undefined)(
     beforeAll(async () => {
       dir = await mkdtemp(join(tmpdir(), "sbx-pause-crash-"));
       config = createConfig({ stateDir: join(dir, "state"), firecrackerBin: firecrackerBin! });
-      const guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
-      await mkdir(join(dir, "t"));
-      {
-        await using fc = await launchFirecracker({
-          binary: firecrackerBin!,
-          id: "crash-template",
-          logPath: join(dir, "t", "fc.log"),
-        });
-        await configureAndStart(fc.client, {
-          "boot-source": { kernel_image_path: guest, boot_args: "console=ttyS0" },
-          "machine-config": { vcpu_count: 1, mem_size_mib: 128, track_dirty_pages: true },
-        });
-        await fc.waitForConsole(/^SBX-GUEST iter=[2-9] /, { timeoutMs: 30_000 });
-        await fc.client.patchVm({ state: "Paused" });
-        await fc.client.createSnapshot({
-          snapshot_type: "Full",
-          snapshot_path: join(dir, "t", "vmstate"),
-          mem_file_path: join(dir, "t", "mem"),
-        });
-      }
+      const snapshot = await snapshotTestGuest(firecrackerBin!, join(dir, "t"));
       await using state = await openOrchestratorState(config);
-      template = (
-        await importBuild(state, {
-          template: "guest",
-          vmstate: join(dir, "t", "vmstate"),
-          memory: join(dir, "t", "mem"),
-        })
-      ).id;
+      template = (await importBuild(state, { template: "guest", ...snapshot })).id;
     }, 60_000);
     afterAll(async () => {
       await rm(dir, { recursive: true, force: true });
@@ -98,9 +67,7 @@ describe.skipIf(skipReason !== undefined)(
         if (step === undefined) expect(newest).toBeDefined();
         if (newest) {
           await using resumed = await orchestrator.createSandbox({ from: newest, alive: GUEST_LINE });
-          const line = await resumed.firecracker.waitForConsole(GUEST_LINE, { timeoutMs: 60_000, since: 0 });
-          const progress = parseTestGuestLine(line.line.text)!;
-          expect(progress.checksum).toBe(expectedGuestChecksums(progress.iteration)[progress.iteration - 1]);
+          await expectChecksumContinues(resumed.firecracker, 0);
         }
         await orchestrator.gc();
         const left = readdirSync(buildsDir(config)).sort();

@@ -7,13 +7,7 @@ import { mkdir, mkdtemp, rename, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { hostArch } from "@sbx/arch";
-import { configureAndStart, launchFirecracker } from "@sbx/fc-client";
-import {
-  buildTestGuest,
-  expectedGuestChecksums,
-  parseTestGuestLine,
-  realFirecracker,
-} from "@sbx/fc-client/testing";
+import { buildTestGuest, realFirecracker } from "@sbx/fc-client/testing";
 import { resolveNativeHelper } from "@sbx/uffd";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildDir, readBuildHeader, readTemplatePointer } from "./builds.ts";
@@ -24,6 +18,11 @@ import { type OrchestratorState, openOrchestratorState } from "./orchestrator-st
 import { createSandbox, defaultSandboxSteps, type Sandbox } from "./sandbox.ts";
 import { BUILD_FILES } from "./template-manifest.ts";
 import { childPids } from "./test-capabilities.ts";
+import {
+  expectChecksumContinues,
+  lastIteration as lastGuestIteration,
+  snapshotTestGuest,
+} from "./test-guest-snapshot.ts";
 
 const { binary: firecrackerBin, skipReason } = realFirecracker({ testGuest: true });
 if (skipReason) console.log(`[orchestrator] sandbox lifecycle test skipped: ${skipReason}`);
@@ -33,21 +32,10 @@ const GUEST_LINE = /^SBX-GUEST iter=\d+ sum=[0-9a-f]{8}$/;
 // A liveness bound, not a speed target: in a full run other packages' guests spin the same two cores.
 const ALIVE = { alive: GUEST_LINE, aliveTimeoutMs: 60_000 } as const;
 
-const lastIteration = (sandbox: Sandbox) =>
-  Math.max(0, ...sandbox.firecracker.console.lines().map((line) => parseTestGuestLine(line)?.iteration ?? 0));
+const lastIteration = (sandbox: Sandbox) => lastGuestIteration(sandbox.firecracker);
 
-/** The guest's first progress line past iteration `after`, checked against a never-interrupted guest. */
-async function checksumContinues(sandbox: Sandbox, after: number): Promise<number> {
-  let since = 0;
-  for (;;) {
-    const next = await sandbox.firecracker.waitForConsole(GUEST_LINE, { timeoutMs: 60_000, since });
-    const progress = parseTestGuestLine(next.line.text)!;
-    since = next.line.seq + 1;
-    if (progress.iteration <= after) continue;
-    expect(progress.checksum).toBe(expectedGuestChecksums(progress.iteration)[progress.iteration - 1]);
-    return progress.iteration;
-  }
-}
+const checksumContinues = (sandbox: Sandbox, after: number) =>
+  expectChecksumContinues(sandbox.firecracker, after);
 
 /** Runs a sandbox until it prints another line, then returns the newest iteration it printed. */
 async function runOn(sandbox: Sandbox): Promise<number> {
@@ -61,44 +49,19 @@ describe.skipIf(skipReason !== undefined)(
   () => {
     let dir: string;
     let state: OrchestratorState;
-    let guest: string;
+    let _guest: string;
     let templateBuild: string;
     let before: { fds: number; children: number[] };
 
     /** A Full snapshot of the test guest once it printed iteration `atLeast`, imported as template "guest". */
     async function snapshotTemplate(atLeast: number, into: string): Promise<string> {
-      await using fc = await launchFirecracker({
-        binary: firecrackerBin!,
-        id: "sbx-template",
-        logPath: join(into, "fc.log"),
-      });
-      await configureAndStart(fc.client, {
-        "boot-source": { kernel_image_path: guest, boot_args: "console=ttyS0" },
-        "machine-config": { vcpu_count: 1, mem_size_mib: 128, track_dirty_pages: true },
-      });
-      await fc.waitForConsole(
-        new RegExp(`^SBX-GUEST iter=(${atLeast}|\\d{${String(atLeast).length + 1},}) `),
-        {
-          timeoutMs: 30_000,
-        },
-      );
-      await fc.client.patchVm({ state: "Paused" });
-      await fc.client.createSnapshot({
-        snapshot_type: "Full",
-        snapshot_path: join(into, "vmstate"),
-        mem_file_path: join(into, "mem"),
-      });
-      const build = await importBuild(state, {
-        template: "guest",
-        vmstate: join(into, "vmstate"),
-        memory: join(into, "mem"),
-      });
-      return build.id;
+      const snapshot = await snapshotTestGuest(firecrackerBin!, into, atLeast);
+      return (await importBuild(state, { template: "guest", ...snapshot })).id;
     }
 
     beforeAll(async () => {
       dir = await mkdtemp(join(tmpdir(), "sbx-lifecycle-"));
-      guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
+      _guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
       before = { fds: fdCount(), children: childPids() };
       state = await openOrchestratorState(
         createConfig({

@@ -6,13 +6,7 @@ import { existsSync, readdirSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { configureAndStart, launchFirecracker } from "@sbx/fc-client";
-import {
-  buildTestGuest,
-  expectedGuestChecksums,
-  parseTestGuestLine,
-  realFirecracker,
-} from "@sbx/fc-client/testing";
+import { realFirecracker } from "@sbx/fc-client/testing";
 import { FilesystemStore } from "@sbx/store";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildDir, readBuild } from "./builds.ts";
@@ -22,9 +16,14 @@ import { Orchestrator } from "./orchestrator.ts";
 import { openOrchestratorState } from "./orchestrator-state.ts";
 import { ensureLocalBuild } from "./store-sync.ts";
 import { verifyTemplateFiles } from "./template-drift.ts";
+import {
+  expectChecksumContinues,
+  GUEST_LINE,
+  lastIteration,
+  snapshotTestGuest,
+} from "./test-guest-snapshot.ts";
 
 const { binary: firecrackerBin, skipReason } = realFirecracker({ testGuest: true });
-const GUEST_LINE = /^SBX-GUEST iter=\d+ sum=[0-9a-f]{8}$/;
 
 describe("builds that move between hosts", () => {
   let dir: string;
@@ -76,36 +75,11 @@ describe("builds that move between hosts", () => {
   it.skipIf(skipReason !== undefined)(
     `a sandbox built on A runs on B, pauses there, and resumes on A${skipReason ? ` (skipped: ${skipReason})` : ""}`,
     async () => {
-      const guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
-      await mkdir(join(dir, "t"));
-      {
-        await using fc = await launchFirecracker({
-          binary: firecrackerBin!,
-          id: "two-hosts",
-          logPath: join(dir, "t", "fc.log"),
-        });
-        await configureAndStart(fc.client, {
-          "boot-source": { kernel_image_path: guest, boot_args: "console=ttyS0" },
-          "machine-config": { vcpu_count: 1, mem_size_mib: 128, track_dirty_pages: true },
-        });
-        await fc.waitForConsole(/^SBX-GUEST iter=[2-9] /, { timeoutMs: 30_000 });
-        await fc.client.patchVm({ state: "Paused" });
-        await fc.client.createSnapshot({
-          snapshot_type: "Full",
-          snapshot_path: join(dir, "t", "vmstate"),
-          mem_file_path: join(dir, "t", "mem"),
-        });
-      }
+      const snapshot = await snapshotTestGuest(firecrackerBin!, join(dir, "t"));
       let template: string;
       {
         await using a = await Orchestrator.open(hostA, { store });
-        template = (
-          await importBuild(a.state, {
-            template: "guest",
-            vmstate: join(dir, "t", "vmstate"),
-            memory: join(dir, "t", "mem"),
-          })
-        ).id;
+        template = (await importBuild(a.state, { template: "guest", ...snapshot })).id;
         await a.uploaded(template);
       }
       // Host A is closed: B has only the store.
@@ -117,24 +91,14 @@ describe("builds that move between hosts", () => {
         expect(existsSync(buildDir(hostB, template))).toBe(true);
         const since = sandbox.firecracker.console.position;
         await sandbox.firecracker.waitForConsole(GUEST_LINE, { timeoutMs: 30_000, since });
-        pausedAt = Math.max(
-          ...sandbox.firecracker.console.lines().map((l) => parseTestGuestLine(l)?.iteration ?? 0),
-        );
+        pausedAt = lastIteration(sandbox.firecracker);
         const paused = await sandbox.pause();
         pausedBuild = paused.build;
         await b.uploaded(pausedBuild);
       }
       await using a = await Orchestrator.open(hostA, { store });
       await using resumed = await a.createSandbox({ build: pausedBuild, alive: GUEST_LINE });
-      let since = 0;
-      for (;;) {
-        const next = await resumed.firecracker.waitForConsole(GUEST_LINE, { timeoutMs: 60_000, since });
-        since = next.line.seq + 1;
-        const progress = parseTestGuestLine(next.line.text)!;
-        if (progress.iteration <= pausedAt) continue;
-        expect(progress.checksum).toBe(expectedGuestChecksums(progress.iteration)[progress.iteration - 1]);
-        break;
-      }
+      await expectChecksumContinues(resumed.firecracker, pausedAt);
     },
     180_000,
   );
