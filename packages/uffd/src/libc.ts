@@ -60,6 +60,9 @@ function declareUnchecked(funcName: string, retType: DataType, paramsType: DataT
 const { I32, I64 } = DataType;
 
 /** `read` and `ioctl` returning only the value (-1 on failure); see declareUnchecked. */
+/** <sys/mman.h>: start reading a file mapping's pages into the page cache, without waiting. */
+export const MADV_WILLNEED = 3;
+
 export const libcUnchecked = {
   read: declareUnchecked("read", I64, [I32, I64, I64]),
   ioctl: declareUnchecked("ioctl", I32, [I32, I64, I64]),
@@ -82,6 +85,7 @@ export const libc = {
   ioctl: declare("ioctl", I32, [I32, I64, I64]),
   mmap: declare("mmap", I64, [I64, I64, I32, I32, I32, I64]),
   munmap: declare("munmap", I32, [I64, I64]),
+  madvise: declare("madvise", I32, [I64, I64, I32]),
   ftruncate: declare("ftruncate", I32, [I32, I64]),
   copyFileRange: declare("copy_file_range", I64, [I32, I64, I32, I64, I64, I32]),
   fcntl: declare("fcntl", I32, [I32, I32, I32]),
@@ -118,6 +122,7 @@ export function resolveLibcSymbols(): void {
     ioctl: [-1, 0, 0],
     mmap: [0, 0, 0, 0, -1, 0],
     munmap: [0, 0],
+    madvise: [0, 0, 0],
     ftruncate: [-1, 0],
     copyFileRange: [-1, 0, -1, 0, 0, 0],
     fcntl: [-1, 0, 0],

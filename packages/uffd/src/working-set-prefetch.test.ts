@@ -1,4 +1,5 @@
 // Issue 18: the working set is copied in between faults, and any list, however wrong, restores exactly.
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, readSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -46,6 +47,19 @@ function shuffled<T>(items: T[]): T[] {
     [out[i], out[j]] = [out[j] as T, out[i] as T];
   }
   return out;
+}
+
+/** Bytes of `path` in the page cache (util-linux fincore), after dropping them first with `evict`. */
+function cachedBytes(path: string, evict = false): number {
+  if (evict) {
+    execFileSync("sync", [path]); // dirty pages cannot be dropped
+    execFileSync("dd", [`if=${path}`, "iflag=nocache", "count=0", "status=none"]);
+  }
+  return Number(
+    execFileSync("fincore", ["--bytes", "--noheadings", "--output", "RES", path], {
+      encoding: "utf8",
+    }).trim(),
+  );
 }
 
 const allPages = () => Array.from({ length: PAGES }, (_, page) => ({ offset: page * PAGE, length: PAGE }));
@@ -140,6 +154,27 @@ for (const { codePath, helper } of faultLoops(nativeHelper.path)) {
         child.kill("SIGKILL");
         await new Promise((resolve) => child.once("close", resolve));
       }
+    });
+
+    it("reads the listed pages of the memory file ahead before anyone connects", async () => {
+      const evicted = cachedBytes(memoryFile, true);
+      if (evicted !== 0) {
+        console.log(`[uffd] read-ahead check skipped: ${memoryFile} stays cached (${evicted} bytes)`);
+        return;
+      }
+      const socketPath = join(dir, "uffd.sock");
+      await using server = new PageFaultServer({
+        socketPath,
+        memoryFile,
+        nativeHelper: helper,
+        workingSet: [{ offset: 4 * MiB, length: 4 * MiB }],
+      });
+      await server.listen();
+      await vi.waitFor(() => expect(cachedBytes(memoryFile)).toBeGreaterThanOrEqual(4 * MiB), {
+        timeout: 10_000,
+      });
+      // The list, not the whole file.
+      expect(cachedBytes(memoryFile)).toBeLessThan(SIZE);
     });
 
     it("gives a stale working set up once the guest keeps faulting pages it does not list", async () => {
