@@ -23,7 +23,8 @@ import { createConfig } from "../src/config.ts";
 import { importBuild } from "../src/import-build.ts";
 import { openOrchestratorState } from "../src/orchestrator-state.ts";
 import { createSandbox } from "../src/sandbox.ts";
-import { importWithWorkingSet, snapshotTestGuest } from "../src/test-working-set-build.ts";
+import { snapshotTestGuest } from "../src/test-guest-snapshot.ts";
+import { importWithWorkingSet } from "../src/test-working-set-build.ts";
 
 const CREATES = Number(process.env.BENCH_CREATES ?? 50);
 const { binary, skipReason } = realFirecracker({ testGuest: true });
@@ -61,7 +62,10 @@ async function main(): Promise<Record<string, unknown>> {
     }
     const shifted = join(dir, "shifted");
     mkdirSync(shifted);
-    const moved = await snapshotTestGuest(binary, guest, shifted, "console=ttyS0 sbx.region-shift-mib=48");
+    const moved = await snapshotTestGuest(binary, shifted, {
+      atLeast: 1,
+      bootArgs: "console=ttyS0 sbx.region-shift-mib=48",
+    });
     const cHandler = join(dir, "c-handler");
     execFileSync("gcc", [
       "-O2",

@@ -29,6 +29,7 @@ const STEPS = [
   "network",
   "snapshot",
   "build-record",
+  "working-set",
   "publish",
   "pointer",
 ];

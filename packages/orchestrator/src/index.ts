@@ -302,3 +302,4 @@ export {
   waitForConsoleLogged,
   waitForLine,
 } from "./wait-for-line.ts";
+export { RECORD_QUIET_MS, readWorkingSet, recordWorkingSet } from "./working-set-record.ts";

@@ -55,7 +55,7 @@ describe.skipIf(skipReason !== undefined)(
 
     /** A Full snapshot of the test guest once it printed iteration `atLeast`, imported as template "guest". */
     async function snapshotTemplate(atLeast: number, into: string): Promise<string> {
-      const snapshot = await snapshotTestGuest(firecrackerBin!, into, atLeast);
+      const snapshot = await snapshotTestGuest(firecrackerBin!, into, { atLeast });
       return (await importBuild(state, { template: "guest", ...snapshot })).id;
     }
 

@@ -1,20 +1,23 @@
-// What the real-Firecracker tests share: a Full snapshot of the tiny test guest taken once it printed a
+// What the real-Firecracker tests and benchmarks share (no test framework here, so benches use it too): a Full snapshot of the tiny test guest taken once it printed a
 // given iteration, and the proof that a restored guest goes on with the right checksum.
 import { mkdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { configureAndStart, type FirecrackerProcess, launchFirecracker } from "@sbx/fc-client";
 import { buildTestGuest, expectedGuestChecksums, parseTestGuestLine } from "@sbx/fc-client/testing";
-import { expect } from "vitest";
 
 export const GUEST_LINE = /^SBX-GUEST iter=\d+ sum=[0-9a-f]{8}$/;
 
-/** `{dir}/vmstate` and `{dir}/mem`: the test guest (128 MiB, one vCPU) once it printed iteration `atLeast`. */
+/**
+ * `{dir}/vmstate` and `{dir}/mem`: the test guest (128 MiB, one vCPU, booted with `bootArgs`) once it
+ * printed iteration `atLeast`.
+ */
 export async function snapshotTestGuest(
   firecrackerBin: string,
   dir: string,
-  atLeast = 2,
+  options: { atLeast?: number; bootArgs?: string } = {},
 ): Promise<{ vmstate: string; memory: string }> {
+  const atLeast = options.atLeast ?? 2;
   const guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
   await mkdir(dir, { recursive: true });
   await using fc = await launchFirecracker({
@@ -23,7 +26,7 @@ export async function snapshotTestGuest(
     logPath: join(dir, "fc.log"),
   });
   await configureAndStart(fc.client, {
-    "boot-source": { kernel_image_path: guest, boot_args: "console=ttyS0" },
+    "boot-source": { kernel_image_path: guest, boot_args: options.bootArgs ?? "console=ttyS0" },
     "machine-config": { vcpu_count: 1, mem_size_mib: 128, track_dirty_pages: true },
   });
   await fc.waitForConsole(new RegExp(`^SBX-GUEST iter=(${atLeast}|\\d{${String(atLeast).length + 1},}) `), {
@@ -44,7 +47,10 @@ export function lastIteration(fc: FirecrackerProcess): number {
   return Math.max(0, ...fc.console.lines().map((line) => parseTestGuestLine(line)?.iteration ?? 0));
 }
 
-/** The guest's first progress line past iteration `after` carries the checksum an uninterrupted guest has. */
+/**
+ * The guest's first progress line past iteration `after` must carry the checksum an uninterrupted guest
+ * has there (throws otherwise); returns that iteration.
+ */
 export async function expectChecksumContinues(fc: FirecrackerProcess, after: number): Promise<number> {
   let since = 0;
   for (;;) {
@@ -52,7 +58,11 @@ export async function expectChecksumContinues(fc: FirecrackerProcess, after: num
     since = next.line.seq + 1;
     const progress = parseTestGuestLine(next.line.text);
     if (!progress || progress.iteration <= after) continue;
-    expect(progress.checksum).toBe(expectedGuestChecksums(progress.iteration)[progress.iteration - 1]);
+    const expected = expectedGuestChecksums(progress.iteration)[progress.iteration - 1];
+    if (progress.checksum !== expected)
+      throw new Error(
+        `the guest's checksum at iteration ${progress.iteration} is ${progress.checksum}, not ${expected}: its memory came back wrong`,
+      );
     return progress.iteration;
   }
 }

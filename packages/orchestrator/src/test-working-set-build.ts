@@ -3,7 +3,6 @@
 import { rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fingerprintToFile } from "@sbx/cpu-template";
-import { configureAndStart, launchFirecracker } from "@sbx/fc-client";
 import { encodeMemoryHeader, encodeWorkingSet, fullMemoryHeader, type WorkingSet } from "@sbx/uffd";
 import { newBuildId, publishBuild, setTemplatePointer, stageBuild } from "./builds.ts";
 import { cloneFile } from "./disk-clone.ts";
@@ -11,33 +10,6 @@ import { firecrackerFor, thisHostFingerprint } from "./host-facts.ts";
 import type { OrchestratorState } from "./orchestrator-state.ts";
 import { BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
 import { type RecordedWorkingSet, recordWorkingSet } from "./working-set-record.ts";
-
-/** Boots the tiny test guest (128 MiB), waits for its first progress line and takes a Full snapshot. */
-export async function snapshotTestGuest(
-  binary: string,
-  guest: string,
-  dir: string,
-  bootArgs = "console=ttyS0",
-): Promise<{ vmstate: string; memory: string }> {
-  const snapshot = { vmstate: join(dir, "vmstate"), memory: join(dir, "mem") };
-  await using fc = await launchFirecracker({
-    binary,
-    id: "test-guest-template",
-    logPath: join(dir, "template.log"),
-  });
-  await configureAndStart(fc.client, {
-    "boot-source": { kernel_image_path: guest, boot_args: bootArgs },
-    "machine-config": { vcpu_count: 1, mem_size_mib: 128, track_dirty_pages: true },
-  });
-  await fc.waitForConsole(/^SBX-GUEST iter=\d+ /, { timeoutMs: 30_000 });
-  await fc.client.patchVm({ state: "Paused" });
-  await fc.client.createSnapshot({
-    snapshot_type: "Full",
-    snapshot_path: snapshot.vmstate,
-    mem_file_path: snapshot.memory,
-  });
-  return snapshot;
-}
 
 /** Stages a Full snapshot as a build, records its working set until `alive`, publishes and names it. */
 export async function importWithWorkingSet(

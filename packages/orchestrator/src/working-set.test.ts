@@ -19,7 +19,8 @@ import { createSandbox } from "./sandbox.ts";
 import { writeFileAtomic } from "./state-dir.ts";
 import { BUILD_FILES } from "./template-manifest.ts";
 import { childPids } from "./test-capabilities.ts";
-import { importWithWorkingSet, snapshotTestGuest } from "./test-working-set-build.ts";
+import { snapshotTestGuest } from "./test-guest-snapshot.ts";
+import { importWithWorkingSet } from "./test-working-set-build.ts";
 
 const { binary, skipReason } = realFirecracker({ testGuest: true });
 const fdCount = () => readdirSync("/proc/self/fd").length;
@@ -29,13 +30,13 @@ const alive = /^SBX-GUEST iter=\d+ sum=/;
 const PAGE = 4096;
 let dir: string;
 let snapshot: { vmstate: string; memory: string };
-let guest: string;
+let _guest: string;
 
 beforeAll(async () => {
   if (skipReason || !binary) return;
   dir = mkdtempSync(join(tmpdir(), "sbx-working-set-"));
-  guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
-  snapshot = await snapshotTestGuest(binary, guest, dir);
+  _guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
+  snapshot = await snapshotTestGuest(binary, dir, { atLeast: 1 });
 }, 60_000);
 afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
@@ -141,7 +142,10 @@ describe.skipIf(skipReason !== undefined)(
     it("a guest whose working set moved: recorded where it walks, and another's set still restores it exactly", async () => {
       const shifted = join(dir, "shifted");
       mkdirSync(shifted);
-      const moved = await snapshotTestGuest(binary!, guest, shifted, "console=ttyS0 sbx.region-shift-mib=48");
+      const moved = await snapshotTestGuest(binary!, shifted, {
+        atLeast: 1,
+        bootArgs: "console=ttyS0 sbx.region-shift-mib=48",
+      });
       await using state = await openOrchestratorState(
         createConfig({ stateDir: join(dir, "state-moved"), firecrackerBin: binary! }),
       );

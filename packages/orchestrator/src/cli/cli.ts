@@ -1,6 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { resolve as resolvePath } from "node:path";
 import { parseArgs } from "node:util";
+import { storeFromEnv } from "@sbx/store";
 import {
   listPausedSandboxes,
   listTemplatePointers,
@@ -21,7 +22,6 @@ import { OrchestratorError } from "../errors.ts";
 import { isImageReference } from "../image-source.ts";
 import { Orchestrator } from "../orchestrator.ts";
 import { checkProcessIdentity } from "../process-identity.ts";
-import { storeFromEnv } from "@sbx/store";
 import { createProgressReporter, progressModeFor } from "../progress.ts";
 import { reclaimSandbox } from "../reclaim.ts";
 import { resolveIdPrefix } from "../sandbox-id.ts";
