@@ -1,7 +1,8 @@
 import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 
-function hasCommand(command: string, args: string[]): boolean {
+/** Whether `command args` runs and exits 0 here. */
+export function hasCommand(command: string, args: string[]): boolean {
   try {
     execFileSync(command, args, { stdio: "ignore", timeout: 5_000 });
     return true;

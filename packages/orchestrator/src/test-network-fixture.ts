@@ -2,20 +2,12 @@
 // standing in for the uplink, and fake guests (a namespace behind a veth that takes the TAP's name and
 // address) standing in for Firecracker. Sandboxes of the test pool are routed to the fake internet by
 // policy routing and to nothing else: no test packet can leave this machine, even if a rule is wrong.
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runCommand } from "./exec.ts";
-
-function hasCommand(command: string, args: string[]): boolean {
-  try {
-    execFileSync(command, args, { stdio: "ignore", timeout: 5_000 });
-    return true;
-  } catch {
-    return false;
-  }
-}
+import { hasCommand } from "./test-capabilities.ts";
 
 /** Why the fake-internet tests cannot run here, or undefined when they can. */
 export function fakeInternetSkipReason(): string | undefined {

@@ -28,6 +28,7 @@ import { resolveIdPrefix } from "../sandbox-id.ts";
 import { type SandboxRecord, StateDirectory } from "../state-dir.ts";
 import { readTemplate, templateDrift } from "../template-build.ts";
 import { copyWithSandbox, execInSandbox } from "./agent-commands.ts";
+import { printFailure } from "./print-failure.ts";
 import { runSetupCommand } from "./setup-command.ts";
 
 export interface CliIo {
@@ -639,15 +640,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       io.stderr.write(`sbx: ${error.message}\n\n${USAGE}`);
       return EXIT_USAGE;
     }
-    const code =
-      error instanceof OrchestratorError ? error.code : ((error as { code?: string }).code ?? "UNEXPECTED");
-    const message = (error as Error).message ?? String(error);
-    if (json) {
-      const details = error instanceof OrchestratorError ? error.details : {};
-      io.stdout.write(`${JSON.stringify({ error: { code, message, details } }, null, 2)}\n`);
-    } else {
-      io.stderr.write(`sbx: ${message}\n`);
-    }
+    printFailure(io, json, "sbx", error);
     return EXIT_FAILED;
   }
 }

@@ -7,6 +7,7 @@ import { proxySettingsFromEnv } from "../download.ts";
 import { OrchestratorError } from "../errors.ts";
 import { createProgressReporter, progressModeFor } from "../progress.ts";
 import { type InstalledArtifact, type SetupOptions, type SetupResult, setupArtifacts } from "../setup.ts";
+import { printFailure } from "./print-failure.ts";
 
 export const SETUP_USAGE = `usage: sbx setup [options]
 
@@ -183,14 +184,6 @@ export async function runSetupCommand(argv: string[], io: SetupIo): Promise<numb
 }
 
 function fail(io: SetupIo, json: boolean, error: unknown): number {
-  const code =
-    error instanceof OrchestratorError ? error.code : ((error as { code?: string }).code ?? "UNEXPECTED");
-  const message = (error as Error).message ?? String(error);
-  if (json) {
-    const details = error instanceof OrchestratorError ? error.details : {};
-    io.stdout.write(`${JSON.stringify({ error: { code, message, details } }, null, 2)}\n`);
-  } else {
-    io.stderr.write(`sbx setup: ${message}\n`);
-  }
+  printFailure(io, json, "sbx setup", error);
   return 1;
 }
