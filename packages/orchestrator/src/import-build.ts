@@ -29,6 +29,8 @@ export interface ImportBuildOptions {
   firecrackerVersion?: string;
   /** Point the template name at the new build (default true). */
   setPointer?: boolean;
+  /** Adds files to the staged build before it is sealed (a working set, say); a throw removes the staging. */
+  beforePublish?: (staging: string, id: string) => Promise<void>;
 }
 
 export async function importBuild(
@@ -53,6 +55,7 @@ export async function importBuild(
       join(staging, BUILD_FILES.header),
       encodeMemoryHeader(fullMemoryHeader({ build: id, memorySize })),
     );
+    await options.beforePublish?.(staging, id);
     const manifest = await publishBuild(config, staging, {
       id,
       kind: "template",

@@ -5,7 +5,13 @@
 import { rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { FirecrackerProcess } from "@sbx/fc-client";
-import { encodeMemoryHeader, type MemoryHeader, memoryFileExtents, overlayMemoryHeader } from "@sbx/uffd";
+import {
+  encodeMemoryHeader,
+  type MemoryHeader,
+  memoryFileExtents,
+  overlayMemoryHeader,
+  ownedRanges,
+} from "@sbx/uffd";
 import { newBuildId, type PausedSandbox, publishBuild, setPausedPointer, stageBuild } from "./builds.ts";
 import { cloneFile } from "./disk-clone.ts";
 import { firecrackerFor } from "./host-facts.ts";
@@ -86,9 +92,7 @@ export function defaultPauseSteps(): StepList<PauseContext> {
       async run(context) {
         const parent = context.sandbox.build;
         const header = requireFromStep(context.header, "the memory header");
-        const owned = header.entries
-          .filter((e) => header.builds[e.build] === context.buildId)
-          .reduce((sum, e) => sum + e.length, 0);
+        const owned = ownedRanges(header, context.buildId).reduce((sum, range) => sum + range.length, 0);
         const { boot, hostFingerprint, network, template, arch, egress } = parent;
         context.build = await publishBuild(
           context.sandbox.state.config,

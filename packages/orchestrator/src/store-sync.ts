@@ -44,6 +44,8 @@ export async function ensureLocalBuild(
   store: BuildStore | undefined,
   id: string,
 ): Promise<void> {
+  // Without a store there is nothing to fetch: the create reads the build and its header itself.
+  if (!store) return;
   await ensureOne(state, store, id);
   const header = await readBuildHeader(state.config, id);
   await Promise.all(
@@ -51,8 +53,8 @@ export async function ensureLocalBuild(
   );
 }
 
-async function ensureOne(state: OrchestratorState, store: BuildStore | undefined, id: string): Promise<void> {
-  if (!store || (await isLocal(state, id))) return;
+async function ensureOne(state: OrchestratorState, store: BuildStore, id: string): Promise<void> {
+  if (await isLocal(state, id)) return;
   let downloads = inFlight.get(state);
   if (!downloads) {
     downloads = new Map();
