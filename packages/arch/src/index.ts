@@ -41,6 +41,10 @@ export {
   type ArchTraits,
   archTraits,
   type FirecrackerArgsOptions,
+  isStaticCpuTemplateName,
   type KernelImageFormat,
   type OciPlatform,
+  STATIC_CPU_TEMPLATE_NAMES,
+  type StaticCpuTemplateName,
+  staticCpuTemplateArch,
 } from "./traits.ts";

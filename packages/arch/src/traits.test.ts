@@ -1,6 +1,11 @@
 import { describe, expect, it } from "vitest";
 import type { Logger } from "./logger.ts";
-import { archTraits } from "./traits.ts";
+import {
+  archTraits,
+  isStaticCpuTemplateName,
+  STATIC_CPU_TEMPLATE_NAMES,
+  staticCpuTemplateArch,
+} from "./traits.ts";
 
 describe("archTraits", () => {
   it("describes amd64", () => {
@@ -61,5 +66,24 @@ describe("firecrackerArgs", () => {
     ]);
     expect(warnings).toHaveLength(1);
     expect(warnings[0]).toContain("seccomp");
+  });
+});
+
+describe("static CPU templates", () => {
+  it("each arch lists the templates its Firecracker accepts, and no name is on two arches", () => {
+    expect(archTraits("amd64").staticCpuTemplates).toEqual(["C3", "T2", "T2S", "T2CL", "T2A"]);
+    expect(archTraits("arm64").staticCpuTemplates).toEqual(["V1N1"]);
+    expect(new Set(STATIC_CPU_TEMPLATE_NAMES).size).toBe(STATIC_CPU_TEMPLATE_NAMES.length);
+    expect(STATIC_CPU_TEMPLATE_NAMES).toHaveLength(6);
+  });
+
+  it("maps a name to its arch and recognizes only exact spellings", () => {
+    expect(staticCpuTemplateArch("T2CL")).toBe("amd64");
+    expect(staticCpuTemplateArch("V1N1")).toBe("arm64");
+    expect(isStaticCpuTemplateName("T2S")).toBe(true);
+    expect(isStaticCpuTemplateName("t2s")).toBe(false);
+    expect(isStaticCpuTemplateName("None")).toBe(false);
+    expect(isStaticCpuTemplateName("constructor")).toBe(false);
+    expect(isStaticCpuTemplateName(3)).toBe(false);
   });
 });

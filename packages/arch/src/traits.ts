@@ -1,15 +1,29 @@
-import type { Arch } from "./arch.ts";
+import { type Arch, SUPPORTED_ARCHES } from "./arch.ts";
 import { ArchError } from "./errors.ts";
 import type { Logger } from "./logger.ts";
 
+// Firecracker's static CPU templates (deprecated upstream since v1.5 in favour of custom templates), by the
+// arch whose Firecracker accepts them: the one list; fc-client's schema, its arch refusals and
+// cpu-template's catalog derive from it.
+const STATIC_CPU_TEMPLATES = Object.freeze({
+  amd64: Object.freeze(["C3", "T2", "T2S", "T2CL", "T2A"] as const),
+  arm64: Object.freeze(["V1N1"] as const),
+});
+
+/** A static CPU template name as Firecracker's API spells it (`machine-config.cpu_template`). */
+export type StaticCpuTemplateName = (typeof STATIC_CPU_TEMPLATES)[Arch][number];
+
+/** The OCI platform an arch's images are published for. */
 export interface OciPlatform {
   os: "linux";
   architecture: Arch;
   variant?: string;
 }
 
+/** The kernel image format Firecracker boots on an arch. */
 export type KernelImageFormat = "elf" | "arm64-image";
 
+/** What decides the arch-specific Firecracker command-line arguments. */
 export interface FirecrackerArgsOptions {
   /** The VM will be restored from a snapshot with a userfaultfd memory backend. */
   uffdRestore: boolean;
@@ -20,6 +34,7 @@ export interface FirecrackerArgsOptions {
   logger?: Logger;
 }
 
+/** Everything that differs between the target arches, in one record per arch. */
 export interface ArchTraits {
   arch: Arch;
   /** What `uname -m` prints. */
@@ -32,6 +47,8 @@ export interface ArchTraits {
   smtSupported: boolean;
   /** The kernel format Firecracker boots: an uncompressed ELF vmlinux on x86_64, a PE `Image` on aarch64. */
   kernelImageFormat: KernelImageFormat;
+  /** The static CPU templates Firecracker accepts on this arch (it refuses the others' at configure time). */
+  staticCpuTemplates: readonly StaticCpuTemplateName[];
   /** The arch-specific Firecracker command-line arguments. */
   firecrackerArgs(options: FirecrackerArgsOptions): string[];
 }
@@ -68,6 +85,7 @@ const TRAITS: Readonly<Record<Arch, ArchTraits>> = {
     elfMachine: 62,
     smtSupported: true,
     kernelImageFormat: "elf",
+    staticCpuTemplates: STATIC_CPU_TEMPLATES.amd64,
     firecrackerArgs: amd64FirecrackerArgs,
   }),
   arm64: Object.freeze({
@@ -78,10 +96,33 @@ const TRAITS: Readonly<Record<Arch, ArchTraits>> = {
     elfMachine: 183,
     smtSupported: false,
     kernelImageFormat: "arm64-image",
+    staticCpuTemplates: STATIC_CPU_TEMPLATES.arm64,
     firecrackerArgs: arm64FirecrackerArgs,
   }),
 };
 
+/** The traits of `arch`: uname machine, OCI platform, ELF machine, SMT, kernel format, static CPU templates, Firecracker flags. */
 export function archTraits(arch: Arch): ArchTraits {
   return TRAITS[arch];
+}
+
+/** Every static CPU template name, of every arch. */
+export const STATIC_CPU_TEMPLATE_NAMES: readonly StaticCpuTemplateName[] = Object.freeze(
+  SUPPORTED_ARCHES.flatMap((arch) => TRAITS[arch].staticCpuTemplates),
+);
+
+/** Whether `value` is a static CPU template name, exactly as Firecracker spells it. */
+export function isStaticCpuTemplateName(value: unknown): value is StaticCpuTemplateName {
+  return typeof value === "string" && (STATIC_CPU_TEMPLATE_NAMES as readonly string[]).includes(value);
+}
+
+const STATIC_CPU_TEMPLATE_ARCH = Object.freeze(
+  Object.fromEntries(
+    SUPPORTED_ARCHES.flatMap((arch) => TRAITS[arch].staticCpuTemplates.map((name) => [name, arch])),
+  ) as Record<StaticCpuTemplateName, Arch>,
+);
+
+/** The arch whose Firecracker accepts the static CPU template `name`. */
+export function staticCpuTemplateArch(name: StaticCpuTemplateName): Arch {
+  return STATIC_CPU_TEMPLATE_ARCH[name];
 }

@@ -1,11 +1,12 @@
 // Firecracker's static CPU templates (deprecated since Firecracker 1.5 in favour of custom templates):
 // what each is meant for, per Firecracker's docs/cpu_templates/cpu-templates.md. Each has a custom
 // equivalent file (custom/<NAME>.json in Firecracker's repository) applied with PUT /cpu-config.
-import type { Arch } from "@sbx/arch";
+import { type Arch, type StaticCpuTemplateName, staticCpuTemplateArch } from "@sbx/arch";
 import type { Fingerprint } from "./fingerprint.ts";
 
+/** One of Firecracker's static CPU templates: its arch, vendor, the CPUs it suits and its custom form. */
 export interface StaticTemplate {
-  name: "C3" | "T2" | "T2S" | "T2CL" | "T2A" | "V1N1";
+  name: StaticCpuTemplateName;
   arch: Arch;
   vendor: "Intel" | "AMD" | "ARM";
   /** The CPUs Firecracker says the template is safe on. */
@@ -15,59 +16,57 @@ export interface StaticTemplate {
   customFile: string;
 }
 
+/** The CPUs the static templates are described in terms of. */
 export type CpuName = "Skylake" | "Cascade Lake" | "Ice Lake" | "Milan" | "Neoverse V1" | "Neoverse N1";
 
-export const STATIC_TEMPLATES: readonly StaticTemplate[] = [
-  {
-    name: "T2CL",
-    arch: "amd64",
+// Keyed by every name @sbx/arch lists, so a name added there fails to compile here until it is described.
+// The order is the catalog's (recommendTemplate prefers the earlier ones); the arch comes from @sbx/arch.
+const DESCRIPTIONS: Record<StaticCpuTemplateName, Pick<StaticTemplate, "vendor" | "cpus" | "purpose">> = {
+  T2CL: {
     vendor: "Intel",
     cpus: ["Cascade Lake", "Ice Lake"],
     purpose: "close to Intel Cascade Lake; with T2A, the same instruction sets across an Intel + AMD fleet",
-    customFile: "T2CL.json",
   },
-  {
-    name: "T2S",
-    arch: "amd64",
+  T2S: {
     vendor: "Intel",
     cpus: ["Skylake", "Cascade Lake"],
     purpose: "moves snapshots between Skylake and Cascade Lake, at a performance cost",
-    customFile: "T2S.json",
   },
-  {
-    name: "T2A",
-    arch: "amd64",
+  T2A: {
     vendor: "AMD",
     cpus: ["Milan"],
     purpose: "AMD Milan; pairs with T2CL for feature parity across vendors",
-    customFile: "T2A.json",
   },
-  {
-    name: "V1N1",
-    arch: "arm64",
+  V1N1: {
     vendor: "ARM",
     cpus: ["Neoverse V1", "Neoverse N1"],
     purpose: "presents Neoverse V1 as Neoverse N1",
-    customFile: "V1N1.json",
   },
-  {
-    name: "C3",
-    arch: "amd64",
+  C3: {
     vendor: "Intel",
     cpus: ["Skylake", "Cascade Lake", "Ice Lake"],
     purpose: "close to AWS C3 instances (no MMIO stale-data mitigation without *_NO bits)",
-    customFile: "C3.json",
   },
-  {
-    name: "T2",
-    arch: "amd64",
+  T2: {
     vendor: "Intel",
     cpus: ["Skylake", "Cascade Lake", "Ice Lake"],
     purpose: "close to AWS T2 instances",
-    customFile: "T2.json",
   },
-];
+};
 
+/** Every static template, described; names and arches are @sbx/arch's. */
+export const STATIC_TEMPLATES: readonly StaticTemplate[] = Object.freeze(
+  (Object.keys(DESCRIPTIONS) as StaticCpuTemplateName[]).map((name) =>
+    Object.freeze({
+      name,
+      arch: staticCpuTemplateArch(name),
+      ...DESCRIPTIONS[name],
+      customFile: `${name}.json`,
+    }),
+  ),
+);
+
+/** The catalog entry of a static template name (exact spelling), or undefined. */
 export function staticTemplate(name: string): StaticTemplate | undefined {
   return STATIC_TEMPLATES.find((t) => t.name === name);
 }

@@ -1,8 +1,5 @@
-import type { Arch } from "@sbx/arch";
+import { type Arch, isStaticCpuTemplateName, staticCpuTemplateArch } from "@sbx/arch";
 import type { OperationId } from "./operations.ts";
-
-const X86_STATIC_TEMPLATES = new Set(["C3", "T2", "T2S", "T2CL", "T2A"]);
-const ARM_STATIC_TEMPLATES = new Set(["V1N1"]);
 
 /**
  * Why Firecracker on `arch` would refuse this call, or undefined when it would not. Firecracker checks
@@ -28,8 +25,7 @@ export function archRefusal(arch: Arch, operation: OperationId, body: unknown): 
   }
   if (operation === "putMachineConfiguration" || operation === "patchMachineConfiguration") {
     const template = b.cpu_template;
-    const wrong = arch === "arm64" ? X86_STATIC_TEMPLATES : ARM_STATIC_TEMPLATES;
-    if (typeof template === "string" && wrong.has(template))
+    if (isStaticCpuTemplateName(template) && staticCpuTemplateArch(template) !== arch)
       return `static CPU template ${template} is for ${arch === "arm64" ? "x86_64" : "aarch64"} hosts`;
   }
   return undefined;

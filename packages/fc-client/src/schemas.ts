@@ -5,6 +5,7 @@
 // Request objects are strict because Firecracker deserializes with `deny_unknown_fields`: a typo fails
 // here, with its path, before anything is sent. Optional fields also accept `null`, as Firecracker's own
 // config files and `GET /vm/config` use it for "not set" (serde `Option`).
+import { STATIC_CPU_TEMPLATE_NAMES } from "@sbx/arch";
 import { z } from "zod";
 
 const int = () => z.number().int();
@@ -49,15 +50,20 @@ export const bootSourceSchema = z.strictObject({
 });
 export type BootSource = z.infer<typeof bootSourceSchema>;
 
-export const cpuTemplateSchema = z.enum(["C3", "T2", "T2S", "T2CL", "T2A", "V1N1", "None"]);
-export type CpuTemplate = z.infer<typeof cpuTemplateSchema>;
+/**
+ * `machine-config.cpu_template` (the spec's `CpuTemplate`): a static CPU template name, of either arch, or
+ * "None". Custom templates are a different thing: `@sbx/cpu-template`'s `CustomCpuTemplate`.
+ */
+export const machineCpuTemplateSchema = z.enum([...STATIC_CPU_TEMPLATE_NAMES, "None"]);
+/** A static CPU template name or "None", as `machine-config.cpu_template` takes it. */
+export type MachineCpuTemplate = z.infer<typeof machineCpuTemplateSchema>;
 
 export const machineConfigurationSchema = z.strictObject({
   vcpu_count: int().min(1).max(32),
   mem_size_mib: int(),
   smt: z.boolean().nullish(),
   track_dirty_pages: z.boolean().nullish(),
-  cpu_template: cpuTemplateSchema.nullish(),
+  cpu_template: machineCpuTemplateSchema.nullish(),
   huge_pages: z.enum(["None", "2M"]).nullish(),
 });
 export type MachineConfiguration = z.infer<typeof machineConfigurationSchema>;
@@ -323,7 +329,7 @@ export const definitionSchemas = {
   BalloonUpdate: balloonUpdateSchema,
   BootSource: bootSourceSchema,
   CpuConfig: cpuConfigSchema,
-  CpuTemplate: cpuTemplateSchema,
+  CpuTemplate: machineCpuTemplateSchema,
   CpuidLeafModifier: cpuidLeafModifierSchema,
   CpuidRegisterModifier: cpuidRegisterModifierSchema,
   Drive: driveSchema,
