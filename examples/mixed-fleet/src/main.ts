@@ -12,7 +12,7 @@ import {
   type Fingerprint,
   hostFingerprint,
   normalizeFleet,
-  parseCpuTemplate,
+  parseCustomCpuTemplate,
   readFingerprintFile,
   recommendTemplate,
 } from "@sbx/cpu-template";
@@ -55,7 +55,7 @@ log(
 // 2. The recommendation: a static template when one covers the fleet, else the normalized custom one.
 const recommendation = recommendTemplate(fleet);
 const template = normalizeFleet(fleet);
-parseCpuTemplate(template); // exactly what Firecracker would accept
+parseCustomCpuTemplate(template); // exactly what Firecracker would accept
 log(
   `recommendation   ${recommendation.kind === "static" ? `static ${recommendation.template.name}` : "custom (normalized)"}: ${recommendation.why}`,
 );

@@ -1,11 +1,11 @@
 import { applyBitmap, parseBitmap } from "./bitmap.ts";
 import { cpuidKey, type Fingerprint } from "./fingerprint.ts";
-import type { CpuTemplate } from "./schema.ts";
+import type { CustomCpuTemplate } from "./schema.ts";
 
 const INDEX = { eax: 0, ebx: 1, ecx: 2, edx: 3 } as const;
 
 /** What a guest sees on this host with `template` applied (cpuid, MSRs and registers). */
-export function applyTemplate(host: Fingerprint, template: CpuTemplate | undefined): Fingerprint {
+export function applyTemplate(host: Fingerprint, template: CustomCpuTemplate | undefined): Fingerprint {
   if (!template) return host;
   const cpuid = new Map(host.cpuid);
   for (const leaf of template.cpuid_modifiers ?? []) {

@@ -8,7 +8,7 @@ import { type Fingerprint, readFingerprintFile } from "./fingerprint.ts";
 import { hostFingerprint } from "./host.ts";
 import { normalizeFleet } from "./normalize.ts";
 import { recommendTemplate } from "./recommend.ts";
-import { parseCpuTemplate } from "./schema.ts";
+import { parseCustomCpuTemplate } from "./schema.ts";
 
 export interface CliIo {
   out(text: string): void;
@@ -72,7 +72,7 @@ export function runCli(argv: readonly string[], io: CliIo): number {
         if (!source || !target) throw new UsageError("check needs --source and --target");
         const templatePath = option("--template");
         const template = templatePath
-          ? parseCpuTemplate(JSON.parse(readFileSync(templatePath, "utf8")))
+          ? parseCustomCpuTemplate(JSON.parse(readFileSync(templatePath, "utf8")))
           : undefined;
         const verdict = checkCompatibility({
           source: readFingerprintFile(source),
@@ -85,7 +85,7 @@ export function runCli(argv: readonly string[], io: CliIo): number {
       case "validate": {
         const path = rest[0];
         if (!path) throw new UsageError("validate needs a template file");
-        parseCpuTemplate(JSON.parse(readFileSync(path, "utf8")));
+        parseCustomCpuTemplate(JSON.parse(readFileSync(path, "utf8")));
         io.out(toJson({ valid: true, path }, pretty));
         return 0;
       }

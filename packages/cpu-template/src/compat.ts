@@ -10,7 +10,7 @@ import {
   X86_FEATURE_REGISTERS,
 } from "./features.ts";
 import { cpuidKey, type Fingerprint } from "./fingerprint.ts";
-import type { CpuTemplate } from "./schema.ts";
+import type { CustomCpuTemplate } from "./schema.ts";
 import { assertSnapshotLoadable } from "./snapshot-version.ts";
 
 export interface MissingFeature {
@@ -37,7 +37,7 @@ const SCOPE =
 export function checkCompatibility(options: {
   source: Fingerprint;
   target: Fingerprint;
-  template?: CpuTemplate;
+  template?: CustomCpuTemplate;
 }): CompatibilityVerdict {
   const { source, target } = options;
   const guest = applyTemplate(source, options.template);

@@ -2,13 +2,13 @@ import { readFileSync } from "node:fs";
 import { type Arch, hostArch } from "@sbx/arch";
 import type { StaticTemplate } from "./catalog.ts";
 import { CpuTemplateError } from "./errors.ts";
-import { type CpuTemplate, parseCpuTemplate, templateArch } from "./schema.ts";
+import { type CustomCpuTemplate, parseCustomCpuTemplate, templateArch } from "./schema.ts";
 import { parseCpuTemplateSetting } from "./template-setting.ts";
 
 export type TemplateChoice =
   | { kind: "none" }
   | { kind: "static"; name: StaticTemplate["name"]; deprecation: string }
-  | { kind: "custom"; path: string; template: CpuTemplate };
+  | { kind: "custom"; path: string; template: CustomCpuTemplate };
 
 /**
  * FC_CPU_TEMPLATE (a static name, any case; empty or "None" means none) or FC_CUSTOM_CPU_TEMPLATE_PATH
@@ -37,7 +37,7 @@ export function templateFromEnv(
         { cause },
       );
     }
-    const template = parseCpuTemplate(json);
+    const template = parseCustomCpuTemplate(json);
     const forArch = templateArch(template);
     if (forArch && forArch !== arch)
       throw new CpuTemplateError("WRONG_ARCH", `${path} is a ${forArch} template; this host is ${arch}`);

@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { bitmapValue } from "./bitmap.ts";
 import { CpuTemplateError } from "./errors.ts";
-import { cpuTemplateSchema } from "./schema.ts";
+import { customCpuTemplateSchema } from "./schema.ts";
 
 export const fingerprintFileSchema = z.looseObject({
   firecracker_version: z.string(),
@@ -12,7 +12,7 @@ export const fingerprintFileSchema = z.looseObject({
   microcode_version: z.string(),
   bios_version: z.string().optional(),
   bios_revision: z.string().optional(),
-  guest_cpu_config: cpuTemplateSchema,
+  guest_cpu_config: customCpuTemplateSchema,
 });
 
 export type CpuidKey = `${number}.${number}`;

@@ -25,10 +25,10 @@ export { hostFingerprint } from "./host.ts";
 export { normalizeFleet } from "./normalize.ts";
 export { type Recommendation, recommendTemplate } from "./recommend.ts";
 export {
-  type CpuTemplate,
-  cpuTemplateSchema,
-  cpuTemplateShapeSchema,
-  parseCpuTemplate,
+  type CustomCpuTemplate,
+  customCpuTemplateSchema,
+  customCpuTemplateShapeSchema,
+  parseCustomCpuTemplate,
   templateArch,
 } from "./schema.ts";
 export {

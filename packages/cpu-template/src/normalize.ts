@@ -10,12 +10,12 @@ import {
   X86_FEATURE_REGISTERS,
 } from "./features.ts";
 import { cpuidKey, type Fingerprint } from "./fingerprint.ts";
-import type { CpuTemplate } from "./schema.ts";
+import type { CustomCpuTemplate } from "./schema.ts";
 
 /** Kernel where KVM lets userspace lower arm64 ID register fields (writable ID registers). */
 const ARM64_WRITABLE_ID_REGS = { major: 6, minor: 7 };
 
-export function normalizeFleet(fingerprints: readonly Fingerprint[]): CpuTemplate {
+export function normalizeFleet(fingerprints: readonly Fingerprint[]): CustomCpuTemplate {
   if (fingerprints.length === 0) throw new CpuTemplateError("MIXED_FLEET", "no fingerprints given");
   const first = fingerprints[0] as Fingerprint;
   const arches = new Set(fingerprints.map((f) => f.arch));
@@ -45,8 +45,8 @@ export function normalizeFleet(fingerprints: readonly Fingerprint[]): CpuTemplat
   return template;
 }
 
-function normalizeX86(fleet: readonly Fingerprint[]): CpuTemplate {
-  const cpuid_modifiers: NonNullable<CpuTemplate["cpuid_modifiers"]> = [];
+function normalizeX86(fleet: readonly Fingerprint[]): CustomCpuTemplate {
+  const cpuid_modifiers: NonNullable<CustomCpuTemplate["cpuid_modifiers"]> = [];
   const byLeaf = new Map<
     string,
     {
@@ -78,7 +78,7 @@ function normalizeX86(fleet: readonly Fingerprint[]): CpuTemplate {
       flags: leaf === 0x7 || leaf === 0xd ? 1 : 0,
       modifiers,
     });
-  const template: CpuTemplate = { cpuid_modifiers };
+  const template: CustomCpuTemplate = { cpuid_modifiers };
   // Never claim a mitigation the hardware lacks: AND the *_NO bits of IA32_ARCH_CAPABILITIES. A host
   // whose fingerprint has no such MSR claims none of them (AMD fingerprints often omit it while KVM on
   // an AMD host still emulates it), so the hosts that do claim some must hide them too.
@@ -99,8 +99,8 @@ function normalizeX86(fleet: readonly Fingerprint[]): CpuTemplate {
   return template;
 }
 
-function normalizeArm64(fleet: readonly Fingerprint[]): CpuTemplate {
-  const reg_modifiers: NonNullable<CpuTemplate["reg_modifiers"]> = [];
+function normalizeArm64(fleet: readonly Fingerprint[]): CustomCpuTemplate {
+  const reg_modifiers: NonNullable<CustomCpuTemplate["reg_modifiers"]> = [];
   for (const [id, { name, signedFields }] of Object.entries(ARM64_ID_REGISTERS)) {
     const values = fleet.map((f) => f.registers.get(id));
     if (values.some((v) => v === undefined)) continue;

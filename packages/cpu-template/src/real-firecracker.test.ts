@@ -17,7 +17,7 @@ import {
 import { describe, expect, it } from "vitest";
 import { hostFingerprint } from "./host.ts";
 import { normalizeFleet } from "./normalize.ts";
-import type { CpuTemplate } from "./schema.ts";
+import type { CustomCpuTemplate } from "./schema.ts";
 import { fingerprint, sharedSkipReason } from "./test-shared.ts";
 
 const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker({ testGuest: true });
@@ -37,7 +37,7 @@ interface FixedBit {
 }
 
 /** Every bit a template's CPUID modifiers fix to 0 or 1, read from the bitmaps here (MSB first). */
-function fixedBits(template: CpuTemplate): FixedBit[] {
+function fixedBits(template: CustomCpuTemplate): FixedBit[] {
   return (template.cpuid_modifiers ?? []).flatMap((modifier) =>
     modifier.modifiers.flatMap(({ register, bitmap }) => {
       const bits = bitmap.replace(/^0b/, "").replaceAll("_", "");
@@ -64,7 +64,7 @@ const describeBit = (f: FixedBit) =>
   `${f.leaf.toString(16)}.${f.subleaf} ${f.register} bit ${f.bit}=${f.value}`;
 
 /** A template that fixes exactly `bits`, written bit by bit (independent of normalizeFleet). */
-function templateOf(bits: readonly FixedBit[]): CpuTemplate {
+function templateOf(bits: readonly FixedBit[]): CustomCpuTemplate {
   const byLeaf = new Map<string, Map<Register, string[]>>();
   for (const f of bits) {
     const key = `${f.leaf}.${f.subleaf}`;
@@ -98,7 +98,7 @@ async function guestCpuid(
   dir: string,
   name: string,
   leaves: { leaf: number; subleaf: number }[],
-  template: CpuTemplate | undefined,
+  template: CustomCpuTemplate | undefined,
 ): Promise<TestGuestCpuid[]> {
   const guest = await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") });
   await using fc = await launchFirecracker({

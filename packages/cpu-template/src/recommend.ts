@@ -1,11 +1,11 @@
 import { cpuName, STATIC_TEMPLATES, type StaticTemplate } from "./catalog.ts";
 import type { Fingerprint } from "./fingerprint.ts";
 import { normalizeFleet } from "./normalize.ts";
-import type { CpuTemplate } from "./schema.ts";
+import type { CustomCpuTemplate } from "./schema.ts";
 
 export type Recommendation =
   | { kind: "static"; template: StaticTemplate; why: string }
-  | { kind: "custom"; template: CpuTemplate; why: string };
+  | { kind: "custom"; template: CustomCpuTemplate; why: string };
 
 /** The static template that covers the whole fleet when one does, else the normalized custom template. */
 export function recommendTemplate(fingerprints: readonly Fingerprint[]): Recommendation {

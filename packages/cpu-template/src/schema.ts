@@ -1,6 +1,6 @@
-// Custom CPU templates. Two layers: `cpuTemplateShapeSchema` mirrors Firecracker's own JSON schema
+// Custom CPU templates. Two layers: `customCpuTemplateShapeSchema` mirrors Firecracker's own JSON schema
 // (types only; a test checks it accepts and rejects what ajv with schema.json does), and
-// `parseCpuTemplate` adds what Firecracker's parser enforces beyond that schema: bitmap formats and
+// `parseCustomCpuTemplate` adds what Firecracker's parser enforces beyond that schema: bitmap formats and
 // widths, integer strings, no unknown fields.
 import { z } from "zod";
 import { parseBitmap } from "./bitmap.ts";
@@ -10,7 +10,7 @@ const cpuidRegisterModifier = z.looseObject({
   register: z.enum(["eax", "ebx", "ecx", "edx"]).optional(),
   bitmap: z.string().optional(),
 });
-export const cpuTemplateShapeSchema = z.looseObject({
+export const customCpuTemplateShapeSchema = z.looseObject({
   kvm_capabilities: z.array(z.string()).optional(),
   vcpu_features: z
     .array(z.looseObject({ index: z.int().optional(), bitmap: z.string().optional() }))
@@ -49,7 +49,7 @@ const bitmapOf = (width: number, exact: boolean) =>
     exact ? `a 0b[01x] bitmap of exactly ${width} bits` : `a 0b[01x] bitmap of 1 to ${width} bits`,
   );
 
-export const cpuTemplateSchema = z.strictObject({
+export const customCpuTemplateSchema = z.strictObject({
   kvm_capabilities: z
     .array(z.string().regex(/^!?\d+$/, "a KVM capability number, optionally prefixed with !"))
     .optional(),
@@ -71,11 +71,11 @@ export const cpuTemplateSchema = z.strictObject({
   msr_modifiers: z.array(z.strictObject({ addr: integerString, bitmap: bitmapOf(64, true) })).optional(),
   reg_modifiers: z.array(z.strictObject({ addr: integerString, bitmap: bitmapOf(128, false) })).optional(),
 });
-export type CpuTemplate = z.infer<typeof cpuTemplateSchema>;
+export type CustomCpuTemplate = z.infer<typeof customCpuTemplateSchema>;
 
 /** Validates a custom template as Firecracker's parser would; the error lists every problem with its path. */
-export function parseCpuTemplate(json: unknown): CpuTemplate {
-  const parsed = cpuTemplateSchema.safeParse(json);
+export function parseCustomCpuTemplate(json: unknown): CustomCpuTemplate {
+  const parsed = customCpuTemplateSchema.safeParse(json);
   if (!parsed.success)
     throw new CpuTemplateError(
       "INVALID_TEMPLATE",
@@ -96,7 +96,7 @@ export function parseCpuTemplate(json: unknown): CpuTemplate {
 }
 
 /** The arch a template is for, from its modifiers; undefined when it has none of either. */
-export function templateArch(template: CpuTemplate): "amd64" | "arm64" | undefined {
+export function templateArch(template: CustomCpuTemplate): "amd64" | "arm64" | undefined {
   if ((template.cpuid_modifiers?.length ?? 0) + (template.msr_modifiers?.length ?? 0) > 0) return "amd64";
   if ((template.reg_modifiers?.length ?? 0) + (template.vcpu_features?.length ?? 0) > 0) return "arm64";
   return undefined;

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { z } from "zod";
 import { STATIC_TEMPLATES, type StaticTemplate } from "./catalog.ts";
 import { CpuTemplateError } from "./errors.ts";
-import { type CpuTemplate, parseCpuTemplate, templateArch } from "./schema.ts";
+import { type CustomCpuTemplate, parseCustomCpuTemplate, templateArch } from "./schema.ts";
 
 /** The catalog entry for a static template name, any case; INVALID_TEMPLATE when there is none. */
 export function staticTemplateNamed(name: string): StaticTemplate {
@@ -34,7 +34,7 @@ const MAX_CUSTOM_FORM_BYTES = 1 << 20;
  * the static template itself. Keep the result with the build, so a resume does not depend on the
  * directory still holding the same file.
  */
-export function readStaticTemplateCustomForm(name: string, directory: string): CpuTemplate {
+export function readStaticTemplateCustomForm(name: string, directory: string): CustomCpuTemplate {
   const template = staticTemplateNamed(name);
   const path = join(z.string().min(1).parse(directory), template.customFile);
   let json: unknown;
@@ -49,7 +49,7 @@ export function readStaticTemplateCustomForm(name: string, directory: string): C
       { cause },
     );
   }
-  const custom = parseCpuTemplate(json);
+  const custom = parseCustomCpuTemplate(json);
   const arch = templateArch(custom);
   if (arch !== template.arch)
     throw new CpuTemplateError(

@@ -8,7 +8,7 @@ import { checkCompatibility } from "./compat.ts";
 import { templateFromEnv } from "./env.ts";
 import type { Fingerprint } from "./fingerprint.ts";
 import { hostFingerprint } from "./host.ts";
-import { parseCpuTemplate } from "./schema.ts";
+import { parseCustomCpuTemplate } from "./schema.ts";
 import {
   assertSnapshotLoadable,
   normalizeFirecrackerVersion,
@@ -104,7 +104,7 @@ onShared("readStaticTemplateCustomForm: a static template's custom form for chec
     for (const template of STATIC_TEMPLATES) {
       const custom = readStaticTemplateCustomForm(template.name, CUSTOM_DIR);
       expect(custom, template.name).toEqual(
-        parseCpuTemplate(customTemplates().find(([file]) => file === template.customFile)?.[1]),
+        parseCustomCpuTemplate(customTemplates().find(([file]) => file === template.customFile)?.[1]),
       );
     }
   });

@@ -11,7 +11,7 @@ import { IA32_ARCH_CAPABILITIES, X86_FEATURE_REGISTERS } from "./features.ts";
 import { cpuidKey, type Fingerprint, fingerprintToFile, parseFingerprint } from "./fingerprint.ts";
 import { normalizeFleet } from "./normalize.ts";
 import { recommendTemplate } from "./recommend.ts";
-import { cpuTemplateShapeSchema, parseCpuTemplate } from "./schema.ts";
+import { customCpuTemplateShapeSchema, parseCustomCpuTemplate } from "./schema.ts";
 import {
   allFingerprintNames,
   customTemplates,
@@ -90,7 +90,7 @@ onShared("custom templates against Firecracker's schema.json", () => {
     for (const [file, template] of customTemplates()) {
       for (const candidate of [template, ...mutations(template as Record<string, unknown>)]) {
         expect(
-          cpuTemplateShapeSchema.safeParse(candidate).success,
+          customCpuTemplateShapeSchema.safeParse(candidate).success,
           `${file}: ${JSON.stringify(candidate).slice(0, 120)}`,
         ).toBe(validate(candidate));
         compared++;
@@ -101,15 +101,15 @@ onShared("custom templates against Firecracker's schema.json", () => {
 
   it("every template of Firecracker parses fully; format errors the JSON schema lets through are caught", () => {
     for (const [file, template] of customTemplates())
-      expect(() => parseCpuTemplate(template), file).not.toThrow();
+      expect(() => parseCustomCpuTemplate(template), file).not.toThrow();
     const t2cl = customTemplates().find(([f]) => f === "T2CL.json")![1] as any;
     const badBitmap = structuredClone(t2cl);
     badBitmap.cpuid_modifiers[0].modifiers[0].bitmap = "0b0101";
     expect(validate(badBitmap)).toBe(true); // Firecracker's schema checks types only
-    expect(() => parseCpuTemplate(badBitmap)).toThrow(/exactly 32 bits/);
+    expect(() => parseCustomCpuTemplate(badBitmap)).toThrow(/exactly 32 bits/);
     const typo = structuredClone(t2cl);
     typo.cpuid_modifer = [];
-    expect(() => parseCpuTemplate(typo)).toThrow(/cpuid_modifer/);
+    expect(() => parseCustomCpuTemplate(typo)).toThrow(/cpuid_modifer/);
   });
 });
 
@@ -164,7 +164,7 @@ onShared("compatibility verdicts", () => {
       missing: [],
     });
     expect(checkCompatibility({ source: cascade, target: ice, template: normalized }).compatible).toBe(true);
-    const t2cl = parseCpuTemplate(customTemplates().find(([f]) => f === "T2CL.json")![1]);
+    const t2cl = parseCustomCpuTemplate(customTemplates().find(([f]) => f === "T2CL.json")![1]);
     const verdict = checkCompatibility({ source: ice, target: cascade, template: t2cl });
     expect(verdict.missing.map((m) => m.name)).toEqual([]);
   });
@@ -209,7 +209,7 @@ onShared("fleet normalization", () => {
       "INTEL_ICELAKE_6.18",
     ].map(fingerprint);
     const template = normalizeFleet(fleet);
-    expect(() => parseCpuTemplate(template)).not.toThrow();
+    expect(() => parseCustomCpuTemplate(template)).not.toThrow();
     const views = fleet.map((f) => JSON.stringify(featureView(f, template)));
     expect(new Set(views).size).toBe(1);
     // What remains is exactly what every host has: the AND of the raw feature registers.
@@ -224,7 +224,7 @@ onShared("fleet normalization", () => {
   it("gives every AMD host identical feature leaves too (Milan on 5.10, 6.1 and 6.18)", () => {
     const fleet = ["AMD_MILAN_5.10", "AMD_MILAN_6.1", "AMD_MILAN_6.18"].map(fingerprint);
     const template = normalizeFleet(fleet);
-    expect(() => parseCpuTemplate(template)).not.toThrow();
+    expect(() => parseCustomCpuTemplate(template)).not.toThrow();
     expect(new Set(fleet.map((f) => JSON.stringify(featureView(f, template)))).size).toBe(1);
     for (const source of fleet)
       for (const target of fleet)

@@ -3,7 +3,7 @@
 import { rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Fingerprint } from "@sbx/cpu-template";
-import { type CpuTemplate, fingerprintToFile } from "@sbx/cpu-template";
+import { type CustomCpuTemplate, fingerprintToFile } from "@sbx/cpu-template";
 import { encodeMemoryHeader, fullMemoryHeader } from "@sbx/uffd";
 import { newBuildId, publishBuild, setTemplatePointer, stageBuild } from "./builds.ts";
 import { cloneFile } from "./disk-clone.ts";
@@ -24,7 +24,7 @@ export interface ImportBuildOptions {
   /** The CPU the guest was told about; default this host's. */
   hostFingerprint?: Fingerprint;
   /** The custom CPU template the guest booted with, kept in the build for every resume's check. */
-  cpuTemplate?: CpuTemplate;
+  cpuTemplate?: CustomCpuTemplate;
   /** The Firecracker that wrote the snapshot; default the configured one's version. */
   firecrackerVersion?: string;
   /** Point the template name at the new build (default true). */

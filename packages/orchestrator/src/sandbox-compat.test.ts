@@ -5,7 +5,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
-  type CpuTemplate,
+  type CustomCpuTemplate,
   type Fingerprint,
   normalizeFleet,
   parseFingerprint,
@@ -37,7 +37,7 @@ const fp = (name: string) =>
 async function createOn(
   source: Fingerprint,
   target: Fingerprint,
-  template?: CpuTemplate,
+  template?: CustomCpuTemplate,
   builtWith = "v1.14.2",
 ) {
   const dir = await mkdtemp(join(tmpdir(), "sbx-compat-"));

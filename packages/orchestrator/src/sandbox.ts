@@ -10,10 +10,10 @@ import { AgentClient, firecrackerVsockTransport } from "@sbx/agent";
 import { type Logger, silentLogger } from "@sbx/arch";
 import {
   assertSnapshotLoadable,
-  type CpuTemplate,
+  type CustomCpuTemplate,
   checkCompatibility,
   type Fingerprint,
-  parseCpuTemplate,
+  parseCustomCpuTemplate,
   parseFingerprint,
 } from "@sbx/cpu-template";
 import { type FirecrackerProcess, launchFirecracker } from "@sbx/fc-client";
@@ -134,7 +134,7 @@ export interface SandboxContext extends SandboxCreateContext {
  */
 export function assertCanResume(
   what: string,
-  check: { source: Fingerprint; template?: CpuTemplate | undefined; target?: Fingerprint },
+  check: { source: Fingerprint; template?: CustomCpuTemplate | undefined; target?: Fingerprint },
 ): void {
   const verdict = checkCompatibility({
     source: check.source,
@@ -153,10 +153,10 @@ export function assertCanResume(
 async function cpuTemplateOf(
   state: OrchestratorState,
   build: BuildManifest,
-): Promise<CpuTemplate | undefined> {
+): Promise<CustomCpuTemplate | undefined> {
   if (!build.files[BUILD_FILES.cpuTemplate]) return undefined;
   const text = await readFile(join(buildDir(state.config, build.id), BUILD_FILES.cpuTemplate), "utf8");
-  return parseCpuTemplate(JSON.parse(text));
+  return parseCustomCpuTemplate(JSON.parse(text));
 }
 
 export function defaultSandboxSteps(): StepList<SandboxContext> {

@@ -7,11 +7,11 @@ import { mkdir, open, readdir, readFile, rm, stat, writeFile } from "node:fs/pro
 import { join } from "node:path";
 import { hostArch, type Logger, sha256File } from "@sbx/arch";
 import {
-  type CpuTemplate,
+  type CustomCpuTemplate,
   type Fingerprint,
   fingerprintToFile,
   hostFingerprint,
-  parseCpuTemplate,
+  parseCustomCpuTemplate,
   readStaticTemplateCustomForm,
 } from "@sbx/cpu-template";
 import {
@@ -113,9 +113,9 @@ export interface TemplateBuildContext {
   stagingDir: string;
   inputs?: TemplateInputs;
   rootfsPath?: string;
-  cpuTemplate?: CpuTemplate;
+  cpuTemplate?: CustomCpuTemplate;
   /** A static template's custom form (from `staticCpuTemplatesDir`): checked at resume, not sent to Firecracker. */
-  staticCustomForm?: CpuTemplate;
+  staticCustomForm?: CustomCpuTemplate;
   fingerprint?: Fingerprint;
   network?: NetworkNamespace;
   firecracker?: FirecrackerProcess;
@@ -264,7 +264,7 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
               `${cpu.path} changed while the template was built`,
             );
           }
-          context.cpuTemplate = parseCpuTemplate(JSON.parse(text));
+          context.cpuTemplate = parseCustomCpuTemplate(JSON.parse(text));
         }
         const staticForms = context.config.staticCpuTemplatesDir;
         if (cpu.kind === "static" && staticForms) {
