@@ -17,6 +17,16 @@ export {
   type ResolvedArtifact,
   resolveArtifact,
 } from "./artifacts.ts";
+export {
+  type AtomicFileContent,
+  isTempName,
+  syncDirectory,
+  tempNameOwner,
+  tempPathFor,
+  type WriteFileAtomicOptions,
+  writeFileAtomic,
+  writeJsonAtomic,
+} from "./atomic-file.ts";
 export { type BinaryArch, type BinaryFormat, checkKernelImage, detectBinaryArch } from "./binary-arch.ts";
 export {
   type ChecksumResult,

@@ -7,12 +7,12 @@
 import { createHash, randomBytes } from "node:crypto";
 import { lstat, mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { sha256File } from "@sbx/arch";
+import { sha256File, syncDirectory, writeJsonAtomic } from "@sbx/arch";
 import { decodeMemoryHeader, type MemoryHeader, ownedRanges } from "@sbx/uffd";
 import { z } from "zod";
 import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
-import { StateDirectory, syncDirectory, writeJsonAtomic } from "./state-dir.ts";
+import { StateDirectory } from "./state-dir.ts";
 import {
   BUILD_FILES,
   type BuildManifest,

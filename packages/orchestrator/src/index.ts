@@ -228,8 +228,6 @@ export {
   type SandboxRecord,
   StateDirectory,
   sandboxRecordSchema,
-  writeFileAtomic,
-  writeJsonAtomic,
 } from "./state-dir.ts";
 export {
   type RunStepsOptions,

@@ -6,7 +6,7 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { type Logger, silentLogger } from "@sbx/arch";
+import { type Logger, silentLogger, writeJsonAtomic } from "@sbx/arch";
 import { z } from "zod";
 import type { AddressPool } from "./address-pool.ts";
 import { type OrchestratorConfig, parsePortRange } from "./config.ts";
@@ -16,7 +16,6 @@ import { networkNamesFor, teardownNetworkNamespace } from "./network.ts";
 import { removeSandboxRules } from "./nftables.ts";
 import { checkProcessIdentity, type ProcessIdentity, processIdentitySchema } from "./process-identity.ts";
 import { SandboxNetwork } from "./sandbox-network.ts";
-import { writeJsonAtomic } from "./state-dir.ts";
 
 export const NETWORK_POOL_DIR = "network-pool";
 /**

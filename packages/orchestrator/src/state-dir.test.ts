@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { processIdentity } from "./process-identity.ts";
-import { type SandboxRecord, StateDirectory, writeJsonAtomic } from "./state-dir.ts";
+import { type SandboxRecord, StateDirectory } from "./state-dir.ts";
 
 let root: string;
 beforeEach(async () => {
@@ -24,27 +24,6 @@ async function record(id: string): Promise<SandboxRecord> {
     sockets: [join(root, "sandboxes", id, "api.sock")],
   };
 }
-
-describe("writeJsonAtomic", () => {
-  it("replaces the file in one step and leaves no temp file", async () => {
-    const path = join(root, "x.json");
-    await writeJsonAtomic(path, { a: 1 });
-    await writeJsonAtomic(path, { a: 2 });
-    expect(JSON.parse(await readFile(path, "utf8"))).toEqual({ a: 2 });
-    expect(await readdir(root)).toEqual(["x.json"]);
-  });
-
-  it("removes its temp file when the rename fails", async () => {
-    // No directory to write the temp file in; then a rename onto a directory.
-    await expect(writeJsonAtomic(join(root, "missing-dir", "x.json"), {})).rejects.toMatchObject({
-      code: "ENOENT",
-    });
-    await expect(writeJsonAtomic(root, {})).rejects.toMatchObject({
-      code: expect.stringMatching(/^(EISDIR|ENOTEMPTY|EEXIST)$/),
-    });
-    expect(await readdir(root)).toEqual([]);
-  });
-});
 
 describe("StateDirectory", () => {
   it("writes, reads and lists sandbox records, and reports broken ones", async () => {

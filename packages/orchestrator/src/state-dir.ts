@@ -1,52 +1,12 @@
-import { randomBytes } from "node:crypto";
-import { mkdir, open, readdir, readFile, rename, rm, unlink } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { mkdir, open, readdir, readFile, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { writeJsonAtomic } from "@sbx/arch";
 import { z } from "zod";
 import { OrchestratorError } from "./errors.ts";
 import { checkProcessIdentity, type ProcessIdentity, processIdentitySchema } from "./process-identity.ts";
 import { sandboxIdSchema } from "./sandbox-id.ts";
 
 const TEMP_MARKER = ".tmp-";
-
-/**
- * Writes a file so readers see the old or the new one, never half of one: a temp name beside it, fsync,
- * rename, fsync of the directory. A crash leaves at most a `*.tmp-*` file, which reclaim and gc remove.
- */
-export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  const temp = `${path}${TEMP_MARKER}${process.pid}-${randomBytes(4).toString("hex")}`;
-  const handle = await open(temp, "wx", 0o600);
-  try {
-    await handle.writeFile(data);
-    await handle.sync();
-  } catch (error) {
-    await handle.close();
-    await unlink(temp).catch(() => undefined);
-    throw error;
-  }
-  await handle.close();
-  try {
-    await rename(temp, path);
-  } catch (error) {
-    await unlink(temp).catch(() => undefined);
-    throw error;
-  }
-  await syncDirectory(dirname(path));
-}
-
-/** Makes a rename or unlink in `path` durable. */
-export async function syncDirectory(path: string): Promise<void> {
-  const directory = await open(path, "r");
-  try {
-    await directory.sync();
-  } finally {
-    await directory.close();
-  }
-}
-
-/** `writeFileAtomic` of pretty-printed JSON. */
-export function writeJsonAtomic(path: string, value: unknown): Promise<void> {
-  return writeFileAtomic(path, `${JSON.stringify(value, null, 2)}\n`);
-}
 
 export const sandboxProcessRoleSchema = z.enum(["firecracker", "page-fault-server", "helper"]);
 export type SandboxProcessRole = z.infer<typeof sandboxProcessRoleSchema>;

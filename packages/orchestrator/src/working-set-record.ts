@@ -6,7 +6,7 @@
 import { mkdir, mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type Logger, silentLogger } from "@sbx/arch";
+import { type Logger, silentLogger, writeFileAtomic } from "@sbx/arch";
 import { launchFirecracker } from "@sbx/fc-client";
 import {
   decodeWorkingSet,
@@ -21,7 +21,6 @@ import {
 import type { OrchestratorConfig } from "./config.ts";
 import { cloneFile } from "./disk-clone.ts";
 import { OrchestratorError } from "./errors.ts";
-import { writeFileAtomic } from "./state-dir.ts";
 import { diskSlotPath, ensureDiskSlot } from "./template-build.ts";
 import { BUILD_FILES } from "./template-manifest.ts";
 import { wrapInVmNamespaces } from "./vm-namespace.ts";

@@ -2,6 +2,7 @@
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { writeFileAtomic } from "@sbx/arch";
 import {
   buildTestGuest,
   expectedGuestChecksums,
@@ -16,7 +17,6 @@ import { createConfig } from "./config.ts";
 import { importBuild } from "./import-build.ts";
 import { openOrchestratorState } from "./orchestrator-state.ts";
 import { createSandbox } from "./sandbox.ts";
-import { writeFileAtomic } from "./state-dir.ts";
 import { BUILD_FILES } from "./template-manifest.ts";
 import { childPids } from "./test-capabilities.ts";
 import { snapshotTestGuest } from "./test-guest-snapshot.ts";

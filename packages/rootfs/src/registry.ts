@@ -1,11 +1,11 @@
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
-import { type Logger, silentLogger } from "@sbx/arch";
+import { type Logger, silentLogger, writeFileAtomic } from "@sbx/arch";
 import { z } from "zod";
 import { RootfsError } from "./errors.ts";
 import { blobPath, verifyBytes } from "./oci-layout.ts";
@@ -466,7 +466,7 @@ export async function pullImage(options: PullImageOptions): Promise<PullImageRes
       });
       return;
     }
-    await writeAtomically(path, bytes);
+    await writeFileAtomic(path, bytes, { mode: 0o644 });
     downloaded.push(descriptor.digest);
     progress({
       digest: descriptor.digest,
@@ -709,17 +709,6 @@ async function downloadBlob(
   }
 }
 
-async function writeAtomically(path: string, bytes: Buffer): Promise<void> {
-  const temp = `${path}.partial-${randomBytes(4).toString("hex")}`;
-  try {
-    await writeFile(temp, bytes, { flag: "wx" });
-    await rename(temp, path);
-  } catch (error) {
-    await rm(temp, { force: true });
-    throw error;
-  }
-}
-
 /** Add (or replace, by tag) one manifest in the layout's index.json; the file is replaced atomically. */
 async function writeLayoutIndex(dest: string, descriptor: Descriptor): Promise<void> {
   let index: ImageIndex = { schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests: [] };
@@ -742,9 +731,8 @@ async function writeLayoutIndex(dest: string, descriptor: Descriptor): Promise<v
     tag === undefined ? d.digest !== descriptor.digest : d.annotations?.[REF_NAME_ANNOTATION] !== tag,
   );
   manifests.push(descriptor);
-  await writeAtomically(
-    join(dest, "oci-layout"),
-    Buffer.from(JSON.stringify({ imageLayoutVersion: "1.0.0" })),
-  );
-  await writeAtomically(join(dest, "index.json"), Buffer.from(JSON.stringify({ ...index, manifests })));
+  await writeFileAtomic(join(dest, "oci-layout"), JSON.stringify({ imageLayoutVersion: "1.0.0" }), {
+    mode: 0o644,
+  });
+  await writeFileAtomic(join(dest, "index.json"), JSON.stringify({ ...index, manifests }), { mode: 0o644 });
 }

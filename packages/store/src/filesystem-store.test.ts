@@ -2,6 +2,7 @@ import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { isTempName } from "./atomic-file.ts";
 import { FilesystemStore } from "./filesystem-store.ts";
 import { openFdCount } from "./test-fake-build.ts";
 
@@ -46,9 +47,7 @@ describe("FilesystemStore", () => {
       code: "RANGE_INVALID",
     });
     // No temp file is left beside the objects.
-    expect((await readdir(join(root, "store", "builds", "A"))).filter((n) => n.startsWith(".tmp-"))).toEqual(
-      [],
-    );
+    expect((await readdir(join(root, "store", "builds", "A"))).filter(isTempName)).toEqual([]);
     expect(await openFdCount()).toBe(fdsBefore);
   });
 
