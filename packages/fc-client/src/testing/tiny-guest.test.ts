@@ -4,12 +4,21 @@ import { mkdtemp, readdir, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { configureAndStart } from "../configure.ts";
 import { FirecrackerLaunchError } from "../launch-error.ts";
+import { type FirecrackerProcess, launchFirecracker } from "../launcher.ts";
+import { readMetricsFile } from "../metrics.ts";
+import { childPids, fdCount, launcherTempDirs, settle } from "../test-process-counts.ts";
+import { realFirecracker } from "./real-firecracker.ts";
 import {
   buildTestGuest,
   expectedGuestChecksums,
+  parseTestGuestBalloon,
   parseTestGuestLine,
   TEST_GUEST_CFLAGS,
+  TEST_GUEST_READY_MARKER,
+  testGuestBalloonBootArg,
+  testGuestBalloonScratch,
   testGuestSourceDir,
 } from "./tiny-guest.ts";
 
@@ -107,3 +116,186 @@ describe("test guest", () => {
     expect(parseTestGuestLine("SBX-GUEST iter=1 sum=xyz")).toBeUndefined();
   });
 });
+
+const MiB = 1024 * 1024;
+
+describe("the test guest's balloon driver", () => {
+  it("asks for a scratch that fits below 1 GiB and says where it lies", () => {
+    expect(testGuestBalloonBootArg({ scratchMib: 48 })).toBe("sbx.balloon-scratch-mib=48");
+    expect(testGuestBalloonScratch({ scratchMib: 48 })).toEqual({
+      start: 64 * MiB,
+      end: 112 * MiB,
+      minMemMib: 112,
+    });
+    expect(testGuestBalloonScratch({ scratchMib: 16, regionShiftMib: 48 })).toEqual({
+      start: 112 * MiB,
+      end: 128 * MiB,
+      minMemMib: 128,
+    });
+    for (const options of [
+      { scratchMib: 0 },
+      { scratchMib: 1.5 },
+      { scratchMib: 961 },
+      { scratchMib: 1, regionShiftMib: -1 },
+    ])
+      expect(() => testGuestBalloonBootArg(options)).toThrow(
+        expect.objectContaining({ code: "INVALID_OPTIONS", constructor: FirecrackerLaunchError }),
+      );
+  });
+
+  it("parses its lines, also when the console lost a newline between two", () => {
+    expect(
+      parseTestGuestBalloon([
+        "SBX-GUEST balloon ready features=0000000100000020 reporting-queue=2 scratch=0000000004000000+50331648",
+        "SBX-GUEST balloon touched bytes=50331648 round=7SBX-GUEST iter=3 sum=bb378e31",
+        "SBX-GUEST balloon reported bytes=50331648",
+        "SBX-GUEST balloon error=no-device",
+        "SBX-GUEST iter=4 sum=00000000",
+      ]),
+    ).toEqual([
+      {
+        kind: "ready",
+        features: (1n << 32n) | (1n << 5n),
+        reportingQueue: 2,
+        scratchStart: 64 * MiB,
+        scratchBytes: 48 * MiB,
+      },
+      { kind: "touched", bytes: 48 * MiB, round: 7 },
+      { kind: "reported", bytes: 48 * MiB },
+      { kind: "error", reason: "no-device" },
+    ]);
+  });
+});
+
+const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker({ testGuest: true });
+if (firecrackerSkip) console.log(`[fc-client] test guest balloon boot skipped: ${firecrackerSkip}`);
+
+function residentBytes(pid: number): number {
+  return Number(/^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
+}
+
+/** Every progress line so far carries the checksum an uninterrupted guest has at its iteration. */
+function expectChecksumsRight(fc: FirecrackerProcess): number {
+  const progress = fc.console.lines().flatMap((line) => parseTestGuestLine(line) ?? []);
+  expect(progress.length).toBeGreaterThan(0);
+  const expected = expectedGuestChecksums(progress.at(-1)!.iteration);
+  for (const { iteration, checksum } of progress) expect(checksum).toBe(expected[iteration - 1]);
+  return progress.at(-1)!.iteration;
+}
+
+describe.skipIf(firecrackerSkip !== undefined)(
+  `the test guest's balloon driver with Firecracker${firecrackerSkip ? ` (skipped: ${firecrackerSkip})` : ""}`,
+  () => {
+    let dir: string;
+    let guest: string;
+    let before: { fds: number; children: number[]; temps: string[] };
+    beforeAll(async () => {
+      dir = await mkdtemp(join(tmpdir(), "sbx-guest-balloon-"));
+      guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
+      before = { fds: fdCount(), children: childPids(), temps: launcherTempDirs("sbx-guest-balloon") };
+    });
+    afterAll(async () => {
+      if (before) {
+        await settle(100);
+        expect(childPids()).toEqual(before.children);
+        expect(fdCount()).toBe(before.fds);
+        expect(launcherTempDirs("sbx-guest-balloon")).toEqual(before.temps);
+      }
+      if (dir) await rm(dir, { recursive: true, force: true });
+    });
+
+    it("negotiates free page reporting, dirties its scratch, reports it free when the target rises: Firecracker's resident memory drops", async () => {
+      const scratch = 48 * MiB;
+      const metricsPath = join(dir, "metrics.ndjson");
+      await using fc = await launchFirecracker({
+        binary: firecrackerBin!,
+        id: "sbx-guest-balloon",
+        logPath: join(dir, "firecracker.log"),
+        metricsPath,
+      });
+      await configureAndStart(fc.client, {
+        "boot-source": {
+          kernel_image_path: guest,
+          boot_args: `console=ttyS0 ${testGuestBalloonBootArg({ scratchMib: scratch / MiB })}`,
+        },
+        "machine-config": { vcpu_count: 1, mem_size_mib: 128 },
+        balloon: {
+          amount_mib: 0,
+          deflate_on_oom: true,
+          stats_polling_interval_s: 0,
+          free_page_reporting: true,
+        },
+      });
+      await fc.waitForConsole(TEST_GUEST_READY_MARKER, { timeoutMs: 30_000 });
+      // Firecracker offers VERSION_1, DEFLATE_ON_OOM and REPORTING here; the driver takes the two it needs.
+      expect(parseTestGuestBalloon(fc.console.lines())).toEqual([
+        {
+          kind: "ready",
+          features: (1n << 32n) | (1n << 5n),
+          reportingQueue: 2,
+          scratchStart: 64 * MiB,
+          scratchBytes: scratch,
+        },
+      ]);
+
+      // Two rounds: the scratch is resident, whatever the first round overlapped with.
+      let since = fc.console.position;
+      for (let round = 0; round < 2; round++)
+        since =
+          (await fc.waitForConsole(/SBX-GUEST balloon touched /, { timeoutMs: 30_000, since })).line.seq + 1;
+      const dirty = residentBytes(fc.pid);
+
+      since = fc.console.position;
+      await fc.client.patchBalloon({ amount_mib: 1 });
+      await fc.waitForConsole(/SBX-GUEST balloon reported bytes=/, { timeoutMs: 30_000, since });
+      const reported = residentBytes(fc.pid);
+      // The guest stays reported while the target stays: two more cycles, no touch.
+      for (let cycle = 0; cycle < 2; cycle++)
+        since = (await fc.waitForConsole(/SBX-GUEST iter=/, { timeoutMs: 30_000, since })).line.seq + 1;
+      const held = residentBytes(fc.pid);
+      const afterReport = fc.console
+        .lines()
+        .slice(fc.console.lines().findIndex((l) => l.includes("balloon reported")));
+      expect(parseTestGuestBalloon(afterReport).map((e) => e.kind)).toEqual(["reported"]);
+
+      // Back to 0: the guest takes its scratch again.
+      since = fc.console.position;
+      await fc.client.patchBalloon({ amount_mib: 0 });
+      await fc.waitForConsole(/SBX-GUEST balloon touched /, { timeoutMs: 30_000, since });
+      const again = residentBytes(fc.pid);
+
+      await fc.client.createSyncAction({ action_type: "FlushMetrics" });
+      const { metrics } = await readMetricsFile(metricsPath);
+      const freed = metrics.reduce((sum, m) => sum + Number(m.balloon?.free_page_report_freed ?? 0), 0);
+      const fails = metrics.reduce((sum, m) => sum + Number(m.balloon?.free_page_report_fails ?? 0), 0);
+      console.log(
+        `[fc-client] balloon: resident ${dirty / MiB} MiB dirty, ${reported / MiB} MiB reported, ${held / MiB} MiB held, ${again / MiB} MiB touched again; Firecracker freed ${freed / MiB} MiB`,
+      );
+      // Firecracker discarded exactly the scratch, and its resident memory shows it.
+      expect(freed).toBe(scratch);
+      expect(fails).toBe(0);
+      expect(dirty - reported).toBeGreaterThanOrEqual(scratch - 4 * MiB);
+      expect(held).toBeLessThan(dirty - (scratch - 4 * MiB));
+      expect(again - held).toBeGreaterThanOrEqual(scratch - 4 * MiB);
+      expectChecksumsRight(fc);
+    }, 120_000);
+
+    it("without a balloon device it says so and walks as always", async () => {
+      await using fc = await launchFirecracker({
+        binary: firecrackerBin!,
+        id: "sbx-guest-balloon-none",
+        logPath: join(dir, "firecracker-none.log"),
+      });
+      await configureAndStart(fc.client, {
+        "boot-source": {
+          kernel_image_path: guest,
+          boot_args: `console=ttyS0 ${testGuestBalloonBootArg({ scratchMib: 16 })}`,
+        },
+        "machine-config": { vcpu_count: 1, mem_size_mib: 128 },
+      });
+      await fc.waitForConsole(/^SBX-GUEST iter=([2-9]|\d\d+) /, { timeoutMs: 30_000 });
+      expect(parseTestGuestBalloon(fc.console.lines())).toEqual([{ kind: "error", reason: "no-device" }]);
+      expect(expectChecksumsRight(fc)).toBeGreaterThanOrEqual(2);
+    }, 60_000);
+  },
+);
