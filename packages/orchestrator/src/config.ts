@@ -65,6 +65,10 @@ export const CONFIG_DEFAULTS = Object.freeze({
   /** Guests with a free-page-reporting balloon give idle memory back, so they may be packed tighter. */
   balloonMemoryOvercommit: 1.5,
   reservedVcpus: 0,
+  /** uids (and the same gids) a jailed VM runs as, one per VM, never one in use by a sandbox record. */
+  jailUidRange: "200000-299999",
+  /** Every VM's cgroup is `<parent>/<state key>/<vm id>`, so two state directories never sweep each other's. */
+  jailParentCgroup: "sbx",
 });
 
 export const ADMISSION_MODES = ["queue", "reject", "off"] as const;
@@ -118,8 +122,37 @@ export const orchestratorOptionsSchema = z.object({
   firecrackerVersion: pathSegment.optional(),
   /** An explicit Firecracker binary; bypasses the artifact root (still arch-checked). */
   firecrackerBin: absolutePath.optional(),
-  /** The jailer (`JAILER_BIN`); `sbx doctor` reports it with Firecracker's version. */
+  /**
+   * The jailer every Firecracker runs under (`JAILER_BIN`); default `{firecrackerRoot}/{version}/{arch}/jailer`,
+   * arch- and checksum-checked like Firecracker. Without one, VMs start only with `unjailed`.
+   */
   jailerBin: absolutePath.optional(),
+  /** Run Firecracker without the jailer, as root (`SBX_UNJAILED=1`): an explicit opt-out, warned at every start. */
+  unjailed: z.boolean().optional(),
+  /** Where each VM's chroot is made; default `{stateDir}/jail` (must be on the state directory's file system). */
+  jailChrootBaseDir: absolutePath.optional(),
+  /** `from-to`: the uids/gids jailed VMs run as (one per VM). */
+  jailUidRange: z
+    .string()
+    .trim()
+    .regex(/^\d{1,10}-\d{1,10}$/, "must be a uid range like 200000-299999")
+    .refine(
+      (text) => {
+        const [from, to] = text.split("-").map(Number) as [number, number];
+        return from >= 1 && to <= 0xfffffffe && from <= to;
+      },
+      { message: "must be within 1-4294967294, low to high (uid 0 is root)" },
+    )
+    .optional(),
+  /** 1 or 2; default 2 when the cgroup2 hierarchy offers cpu, memory and pids, else 1. */
+  jailCgroupVersion: z.union([z.literal(1), z.literal(2)]).optional(),
+  /** The cgroup (relative to each hierarchy's root) every VM's cgroup is made under. */
+  jailParentCgroup: z
+    .string()
+    .trim()
+    .regex(/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/, "must be a relative cgroup path like sbx")
+    .refine((text) => !text.split("/").includes(".."), { message: "must not contain .." })
+    .optional(),
   kernelRoot: absolutePath.optional(),
   kernelVersion: pathSegment.optional(),
   kernelName: pathSegment.optional(),
@@ -237,6 +270,14 @@ export interface OrchestratorConfig {
   firecrackerVersion: string;
   firecrackerBin: string | undefined;
   jailerBin: string | undefined;
+  unjailed: boolean;
+  /** Undefined: `{stateDir}/jail`. */
+  jailChrootBaseDir: string | undefined;
+  /** `from-to` (parsePortRange reads it too). */
+  jailUidRange: string;
+  /** Undefined: chosen per host (see jailCgroupVersion in the options). */
+  jailCgroupVersion: 1 | 2 | undefined;
+  jailParentCgroup: string;
   kernelRoot: string;
   kernelVersion: string;
   kernelName: string;
@@ -293,6 +334,11 @@ export const CONFIG_ENV_VARIABLES: Readonly<Record<OptionName, { variable: strin
     firecrackerVersion: { variable: "FIRECRACKER_VERSION", kind: "string" },
     firecrackerBin: { variable: "FIRECRACKER_BIN", kind: "string" },
     jailerBin: { variable: "JAILER_BIN", kind: "string" },
+    unjailed: { variable: "SBX_UNJAILED", kind: "boolean" },
+    jailChrootBaseDir: { variable: "SBX_JAIL_CHROOT_BASE_DIR", kind: "string" },
+    jailUidRange: { variable: "SBX_JAIL_UID_RANGE", kind: "string" },
+    jailCgroupVersion: { variable: "SBX_JAIL_CGROUP_VERSION", kind: "integer" },
+    jailParentCgroup: { variable: "SBX_JAIL_PARENT_CGROUP", kind: "string" },
     kernelRoot: { variable: "KERNEL_DIR", kind: "string" },
     kernelVersion: { variable: "KERNEL_VERSION", kind: "string" },
     kernelName: { variable: "KERNEL_NAME", kind: "string" },
@@ -423,6 +469,11 @@ function resolveConfig(
     firecrackerVersion: options.firecrackerVersion ?? CONFIG_DEFAULTS.firecrackerVersion,
     firecrackerBin: options.firecrackerBin,
     jailerBin: options.jailerBin,
+    unjailed: options.unjailed ?? false,
+    jailChrootBaseDir: options.jailChrootBaseDir,
+    jailUidRange: options.jailUidRange ?? CONFIG_DEFAULTS.jailUidRange,
+    jailCgroupVersion: options.jailCgroupVersion,
+    jailParentCgroup: options.jailParentCgroup ?? CONFIG_DEFAULTS.jailParentCgroup,
     kernelRoot: options.kernelRoot ?? CONFIG_DEFAULTS.kernelRoot,
     kernelVersion: options.kernelVersion ?? CONFIG_DEFAULTS.kernelVersion,
     kernelName: options.kernelName ?? archDefaults.kernelName,

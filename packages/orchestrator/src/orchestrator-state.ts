@@ -3,10 +3,12 @@ import { AddressPool } from "./address-pool.ts";
 import { BuildLeases } from "./builds.ts";
 import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
+import { sweepStaleJails } from "./jail-plan.ts";
 import { ConcurrencyLimiter } from "./limiter.ts";
 import { type ProcessIdentity, processIdentity } from "./process-identity.ts";
 import { type ReclaimReport, reclaim } from "./reclaim.ts";
 import { StateDirectory } from "./state-dir.ts";
+import { parseUidRange, UidPool } from "./uid-pool.ts";
 
 /** The host-side state an orchestrator process owns while it runs. */
 export interface OrchestratorState extends AsyncDisposable {
@@ -15,6 +17,8 @@ export interface OrchestratorState extends AsyncDisposable {
   /** This process, as recorded as the owner of every sandbox it creates. */
   self: ProcessIdentity;
   addressPool: AddressPool;
+  /** The uids/gids jailed VMs run as: those sandbox records hold are never handed out again. */
+  uidPool: UidPool;
   createLimiter: ConcurrencyLimiter;
   buildLimiter: ConcurrencyLimiter;
   /** Builds this process uses that no file pins yet (creates and builds in flight): gc keeps them. */
@@ -45,6 +49,8 @@ export async function openOrchestratorState(
       hostAddressPool: config.hostAddressPool,
       ...(options.graceMs === undefined ? {} : { graceMs: options.graceMs }),
     });
+    // Jails of VMs that died with a crashed owner (template builds have no record to reclaim from).
+    reclaimed.staleJails = await sweepStaleJails(config, logger);
     if (reclaimed.reclaimed.length > 0 || reclaimed.invalid.length > 0) {
       logger.warn?.(
         {
@@ -56,9 +62,11 @@ export async function openOrchestratorState(
     }
     const addressPool = new AddressPool(config.hostAddressPool);
     // Sandboxes still listed after reclaim (a process survived, a teardown failed) may hold their addresses.
+    const uidPool = new UidPool(parseUidRange(config.jailUidRange));
     const { records } = await stateDir.listSandboxes();
     for (const record of records) {
       if (record.networkNamespace) addressPool.reserve(record.networkNamespace.addressIndex);
+      if (record.jail) uidPool.reserve(record.jail.uid);
     }
     let closed = false;
     const close = async () => {
@@ -71,6 +79,7 @@ export async function openOrchestratorState(
       stateDir,
       self,
       addressPool,
+      uidPool,
       createLimiter: new ConcurrencyLimiter(config.maxConcurrentCreates),
       buildLimiter: new ConcurrencyLimiter(config.maxConcurrentBuilds),
       leases: new BuildLeases(),

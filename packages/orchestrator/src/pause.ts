@@ -59,11 +59,15 @@ export function defaultPauseSteps(): StepList<PauseContext> {
       name: "snapshot",
       async run(context) {
         const staging = requireFromStep(context.staging, "the staging directory");
-        await context.firecracker.client.createSnapshot({
-          snapshot_type: "Diff",
-          snapshot_path: join(staging, BUILD_FILES.vmstate),
-          mem_file_path: join(staging, BUILD_FILES.memory),
-        });
+        const vm = context.sandbox.vm;
+        // A jailed VM writes into its chroot; the files are renamed into the build before the jail goes.
+        if (vm) await vm.snapshotInto(staging, "Diff");
+        else
+          await context.firecracker.client.createSnapshot({
+            snapshot_type: "Diff",
+            snapshot_path: join(staging, BUILD_FILES.vmstate),
+            mem_file_path: join(staging, BUILD_FILES.memory),
+          });
       },
     },
     {
@@ -105,6 +109,7 @@ export function defaultPauseSteps(): StepList<PauseContext> {
             createdAt: new Date().toISOString(),
             arch,
             firecrackerVersion: (await firecrackerFor(context.sandbox.state)).version,
+            jailed: context.sandbox.vm?.jailed ?? false,
             ...(boot ? { boot } : {}),
             hostFingerprint,
             ...(network ? { network } : {}),

@@ -1,5 +1,6 @@
 import { rm } from "node:fs/promises";
 import { type Logger, silentLogger } from "@sbx/arch";
+import { type RemovedJails, removeCgroupDirs } from "@sbx/fc-client";
 import { AddressPool } from "./address-pool.ts";
 import { CONFIG_DEFAULTS } from "./config.ts";
 import {
@@ -18,6 +19,8 @@ export interface ReclaimedSandbox {
   processes: { role: SandboxProcessRole; pid: number; result: TerminateResult }[];
   removedSockets: string[];
   network?: { name: string; removedRules: boolean; removedLink: boolean; removedNamespace: boolean };
+  /** The jail of a jailed VM: its directory (chroot) and cgroups. */
+  jail?: { directory: string; removedCgroups: string[] };
   removedDirectory: boolean;
   errors: string[];
 }
@@ -33,6 +36,8 @@ export interface ReclaimReport {
   networkPool: ReclaimedPoolNetwork[];
   /** Host firewall entries whose sandbox is gone although no record named them. */
   sweptRules: { chains: string[]; published: PublishedPort[] };
+  /** Jails (chroots, cgroups) of VMs no record named, e.g. a template build's (set by openOrchestratorState). */
+  staleJails?: RemovedJails;
 }
 
 export interface ReclaimOptions {
@@ -84,6 +89,20 @@ export async function reclaimSandbox(
       if ((error as NodeJS.ErrnoException).code !== "ENOENT") {
         result.errors.push(`removing ${socket}: ${(error as Error).message}`);
       }
+    }
+  }
+  // The VM is gone (its processes above, or with its owner): its chroot and cgroups go too.
+  if (record.jail && !result.processes.some((p) => p.result.outcome === "survived")) {
+    try {
+      await rm(record.jail.directory, { recursive: true, force: true });
+      const left = await removeCgroupDirs(record.jail.cgroups);
+      for (const dir of left) result.errors.push(`cgroup ${dir} still has tasks`);
+      result.jail = {
+        directory: record.jail.directory,
+        removedCgroups: record.jail.cgroups.filter((dir) => !left.includes(dir)),
+      };
+    } catch (error) {
+      result.errors.push(`removing the jail ${record.jail.directory}: ${(error as Error).message}`);
     }
   }
   // A pooled network handed over is in network.json until the record is next rewritten.

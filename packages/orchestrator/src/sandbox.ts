@@ -4,8 +4,8 @@
 // StepList a fork can edit; pause makes a new immutable build; kill undoes the create steps in reverse,
 // Firecracker always before its page-fault server.
 
-import { readFile } from "node:fs/promises";
-import { join } from "node:path";
+import { link, readFile } from "node:fs/promises";
+import { basename, join } from "node:path";
 import { AgentClient, firecrackerVsockTransport } from "@sbx/agent";
 import { type Logger, silentLogger } from "@sbx/arch";
 import {
@@ -16,7 +16,7 @@ import {
   parseCustomCpuTemplate,
   parseFingerprint,
 } from "@sbx/cpu-template";
-import { type FirecrackerProcess, launchFirecracker } from "@sbx/fc-client";
+import type { CgroupLimits, FirecrackerProcess } from "@sbx/fc-client";
 import type { BuildStore } from "@sbx/store";
 import { type MemoryHeader, PageFaultServer, type PageFaultServerStop } from "@sbx/uffd";
 import {
@@ -32,6 +32,7 @@ import { cloneFile } from "./disk-clone.ts";
 import { type EgressPolicyInput, resolveEgressPolicy } from "./egress-policy.ts";
 import { OrchestratorError } from "./errors.ts";
 import { firecrackerFor, thisHostFingerprint } from "./host-facts.ts";
+import { defaultVmLimits, launchModeFor } from "./jail-plan.ts";
 import { readProcessMemory, type SandboxMemoryStats, sandboxMemoryStats } from "./memory-stats.ts";
 import type { NetworkPool } from "./netns-pool.ts";
 import type { OrchestratorState } from "./orchestrator-state.ts";
@@ -47,9 +48,9 @@ import {
 } from "./sandbox-steps.ts";
 import { requireFromStep, runSteps, type StepEvent, StepList, type StepRunResult } from "./steps.ts";
 import { ensureLocalBuild } from "./store-sync.ts";
-import { AGENT_VSOCK_PORT, AGENT_VSOCK_SOCKET, diskSlotPath, ensureDiskSlot } from "./template-build.ts";
+import { AGENT_VSOCK_PORT, AGENT_VSOCK_SOCKET, ensureDiskSlot } from "./template-build.ts";
 import { BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
-import { wrapInVmNamespaces } from "./vm-namespace.ts";
+import { exists, type LaunchedVm, launchVm } from "./vm-launch.ts";
 import { waitForConsoleLogged } from "./wait-for-line.ts";
 import { readWorkingSet } from "./working-set-record.ts";
 
@@ -89,6 +90,11 @@ export interface CreateSandboxOptions {
   aliveTimeoutMs?: number;
   /** Overrides the config's `useMemfd` for this sandbox. */
   useMemfd?: UseMemfdMode;
+  /**
+   * The jailed VM's cgroup limits, each overriding the build's default (its vCPUs as CPUs, its guest
+   * memory plus 128 MiB, 64 pids). Unjailed (SBX_UNJAILED) there are no limits.
+   */
+  limits?: CgroupLimits;
   /** What this sandbox may reach, layered on the config's and the template's policy. */
   egress?: EgressPolicyInput;
   /** The host the compatibility step checks the build against; default this one (a dry run names another). */
@@ -124,6 +130,8 @@ export interface SandboxContext extends SandboxCreateContext {
   memoryFiles: Record<string, string>;
   diskPath?: string;
   server?: PageFaultServer;
+  /** The VM as launched: jailed or not, the paths it sees, its snapshot and kill. */
+  vm?: LaunchedVm;
   firecracker?: FirecrackerProcess;
   consoleSince?: number;
 }
@@ -193,31 +201,6 @@ export function defaultSandboxSteps(): StepList<SandboxContext> {
       },
     },
     {
-      name: "page-fault-server",
-      async run(context) {
-        // Prefetched from the handshake on, between the guest's faults; a build without one (or with an
-        // unreadable one) restores on demand.
-        const workingSet = context.build.files[BUILD_FILES.workingSet]
-          ? await readWorkingSet(
-              join(buildDir(context.state.config, context.build.id), BUILD_FILES.workingSet),
-              context.build.memory.sizeBytes,
-              context.logger,
-            )
-          : undefined;
-        const server = new PageFaultServer({
-          socketPath: join(requireFromStep(context.sandboxDir, "the sandbox directory"), "uffd.sock"),
-          memory: { header: context.header, paths: context.memoryFiles },
-          ...(workingSet ? { workingSet: workingSet.ranges } : {}),
-          // Dirty pages come from Firecracker's own Diff snapshot.
-          trackDirty: false,
-          logger: context.logger,
-        });
-        await server.listen();
-        context.server = server;
-        return server;
-      },
-    },
-    {
       name: "firecracker",
       async run(context, { signal }) {
         const config = context.state.config;
@@ -228,33 +211,110 @@ export function defaultSandboxSteps(): StepList<SandboxContext> {
           snapshotFirecrackerVersion: context.build.firecrackerVersion,
           runningFirecrackerVersion: firecracker.version,
         });
-        const fc = await launchFirecracker({
-          ...wrapInVmNamespaces(firecracker.path, {
+        const mode = await launchModeFor(context.state);
+        let owner: { uid: number; gid: number } | undefined;
+        if (mode.jailed) {
+          // The uid is the record's before the jail exists: a crash leaves nothing the record does not name.
+          const uid = context.state.uidPool.allocate();
+          owner = { uid, gid: uid };
+          try {
+            await updateSandboxRecord(context, (record) => ({
+              ...record,
+              jail: {
+                uid,
+                gid: uid,
+                directory: join(mode.jailer.chrootBaseDir, basename(firecracker.path), context.sandboxId),
+                cgroups: [],
+              },
+            }));
+          } catch (error) {
+            context.state.uidPool.release(uid);
+            throw error;
+          }
+        }
+        const releaseOwner = () => {
+          if (owner) context.state.uidPool.release(owner.uid);
+        };
+        let vm: LaunchedVm;
+        try {
+          vm = await launchVm({
+            mode,
+            config,
+            id: context.sandboxId,
+            firecrackerBinary: firecracker.path,
+            workDir: sandboxDir,
+            apiSocketPath: join(sandboxDir, "firecracker.sock"),
+            // Logger and metrics are not in a snapshot: they are set at launch, before the load.
+            logPath: join(sandboxDir, "firecracker.log"),
+            metricsPath: join(sandboxDir, "firecracker.metrics"),
             ...(context.network ? { networkNamespace: context.network.name } : {}),
-            binds: context.diskPath ? [{ source: context.diskPath, target: diskSlotPath(config) }] : [],
-          }),
-          id: context.sandboxId,
-          arch: config.targetArch,
-          socketPath: join(sandboxDir, "firecracker.sock"),
-          // Logger and metrics are not in a snapshot: they are set at launch, before the load.
-          logPath: join(sandboxDir, "firecracker.log"),
-          metricsPath: join(sandboxDir, "firecracker.metrics"),
-          // The snapshot's vsock socket path is relative: each sandbox's lands in its own directory.
-          cwd: sandboxDir,
-          uffdRestore: true,
-          ...(config.seccompFilter ? { seccompFilter: config.seccompFilter } : {}),
-          ...(config.allowNoSeccomp ? { allowNoSeccomp: true } : {}),
-          signal,
-        });
+            ...(context.diskPath ? { disk: context.diskPath } : {}),
+            vmstate: join(buildDir(config, context.build.id), BUILD_FILES.vmstate),
+            ...(owner ? { owner } : {}),
+            limits: {
+              ...defaultVmLimits({
+                vcpuCount: context.build.boot?.vcpuCount,
+                memoryBytes: context.build.memory.sizeBytes,
+              }),
+              ...context.options.limits,
+            },
+            uffdRestore: true,
+            signal,
+            logger: context.logger,
+          });
+        } catch (error) {
+          releaseOwner();
+          throw error;
+        }
+        context.vm = vm;
+        const fc = vm.fc;
         context.firecracker = fc;
         const identity = await processIdentity(fc.pid);
         await updateSandboxRecord(context, (record) => ({
           ...record,
           processes: identity ? [...record.processes, { role: "firecracker", identity }] : record.processes,
-          sockets: [...record.sockets, fc.socketPath, join(sandboxDir, "uffd.sock")],
+          sockets: [...record.sockets, fc.socketPath, vm.uffdSocket.path],
+          ...(record.jail && fc.jail ? { jail: { ...record.jail, cgroups: [...fc.jail.cgroupDirs] } } : {}),
         }));
         return async () => {
-          await fc.kill({ discard: true, graceMs: 1000 });
+          try {
+            await vm.kill({ discard: true, graceMs: 1000 });
+          } finally {
+            releaseOwner();
+          }
+        };
+      },
+    },
+    {
+      name: "page-fault-server",
+      async run(context) {
+        const vm = requireFromStep(context.vm, "the VM");
+        // Prefetched from the handshake on, between the guest's faults; a build without one (or with an
+        // unreadable one) restores on demand.
+        const workingSet = context.build.files[BUILD_FILES.workingSet]
+          ? await readWorkingSet(
+              join(buildDir(context.state.config, context.build.id), BUILD_FILES.workingSet),
+              context.build.memory.sizeBytes,
+              context.logger,
+            )
+          : undefined;
+        const server = new PageFaultServer({
+          // Inside the VM's chroot when jailed, owned by its uid; only that Firecracker (by pid) may connect.
+          socketPath: vm.uffdSocket.path,
+          ...(vm.uffdSocket.owner ? { owner: vm.uffdSocket.owner } : {}),
+          expectedPeerPid: vm.fc.pid,
+          memory: { header: context.header, paths: context.memoryFiles },
+          ...(workingSet ? { workingSet: workingSet.ranges } : {}),
+          // Dirty pages come from Firecracker's own Diff snapshot.
+          trackDirty: false,
+          logger: context.logger,
+        });
+        await server.listen();
+        context.server = server;
+        // Firecracker goes before its page-fault server, or it would hang on its next fault.
+        return async () => {
+          await vm.kill({ discard: true, graceMs: 1000 });
+          await server[Symbol.asyncDispose]();
         };
       },
     },
@@ -262,15 +322,22 @@ export function defaultSandboxSteps(): StepList<SandboxContext> {
       name: "snapshot-load",
       async run(context) {
         const fc = requireFromStep(context.firecracker, "Firecracker");
-        const server = requireFromStep(context.server, "the page-fault server");
+        const vm = requireFromStep(context.vm, "the VM");
+        const sandboxDir = requireFromStep(context.sandboxDir, "the sandbox directory");
         context.consoleSince = fc.console.position;
         await fc.client.loadSnapshot({
-          snapshot_path: join(buildDir(context.state.config, context.build.id), BUILD_FILES.vmstate),
-          mem_backend: { backend_type: "Uffd", backend_path: server.socketPath },
+          snapshot_path: requireFromStep(vm.vmPaths.vmstate, "the jailed vmstate"),
+          mem_backend: { backend_type: "Uffd", backend_path: vm.vmPaths.uffdSocket },
           // Not saved in snapshots: without it the next pause could not write a Diff snapshot.
           track_dirty_pages: true,
           resume_vm: true,
         });
+        // The agent (and `sbx exec` from another process) connect in the sandbox directory: a jailed
+        // VM's vsock socket is in its chroot, and a hard link to a socket reaches the same listener.
+        const vsockLink = join(sandboxDir, AGENT_VSOCK_SOCKET);
+        if (vm.jailed && (await exists(vm.vsockSocket)) && !(await exists(vsockLink)))
+          await link(vm.vsockSocket, vsockLink);
+        const server = requireFromStep(context.server, "the page-fault server");
         const mode = context.options.useMemfd ?? context.state.config.useMemfd;
         if (mode === "off") return;
         if ((await server.ready).memfd) return;
@@ -584,6 +651,8 @@ export async function createSandbox(
     };
     const defaults = defaultSandboxSteps();
     const steps = options.steps ? options.steps(defaults) : defaults;
+    // No jailer and no opt-out fails here, before anything of the sandbox exists.
+    if (steps.has("firecracker")) await launchModeFor(state);
     const admission = await hooks.admit?.(build, options.signal);
     let result: StepRunResult;
     try {

@@ -28,6 +28,19 @@ export const sandboxRecordSchema = z.object({
     .optional(),
   /** The build whose memory and disk this sandbox maps: pinned against gc while the record exists. */
   build: z.string().optional(),
+  /**
+   * Present when the VM runs under the jailer: its uid/gid (held while this record exists), the jail's
+   * directory (`<chroot base>/<exec>/<id>`, holding the chroot) and its cgroups, removed by kill or reclaim.
+   * Absent: the VM ran unjailed (SBX_UNJAILED).
+   */
+  jail: z
+    .object({
+      uid: z.number().int().min(1).max(0xfffffffe),
+      gid: z.number().int().min(1).max(0xfffffffe),
+      directory: z.string().min(1),
+      cgroups: z.array(z.string().min(1)).default([]),
+    })
+    .optional(),
 });
 export type SandboxRecord = z.infer<typeof sandboxRecordSchema>;
 

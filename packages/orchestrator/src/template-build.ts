@@ -14,12 +14,7 @@ import {
   parseCustomCpuTemplate,
   readStaticTemplateCustomForm,
 } from "@sbx/cpu-template";
-import {
-  configureAndStart,
-  type FirecrackerProcess,
-  type FullVmConfiguration,
-  launchFirecracker,
-} from "@sbx/fc-client";
+import { configureAndStart, type FirecrackerProcess, type FullVmConfiguration } from "@sbx/fc-client";
 import { buildExt4Image, type Ext4Progress, parseProvisionExit, READY_MARKER, repairExt4 } from "@sbx/rootfs";
 import { encodeMemoryHeader, fullMemoryHeader } from "@sbx/uffd";
 import { type ArtifactResolver, assertCanRunFirecracker, TEMPLATE_EXT4_OPTIONS } from "./boot-parameters.ts";
@@ -36,6 +31,7 @@ import {
 import type { OrchestratorConfig } from "./config.ts";
 import { resolveEgressPolicy } from "./egress-policy.ts";
 import { OrchestratorError } from "./errors.ts";
+import { defaultVmLimits, type LaunchMode, launchModeFor } from "./jail-plan.ts";
 import { type NetworkNamespace, networkNamesFor } from "./network.ts";
 import type { OrchestratorState } from "./orchestrator-state.ts";
 import type { ProgressEvent } from "./progress.ts";
@@ -50,7 +46,7 @@ import {
   type TemplateRequest,
 } from "./template-inputs.ts";
 import { BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
-import { wrapInVmNamespaces } from "./vm-namespace.ts";
+import { type LaunchedVm, launchVm } from "./vm-launch.ts";
 import { startProgressLog, waitForConsoleLogged } from "./wait-for-line.ts";
 import { recordWorkingSet } from "./working-set-record.ts";
 
@@ -118,6 +114,10 @@ export interface TemplateBuildContext {
   staticCustomForm?: CustomCpuTemplate;
   fingerprint?: Fingerprint;
   network?: NetworkNamespace;
+  /** Jailed or unjailed (SBX_UNJAILED): resolved before the build starts anything. */
+  launchMode?: LaunchMode;
+  /** The template VM as launched (its paths are what templateVmConfig tells Firecracker). */
+  vm?: LaunchedVm;
   firecracker?: FirecrackerProcess;
   manifest?: BuildManifest;
   /** Set by publish: `builds/{id}`. */
@@ -129,7 +129,7 @@ export function templateVmConfig(context: TemplateBuildContext, bootArgs: string
   const { boot } = requireFromStep(context.inputs, "the template inputs");
   const cpu = boot.cpuTemplate;
   const config: FullVmConfiguration = {
-    "boot-source": { kernel_image_path: boot.kernel.path, boot_args: bootArgs },
+    "boot-source": { kernel_image_path: context.vm?.vmPaths.kernel ?? boot.kernel.path, boot_args: bootArgs },
     "machine-config": {
       vcpu_count: boot.vcpuCount,
       mem_size_mib: boot.memoryMib,
@@ -167,25 +167,38 @@ export function templateVmConfig(context: TemplateBuildContext, bootArgs: string
   return config;
 }
 
-async function launchTemplateVm(context: TemplateBuildContext, id: string, signal: AbortSignal) {
-  const binary = requireFromStep(context.inputs, "the template inputs").artifacts.firecracker.path;
-  const wrapped = wrapInVmNamespaces(binary, {
-    ...(context.network ? { networkNamespace: context.network.name } : {}),
-    binds: [
-      { source: requireFromStep(context.rootfsPath, "the rootfs"), target: diskSlotPath(context.config) },
-    ],
-  });
+async function launchTemplateVm(
+  context: TemplateBuildContext,
+  kind: "provision" | "template",
+  signal: AbortSignal,
+): Promise<LaunchedVm> {
+  const inputs = requireFromStep(context.inputs, "the template inputs");
+  const mode = context.launchMode ?? (await launchModeFor(context.state));
   // A VM that ended (the provisioning boot) leaves its vsock socket; the next one binds it anew.
   await rm(join(context.stagingDir, AGENT_VSOCK_SOCKET), { force: true });
-  return launchFirecracker({
-    ...wrapped,
+  // Unique per VM: a jail's directory is named by it, and builds may run side by side.
+  const id = `${kind}-${randomBytes(4).toString("hex")}`;
+  const vm = await launchVm({
+    mode,
+    config: context.config,
     id,
-    arch: context.config.targetArch,
-    logPath: join(context.stagingDir, `${id}.log`),
-    // The vsock socket (a relative path in the VM config) lands here, and is removed with the staging.
-    cwd: context.stagingDir,
+    firecrackerBinary: inputs.artifacts.firecracker.path,
+    // Unjailed, the vsock socket (a relative path in the VM config) lands here, removed with the staging.
+    workDir: context.stagingDir,
+    logPath: join(context.stagingDir, `${kind}.log`),
+    ...(context.network ? { networkNamespace: context.network.name } : {}),
+    disk: requireFromStep(context.rootfsPath, "the rootfs"),
+    kernel: inputs.boot.kernel.path,
+    uids: context.state.uidPool,
+    limits: defaultVmLimits({
+      vcpuCount: inputs.boot.vcpuCount,
+      memoryBytes: inputs.boot.memoryMib * 1024 * 1024,
+    }),
     signal,
+    ...(context.options.logger ? { logger: context.options.logger } : {}),
   });
+  context.vm = vm;
+  return vm;
 }
 
 function epochArgument(): string {
@@ -300,7 +313,8 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
         const inputs = requireFromStep(context.inputs, "the template inputs");
         await ensureDiskSlot(context.config);
         const bootArgs = `${inputs.boot.kernelCommandLine} ${epochArgument()} sbx.provision=1`;
-        await using fc = await launchTemplateVm(context, "provision", signal);
+        await using vm = await launchTemplateVm(context, "provision", signal);
+        const fc = vm.fc;
         await configureAndStart(fc.client, templateVmConfig(context, bootArgs), { signal });
         // The provisioning runner ends in a clean shutdown; Firecracker exits with the VM.
         const stopProgress = startProgressLog({
@@ -341,7 +355,8 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
         assertCanRunFirecracker(context.config);
         const inputs = requireFromStep(context.inputs, "the template inputs");
         await ensureDiskSlot(context.config);
-        const fc = await launchTemplateVm(context, "template", signal);
+        const vm = await launchTemplateVm(context, "template", signal);
+        const fc = vm.fc;
         context.firecracker = fc;
         try {
           await configureAndStart(
@@ -350,11 +365,11 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
             { signal },
           );
         } catch (error) {
-          await fc.kill({ discard: true });
+          await vm.kill({ discard: true });
           throw error;
         }
         return async () => {
-          await fc.kill({ discard: true, graceMs: 1000 });
+          await vm.kill({ discard: true, graceMs: 1000 });
         };
       },
     },
@@ -373,16 +388,13 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
     {
       name: "snapshot",
       async run(context) {
-        const fc = requireFromStep(context.firecracker, "the template VM");
-        await fc.client.patchVm({ state: "Paused" });
-        // Full: the template is the base every sandbox's memory is layered on.
-        await fc.client.createSnapshot({
-          snapshot_type: "Full",
-          snapshot_path: join(context.stagingDir, BUILD_FILES.vmstate),
-          mem_file_path: join(context.stagingDir, BUILD_FILES.memory),
-        });
-        // Nothing may touch the rootfs after the snapshot: the VM goes now.
-        await fc.kill({ discard: true, graceMs: 1000 });
+        const vm = requireFromStep(context.vm, "the template VM");
+        await vm.fc.client.patchVm({ state: "Paused" });
+        // Full: the template is the base every sandbox's memory is layered on. A jailed VM writes it
+        // into its chroot; it is renamed into the staging directory before the jail goes.
+        await vm.snapshotInto(context.stagingDir, "Full");
+        // Nothing may touch the rootfs after the snapshot: the VM goes now (and the disk is root's again).
+        await vm.kill({ discard: true, graceMs: 1000 });
       },
     },
     {
@@ -413,6 +425,7 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
           createdAt: new Date().toISOString(),
           arch: context.config.targetArch,
           firecrackerVersion: inputs.boot.firecracker.version,
+          jailed: context.vm?.jailed ?? false,
           boot: inputs.boot,
           hostFingerprint: fingerprintToFile(requireFromStep(context.fingerprint, "the host fingerprint")),
           ...(context.network ? { network: { tapName: context.network.tapName, guestMac: GUEST_MAC } } : {}),
@@ -434,6 +447,8 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
             buildId: context.buildId,
             firecrackerBinary: inputs.artifacts.firecracker.path,
             config: context.config,
+            launchMode: context.launchMode ?? (await launchModeFor(context.state)),
+            uids: context.state.uidPool,
             ...(context.network ? { networkNamespace: context.network.name } : {}),
             ...(alive ? { until: alive } : {}),
             timeoutMs: context.config.readyTimeoutMs,
@@ -500,6 +515,15 @@ export async function buildTemplate(
     };
     const defaults = defaultTemplateBuildSteps();
     const steps = options.steps ? options.steps(defaults) : defaults;
+    // No jailer and no opt-out fails here, before the image is even pulled; anything else that stops a
+    // VM (another arch's jailer, say) is the VM step's to report.
+    if (steps.has("boot") || (steps.has("provision") && request.provisionScript !== undefined)) {
+      try {
+        context.launchMode = await launchModeFor(state);
+      } catch (error) {
+        if (error instanceof OrchestratorError && error.code === "NOT_AVAILABLE") throw error;
+      }
+    }
     const result = await runSteps(steps, context, {
       ...(options.signal ? { signal: options.signal } : {}),
       ...(options.onEvent ? { onEvent: options.onEvent } : {}),

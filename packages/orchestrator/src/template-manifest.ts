@@ -98,6 +98,8 @@ export const buildManifestSchema = z.object({
   arch: archSchema,
   /** The Firecracker that wrote the snapshot: its format is what a resume must be able to load. */
   firecrackerVersion: z.string().min(1),
+  /** Whether the VM that wrote the snapshot ran under the jailer (absent on builds from before it). */
+  jailed: z.boolean().optional(),
   /** Present on builds made from an image by `buildTemplate` (a pause copies its parent's). */
   boot: bootParametersSchema.optional(),
   /** The CPU the guest was told about (the template build host's); opaque here, read by @sbx/cpu-template. */

@@ -7,6 +7,7 @@ import { hostArch } from "@sbx/arch";
 import { writeBusyboxFixture, writeOciLayout } from "@sbx/rootfs/testing";
 import { type ArtifactResolver, artifactResolverWith } from "./boot-parameters.ts";
 import { createConfig, type OrchestratorConfig } from "./config.ts";
+import { testLaunchOptions } from "./test-launch-mode.ts";
 
 export interface TemplateFixture {
   dir: string;
@@ -44,6 +45,8 @@ export async function templateFixture(options: { firecrackerBin?: string } = {})
     stateDir: join(dir, "state"),
     busyboxDir,
     maxConcurrentCreates: 16,
+    // Jailed with JAILER_BIN, else explicitly unjailed.
+    ...testLaunchOptions(),
     ...(options.firecrackerBin ? { firecrackerBin: options.firecrackerBin } : {}),
   });
   return { dir, layoutDir, config };

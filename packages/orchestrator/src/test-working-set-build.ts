@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { encodeWorkingSet, type WorkingSet } from "@sbx/uffd";
 import { firecrackerFor } from "./host-facts.ts";
 import { importBuild } from "./import-build.ts";
+import { launchModeFor } from "./jail-plan.ts";
 import type { OrchestratorState } from "./orchestrator-state.ts";
 import { BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
 import { type RecordedWorkingSet, recordWorkingSet } from "./working-set-record.ts";
@@ -37,6 +38,8 @@ export async function importWithWorkingSet(
         buildId: id,
         firecrackerBinary: (await firecrackerFor(state)).path,
         config: state.config,
+        launchMode: await launchModeFor(state),
+        uids: state.uidPool,
         until: options.alive,
         timeoutMs: 30_000,
       });

@@ -7,7 +7,6 @@ import { mkdir, mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Logger, silentLogger, writeFileAtomic } from "@sbx/arch";
-import { launchFirecracker } from "@sbx/fc-client";
 import {
   decodeWorkingSet,
   encodeWorkingSet,
@@ -21,9 +20,10 @@ import {
 import type { OrchestratorConfig } from "./config.ts";
 import { cloneFile } from "./disk-clone.ts";
 import { OrchestratorError } from "./errors.ts";
-import { diskSlotPath, ensureDiskSlot } from "./template-build.ts";
+import { type LaunchMode, launchModeFor } from "./jail-plan.ts";
 import { BUILD_FILES } from "./template-manifest.ts";
-import { wrapInVmNamespaces } from "./vm-namespace.ts";
+import type { UidPool } from "./uid-pool.ts";
+import { launchVm } from "./vm-launch.ts";
 import { waitForConsoleLogged } from "./wait-for-line.ts";
 
 /**
@@ -40,8 +40,11 @@ export interface RecordWorkingSetOptions {
   buildId: string;
   /** The Firecracker binary that restores it (the one that wrote the snapshot). */
   firecrackerBinary: string;
-  /** Paths for the VM's mount namespace: the state directory's disk slot. */
-  config: Pick<OrchestratorConfig, "stateDir" | "targetArch" | "seccompFilter" | "allowNoSeccomp">;
+  /** The state directory (its disk slot, its jails) and how VMs are started. */
+  config: OrchestratorConfig;
+  /** Jailed (the VM gets a uid from `uids`) or unjailed; default what the config says (launchModeFor). */
+  launchMode?: LaunchMode;
+  uids?: UidPool;
   /** The network namespace with the TAP the snapshot reopens, when its VM had a NIC. */
   networkNamespace?: string;
   /**
@@ -87,15 +90,34 @@ export async function recordWorkingSet(options: RecordWorkingSetOptions): Promis
       () => true,
       () => false,
     );
-    const binds: { source: string; target: string }[] = [];
+    let disk: string | undefined;
     if (hasRootfs) {
-      const disk = join(diskDir, BUILD_FILES.rootfs);
+      disk = join(diskDir, BUILD_FILES.rootfs);
       await cloneFile(staged(BUILD_FILES.rootfs), disk);
-      binds.push({ source: disk, target: diskSlotPath(options.config) });
-      await ensureDiskSlot(options.config);
     }
+    // The VM first: jailed, the page-fault server listens inside its chroot and serves only its pid.
+    await using vm = await launchVm({
+      mode: options.launchMode ?? (await launchModeFor({ config: options.config })),
+      config: options.config,
+      id: `record-${options.buildId.slice(-12).toLowerCase()}`,
+      firecrackerBinary: options.firecrackerBinary,
+      // Unjailed, the snapshot's relative vsock socket lands here and goes with the directory.
+      workDir: work,
+      logPath: join(work, "firecracker.log"),
+      ...(options.networkNamespace ? { networkNamespace: options.networkNamespace } : {}),
+      ...(disk ? { disk } : {}),
+      vmstate: staged(BUILD_FILES.vmstate),
+      ...(options.uids ? { uids: options.uids } : {}),
+      limits: { memoryBytes: memorySize + 128 * 1024 * 1024, pids: 64 },
+      uffdRestore: true,
+      ...(options.signal ? { signal: options.signal } : {}),
+      logger,
+    });
+    const fc = vm.fc;
     await using server = new PageFaultServer({
-      socketPath: join(work, "uffd.sock"),
+      socketPath: vm.uffdSocket.path,
+      ...(vm.uffdSocket.owner ? { owner: vm.uffdSocket.owner } : {}),
+      expectedPeerPid: fc.pid,
       memory: {
         header: fullMemoryHeader({ build: options.buildId, memorySize }),
         paths: { [options.buildId]: memoryPath },
@@ -104,25 +126,10 @@ export async function recordWorkingSet(options: RecordWorkingSetOptions): Promis
       ...(options.signal ? { signal: options.signal } : {}),
     });
     await server.listen();
-    await using fc = await launchFirecracker({
-      ...wrapInVmNamespaces(options.firecrackerBinary, {
-        ...(options.networkNamespace ? { networkNamespace: options.networkNamespace } : {}),
-        binds,
-      }),
-      id: `record-${options.buildId}`,
-      arch: options.config.targetArch,
-      logPath: join(work, "firecracker.log"),
-      // The snapshot's vsock socket path is relative: it lands here and goes with the directory.
-      cwd: work,
-      uffdRestore: true,
-      ...(options.config.seccompFilter ? { seccompFilter: options.config.seccompFilter } : {}),
-      ...(options.config.allowNoSeccomp ? { allowNoSeccomp: true } : {}),
-      ...(options.signal ? { signal: options.signal } : {}),
-    });
     const since = fc.console.position;
     await fc.client.loadSnapshot({
-      snapshot_path: staged(BUILD_FILES.vmstate),
-      mem_backend: { backend_type: "Uffd", backend_path: server.socketPath },
+      snapshot_path: vm.vmPaths.vmstate!,
+      mem_backend: { backend_type: "Uffd", backend_path: vm.vmPaths.uffdSocket },
       resume_vm: true,
     });
     const until = options.until ?? "quiet";

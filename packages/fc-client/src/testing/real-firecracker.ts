@@ -7,6 +7,13 @@ export interface RealFirecracker {
   skipReason: string | undefined;
   /** Each unmet condition on its own, empty when tests can run. */
   unmet: string[];
+  /**
+   * The jailer from JAILER_BIN when it is executable and this process is root (the jailer needs root),
+   * else undefined: tests then run Firecracker unjailed, and must say so explicitly (`unjailed: true`).
+   */
+  jailer: string | undefined;
+  /** Why a jailed run is not possible here (JAILER_BIN unset, not executable, not root), or undefined. */
+  jailerSkipReason: string | undefined;
 }
 
 function usable(path: string, mode: number): boolean {
@@ -42,5 +49,19 @@ export function realFirecracker(
     else if (!usable(path, constants.R_OK)) unmet.push(`${variable}=${path} is not readable`);
   }
   const skipReason = unmet.length > 0 ? unmet.join("; ") : undefined;
-  return { binary: skipReason ? undefined : binary, skipReason, unmet };
+  const jailerPath = (options.env ?? process.env).JAILER_BIN || undefined;
+  const jailerSkipReason = !jailerPath
+    ? "JAILER_BIN not set"
+    : !usable(jailerPath, constants.X_OK)
+      ? `JAILER_BIN=${jailerPath} is not executable`
+      : process.getuid?.() !== 0
+        ? "the jailer needs root"
+        : undefined;
+  return {
+    binary: skipReason ? undefined : binary,
+    skipReason,
+    unmet,
+    jailer: jailerSkipReason ? undefined : jailerPath,
+    jailerSkipReason,
+  };
 }

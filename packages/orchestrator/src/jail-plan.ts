@@ -1,0 +1,201 @@
+// How this orchestrator starts Firecracker: under the jailer (the default) or, only when the operator
+// said so (SBX_UNJAILED=1), unjailed as root. Resolved once per state before any VM starts, so a host
+// without a jailer fails with one typed error naming both ways out instead of half-way into a create.
+import { createHash } from "node:crypto";
+import { mkdir, readdir, stat } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import {
+  ArchError,
+  detectBinaryArch,
+  type Logger,
+  resolveArtifact,
+  sha256File,
+  silentLogger,
+} from "@sbx/arch";
+import {
+  type CgroupLimits,
+  chooseCgroupVersion,
+  type RemovedJails,
+  readCgroupMounts,
+  removeStaleJails,
+} from "@sbx/fc-client";
+import type { OrchestratorConfig } from "./config.ts";
+import { OrchestratorError } from "./errors.ts";
+
+export interface JailerSettings {
+  jailerBinary: string;
+  jailerSha256: string;
+  /** On the state directory's file system: disks and snapshots move in and out by link and rename. */
+  chrootBaseDir: string;
+  /** `<jailParentCgroup>/<state key>`: each VM's cgroup is `<this>/<vm id>` in every hierarchy used. */
+  parentCgroup: string;
+  cgroupVersion: 1 | 2;
+}
+
+export type LaunchMode = { jailed: false } | { jailed: true; jailer: JailerSettings };
+
+/** The cgroup controllers a VM's limits use (CPU, memory, pids). */
+export const JAIL_CGROUP_CONTROLLERS = ["cpu", "memory", "pids"] as const;
+
+/** Guest memory plus this, as the memory limit: Firecracker's own heap, page tables, snapshot I/O. */
+export const JAIL_MEMORY_OVERHEAD_BYTES = 128 * 1024 * 1024;
+/** Firecracker's threads (VMM, API, one per vCPU) with room to spare; a guest cannot fork host tasks. */
+export const JAIL_DEFAULT_PIDS = 64;
+
+/** Where the jails of this state directory live, and the cgroup they are made under: no I/O. */
+export function jailLayout(
+  config: Pick<OrchestratorConfig, "stateDir" | "jailChrootBaseDir" | "jailParentCgroup">,
+): {
+  chrootBaseDir: string;
+  parentCgroup: string;
+} {
+  const key = createHash("sha256").update(resolve(config.stateDir)).digest("hex").slice(0, 12);
+  return {
+    chrootBaseDir: config.jailChrootBaseDir ?? join(config.stateDir, "jail"),
+    parentCgroup: `${config.jailParentCgroup}/${key}`,
+  };
+}
+
+/**
+ * The jailer: JAILER_BIN (arch-checked) or `{firecrackerRoot}/{version}/{arch}/jailer` (what `sbx setup`
+ * installs; arch- and sidecar-checksum-checked like Firecracker). Undefined when neither exists.
+ */
+export async function resolveJailerBinary(
+  config: Pick<OrchestratorConfig, "jailerBin" | "firecrackerRoot" | "firecrackerVersion" | "targetArch">,
+): Promise<{ path: string; sha256: string } | undefined> {
+  if (config.jailerBin) {
+    const info = await stat(config.jailerBin).catch(() => undefined);
+    if (!info?.isFile())
+      throw new OrchestratorError("ARTIFACT_INVALID", `JAILER_BIN ${config.jailerBin} is not a file`, {
+        details: { path: config.jailerBin },
+      });
+    const detected = await detectBinaryArch(config.jailerBin);
+    if (detected.arch !== config.targetArch) {
+      throw new OrchestratorError(
+        "ARCH_MISMATCH",
+        `JAILER_BIN ${config.jailerBin} is a ${detected.arch} binary, but the target arch is ${config.targetArch}`,
+        { details: { path: config.jailerBin, detected: detected.arch, target: config.targetArch } },
+      );
+    }
+    return { path: config.jailerBin, sha256: await sha256File(config.jailerBin) };
+  }
+  try {
+    const resolved = await resolveArtifact({
+      root: config.firecrackerRoot,
+      version: config.firecrackerVersion,
+      name: "jailer",
+      arch: config.targetArch,
+      verifyArch: true,
+      checksum: { kind: "sidecar", allowUnverified: true },
+    });
+    return { path: resolved.path, sha256: resolved.sha256! };
+  } catch (error) {
+    if (error instanceof ArchError && error.code === "ARTIFACT_NOT_FOUND") return undefined;
+    if (error instanceof ArchError)
+      throw new OrchestratorError("ARTIFACT_INVALID", `the jailer: ${error.message}`, { cause: error });
+    throw error;
+  }
+}
+
+/** The limits a VM gets unless the create says otherwise: its vCPUs, its memory plus overhead, pids. */
+export function defaultVmLimits(machine: {
+  vcpuCount?: number | undefined;
+  memoryBytes: number;
+}): CgroupLimits {
+  return {
+    ...(machine.vcpuCount ? { cpus: machine.vcpuCount } : {}),
+    memoryBytes: machine.memoryBytes + JAIL_MEMORY_OVERHEAD_BYTES,
+    pids: JAIL_DEFAULT_PIDS,
+  };
+}
+
+async function resolveLaunchMode(config: OrchestratorConfig): Promise<LaunchMode> {
+  if (config.unjailed) return { jailed: false };
+  const jailer = await resolveJailerBinary(config);
+  if (!jailer) {
+    throw new OrchestratorError(
+      "NOT_AVAILABLE",
+      `no jailer: set JAILER_BIN to a Firecracker jailer (or install one at ${join(config.firecrackerRoot, config.firecrackerVersion, config.targetArch, "jailer")} with sbx setup), or run VMs unjailed as root with SBX_UNJAILED=1 (config unjailed: true)`,
+      { details: { variables: ["JAILER_BIN", "SBX_UNJAILED"] } },
+    );
+  }
+  if (process.getuid?.() !== 0) {
+    throw new OrchestratorError(
+      "NOT_AVAILABLE",
+      `the jailer (${jailer.path}) needs root to chroot, change uid and make cgroups; run as root, or unjailed with SBX_UNJAILED=1`,
+      { details: { variables: ["JAILER_BIN", "SBX_UNJAILED"] } },
+    );
+  }
+  const layout = jailLayout(config);
+  await mkdir(layout.chrootBaseDir, { recursive: true, mode: 0o700 });
+  const [base, state] = await Promise.all([stat(layout.chrootBaseDir), stat(config.stateDir)]);
+  if (base.dev !== state.dev) {
+    throw new OrchestratorError(
+      "CONFIG_INVALID",
+      `the jail base ${layout.chrootBaseDir} is on another file system than the state directory ${config.stateDir}: disks are hard-linked into each chroot and snapshots renamed out of it; put SBX_JAIL_CHROOT_BASE_DIR on the state directory's file system`,
+      { details: { chrootBaseDir: layout.chrootBaseDir, stateDir: config.stateDir } },
+    );
+  }
+  const mounts = await readCgroupMounts();
+  const cgroupVersion =
+    config.jailCgroupVersion ??
+    chooseCgroupVersion(
+      mounts,
+      JAIL_CGROUP_CONTROLLERS.map((c) => `${c}.max`),
+    );
+  return {
+    jailed: true,
+    jailer: {
+      jailerBinary: jailer.path,
+      jailerSha256: jailer.sha256,
+      chrootBaseDir: layout.chrootBaseDir,
+      parentCgroup: layout.parentCgroup,
+      cgroupVersion,
+    },
+  };
+}
+
+const modeOnce = new WeakMap<object, Promise<LaunchMode>>();
+
+/** Resolved once per orchestrator state (a failure is retried next time), before any VM starts. */
+export function launchModeFor(state: { config: OrchestratorConfig }): Promise<LaunchMode> {
+  let mode = modeOnce.get(state);
+  if (!mode) {
+    mode = resolveLaunchMode(state.config);
+    mode.catch(() => modeOnce.delete(state));
+    modeOnce.set(state, mode);
+  }
+  return mode;
+}
+
+/**
+ * Removes the chroots and cgroups of this state directory's jailed VMs that no longer run: after a
+ * crash of the owning process its VMs died with it (pid namespace, death signal), but nobody removed
+ * their jails. Run after reclaim, under the state directory's lock.
+ */
+export async function sweepStaleJails(
+  config: Pick<OrchestratorConfig, "stateDir" | "jailChrootBaseDir" | "jailParentCgroup">,
+  logger: Logger = silentLogger,
+): Promise<RemovedJails> {
+  const layout = jailLayout(config);
+  const total: RemovedJails = { removed: [], running: [], leftCgroups: [] };
+  // The chroot level below the base is Firecracker's file name; cgroups are swept with the first.
+  const execNames = (await readdir(layout.chrootBaseDir).catch(() => [] as string[])).filter((n) =>
+    /^[A-Za-z0-9._-]+$/.test(n),
+  );
+  for (const execName of execNames.length > 0 ? execNames : ["firecracker"]) {
+    try {
+      const result = await removeStaleJails({
+        firecrackerBinary: `/${execName}`,
+        chrootBaseDir: layout.chrootBaseDir,
+        parentCgroup: layout.parentCgroup,
+      });
+      total.removed.push(...result.removed);
+      total.running.push(...result.running);
+      total.leftCgroups.push(...result.leftCgroups);
+    } catch (error) {
+      logger.warn?.({ execName, error: (error as Error).message }, "sweeping stale jails failed");
+    }
+  }
+  return total;
+}
