@@ -11,8 +11,9 @@ import { join } from "node:path";
 import { buildTestGuest, realFirecracker, TEST_GUEST_READY_MARKER } from "@sbx/fc-client/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createConfig } from "./config.ts";
-import type { SandboxMemoryStats } from "./memory-stats.ts";
+import { recordedSandboxesMemory, type SandboxMemoryStats, sandboxesMemoryStats } from "./memory-stats.ts";
 import { Orchestrator } from "./orchestrator.ts";
+import { StateDirectory } from "./state-dir.ts";
 import { type TemplateBuildContext, templateVmConfig } from "./template-build.ts";
 import { parseTemplateRequest } from "./template-inputs.ts";
 import type { BootParameters } from "./template-manifest.ts";
@@ -158,6 +159,15 @@ describe.skipIf(skipReason !== undefined)(
       expect(reported.removeEvents).toBe(scratch / REPORT_CHUNK);
       expect(reported.reclaimedBytes).toBeGreaterThanOrEqual(scratch - 4 * MiB);
       expect(dirty.residentBytes - reported.residentBytes).toBeGreaterThanOrEqual(scratch - 4 * MiB);
+      // The same per sandbox for the orchestrator's own sandboxes, and from the state directory's
+      // records (what a process that does not own the sandbox, such as sbx doctor, can see).
+      const own = await sandboxesMemoryStats(orchestrator.sandboxes);
+      expect(own.sandboxes.find((s) => s.id === sandbox.id)?.reclaimedBytes).toBeGreaterThanOrEqual(
+        scratch - 4 * MiB,
+      );
+      const { records } = await new StateDirectory(fixture.config.stateDir).listSandboxes();
+      const recorded = (await recordedSandboxesMemory(records)).find((m) => m.id === sandbox.id);
+      expect(recorded?.reclaimedBytes).toBeGreaterThanOrEqual(scratch - 4 * MiB);
       // The guest went on walking its region with the right checksums.
       await expectChecksumContinues(fc, lastIteration(fc));
 

@@ -5,6 +5,8 @@
 import { readFile } from "node:fs/promises";
 import type { PageFaultMetrics } from "@sbx/uffd";
 import { OrchestratorError } from "./errors.ts";
+import { checkProcessIdentity } from "./process-identity.ts";
+import type { SandboxRecord } from "./state-dir.ts";
 
 export interface ProcessMemory {
   /** VmRSS: resident now. */
@@ -59,4 +61,71 @@ export function sandboxMemoryStats(
     removeEvents: server.removes,
     zeroPages: server.zeroPages,
   };
+}
+
+/** One recorded sandbox's Firecracker, seen from outside the process that owns the sandbox. */
+export interface RecordedSandboxMemory extends ProcessMemory {
+  id: string;
+  /** Resident bytes its Firecracker gave back since its peak (peak - resident). */
+  reclaimedBytes: number;
+}
+
+/**
+ * Resident and reclaimed memory of the Firecracker of every running sandbox in `records`, whichever
+ * process owns it (what `sbx doctor` can see: REMOVE counts live in the owner's page-fault server, the
+ * kernel's counters are readable by anyone). A record whose Firecracker is gone, or whose pid now runs
+ * something else, is left out: its numbers would be another process's.
+ */
+export async function recordedSandboxesMemory(
+  records: readonly SandboxRecord[],
+): Promise<RecordedSandboxMemory[]> {
+  const out: RecordedSandboxMemory[] = [];
+  for (const record of records) {
+    if (record.state !== "running") continue;
+    const firecracker = record.processes.find((p) => p.role === "firecracker")?.identity;
+    if (!firecracker || !(await checkProcessIdentity(firecracker)).same) continue;
+    const memory = await readProcessMemory(firecracker.pid).catch(() => undefined);
+    if (!memory) continue;
+    out.push({
+      id: record.id,
+      ...memory,
+      reclaimedBytes: Math.max(0, memory.peakResidentBytes - memory.residentBytes),
+    });
+  }
+  return out;
+}
+
+export interface MemoryTotals {
+  sandboxes: number;
+  residentBytes: number;
+  reclaimedBytes: number;
+}
+
+/** Sums over sandboxes: what their Firecrackers hold now, and what they gave back. */
+export function memoryTotals(
+  sandboxes: readonly { residentBytes: number; reclaimedBytes: number }[],
+): MemoryTotals {
+  return {
+    sandboxes: sandboxes.length,
+    residentBytes: sandboxes.reduce((sum, s) => sum + s.residentBytes, 0),
+    reclaimedBytes: sandboxes.reduce((sum, s) => sum + s.reclaimedBytes, 0),
+  };
+}
+
+/**
+ * Every live sandbox's memory stats by id, and their totals: what an orchestrator reports for the
+ * sandboxes it owns. A sandbox that went away while being read is left out.
+ */
+export async function sandboxesMemoryStats(
+  sandboxes: Iterable<{ id: string; memoryStats(): Promise<SandboxMemoryStats> }>,
+): Promise<{ sandboxes: (SandboxMemoryStats & { id: string })[]; totals: MemoryTotals }> {
+  const out: (SandboxMemoryStats & { id: string })[] = [];
+  for (const sandbox of sandboxes) {
+    const stats = await sandbox.memoryStats().catch((error: unknown) => {
+      if (error instanceof OrchestratorError && error.code === "NOT_AVAILABLE") return undefined;
+      throw error;
+    });
+    if (stats) out.push({ id: sandbox.id, ...stats });
+  }
+  return { sandboxes: out, totals: memoryTotals(out) };
 }
