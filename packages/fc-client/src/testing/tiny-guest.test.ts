@@ -280,6 +280,67 @@ describe.skipIf(firecrackerSkip !== undefined)(
       expectChecksumsRight(fc);
     }, 120_000);
 
+    it("with statistics on (reporting is then queue 3) it reports again after a snapshot restore", async () => {
+      const scratch = 16 * MiB;
+      const snapshot = { snapshot_path: join(dir, "vmstate"), mem_file_path: join(dir, "mem") };
+      {
+        await using fc = await launchFirecracker({
+          binary: firecrackerBin!,
+          id: "sbx-guest-balloon-snap",
+          logPath: join(dir, "firecracker-snap.log"),
+        });
+        await configureAndStart(fc.client, {
+          "boot-source": {
+            kernel_image_path: guest,
+            boot_args: `console=ttyS0 ${testGuestBalloonBootArg({ scratchMib: scratch / MiB })}`,
+          },
+          "machine-config": { vcpu_count: 1, mem_size_mib: 128 },
+          balloon: {
+            amount_mib: 0,
+            deflate_on_oom: false,
+            stats_polling_interval_s: 1,
+            free_page_reporting: true,
+          },
+        });
+        await fc.waitForConsole(/SBX-GUEST balloon touched /, { timeoutMs: 30_000 });
+        expect(parseTestGuestBalloon(fc.console.lines())[0]).toMatchObject({
+          kind: "ready",
+          reportingQueue: 3,
+        });
+        // One report and back before the snapshot, so the restored queue is past its first buffer.
+        let since = fc.console.position;
+        await fc.client.patchBalloon({ amount_mib: 1 });
+        await fc.waitForConsole(/SBX-GUEST balloon reported /, { timeoutMs: 30_000, since });
+        since = fc.console.position;
+        await fc.client.patchBalloon({ amount_mib: 0 });
+        await fc.waitForConsole(/SBX-GUEST balloon touched /, { timeoutMs: 30_000, since });
+        await fc.client.patchVm({ state: "Paused" });
+        await fc.client.createSnapshot({ snapshot_type: "Full", ...snapshot });
+      }
+      await using restored = await launchFirecracker({
+        binary: firecrackerBin!,
+        id: "sbx-guest-balloon-restored",
+        logPath: join(dir, "firecracker-restored.log"),
+      });
+      await restored.client.loadSnapshot({
+        snapshot_path: snapshot.snapshot_path,
+        mem_backend: { backend_type: "File", backend_path: snapshot.mem_file_path },
+        resume_vm: true,
+      });
+      let since = 0;
+      for (let round = 0; round < 2; round++)
+        since =
+          (await restored.waitForConsole(/SBX-GUEST balloon touched /, { timeoutMs: 30_000, since })).line
+            .seq + 1;
+      const dirty = residentBytes(restored.pid);
+      since = restored.console.position;
+      await restored.client.patchBalloon({ amount_mib: 1 });
+      await restored.waitForConsole(/SBX-GUEST balloon reported /, { timeoutMs: 30_000, since });
+      expect(dirty - residentBytes(restored.pid)).toBeGreaterThanOrEqual(scratch - 4 * MiB);
+      expect(parseTestGuestBalloon(restored.console.lines()).filter((e) => e.kind === "error")).toEqual([]);
+      expectChecksumsRight(restored);
+    }, 120_000);
+
     it("without a balloon device it says so and walks as always", async () => {
       await using fc = await launchFirecracker({
         binary: firecrackerBin!,
