@@ -19,6 +19,7 @@ import { OrchestratorError } from "./errors.ts";
 import { Orchestrator } from "./orchestrator.ts";
 import type { Sandbox } from "./sandbox.ts";
 import { childPids } from "./test-capabilities.ts";
+import { testLaunchOptions } from "./test-launch-mode.ts";
 import { type TemplateFixture, templateFixture, testResolver } from "./test-template-fixture.ts";
 
 const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker({ testGuest: true });
@@ -79,6 +80,7 @@ describe.skipIf(skipReason !== undefined)(
           stateDir: fixture.config.stateDir,
           busyboxDir: fixture.config.busyboxDir,
           firecrackerBin: firecrackerBin as string,
+          ...testLaunchOptions(),
           ...options,
         }),
       );

@@ -284,6 +284,8 @@ describe("an Orchestrator's admission", () => {
       createConfig({
         stateDir: join(dir, "state"),
         firecrackerBin: "/bin/true",
+        // Firecracker is /bin/true: no VM starts, so no jailer (the explicit opt-out).
+        unjailed: true,
         hostVcpus: 1,
         vcpuOvercommit: 1,
       }),
@@ -319,6 +321,8 @@ describe("an Orchestrator's admission", () => {
       createConfig({
         stateDir: join(dir, "state"),
         firecrackerBin: "/bin/true",
+        // Firecracker is /bin/true: no VM starts, so no jailer (the explicit opt-out).
+        unjailed: true,
         admission: "reject",
         hostVcpus: 1,
         vcpuOvercommit: 1,
@@ -352,6 +356,8 @@ describe("an Orchestrator's admission", () => {
       createConfig({
         stateDir: join(dir, "state"),
         firecrackerBin: "/bin/true",
+        // Firecracker is /bin/true: no VM starts, so no jailer (the explicit opt-out).
+        unjailed: true,
         admission: "reject",
         hostMemoryMib: 1,
         reservedMemoryMib: 0,
@@ -394,6 +400,7 @@ describe("sbx doctor's capacity check", () => {
     createConfig({
       stateDir: join(dir, "state"),
       firecrackerBin: "/bin/true",
+      unjailed: true,
       hostVcpus: 2,
       reservedMemoryMib: 0,
       ...options,

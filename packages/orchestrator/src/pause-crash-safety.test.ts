@@ -18,6 +18,7 @@ import { defaultPauseSteps } from "./pause.ts";
 import { verifyTemplateFiles } from "./template-drift.ts";
 import { childPids } from "./test-capabilities.ts";
 import { expectChecksumContinues, GUEST_LINE, snapshotTestGuest } from "./test-guest-snapshot.ts";
+import { testLaunchOptions } from "./test-launch-mode.ts";
 
 const { binary: firecrackerBin, skipReason } = realFirecracker({ testGuest: true });
 if (skipReason) console.log(`[orchestrator] pause crash-safety test skipped: ${skipReason}`);
@@ -31,7 +32,11 @@ describe.skipIf(skipReason !== undefined)(
     let template: string;
     beforeAll(async () => {
       dir = await mkdtemp(join(tmpdir(), "sbx-pause-crash-"));
-      config = createConfig({ stateDir: join(dir, "state"), firecrackerBin: firecrackerBin! });
+      config = createConfig({
+        stateDir: join(dir, "state"),
+        firecrackerBin: firecrackerBin!,
+        ...testLaunchOptions(),
+      });
       const snapshot = await snapshotTestGuest(firecrackerBin!, join(dir, "t"));
       await using state = await openOrchestratorState(config);
       template = (await importBuild(state, { template: "guest", ...snapshot })).id;

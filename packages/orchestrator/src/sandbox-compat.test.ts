@@ -44,6 +44,8 @@ async function createOn(
   const config = createConfig({
     stateDir: join(dir, "state"),
     firecrackerBin: "/bin/true",
+    // Refused before any VM starts: no jailer needed (the explicit opt-out).
+    unjailed: true,
     firecrackerVersion: "v1.14.2",
   });
   try {

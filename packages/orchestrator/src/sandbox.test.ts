@@ -23,6 +23,7 @@ import {
   lastIteration as lastGuestIteration,
   snapshotTestGuest,
 } from "./test-guest-snapshot.ts";
+import { testLaunchOptions } from "./test-launch-mode.ts";
 
 const { binary: firecrackerBin, skipReason } = realFirecracker({ testGuest: true });
 if (skipReason) console.log(`[orchestrator] sandbox lifecycle test skipped: ${skipReason}`);
@@ -67,6 +68,7 @@ describe.skipIf(skipReason !== undefined)(
         createConfig({
           stateDir: join(dir, "state"),
           firecrackerBin: firecrackerBin!,
+          ...testLaunchOptions(),
           maxConcurrentCreates: 16,
         }),
       );

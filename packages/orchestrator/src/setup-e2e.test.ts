@@ -12,6 +12,7 @@ import { runCli } from "./cli/cli.ts";
 import { createConfig } from "./config.ts";
 import { Orchestrator } from "./orchestrator.ts";
 import { childPids, networkSkipReason } from "./test-capabilities.ts";
+import { testLaunchOptions } from "./test-launch-mode.ts";
 import {
   mirrorToolsMissing,
   publishKernel,
@@ -25,6 +26,7 @@ const VERSION = "v1.14.2";
 const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker({ testGuest: true });
 const skipReason = firecrackerSkip ?? networkSkipReason() ?? mirrorToolsMissing();
 if (skipReason) console.log(`[orchestrator] setup-to-sandbox test skipped: ${skipReason}`);
+const jailed = "jailerBin" in testLaunchOptions();
 const GUEST_LINE = /^SBX-GUEST iter=\d+ sum=[0-9a-f]{8}$/;
 
 describe.skipIf(skipReason !== undefined)(
@@ -82,6 +84,8 @@ describe.skipIf(skipReason !== undefined)(
           kernelRoot,
           firecrackerVersion: VERSION,
           kernelVersion: "6.1",
+          // With a real jailer, the one setup installed next to Firecracker is found there (no JAILER_BIN).
+          ...(jailed ? {} : { unjailed: true }),
         });
         await using orchestrator = await Orchestrator.open(config);
         const built = await orchestrator.buildTemplate({
@@ -89,6 +93,7 @@ describe.skipIf(skipReason !== undefined)(
           readyMarker: TEST_GUEST_READY_MARKER,
         });
         expect(built.manifest.boot?.firecracker.version).toBe(VERSION);
+        expect(built.manifest.jailed).toBe(jailed);
         const sandbox = await orchestrator.createSandbox({
           template: "from-setup",
           alive: GUEST_LINE,

@@ -3,9 +3,10 @@
 import { createConfig } from "./config.ts";
 import { openOrchestratorState } from "./orchestrator-state.ts";
 import { createSandbox } from "./sandbox.ts";
+import { testLaunchOptions } from "./test-launch-mode.ts";
 
 const [stateDir, firecrackerBin, killAt] = process.argv.slice(2) as [string, string, string];
-const state = await openOrchestratorState(createConfig({ stateDir, firecrackerBin }));
+const state = await openOrchestratorState(createConfig({ stateDir, firecrackerBin, ...testLaunchOptions() }));
 const sandbox = await createSandbox(state, { template: "guest", alive: /^SBX-GUEST iter=/ });
 await sandbox.firecracker.waitForConsole(/^SBX-GUEST iter=/, {
   timeoutMs: 60_000,

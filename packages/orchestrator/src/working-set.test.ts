@@ -20,6 +20,7 @@ import { createSandbox } from "./sandbox.ts";
 import { BUILD_FILES } from "./template-manifest.ts";
 import { childPids } from "./test-capabilities.ts";
 import { snapshotTestGuest } from "./test-guest-snapshot.ts";
+import { testLaunchOptions } from "./test-launch-mode.ts";
 import { importWithWorkingSet } from "./test-working-set-build.ts";
 
 const { binary, skipReason } = realFirecracker({ testGuest: true });
@@ -54,7 +55,7 @@ describe.skipIf(skipReason !== undefined)(
   () => {
     it("records the pages the test guest walks, in its order, and every create prefetches them", async () => {
       await using state = await openOrchestratorState(
-        createConfig({ stateDir: join(dir, "state"), firecrackerBin: binary! }),
+        createConfig({ stateDir: join(dir, "state"), firecrackerBin: binary!, ...testLaunchOptions() }),
       );
       const imported = await importWithWorkingSet(state, { template: "prefetched", ...snapshot, alive });
       const { manifest } = imported;
@@ -106,7 +107,7 @@ describe.skipIf(skipReason !== undefined)(
     it("without an alive line, records until the faults go quiet: every page the guest walks, once", async () => {
       const before = { fds: fdCount(), children: childPids(), temps: recordTemps() };
       const state = await openOrchestratorState(
-        createConfig({ stateDir: join(dir, "state-quiet"), firecrackerBin: binary! }),
+        createConfig({ stateDir: join(dir, "state-quiet"), firecrackerBin: binary!, ...testLaunchOptions() }),
       );
       const { manifest, recorded } = await importWithWorkingSet(state, {
         template: "quiet",
@@ -147,7 +148,7 @@ describe.skipIf(skipReason !== undefined)(
         bootArgs: "console=ttyS0 sbx.region-shift-mib=48",
       });
       await using state = await openOrchestratorState(
-        createConfig({ stateDir: join(dir, "state-moved"), firecrackerBin: binary! }),
+        createConfig({ stateDir: join(dir, "state-moved"), firecrackerBin: binary!, ...testLaunchOptions() }),
       );
       const MiB = 1024 * 1024;
       const walked = (set: WorkingSet, from: number) =>
@@ -171,7 +172,11 @@ describe.skipIf(skipReason !== undefined)(
 
     it("a corrupt working set is ignored: the create restores on demand", async () => {
       await using state = await openOrchestratorState(
-        createConfig({ stateDir: join(dir, "state-corrupt"), firecrackerBin: binary! }),
+        createConfig({
+          stateDir: join(dir, "state-corrupt"),
+          firecrackerBin: binary!,
+          ...testLaunchOptions(),
+        }),
       );
       const { manifest } = await importWithWorkingSet(state, { template: "corrupt", ...snapshot, alive });
       const path = join(buildDir(state.config, manifest.id), BUILD_FILES.workingSet);

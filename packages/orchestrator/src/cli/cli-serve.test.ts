@@ -13,6 +13,7 @@ import { controlServerRunning, controlSocketPath } from "../control.ts";
 import { listNetworkNamespaces } from "../network.ts";
 import { Orchestrator } from "../orchestrator.ts";
 import { networkSkipReason } from "../test-capabilities.ts";
+import { testLaunchEnv } from "../test-launch-mode.ts";
 import { type TemplateFixture, templateFixture } from "../test-template-fixture.ts";
 import { runCli } from "./cli.ts";
 
@@ -77,6 +78,7 @@ describe.skipIf(skipReason !== undefined)(
         KERNEL_DIR: join(fixture.dir, "kernels"),
         KERNEL_VERSION: "6.1",
         FIRECRACKER_BIN: firecrackerBin as string,
+        ...testLaunchEnv(),
         PATH: process.env.PATH ?? "/usr/bin:/bin",
       };
       server = await startServe(env);
