@@ -1,4 +1,4 @@
 import { defineConfig } from "tsup";
 import { packageBuildConfig } from "../../tsup.shared.ts";
 
-export default defineConfig(packageBuildConfig({ index: "src/index.ts" }));
+export default defineConfig(packageBuildConfig({ index: "src/index.ts", testing: "src/testing/index.ts" }));

@@ -11,7 +11,9 @@ export type ArchErrorCode =
   | "ARTIFACT_CHECKSUM_MISMATCH"
   | "UNKNOWN_BINARY_FORMAT"
   | "UNSUPPORTED_BINARY_ARCH"
-  | "KERNEL_FORMAT_UNSUPPORTED";
+  | "KERNEL_FORMAT_UNSUPPORTED"
+  | "TOOL_MISSING"
+  | "COMMAND_FAILED";
 
 /** The one error class of @sbx/arch. `code` is stable; the message says what failed and the fix. */
 export class ArchError extends Error {

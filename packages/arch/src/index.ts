@@ -47,6 +47,7 @@ export {
   type WriteProtectSupport,
 } from "./kernel-release.ts";
 export { type Logger, silentLogger } from "./logger.ts";
+export { type CommandResult, type RunCommandOptions, runCommand } from "./run-command.ts";
 export {
   type ArchTraits,
   archTraits,

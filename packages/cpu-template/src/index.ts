@@ -8,7 +8,6 @@ export {
   serializeBitmap,
 } from "./bitmap.ts";
 export { type CpuName, cpuName, STATIC_TEMPLATES, type StaticTemplate, staticTemplate } from "./catalog.ts";
-export { type CliIo, runCli, USAGE } from "./cli.ts";
 export { type CompatibilityVerdict, checkCompatibility, type MissingFeature } from "./compat.ts";
 export { type TemplateChoice, templateFromEnv } from "./env.ts";
 export { CpuTemplateError, type CpuTemplateErrorCode } from "./errors.ts";

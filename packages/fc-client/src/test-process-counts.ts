@@ -1,25 +1,11 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 
+export { childPids } from "@sbx/arch/testing";
+
 /** Open fds of this process. */
 export function fdCount(): number {
   return readdirSync("/proc/self/fd").length;
-}
-
-/** Pids whose parent is this process (zombies included: they still have a /proc entry). */
-export function childPids(): number[] {
-  const out: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (Number(fields[1]) === process.pid) out.push(Number(entry));
-    } catch {
-      // the process went away while we looked
-    }
-  }
-  return out;
 }
 
 /** A process's state letter from /proc (R, S, Z for a zombie...), or undefined once it is reaped. */

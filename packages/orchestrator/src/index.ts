@@ -55,8 +55,6 @@ export {
   readHostResources,
   resolveCapacity,
 } from "./capacity.ts";
-export { type CliIo, runCli, USAGE } from "./cli/cli.ts";
-export { runSetupCommand, SETUP_USAGE, type SetupIo } from "./cli/setup-command.ts";
 export {
   ADMISSION_MODES,
   type AdmissionMode,
@@ -119,7 +117,6 @@ export {
   resolveEgressPolicy,
 } from "./egress-policy.ts";
 export { OrchestratorError, type OrchestratorErrorCode } from "./errors.ts";
-export { type CommandOutput, type RunCommandOptions, runCommand } from "./exec.ts";
 export { guestResolvers, hostResolvers } from "./host-resolvers.ts";
 export {
   type ImageSource,
@@ -291,13 +288,5 @@ export {
   type WrappedLaunch,
   wrapInVmNamespaces,
 } from "./vm-namespace.ts";
-export {
-  type ConsoleWaiter,
-  type LineEvent,
-  type LineSource,
-  type WaitForLineOptions,
-  type WaitForLineResult,
-  waitForConsoleLogged,
-  waitForLine,
-} from "./wait-for-line.ts";
+export { type ConsoleWaiter, waitForConsoleLogged } from "./wait-for-line.ts";
 export { RECORD_QUIET_MS, readWorkingSet, recordWorkingSet } from "./working-set-record.ts";

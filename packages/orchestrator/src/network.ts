@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import type { SandboxAddresses } from "./address-pool.ts";
 import { OrchestratorError } from "./errors.ts";
-import { type CommandOutput, runCommand } from "./exec.ts";
+import { type CommandResult, runCommand } from "./exec.ts";
 
 const INTERFACE_NAME = /^[A-Za-z0-9_.-]{1,15}$/;
 const NAMESPACE_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -274,7 +274,7 @@ export async function listNetworkNamespaces(): Promise<string[]> {
 
 /** Interface names in the host namespace (or in `namespace`). */
 export async function listLinks(namespace?: string): Promise<string[]> {
-  const { stdout }: CommandOutput = await ip([...(namespace ? ["-n", namespace] : []), "-j", "link", "show"]);
+  const { stdout }: CommandResult = await ip([...(namespace ? ["-n", namespace] : []), "-j", "link", "show"]);
   if (stdout.trim() === "") return [];
   return (JSON.parse(stdout) as { ifname: string }[]).map((entry) => entry.ifname);
 }

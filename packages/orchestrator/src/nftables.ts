@@ -4,6 +4,7 @@
 // removed in one `nft -f` transaction, so a failure changes nothing and removal touches nothing else.
 // `nft delete table inet sbx` removes all of it.
 import { writeFile } from "node:fs/promises";
+import { ArchError } from "@sbx/arch";
 import { OrchestratorError } from "./errors.ts";
 import { runCommand } from "./exec.ts";
 import { formatIpv4, parseIpv4 } from "./ipv4.ts";
@@ -66,7 +67,11 @@ function stderrOf(error: unknown): string {
 
 /** Without nft no sbx rule can exist, so there is nothing to list or remove. */
 function nftMissing(error: unknown): boolean {
-  return error instanceof OrchestratorError && error.details.exitCode === "ENOENT";
+  return (
+    error instanceof OrchestratorError &&
+    error.cause instanceof ArchError &&
+    error.cause.code === "TOOL_MISSING"
+  );
 }
 
 function hostTableScript(table: string): string {

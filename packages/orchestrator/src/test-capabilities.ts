@@ -1,5 +1,7 @@
 import { execFileSync } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { childPids as allChildPids } from "@sbx/arch/testing";
+
+export { openFdCount } from "@sbx/arch/testing";
 
 /** Whether `command args` runs and exits 0 here. */
 export function hasCommand(command: string, args: string[]): boolean {
@@ -25,21 +27,4 @@ export function testAddressIndex(slot: number): number {
 }
 
 /** Live (non-zombie) child processes of this process. */
-export function childPids(): number[] {
-  const children: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (Number(fields[1]) === process.pid && fields[0] !== "Z") children.push(Number(entry));
-    } catch {
-      // The process exited while we looked.
-    }
-  }
-  return children;
-}
-
-export function openFdCount(): number {
-  return readdirSync("/proc/self/fd").length;
-}
+export const childPids = (): number[] => allChildPids({ zombies: false });

@@ -235,7 +235,8 @@ export async function buildExt4Image(input: BuildExt4ImageOptions): Promise<Buil
       options.sourceDir,
       temp,
     ];
-    const mkfs = await runCommand("mkfs.ext4", args, {
+    const mkfs = await runCommand(["mkfs.ext4", ...args], {
+      check: false,
       timeoutMs: 60 * 60_000,
       ...(signal ? { signal } : {}),
     });
@@ -301,7 +302,8 @@ export async function repairExt4(
 
 async function e2fsck(path: string, flags: string, signal: AbortSignal | undefined): Promise<Ext4CheckStep> {
   const args = [flags, path];
-  const result: CommandResult = await runCommand("e2fsck", args, {
+  const result: CommandResult = await runCommand(["e2fsck", ...args], {
+    check: false,
     timeoutMs: FSCK_TIMEOUT_MS,
     ...(signal ? { signal } : {}),
   });

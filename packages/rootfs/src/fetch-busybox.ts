@@ -6,7 +6,7 @@ import { z } from "zod";
 import { DEFAULT_BUSYBOX_VERSION } from "./busybox.ts";
 import { readElfLinkage } from "./elf.ts";
 import { RootfsError } from "./errors.ts";
-import { runChecked, runCommand } from "./exec.ts";
+import { runCommand } from "./exec.ts";
 
 export const fetchBusyboxOptionsSchema = z.object({
   dir: z.string().min(1),
@@ -62,8 +62,8 @@ export async function fetchBusybox(
   const work = await mkdtemp(join(tmpdir(), "sbx-fetch-busybox-"));
   try {
     const deb = options.deb ?? (await aptDownload(options.arch, work, options.enableForeignArch, logger));
-    const debianVersion = (await runChecked("dpkg-deb", ["-f", deb, "Version"])).stdout.trim();
-    const packageArch = (await runChecked("dpkg-deb", ["-f", deb, "Architecture"])).stdout.trim();
+    const debianVersion = (await runCommand(["dpkg-deb", "-f", deb, "Version"])).stdout.trim();
+    const packageArch = (await runCommand(["dpkg-deb", "-f", deb, "Architecture"])).stdout.trim();
     if (packageArch !== options.arch) {
       throw new RootfsError(
         "BUSYBOX_ARCH_MISMATCH",
@@ -72,7 +72,7 @@ export async function fetchBusybox(
       );
     }
     const extracted = join(work, "extract");
-    await runChecked("dpkg-deb", ["-x", deb, extracted]);
+    await runCommand(["dpkg-deb", "-x", deb, extracted]);
     const binary = await findBusybox(extracted, deb);
     const detected = await detectBinaryArch(binary);
     if (detected.arch !== options.arch) {
@@ -154,9 +154,9 @@ async function aptDownload(
   enableForeignArch: boolean,
   logger: Logger,
 ): Promise<string> {
-  const native = (await runChecked("dpkg", ["--print-architecture"])).stdout.trim();
+  const native = (await runCommand(["dpkg", "--print-architecture"])).stdout.trim();
   if (arch !== native) {
-    const foreign = (await runChecked("dpkg", ["--print-foreign-architectures"])).stdout.split(/\s+/);
+    const foreign = (await runCommand(["dpkg", "--print-foreign-architectures"])).stdout.split(/\s+/);
     if (!foreign.includes(arch)) {
       if (!enableForeignArch) {
         throw new RootfsError(
@@ -166,19 +166,19 @@ async function aptDownload(
         );
       }
       logger.info?.({ arch }, `enabling dpkg architecture ${arch} and updating apt lists`);
-      await runChecked("dpkg", ["--add-architecture", arch]);
-      await runChecked("apt-get", ["update"], { timeoutMs: 600_000 });
+      await runCommand(["dpkg", "--add-architecture", arch]);
+      await runCommand(["apt-get", "update"], { timeoutMs: 600_000 });
     }
   }
   const args = ["-o", "APT::Sandbox::User=root", "download", `busybox-static:${arch}`];
-  let result = await runCommand("apt-get", args, { cwd: work, timeoutMs: 300_000 });
+  let result = await runCommand(["apt-get", ...args], { check: false, cwd: work, timeoutMs: 300_000 });
   if (
     result.code !== 0 &&
     /Unable to locate|Can't select candidate|has no installation candidate/.test(result.stderr)
   ) {
     logger.info?.({ arch }, "busybox-static not in the apt lists; running apt-get update once");
-    await runChecked("apt-get", ["update"], { timeoutMs: 600_000 });
-    result = await runCommand("apt-get", args, { cwd: work, timeoutMs: 300_000 });
+    await runCommand(["apt-get", "update"], { timeoutMs: 600_000 });
+    result = await runCommand(["apt-get", ...args], { check: false, cwd: work, timeoutMs: 300_000 });
   }
   if (result.code !== 0) {
     throw new RootfsError(

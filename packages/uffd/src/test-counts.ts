@@ -1,5 +1,8 @@
-import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { readdirSync, readlinkSync } from "node:fs";
+import { childPids } from "@sbx/arch/testing";
 import { expect, vi } from "vitest";
+
+export { childPids };
 
 export function fdCount(): number {
   return readdirSync("/proc/self/fd").length;
@@ -15,21 +18,6 @@ export function openSpecialFds(): string[] {
         out.push(target);
     } catch {
       // closed while listing
-    }
-  }
-  return out;
-}
-
-export function childPids(): number[] {
-  const out: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === process.pid)
-        out.push(Number(entry));
-    } catch {
-      // gone
     }
   }
   return out;

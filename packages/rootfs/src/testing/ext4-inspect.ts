@@ -27,7 +27,7 @@ export interface Ext4Stat {
 }
 
 async function debugfs(image: string, request: string): Promise<string> {
-  const result = await runCommand("debugfs", ["-R", request, image], { timeoutMs: 60_000 });
+  const result = await runCommand(["debugfs", "-R", request, image], { check: false, timeoutMs: 60_000 });
   if (result.code !== 0) {
     throw new RootfsError("COMMAND_FAILED", `debugfs -R '${request}' ${image} failed: ${result.stderr}`, {
       details: { image, request },

@@ -1,0 +1,28 @@
+// Process and fd counts for tests that own children or fds, shared by every sbx package's tests.
+import { readdirSync, readFileSync } from "node:fs";
+
+/** Open fds of this process. */
+export function openFdCount(): number {
+  return readdirSync("/proc/self/fd").length;
+}
+
+/**
+ * Pids whose parent is this process. Zombies are included by default: an unreaped child is a leak a
+ * test should see; `{ zombies: false }` counts only live ones, for tests that let the runtime reap.
+ */
+export function childPids(options: { zombies?: boolean } = {}): number[] {
+  const children: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const [state, parent] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(parent) !== process.pid) continue;
+      if (state === "Z" && options.zombies === false) continue;
+      children.push(Number(entry));
+    } catch {
+      // The process exited while we looked.
+    }
+  }
+  return children;
+}
