@@ -233,21 +233,24 @@ export async function memoryFilesOf(
   header: MemoryHeader,
 ): Promise<Record<string, string>> {
   const paths: Record<string, string> = {};
-  for (const id of header.builds) {
-    const path = join(buildDir(config, id), BUILD_FILES.memory);
-    try {
-      const info = await lstat(path);
-      if (!info.isFile()) throw new Error("not a regular file");
-    } catch (cause) {
-      throw new OrchestratorError(
-        "BUILD_MISSING",
-        `build ${id}, which holds pages of this snapshot, has no memory file at ${path}: it was removed or moved; the snapshot cannot be resumed`,
-        { cause, details: { build: id } },
-      );
-    }
-    paths[id] = path;
-  }
+  for (const id of header.builds) paths[id] = await localMemoryFile(config, id);
   return paths;
+}
+
+/** The memory file of build `id` on this host, or BUILD_MISSING naming it. */
+export async function localMemoryFile(config: StateRoot, id: string): Promise<string> {
+  const path = join(buildDir(config, id), BUILD_FILES.memory);
+  try {
+    const info = await lstat(path);
+    if (!info.isFile()) throw new Error("not a regular file");
+  } catch (cause) {
+    throw new OrchestratorError(
+      "BUILD_MISSING",
+      `build ${id}, which holds pages of this snapshot, has no memory file at ${path}: it was removed or moved; the snapshot cannot be resumed`,
+      { cause, details: { build: id } },
+    );
+  }
+  return path;
 }
 
 const templatePointerSchema = z.object({

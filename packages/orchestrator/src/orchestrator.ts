@@ -1,8 +1,10 @@
 // The composition: one state directory, templates built into it as immutable builds, sandboxes started
 // from them with the one sandbox lifecycle (sandbox.ts), limits and tracking on top, and gc for the
 // builds nothing pins any more.
+
+import { join } from "node:path";
 import { type Logger, silentLogger } from "@sbx/arch";
-import type { BuildStore } from "@sbx/store";
+import { type BuildStore, ChunkCache, chunkCacheOptionsFromEnv, RemoteMemory } from "@sbx/store";
 import { type ArtifactResolver, defaultArtifactResolver } from "./boot-parameters.ts";
 import {
   collectGarbage,
@@ -51,6 +53,13 @@ export interface OpenOrchestratorOptions {
    * published here is uploaded in the background, and a create of a build that is not here fetches it.
    */
   store?: BuildStore;
+  /**
+   * With a store: the host's chunk cache, through which builds from the store restore lazily (only
+   * the memory chunks the guest touches are fetched). Default: opened at SBX_CHUNK_CACHE_DIR (else
+   * `{stateDir}/chunk-cache`), SBX_CHUNK_CACHE_SIZE (default 10 GiB). `false`: a build's memory comes
+   * down whole before its first create.
+   */
+  chunkCache?: ChunkCache | false;
 }
 
 export interface OrchestratorMetricsWithCapacity extends OrchestratorMetrics {
@@ -70,11 +79,21 @@ export class Orchestrator implements AsyncDisposable {
 
   readonly #store: BuildStore | undefined;
   readonly #uploads = new Map<string, Promise<void>>();
+  /** The store's memory through the chunk cache, and the cache when this orchestrator opened it. */
+  readonly #remoteMemory: RemoteMemory | undefined;
+  readonly #ownCache: ChunkCache | undefined;
 
-  private constructor(state: OrchestratorState, logger: Logger, store: BuildStore | undefined) {
+  private constructor(
+    state: OrchestratorState,
+    logger: Logger,
+    store: BuildStore | undefined,
+    cache: { cache: ChunkCache; owned: boolean } | undefined,
+  ) {
     this.state = state;
     this.#logger = logger;
     this.#store = store;
+    if (store && cache) this.#remoteMemory = new RemoteMemory({ store, cache: cache.cache });
+    this.#ownCache = cache?.owned ? cache.cache : undefined;
     this.hostCapacity = resolveCapacity(state.config);
     this.#capacity = new AdmissionController(this.hostCapacity.limits, {
       mode: state.config.admission,
@@ -111,7 +130,34 @@ export class Orchestrator implements AsyncDisposable {
         );
       }
     }
-    return new Orchestrator(await openOrchestratorState(config, { logger }), logger, options.store);
+    const state = await openOrchestratorState(config, { logger });
+    let cache: { cache: ChunkCache; owned: boolean } | undefined;
+    try {
+      if (options.store && options.chunkCache !== false)
+        cache = options.chunkCache
+          ? { cache: options.chunkCache, owned: false }
+          : {
+              cache: await ChunkCache.open({
+                ...chunkCacheOptionsFromEnv({ directory: join(config.stateDir, "chunk-cache") }),
+                logger,
+              }),
+              owned: true,
+            };
+    } catch (error) {
+      await state.close();
+      throw error;
+    }
+    return new Orchestrator(state, logger, options.store, cache);
+  }
+
+  /** The chunk cache's counters (hits, misses, bytes fetched, evictions), with a store and a cache. */
+  chunkCacheStats(): ReturnType<ChunkCache["stats"]> | undefined {
+    return this.#remoteMemory ? this.#remoteMemory.cacheStats() : undefined;
+  }
+
+  /** Requests and bytes this orchestrator took from the store for lazy memory. */
+  get remoteMemoryFetched(): { requests: number; storedBytes: number } | undefined {
+    return this.#remoteMemory ? { ...this.#remoteMemory.fetched } : undefined;
   }
 
   get config(): OrchestratorConfig {
@@ -171,6 +217,7 @@ export class Orchestrator implements AsyncDisposable {
       logger: this.#logger,
       ...(this.#networkPool ? { networkPool: this.#networkPool } : {}),
       ...(this.#store ? { store: this.#store, onBuildPublished: (id: string) => this.#upload(id) } : {}),
+      ...(this.#remoteMemory ? { remoteMemory: this.#remoteMemory } : {}),
       onCreated: (sandbox) => {
         this.#live.add(sandbox);
         this.#logger.info?.(
@@ -236,6 +283,7 @@ export class Orchestrator implements AsyncDisposable {
     await Promise.allSettled(this.#uploads.values());
     try {
       await this.#networkPool?.close();
+      await this.#ownCache?.[Symbol.asyncDispose]();
     } finally {
       await this.state.close();
     }

@@ -12,6 +12,7 @@ export {
   type ChunkCacheStats,
   type ChunkFetcher,
 } from "./chunk-cache.ts";
+export { chunkCacheOptionsFromEnv, parseByteSize } from "./chunk-cache-from-env.ts";
 export {
   type ChunkEntry,
   type ChunkTable,

@@ -32,6 +32,11 @@ export class RemoteMemory {
     this.#cache = options.cache;
   }
 
+  /** The chunk cache's counters. */
+  cacheStats(): ReturnType<ChunkCache["stats"]> {
+    return this.#cache.stats();
+  }
+
   /**
    * Gives a build's memory chunk table without asking the store (e.g. the `memory.chunks.json` that
    * downloadBuild wrote into the local build directory).

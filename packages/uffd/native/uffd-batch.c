@@ -11,7 +11,10 @@
  *
  * regions: nregions x { base, size, page size, memory-file offset, first bit in removed }  (uint64)
  * layers:  a page at memory-file offset o comes from layer_addrs[layer_of_page[o / 4096]] + o, the
- *          mapping of the newest layer that has it; layer_of_page is NULL when there is one layer (0)
+ *          mapping of the newest layer that has it; layer_of_page is NULL when there is one layer (0).
+ *          SBX_LAYER_ABSENT there: the page's layer lives in a build store and its chunk is not local
+ *          yet; such a fault goes to JS (which fetches the chunk and serves it later) and the prefetch
+ *          skips the page, so nothing is ever read from a chunk that has not arrived
  * removed: one bit per 4 KiB page of the regions (bit b: byte b / 8, bit b % 8), removed_bits long:
  *          set for pages a REMOVE covered, here or by JS; its size depends on the regions only, so no
  *          number of REMOVE events can grow it, and a lookup is one bit
@@ -37,7 +40,10 @@
 #include <unistd.h>
 
 /* Bumped whenever a signature below changes: the JS side refuses a helper of another version. */
-int sbx_uffd_abi_version(void) { return 6; }
+int sbx_uffd_abi_version(void) { return 7; }
+
+/* layer_of_page's marker for a page whose chunk is not local yet (see layers.ts, LAYER_ABSENT). */
+#define SBX_LAYER_ABSENT 255
 
 static int64_t now_ns(void) {
   struct timespec ts;
@@ -131,6 +137,7 @@ long sbx_uffd_serve_batch(int uffd, struct uffd_msg *msgs, long max_msgs, const 
         continue;
       }
       if (page_removed(removed, removed_bits, r, page)) { for_js = 1; continue; }
+      if (layer_of_page && layer_of_page[offset / 4096] == SBX_LAYER_ABSENT) { for_js = 1; continue; }
       uint64_t source = layer_addrs[layer_of_page ? layer_of_page[offset / 4096] : 0] + offset;
       uint64_t mode = 0;
       if (dirty) {
@@ -208,6 +215,13 @@ long sbx_uffd_prefetch(int uffd, const uint64_t *regions, long nregions, const u
            !page_removed(removed, removed_bits, r, page + len) &&
            (!layer_of_page || layer_of_page[(offset + len) / 4096] == layer))
       len += psize;
+    if (layer == SBX_LAYER_ABSENT && len > 0) {
+      /* The run's chunk is not here yet: skipped whole (the fault loop copies it in when it arrives). */
+      cursor[1] = (int64_t)(offset + len - range[0]);
+      stats[2] += (int64_t)(len / psize);
+      budget--;
+      continue;
+    }
     if (len == 0) {
       /* The first page was removed: never reintroduced as file data. */
       cursor[1] = (int64_t)(offset + psize - range[0]);

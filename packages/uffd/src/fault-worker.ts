@@ -24,6 +24,7 @@ import {
   UFFDIO_ZEROPAGE,
 } from "./kernel.ts";
 import { type Layers, mapLayers } from "./layers.ts";
+import { LazyChunks } from "./lazy-chunks.ts";
 import {
   EAGAIN,
   EEXIST,
@@ -146,6 +147,7 @@ function serve(
   layers: Layers,
   trackDirty: boolean,
   native: NativeHelperBinding | undefined,
+  lazy: LazyChunks | undefined,
 ): StopReason {
   // Shared with the native helper, which marks the REMOVEs it reads there itself.
   const removed = new RemovedPages(regions);
@@ -273,7 +275,7 @@ function serve(
   const prefetch = (offsets: readonly number[]) => {
     for (const offset of offsets) {
       const region = regions.find((r) => offset >= r.offset && offset < r.offset + r.size);
-      if (!region) continue;
+      if (!region || layers.absentChunk(offset)) continue;
       const page = region.base + (offset - region.offset) - ((offset - region.offset) % region.pageSize);
       const errno = copyOrZero(region, page, false);
       if (errno === 0) counters[METRIC.prefetched] = (counters[METRIC.prefetched] ?? 0) + 1;
@@ -340,7 +342,8 @@ function serve(
       const page = region.base + inRegion - (inRegion % region.pageSize);
       const offset = fileOffsetOf(region, page);
       const next = offset + region.pageSize - range.offset;
-      if (removed.has(region, page)) {
+      // Removed, or its chunk not here yet (it is copied in when it arrives).
+      if (removed.has(region, page) || layers.absentChunk(offset)) {
         cursorByte = next;
         addTo(METRIC.prefetchSkipped, 1);
         continue;
@@ -414,6 +417,14 @@ function serve(
         },
       );
     const page = address - (address % region.pageSize);
+    // A page of a lazy layer whose chunk is not here: parked, and the loop goes on with other faults.
+    const absent =
+      lazy && !removed.has(region, page) ? layers.absentChunk(fileOffsetOf(region, page)) : undefined;
+    if (absent) {
+      lazy?.defer(absent, queuedAddress);
+      addTo(METRIC.faultsDeferred, 1);
+      return true;
+    }
     const started = performance.now();
     for (let attempt = 0; ; attempt++) {
       const errno = copyOrZero(region, page, write);
@@ -449,10 +460,21 @@ function serve(
     return true;
   };
 
-  /** What poll says about the peer and the wake fd: a reason to stop, or undefined to go on. */
+  /** Maps the chunks that arrived, serves the faults parked on them and copies in their working set. */
+  const takeArrivals = (): boolean => {
+    if (!lazy) return true;
+    libc.read(lazy.notifyFd, scratch.address + DRAIN, 8); // resets the eventfd; empty is fine
+    return lazy.takeArrivals(({ faults, workingSetPages }) => {
+      addTo(METRIC.chunksInstalled, 1);
+      for (const fault of faults) if (!serveFault(fault)) return false;
+      return prefetch(workingSetPages);
+    });
+  };
+
+  /** What poll says about the peer, the wake fd and arrived chunks: a reason to stop, or undefined to go on. */
   const checkPeer = (timeoutMs: number): StopReason | "uffd" | undefined => {
-    const [uffdEvents = 0, connectionEvents = 0, wake] = pollFor(
-      [uffd, connection, config.wakeFd],
+    const [uffdEvents = 0, connectionEvents = 0, wake, arrived = 0] = pollFor(
+      lazy ? [uffd, connection, config.wakeFd, lazy.notifyFd] : [uffd, connection, config.wakeFd],
       timeoutMs,
     );
     if (wake) return "closed";
@@ -461,6 +483,7 @@ function serve(
       const got = libc.read(connection, scratch.address + DRAIN, 4096);
       if (got.value <= 0) return "peer-exited"; // EOF: Firecracker is gone
     }
+    if (arrived & POLLIN && !takeArrivals()) return "peer-exited";
     if (uffdEvents & POLLIN) return "uffd";
     if (uffdEvents & (POLLERR | POLLHUP | POLLNVAL)) return "peer-exited";
     return undefined;
@@ -592,7 +615,9 @@ function readAheadWorkingSet(ranges: readonly { offset: number; length: number }
   for (const { offset, length } of ranges.slice(0, READAHEAD_MAX_RANGES)) {
     const start = Math.floor(offset / PAGE_4K) * PAGE_4K;
     const end = Math.min(layers.size, Math.ceil((offset + length) / PAGE_4K) * PAGE_4K);
-    if (start < end) libc.madvise(layers.sourceFor(start), end - start, MADV_WILLNEED);
+    // A lazy layer's absent page has no mapping to read ahead: its chunk is on its way.
+    if (start < end && !layers.absentChunk(start))
+      libc.madvise(layers.sourceFor(start), end - start, MADV_WILLNEED);
   }
 }
 
@@ -624,6 +649,11 @@ function run(): void {
     // Before accepting: scanning a diff's extents and mapping the layers would otherwise delay the
     // guest's first page, and the layer stack is known from the start.
     const layers = mapLayers(config.layers, cleanups, native?.listExtents);
+    // Asked for before Firecracker even connects: the store's round trips overlap its start.
+    const lazy = config.lazy
+      ? new LazyChunks(config.lazy, layers, (chunk, urgent) => post({ type: "fetch", ...chunk, urgent }))
+      : undefined;
+    lazy?.requestWorkingSet(config.workingSet);
     readAheadWorkingSet(config.workingSet, layers);
     const accepted = acceptPeer();
     if (typeof accepted !== "number") {
@@ -670,7 +700,7 @@ function run(): void {
       receivedFds: message.fds,
       trackDirty,
     });
-    stop = serve(handshake.uffdFd, connection, handshake.regions, layers, trackDirty, native);
+    stop = serve(handshake.uffdFd, connection, handshake.regions, layers, trackDirty, native, lazy);
   } catch (error) {
     const e =
       error instanceof UffdError ? error : new UffdError("SYSCALL_FAILED", String(error), { cause: error });

@@ -1,3 +1,4 @@
+export type { RemoteMemorySource } from "./chunk-fetches.ts";
 export { UffdError, type UffdErrorCode } from "./errors.ts";
 export {
   fdKind,

@@ -181,6 +181,8 @@ export const PROT_WRITE = 0x2;
 export const MAP_SHARED = 0x01;
 export const MAP_PRIVATE = 0x02;
 export const MAP_ANONYMOUS = 0x20;
+export const MAP_FIXED = 0x10;
+export const MAP_NORESERVE = 0x4000;
 export const MAP_FAILED = -1;
 // <bits/socket.h>, <asm-generic/socket.h>
 export const AF_UNIX = 1;

@@ -12,7 +12,7 @@ const run = promisify(execFile);
 
 export const NATIVE_HELPER_NAME = "libsbx-uffd.so";
 /** `sbx_uffd_abi_version()` of the helper this code expects (native/uffd-batch.c). */
-export const NATIVE_HELPER_ABI = 6;
+export const NATIVE_HELPER_ABI = 7;
 
 /** Baseline CPUs only: a helper built with -march=native would SIGILL on an older host of the fleet. */
 export const NATIVE_HELPER_TOOLCHAINS: Readonly<

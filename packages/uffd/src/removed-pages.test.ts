@@ -97,6 +97,8 @@ describe.skipIf(!nativeHelper.path)(
         addresses: [source.address],
         layerOfPage: 0,
         sourceFor: () => 0,
+        absentChunk: () => undefined,
+        installChunk: () => ({ offset: 0, length: 0 }),
       };
       const batch = helper.batchServer([guest], layers, removed, () => {});
       const release = () => {

@@ -3,9 +3,10 @@
 import { chmodSync, chownSync, existsSync, lstatSync, rmSync, statSync, writeSync } from "node:fs";
 import { connect } from "node:net";
 import { pathToFileURL } from "node:url";
-import { Worker } from "node:worker_threads";
+import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
 import { hostArch, hostKernelRelease, type Logger, silentLogger, uffdWriteProtectSupported } from "@sbx/arch";
 import { z } from "zod";
+import { ChunkFetches, type RemoteMemorySource } from "./chunk-fetches.ts";
 import { check, UffdError } from "./errors.ts";
 import type { GuestRegion } from "./handshake.ts";
 import { readyNativeHelper } from "./helper-binding.ts";
@@ -21,10 +22,11 @@ import {
   SYS_PIDFD_SEND_SIGNAL,
 } from "./libc.ts";
 import { type ByteRange, Memfd } from "./memfd.ts";
-import { type MemoryHeader, memoryHeaderLayers, validateMemoryHeader } from "./memory-header.ts";
+import { type MemoryHeader, ownedRanges, validateMemoryHeader } from "./memory-header.ts";
 import { NativeMemory } from "./native-memory.ts";
 import { faultWorkerExecArgv } from "./worker-exec-argv.ts";
 import {
+  type ChunkArrival,
   HISTOGRAM_BUCKETS,
   METRIC,
   METRIC_SLOTS,
@@ -53,8 +55,30 @@ const optionsSchema = z.strictObject({
     .strictObject({
       header: z.custom<MemoryHeader>((v) => typeof v === "object" && v !== null),
       paths: z.record(z.string(), z.string().min(1)),
+      /**
+       * Builds whose memory is not on this host (a build store): their chunks are fetched when a fault or
+       * the working set needs them, while the other faults go on being served.
+       */
+      remote: z
+        .record(
+          z.string(),
+          z.custom<RemoteMemorySource>(
+            (v) =>
+              typeof v === "object" &&
+              v !== null &&
+              typeof (v as RemoteMemorySource).fetchChunk === "function" &&
+              Number.isSafeInteger((v as RemoteMemorySource).sizeBytes) &&
+              Number.isSafeInteger((v as RemoteMemorySource).chunkSize),
+            "a RemoteMemorySource ({ sizeBytes, chunkSize, fetchChunk })",
+          ),
+        )
+        .optional(),
     })
     .optional(),
+  /** How long one chunk of a remote build may take before the server stops with MEMORY_FETCH_FAILED. */
+  fetchTimeoutMs: z.number().int().positive().default(30_000),
+  /** Chunks of remote builds fetched at once. */
+  fetchConcurrency: z.number().int().positive().max(64).default(8),
   /** A layer stack: the full memory file first, then diffs (newest last), each with its ranges or sparse. */
   layers: z
     .array(
@@ -137,18 +161,42 @@ export interface PageFaultMetrics {
   /** Whether the working set was given up as stale: the guest kept faulting pages it does not list. */
   prefetchStale: boolean;
   writeProtectFaults: number;
+  /** Faults that waited for their chunk of a remote build (the loop served others meanwhile). */
+  faultsDeferred: number;
+  /** Chunks of remote builds fetched and mapped in. */
+  chunksFetched: number;
+  /** Mean time from a chunk's request to its arrival, in ms (0 without remote builds). */
+  chunkFetchMeanMs: number;
   /** Service time per fault (event read to page installed), from a log2 histogram: upper bounds. */
   latencyP50Us: number;
   latencyP99Us: number;
 }
 
-function layersOfMemory(memory: { header: MemoryHeader; paths: Record<string, string> }) {
+type ServerLayer = WorkerConfig["layers"][number] & { source?: RemoteMemorySource | undefined };
+
+/** Per build of the header, newest last: its local file, or its remote source (a lazy layer). */
+function layersOfMemory(memory: {
+  header: MemoryHeader;
+  paths: Record<string, string>;
+  remote?: Record<string, RemoteMemorySource> | undefined;
+}): ServerLayer[] {
   const header = validateMemoryHeader(memory.header);
-  return memoryHeaderLayers(header, (build) => {
+  return header.builds.map((build) => {
+    const ranges = ownedRanges(header, build);
     const path = memory.paths[build];
-    if (path === undefined)
-      throw new UffdError("INVALID_OPTIONS", `PageFaultServer: no memory file path for build ${build}`);
-    return path;
+    if (path !== undefined) return { path, ranges };
+    const source = memory.remote?.[build];
+    if (!source)
+      throw new UffdError(
+        "INVALID_OPTIONS",
+        `PageFaultServer: no memory file path or remote source for build ${build}`,
+      );
+    if (source.sizeBytes !== header.memorySize || source.chunkSize <= 0 || source.chunkSize % 4096 !== 0)
+      throw new UffdError(
+        "INVALID_OPTIONS",
+        `PageFaultServer: build ${build}'s remote memory (${source.sizeBytes} bytes in chunks of ${source.chunkSize}) does not fit its header (${header.memorySize} bytes, page-aligned chunks)`,
+      );
+    return { lazy: { size: source.sizeBytes, chunkSize: source.chunkSize }, ranges, source };
   });
 }
 
@@ -163,7 +211,11 @@ let warmTarget = 0;
 /** Every fault worker starts through here: see resolveLibcSymbols for why the main thread goes first. */
 function startFaultWorker(workerData: WorkerConfig | undefined): Worker {
   resolveLibcSymbols();
-  return new Worker(workerUrl, { workerData, execArgv: faultWorkerExecArgv() });
+  return new Worker(workerUrl, {
+    workerData,
+    execArgv: faultWorkerExecArgv(),
+    ...(workerData?.lazy ? { transferList: [workerData.lazy.port] } : {}),
+  });
 }
 
 function spawnWarmWorker(): void {
@@ -224,7 +276,12 @@ export class PageFaultServer implements AsyncDisposable {
   readonly codePath: "native" | "pure-ffi";
   readonly #nativeHelper: string | undefined;
   readonly #options: z.output<typeof optionsSchema>;
-  readonly #layers: { path: string; ranges?: ByteRange[] | undefined }[];
+  readonly #layers: ServerLayer[];
+  /** With remote builds: the fetches, the port arrivals go to the worker on, and the eventfd it polls. */
+  #fetches: ChunkFetches | undefined;
+  #arrivals: MessagePort | undefined;
+  #notifyFd = -1;
+  #fetchError: UffdError | undefined;
   #dirty = new SharedArrayBuffer(0);
   #trace = new SharedArrayBuffer(0);
   readonly #traceCount = new SharedArrayBuffer(4);
@@ -318,12 +375,27 @@ export class PageFaultServer implements AsyncDisposable {
       this.#releaseMainFds();
       throw error;
     }
+    const base = this.#layers[0] as ServerLayer;
     let baseSize: number;
     try {
-      baseSize = statSync(this.#layers[0]!.path).size;
+      baseSize = base.lazy ? base.lazy.size : statSync(base.path as string).size;
     } catch (cause) {
       this.#releaseMainFds();
-      throw new UffdError("MEMORY_FILE_INVALID", `cannot read ${this.#layers[0]!.path}`, { cause });
+      throw new UffdError("MEMORY_FILE_INVALID", `cannot read ${base.path}`, { cause });
+    }
+    let lazy: WorkerConfig["lazy"];
+    if (this.#layers.some((layer) => layer.source)) {
+      const channel = new MessageChannel();
+      this.#arrivals = channel.port1;
+      this.#notifyFd = check("eventfd", libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+      lazy = { port: channel.port2, notifyFd: this.#notifyFd };
+      this.#fetches = new ChunkFetches({
+        sources: this.#layers.map((layer) => layer.source),
+        concurrency: this.#options.fetchConcurrency,
+        timeoutMs: this.#options.fetchTimeoutMs,
+        deliver: (chunk, path) => this.#deliverChunk({ ...chunk, path }),
+        fail: (chunk, cause) => this.#failFetch(chunk, cause),
+      });
     }
     const pages = Math.ceil(baseSize / 4096);
     this.#dirty = new SharedArrayBuffer(pages);
@@ -339,7 +411,9 @@ export class PageFaultServer implements AsyncDisposable {
       socketPath,
       listenFd: this.#listenFd,
       wakeFd: this.#wakeFd,
-      layers: this.#layers,
+      // The sources stay here: functions cannot cross to the worker, and it only needs the layout.
+      layers: this.#layers.map(({ source: _source, ...layer }) => layer),
+      lazy,
       prefetch: this.#options.prefetch,
       workingSet: this.#options.workingSet,
       trackDirty: this.#options.trackDirty,
@@ -360,7 +434,7 @@ export class PageFaultServer implements AsyncDisposable {
     const worker = warm ?? startFaultWorker(config);
     if (warm) {
       warm.ref();
-      warm.postMessage(config);
+      warm.postMessage(config, lazy ? [lazy.port] : []);
     }
     this.#worker = worker;
     this.#refillTimer = setTimeout(() => this.#refill(), REFILL_FALLBACK_MS);
@@ -415,6 +489,9 @@ export class PageFaultServer implements AsyncDisposable {
       prefetchComplete: (counters[METRIC.prefetchComplete] ?? 0) === 1,
       prefetchStale: (counters[METRIC.prefetchStale] ?? 0) === 1,
       writeProtectFaults: counters[METRIC.writeProtectFaults] ?? 0,
+      faultsDeferred: counters[METRIC.faultsDeferred] ?? 0,
+      chunksFetched: counters[METRIC.chunksInstalled] ?? 0,
+      chunkFetchMeanMs: this.#fetches?.fetched ? this.#fetches.waitMs / this.#fetches.fetched : 0,
       latencyP50Us: percentile(0.5),
       latencyP99Us: percentile(0.99),
     };
@@ -495,6 +572,8 @@ export class PageFaultServer implements AsyncDisposable {
         memfd: message.memfdFd !== undefined,
         trackDirty: message.trackDirty,
       });
+    } else if (message.type === "fetch") {
+      this.#fetches?.request({ layer: message.layer, index: message.index }, message.urgent);
     } else if (message.type === "quiet") {
       this.#refill();
     } else if (message.type === "warning") {
@@ -550,8 +629,36 @@ export class PageFaultServer implements AsyncDisposable {
     });
   }
 
+  /** Hands an arrived chunk to the worker: a message on its port, then a bump of the fd it polls. */
+  #deliverChunk(arrival: ChunkArrival): void {
+    if (!this.#arrivals || this.#notifyFd < 0) return;
+    this.#arrivals.postMessage(arrival);
+    const one = Buffer.alloc(8);
+    one.writeBigUInt64LE(1n);
+    writeSync(this.#notifyFd, one);
+  }
+
+  /**
+   * A chunk could not be had (the store is down or slow past the deadline, or its bytes are corrupt):
+   * the fault waiting for it can never be served, so the server stops with MEMORY_FETCH_FAILED, and
+   * whoever owns the VM kills it (the orchestrator's sandbox does, on `stopped`).
+   */
+  #failFetch(chunk: { layer: number; index: number }, cause: unknown): void {
+    const build = this.#options.memory?.header.builds[chunk.layer] ?? `layer ${chunk.layer}`;
+    const why = cause instanceof Error ? cause.message : String(cause);
+    this.#fetchError = new UffdError(
+      "MEMORY_FETCH_FAILED",
+      `chunk ${chunk.index} of build ${build}'s memory could not be fetched: ${why}`,
+      { cause },
+    );
+    this.#logger.error?.({ build, chunk: chunk.index, error: why }, "a memory chunk could not be fetched");
+    void this.close();
+  }
+
   #finish(stop: PageFaultServerStop): void {
     if (this.#stop) return;
+    this.#fetches?.stop();
+    if (this.#fetchError) stop = { reason: "error", peerPid: stop.peerPid, error: this.#fetchError };
     this.#stop = stop;
     this.#rejectReady(
       stop.error ?? new UffdError("CLOSED", `the server stopped (${stop.reason}) before a handshake`),
@@ -574,6 +681,11 @@ export class PageFaultServer implements AsyncDisposable {
     }
     if (this.#wakeFd >= 0) libc.close(this.#wakeFd);
     this.#wakeFd = -1;
+    this.#fetches?.stop();
+    this.#arrivals?.close();
+    this.#arrivals = undefined;
+    if (this.#notifyFd >= 0) libc.close(this.#notifyFd);
+    this.#notifyFd = -1;
     if (this.#peerPidfd >= 0) libc.close(this.#peerPidfd);
     this.#peerPidfd = -1;
   }

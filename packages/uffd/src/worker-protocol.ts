@@ -1,13 +1,33 @@
+import type { MessagePort } from "node:worker_threads";
 import type { UffdErrorCode } from "./errors.ts";
 import type { GuestRegion } from "./handshake.ts";
+
+/** A lazy layer's chunk, now in the host's chunk cache at `path` (undefined: all zeros). */
+export interface ChunkArrival {
+  layer: number;
+  index: number;
+  path: string | undefined;
+}
 
 /** What the server hands its worker thread. fd numbers are process-wide, so they pass as numbers. */
 export interface WorkerConfig {
   socketPath: string;
   listenFd: number;
   wakeFd: number;
-  /** The memory layers, base first; a diff layer's `ranges` say which pages it has (else its data extents). */
-  layers: { path: string; ranges?: { offset: number; length: number }[] | undefined }[];
+  /**
+   * The memory layers, base first; a diff layer's `ranges` say which pages it has (else its data
+   * extents). A `lazy` layer has no file: its chunks arrive through `lazy` below.
+   */
+  layers: {
+    path?: string | undefined;
+    lazy?: { size: number; chunkSize: number } | undefined;
+    ranges?: { offset: number; length: number }[] | undefined;
+  }[];
+  /**
+   * With lazy layers: the port chunks arrive on ({ layer, index, path? }, see ChunkArrival) and an
+   * eventfd the main thread bumps after each post, which the fault loop polls with its other fds.
+   */
+  lazy?: { port: MessagePort; notifyFd: number } | undefined;
   /** Memory-file offsets to copy in before the first fault. */
   prefetch: number[];
   /** Memory-file ranges to copy in after the handshake, between faults (which go first). */
@@ -49,6 +69,8 @@ export type WorkerMessage =
       trackDirty: boolean;
     }
   | { type: "warning"; message: string }
+  /** A lazy layer's chunk is needed: `urgent` when a fault waits for it, else for the working set. */
+  | { type: "fetch"; layer: number; index: number; urgent: boolean }
   /** The first quiet moment after faults were served: the restore's burst is over. */
   | { type: "quiet" }
   | {
@@ -84,7 +106,11 @@ export const METRIC = {
   prefetchComplete: 12,
   /** 1 when the working set was given up as stale (the guest faulted pages it does not list). */
   prefetchStale: 13,
+  /** Faults that waited for their lazy layer's chunk to arrive. */
+  faultsDeferred: 14,
+  /** Lazy layers' chunks mapped in. */
+  chunksInstalled: 15,
 } as const;
-export const METRIC_SLOTS = 14;
+export const METRIC_SLOTS = 16;
 /** Latency histogram: bucket i counts faults served in (2^(i-1), 2^i] ns. */
 export const HISTOGRAM_BUCKETS = 40;
