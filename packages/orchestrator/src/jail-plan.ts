@@ -15,6 +15,7 @@ import {
 import {
   type CgroupLimits,
   chooseCgroupVersion,
+  jailCgroupDirs,
   type RemovedJails,
   readCgroupMounts,
   removeStaleJails,
@@ -137,12 +138,18 @@ async function resolveLaunchMode(config: OrchestratorConfig): Promise<LaunchMode
     );
   }
   const mounts = await readCgroupMounts();
-  const cgroupVersion =
-    config.jailCgroupVersion ??
-    chooseCgroupVersion(
-      mounts,
-      JAIL_CGROUP_CONTROLLERS.map((c) => `${c}.max`),
+  const limitFiles = JAIL_CGROUP_CONTROLLERS.map((c) => `${c}.max`);
+  const cgroupVersion = config.jailCgroupVersion ?? chooseCgroupVersion(mounts, limitFiles);
+  try {
+    jailCgroupDirs(mounts, cgroupVersion, limitFiles, layout.parentCgroup, "probe");
+  } catch (error) {
+    // A version that cannot hold the limits here (v2 on a hybrid host) is a setting to fix, not a create failure.
+    throw new OrchestratorError(
+      "CONFIG_INVALID",
+      `SBX_JAIL_CGROUP_VERSION=${cgroupVersion}: ${(error as Error).message}`,
+      { cause: error, details: { variables: ["SBX_JAIL_CGROUP_VERSION"] } },
     );
+  }
   return {
     jailed: true,
     jailer: {
