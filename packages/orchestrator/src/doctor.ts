@@ -13,6 +13,7 @@ import { checkCapacity } from "./capacity-doctor.ts";
 import type { OrchestratorConfig } from "./config.ts";
 import { directoryClones } from "./disk-clone.ts";
 import { runCommand } from "./exec.ts";
+import { checkBuildStore } from "./store-doctor.ts";
 
 export type DoctorStatus = "ok" | "warn" | "fail";
 
@@ -34,6 +35,8 @@ export interface DoctorHost {
   isRoot: boolean;
   hostArch: Arch;
   kernelRelease: () => string;
+  /** Where the store and chunk cache settings come from (SBX_STORE_URL, AWS_*, SBX_CHUNK_CACHE_*). */
+  env: Record<string, string | undefined>;
 }
 
 export function defaultDoctorHost(): DoctorHost {
@@ -45,6 +48,7 @@ export function defaultDoctorHost(): DoctorHost {
     isRoot: process.getuid?.() === 0,
     hostArch: hostArch(),
     kernelRelease: () => hostKernelRelease().raw,
+    env: process.env,
   };
 }
 
@@ -453,6 +457,7 @@ export async function runDoctor(
     await checkDiskClones(config),
     await checkJailer(config),
     await checkCapacity(config, host.meminfoPath),
+    ...(await checkBuildStore(config, host.env)),
   ];
 }
 

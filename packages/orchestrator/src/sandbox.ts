@@ -6,6 +6,7 @@
 
 import { link, readFile } from "node:fs/promises";
 import { basename, join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { AgentClient, firecrackerVsockTransport } from "@sbx/agent";
 import { type Logger, silentLogger } from "@sbx/arch";
 import {
@@ -17,16 +18,14 @@ import {
   parseFingerprint,
 } from "@sbx/cpu-template";
 import type { CgroupLimits, FirecrackerProcess } from "@sbx/fc-client";
-import type { BuildStore } from "@sbx/store";
-import { type MemoryHeader, PageFaultServer, type PageFaultServerStop } from "@sbx/uffd";
+import type { BuildStore, RemoteMemory } from "@sbx/store";
 import {
-  buildDir,
-  memoryFilesOf,
-  type PausedSandbox,
-  readBuild,
-  readBuildHeader,
-  readTemplatePointer,
-} from "./builds.ts";
+  type MemoryHeader,
+  PageFaultServer,
+  type PageFaultServerStop,
+  type RemoteMemorySource,
+} from "@sbx/uffd";
+import { buildDir, type PausedSandbox, readBuild, readBuildHeader, readTemplatePointer } from "./builds.ts";
 import type { UseMemfdMode } from "./config.ts";
 import { cloneFile } from "./disk-clone.ts";
 import { type EgressPolicyInput, resolveEgressPolicy } from "./egress-policy.ts";
@@ -47,7 +46,7 @@ import {
   updateSandboxRecord,
 } from "./sandbox-steps.ts";
 import { requireFromStep, runSteps, type StepEvent, StepList, type StepRunResult } from "./steps.ts";
-import { ensureLocalBuild } from "./store-sync.ts";
+import { ensureLocalBuild, memorySourcesOf } from "./store-sync.ts";
 import { AGENT_VSOCK_PORT, AGENT_VSOCK_SOCKET, ensureDiskSlot } from "./template-build.ts";
 import { BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
 import { exists, type LaunchedVm, launchVm } from "./vm-launch.ts";
@@ -128,6 +127,8 @@ export interface SandboxContext extends SandboxCreateContext {
   header: MemoryHeader;
   /** Where each build the header names keeps its memory file. */
   memoryFiles: Record<string, string>;
+  /** Builds whose memory stays in the build store: their chunks come when the guest needs them. */
+  remoteMemory?: Record<string, RemoteMemorySource>;
   diskPath?: string;
   server?: PageFaultServer;
   /** The VM as launched: jailed or not, the paths it sees, its snapshot and kill. */
@@ -303,7 +304,11 @@ export function defaultSandboxSteps(): StepList<SandboxContext> {
           socketPath: vm.uffdSocket.path,
           ...(vm.uffdSocket.owner ? { owner: vm.uffdSocket.owner } : {}),
           expectedPeerPid: vm.fc.pid,
-          memory: { header: context.header, paths: context.memoryFiles },
+          memory: {
+            header: context.header,
+            paths: context.memoryFiles,
+            ...(context.remoteMemory ? { remote: context.remoteMemory } : {}),
+          },
           ...(workingSet ? { workingSet: workingSet.ranges } : {}),
           // Dirty pages come from Firecracker's own Diff snapshot.
           trackDirty: false,
@@ -325,13 +330,16 @@ export function defaultSandboxSteps(): StepList<SandboxContext> {
         const vm = requireFromStep(context.vm, "the VM");
         const sandboxDir = requireFromStep(context.sandboxDir, "the sandbox directory");
         context.consoleSince = fc.console.position;
-        await fc.client.loadSnapshot({
-          snapshot_path: requireFromStep(vm.vmPaths.vmstate, "the jailed vmstate"),
-          mem_backend: { backend_type: "Uffd", backend_path: vm.vmPaths.uffdSocket },
-          // Not saved in snapshots: without it the next pause could not write a Diff snapshot.
-          track_dirty_pages: true,
-          resume_vm: true,
-        });
+        await whileServing(
+          context,
+          fc.client.loadSnapshot({
+            snapshot_path: requireFromStep(vm.vmPaths.vmstate, "the jailed vmstate"),
+            mem_backend: { backend_type: "Uffd", backend_path: vm.vmPaths.uffdSocket },
+            // Not saved in snapshots: without it the next pause could not write a Diff snapshot.
+            track_dirty_pages: true,
+            resume_vm: true,
+          }),
+        );
         // The agent (and `sbx exec` from another process) connect in the sandbox directory: a jailed
         // VM's vsock socket is in its chroot, and a hard link to a socket reaches the same listener.
         const vsockLink = join(sandboxDir, AGENT_VSOCK_SOCKET);
@@ -359,18 +367,62 @@ export function defaultSandboxSteps(): StepList<SandboxContext> {
       async run(context) {
         const fc = requireFromStep(context.firecracker, "Firecracker");
         if (context.options.alive !== false) {
-          await waitForConsoleLogged(fc, context.options.alive ?? DEFAULT_ALIVE, {
+          const alive = waitForConsoleLogged(fc, context.options.alive ?? DEFAULT_ALIVE, {
             what: `sandbox ${context.sandboxId} to run again`,
             timeoutMs: context.options.aliveTimeoutMs ?? context.state.config.readyTimeoutMs,
             logIntervalMs: context.state.config.waitLogIntervalMs,
             logger: context.logger,
             ...(context.consoleSince === undefined ? {} : { since: context.consoleSince }),
-          });
+          }).then(() => undefined);
+          await whileServing(context, alive);
         }
         await updateSandboxRecord(context, (record) => ({ ...record, state: "running" }));
       },
     },
   ]);
+}
+
+/**
+ * `work` (the load, the wait for the guest), unless the page-fault server stops first: a remote chunk
+ * that cannot be had means a guest that never runs, so that fails now, with why, not at a timeout (the
+ * undo kills Firecracker). Firecracker failing because its server went away reports the server's stop.
+ */
+async function whileServing<T>(context: SandboxContext, work: Promise<T>): Promise<T> {
+  const server = requireFromStep(context.server, "the page-fault server");
+  const stopped = server.stopped.then((stop) => ({ stop }));
+  let outcome: { value: T } | { stop: PageFaultServerStop };
+  try {
+    outcome = await Promise.race([work.then((value) => ({ value })), stopped]);
+  } catch (error) {
+    const late = await Promise.race([stopped, sleep(SERVER_STOP_GRACE_MS).then(() => undefined)]);
+    if (late?.stop.error) throw serverStoppedError(context.sandboxId, late.stop);
+    throw error;
+  }
+  if ("stop" in outcome) {
+    work.catch(() => undefined);
+    throw serverStoppedError(context.sandboxId, outcome.stop);
+  }
+  return outcome.value;
+}
+
+/** How long a failed load waits to learn whether its page-fault server stopped, and why. */
+const SERVER_STOP_GRACE_MS = 1000;
+
+function serverStoppedError(id: string, stop: PageFaultServerStop): OrchestratorError {
+  const why = stop.error?.message ?? stop.reason;
+  return stop.error?.code === "MEMORY_FETCH_FAILED"
+    ? new OrchestratorError("MEMORY_FETCH_FAILED", `sandbox ${id} stopped before it ran: ${why}`, {
+        cause: stop.error,
+        details: { id },
+      })
+    : new OrchestratorError(
+        "STEP_FAILED",
+        `sandbox ${id}'s page-fault server stopped before the guest ran again: ${why}`,
+        {
+          ...(stop.error ? { cause: stop.error } : {}),
+          details: { id },
+        },
+      );
 }
 
 /** A running sandbox. Kill it (or `await using`) and nothing it owned is left. */
@@ -576,6 +628,11 @@ export interface CreateSandboxHooks {
   networkPool?: NetworkPool;
   /** Where builds that are not on this host come from (see store-sync.ts). */
   store?: BuildStore;
+  /**
+   * The store's memory through the host's chunk cache: with it, a build from the store restores lazily
+   * (only the chunks the guest touches are fetched); without it, its memory comes down whole first.
+   */
+  remoteMemory?: RemoteMemory;
   /** Called with each build a pause publishes (an Orchestrator with a store uploads it). */
   onBuildPublished?: (build: string) => void;
   /** Called once the sandbox is running, and `onGone` once it is killed (an Orchestrator tracks both). */
@@ -621,7 +678,7 @@ export async function createSandbox(
   const release = state.leases.lease(buildId);
   try {
     // A build made on another host (and the builds its pages come from) is fetched first.
-    await ensureLocalBuild(state, hooks.store, buildId);
+    await ensureLocalBuild(state, hooks.store, buildId, hooks.remoteMemory ? "lazy" : "file");
     const [build, header] = await Promise.all([
       readBuild(state.config, buildId),
       readBuildHeader(state.config, buildId),
@@ -638,7 +695,10 @@ export async function createSandbox(
       buildId,
       build,
       header,
-      memoryFiles: await memoryFilesOf(state.config, header),
+      ...(await memorySourcesOf(state, header, hooks.remoteMemory).then(({ paths, remote }) => ({
+        memoryFiles: paths,
+        ...(remote ? { remoteMemory: remote } : {}),
+      }))),
       egressPolicy: resolveEgressPolicy(
         state.config.egressPolicy,
         build.egress as EgressPolicyInput | undefined,
