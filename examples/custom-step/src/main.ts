@@ -75,6 +75,8 @@ try {
     stateDir: join(dir, "state"),
     busyboxDir: join(dir, "busybox"),
     ...(firecrackerBin ? { firecrackerBin } : {}),
+    // Jailed with a jailer; without one the example opts out explicitly (SBX_UNJAILED=1 for an operator).
+    ...(process.env.JAILER_BIN ? { jailerBin: process.env.JAILER_BIN } : { unjailed: true }),
   });
   const kernel = firecrackerBin
     ? (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path

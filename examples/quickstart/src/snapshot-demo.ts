@@ -121,10 +121,14 @@ export async function templateAndSandboxes(log: (line: string) => void): Promise
     const { busyboxDir, layoutDir } = await localInputs(dir);
     const skip = await firecrackerSkipReason();
     const firecrackerBin = skip ? undefined : (process.env.FIRECRACKER_BIN as string);
+    // Every VM runs under the jailer when there is one; without, the demo says it opts out (as an
+    // operator must, with SBX_UNJAILED=1) instead of failing.
+    const jailerBin = process.env.JAILER_BIN || undefined;
     const config = createConfig({
       stateDir: join(dir, "state"),
       busyboxDir,
       ...(firecrackerBin ? { firecrackerBin } : {}),
+      ...(jailerBin ? { jailerBin } : { unjailed: true }),
     });
     const request = { name: "hello", ociLayout: layoutDir, memoryMib: 128, vcpuCount: 1 };
     if (!firecrackerBin) {
@@ -144,6 +148,12 @@ export async function templateAndSandboxes(log: (line: string) => void): Promise
     }
     const guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
     const network = process.getuid?.() === 0;
+    result.jailed = jailerBin !== undefined;
+    log(
+      jailerBin
+        ? `jail             every VM under ${jailerBin}: its own chroot, uid/gid, cgroup limits and pid namespace`
+        : "jail             none: JAILER_BIN is not set, so VMs run unjailed as root (the SBX_UNJAILED=1 opt-out)",
+    );
     await using orchestrator = await Orchestrator.open(config);
     let t = performance.now();
     const built = await orchestrator.buildTemplate({

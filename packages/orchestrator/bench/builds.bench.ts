@@ -42,6 +42,7 @@ import { cloneFile } from "../src/disk-clone.ts";
 import { importBuild } from "../src/import-build.ts";
 import { openOrchestratorState } from "../src/orchestrator-state.ts";
 import { createSandbox, type Sandbox } from "../src/sandbox.ts";
+import { testLaunchOptions } from "../src/test-launch-mode.ts";
 
 const MiB = 1024 * 1024;
 const PAGE = 4096;
@@ -198,7 +199,7 @@ async function chains(dir: string) {
   const guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
   await mkdir(join(dir, "t"));
   await using state = await openOrchestratorState(
-    createConfig({ stateDir: join(dir, "state"), firecrackerBin: binary }),
+    createConfig({ stateDir: join(dir, "state"), firecrackerBin: binary, ...testLaunchOptions() }),
   );
   {
     await using fc = await launchFirecracker({

@@ -15,6 +15,7 @@ import { type AdmissionMode, createConfig } from "../src/config.ts";
 import { OrchestratorError } from "../src/errors.ts";
 import { importBuild } from "../src/import-build.ts";
 import { Orchestrator } from "../src/orchestrator.ts";
+import { testLaunchOptions } from "../src/test-launch-mode.ts";
 
 const HOLD_MS = process.env.BENCH_HOLD_MS ? Number(process.env.BENCH_HOLD_MS) : undefined;
 const FACTORS = (process.env.BENCH_BURST_FACTORS ?? "4,8").split(",").map(Number);
@@ -37,7 +38,7 @@ function outcomeOf(error: unknown): string {
 
 async function burst(stateDir: string, admission: AdmissionMode, creates: number) {
   await using orchestrator = await Orchestrator.open(
-    createConfig({ stateDir, firecrackerBin: binary as string, admission }),
+    createConfig({ stateDir, firecrackerBin: binary as string, admission, ...testLaunchOptions() }),
   );
   const started = performance.now();
   const toAlive: number[] = [];
@@ -101,7 +102,9 @@ async function main(): Promise<Record<string, unknown>> {
     }
     const stateDir = join(dir, "state");
     {
-      await using orchestrator = await Orchestrator.open(createConfig({ stateDir, firecrackerBin: binary }));
+      await using orchestrator = await Orchestrator.open(
+        createConfig({ stateDir, firecrackerBin: binary, ...testLaunchOptions() }),
+      );
       await importBuild(orchestrator.state, { template: "busy", vmstate, memory });
     }
     const hostVcpus = availableParallelism();

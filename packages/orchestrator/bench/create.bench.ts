@@ -24,6 +24,7 @@ import { importBuild } from "../src/import-build.ts";
 import { openOrchestratorState } from "../src/orchestrator-state.ts";
 import { createSandbox } from "../src/sandbox.ts";
 import { snapshotTestGuest } from "../src/test-guest-snapshot.ts";
+import { testLaunchOptions } from "../src/test-launch-mode.ts";
 import { importWithWorkingSet } from "../src/test-working-set-build.ts";
 
 const CREATES = Number(process.env.BENCH_CREATES ?? 50);
@@ -76,7 +77,7 @@ async function main(): Promise<Record<string, unknown>> {
     ]);
 
     await using state = await openOrchestratorState(
-      createConfig({ stateDir: join(dir, "state"), firecrackerBin: binary }),
+      createConfig({ stateDir: join(dir, "state"), firecrackerBin: binary, ...testLaunchOptions() }),
     );
     await importBuild(state, { template: "bench", vmstate: snapshot.vmstate, memory: snapshot.layers[0]! });
     const source = { vmstate: snapshot.vmstate, memory: snapshot.layers[0]!, alive };
