@@ -138,17 +138,28 @@ describe("runDoctor", () => {
       const checks = byId(await runDoctor({ ...config, jailerBin: jailer, firecrackerBin: firecracker }));
       expect(checks.jailer).toMatchObject({
         status: "ok",
-        summary: expect.stringMatching(/^jailer v\d+\.\d+\.\d+ with Firecracker v\d+\.\d+\.\d+/),
+        summary: expect.stringMatching(
+          /^jailer v\d+\.\d+\.\d+ with Firecracker v\d+\.\d+\.\d+: each VM in its own chroot under .*\/jail, uid\/gid from 200000-299999/,
+        ),
       });
     },
   );
 
-  it("warns without a jailer, and fails a jailer that is no jailer", async () => {
-    expect(byId(await runDoctor({ ...config, jailerBin: undefined })).jailer).toMatchObject({
+  it("fails without a jailer and without the opt-out, warns with the opt-out, fails a jailer that is no jailer", async () => {
+    // No VM would start: the fix names both ways out.
+    const missing = byId(await runDoctor({ ...config, jailerBin: undefined })).jailer;
+    expect(missing).toMatchObject({ status: "fail", summary: expect.stringMatching(/no VM will start/) });
+    expect(missing?.fix).toMatch(/JAILER_BIN/);
+    expect(missing?.fix).toMatch(/SBX_UNJAILED=1/);
+    expect(byId(await runDoctor({ ...config, jailerBin: undefined, unjailed: true })).jailer).toMatchObject({
       status: "warn",
+      summary: expect.stringMatching(/^SBX_UNJAILED=1: Firecracker runs unjailed, as root/),
     });
     const checks = byId(await runDoctor({ ...config, jailerBin: "/bin/false", firecrackerBin: "/bin/true" }));
-    expect(checks.jailer).toMatchObject({ status: "fail", fix: expect.stringMatching(/JAILER_BIN/) });
+    expect(checks.jailer).toMatchObject({
+      status: "fail",
+      fix: expect.stringMatching(/JAILER_BIN|SBX_UNJAILED/),
+    });
   });
 
   it("formats one line per check, fixes indented below", () => {

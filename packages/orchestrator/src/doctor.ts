@@ -1,6 +1,6 @@
 import { constants } from "node:fs";
 import { access, open, readFile, stat } from "node:fs/promises";
-import { dirname } from "node:path";
+import { dirname, join } from "node:path";
 import { type Arch, hostArch, hostKernelRelease, uffdWriteProtectSupported } from "@sbx/arch";
 import { readJailerAndFirecrackerVersions } from "@sbx/fc-client";
 import {
@@ -13,6 +13,7 @@ import { checkCapacity } from "./capacity-doctor.ts";
 import type { OrchestratorConfig } from "./config.ts";
 import { directoryClones } from "./disk-clone.ts";
 import { runCommand } from "./exec.ts";
+import { jailLayout, resolveJailerBinary } from "./jail-plan.ts";
 import { checkBuildStore } from "./store-doctor.ts";
 
 export type DoctorStatus = "ok" | "warn" | "fail";
@@ -361,36 +362,68 @@ async function checkStateDir(config: OrchestratorConfig): Promise<DoctorCheck> {
   }
 }
 
-/** The jailer and the Firecracker it would launch, as a pair (a v1.7.0 jailer launches v1.14.2 fine). */
+/**
+ * The jailer every VM runs under and the Firecracker it launches, as a pair (a v1.7.0 jailer launches
+ * v1.14.2 fine): found as the orchestrator finds it (JAILER_BIN, else next to Firecracker in
+ * FIRECRACKER_DIR), or the explicit opt-out. No jailer and no opt-out fails: no VM would start.
+ */
 async function checkJailer(config: OrchestratorConfig): Promise<DoctorCheck> {
-  if (!config.jailerBin)
+  if (config.unjailed)
     return {
       id: "jailer",
       status: "warn",
-      summary: "no jailer configured: Firecracker runs unjailed, as root (it still dies with its owner)",
-      fix: "set JAILER_BIN to a Firecracker jailer (the orchestrator does not run VMs under it yet; see docs/operations.md, Security)",
+      summary:
+        "SBX_UNJAILED=1: Firecracker runs unjailed, as root, without chroot, own uid or cgroup limits (it still dies with its owner)",
+      fix: "unset SBX_UNJAILED and set JAILER_BIN (or install one with sbx setup); see docs/operations.md, Security",
     };
-  if (!config.firecrackerBin)
+  let jailer: { path: string } | undefined;
+  try {
+    jailer = await resolveJailerBinary(config);
+  } catch (error) {
+    return {
+      id: "jailer",
+      status: "fail",
+      summary: failureMessage(error),
+      fix: "point JAILER_BIN at a jailer binary of this arch (from a Firecracker release), or reinstall with sbx setup",
+    };
+  }
+  if (!jailer)
+    return {
+      id: "jailer",
+      status: "fail",
+      summary: `no jailer (JAILER_BIN unset, none at ${join(config.firecrackerRoot, config.firecrackerVersion, config.targetArch, "jailer")}): no VM will start`,
+      fix: "set JAILER_BIN to a Firecracker jailer (sbx setup installs one), or opt out with SBX_UNJAILED=1 to run VMs unjailed as root",
+    };
+  if (process.getuid?.() !== 0)
+    return {
+      id: "jailer",
+      status: "fail",
+      summary: `jailer ${jailer.path}: the jailer needs root (chroot, uid change, cgroups); no VM will start as this user`,
+      fix: "run sbx as root, or opt out with SBX_UNJAILED=1",
+    };
+  const firecracker = await resolveFirecrackerBinary(config).catch(() => undefined);
+  if (!firecracker)
     return {
       id: "jailer",
       status: "warn",
-      summary: `jailer ${config.jailerBin}; set FIRECRACKER_BIN to check the pair`,
+      summary: `jailer ${jailer.path}; set FIRECRACKER_BIN (or install Firecracker) to check the pair`,
     };
   try {
     const versions = await readJailerAndFirecrackerVersions({
-      jailer: config.jailerBin,
-      firecracker: config.firecrackerBin,
+      jailer: jailer.path,
+      firecracker: firecracker.path,
     });
+    const layout = jailLayout(config);
     return {
       id: "jailer",
       status: "ok",
-      summary: `jailer v${versions.jailer} with Firecracker v${versions.firecracker}`,
+      summary: `jailer v${versions.jailer} with Firecracker v${versions.firecracker}: each VM in its own chroot under ${layout.chrootBaseDir}, uid/gid from ${config.jailUidRange}, cgroups under ${layout.parentCgroup}`,
     };
   } catch (error) {
     return {
       id: "jailer",
       status: "fail",
-      summary: `jailer ${config.jailerBin}: ${failureMessage(error)}`,
+      summary: `jailer ${jailer.path}: ${failureMessage(error)}`,
       fix: "point JAILER_BIN at a jailer binary of this arch (from a Firecracker release)",
     };
   }
