@@ -1,5 +1,5 @@
-import { readdirSync, readlinkSync } from "node:fs";
-import { childPids } from "@sbx/arch/testing";
+import { readdirSync } from "node:fs";
+import { childPids, openFdTargets } from "@sbx/arch/testing";
 import { expect, vi } from "vitest";
 
 export { childPids };
@@ -9,19 +9,7 @@ export function fdCount(): number {
 }
 
 /** Kinds of this process's fds that matter here: a leaked userfaultfd or memfd shows up by name. */
-export function openSpecialFds(): string[] {
-  const out: string[] = [];
-  for (const fd of readdirSync("/proc/self/fd")) {
-    try {
-      const target = readlinkSync(`/proc/self/fd/${fd}`);
-      if (target.includes("userfaultfd") || target.startsWith("/memfd:") || target.includes("eventfd"))
-        out.push(target);
-    } catch {
-      // closed while listing
-    }
-  }
-  return out;
-}
+export const openSpecialFds = (): string[] => openFdTargets(/userfaultfd|^\/memfd:|eventfd/);
 
 export const settle = (ms = 30) => new Promise((resolve) => setTimeout(resolve, ms));
 

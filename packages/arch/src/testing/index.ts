@@ -1,9 +1,23 @@
 // Process and fd counts for tests that own children or fds, shared by every sbx package's tests.
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 
 /** Open fds of this process. */
 export function openFdCount(): number {
   return readdirSync("/proc/self/fd").length;
+}
+
+/** Link targets of this process's open fds that match `pattern` (e.g. a leaked userfaultfd or memfd by name). */
+export function openFdTargets(pattern: RegExp): string[] {
+  const targets: string[] = [];
+  for (const fd of readdirSync("/proc/self/fd")) {
+    try {
+      const target = readlinkSync(`/proc/self/fd/${fd}`);
+      if (pattern.test(target)) targets.push(target);
+    } catch {
+      // Closed while we listed.
+    }
+  }
+  return targets;
 }
 
 /**

@@ -3,6 +3,8 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as settle } from "node:timers/promises";
+import { childPids, openFdCount as fdCount, openFdTargets } from "@sbx/arch/testing";
 import { configureAndStart, launchFirecracker } from "@sbx/fc-client";
 import {
   buildTestGuest,
@@ -11,9 +13,11 @@ import {
   realFirecracker,
   TEST_GUEST_READY_MARKER,
 } from "@sbx/fc-client/testing";
+import { PageFaultServer } from "@sbx/uffd";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { PageFaultServer } from "./server.ts";
-import { childPids, fdCount, openSpecialFds, settle } from "./test-counts.ts";
+
+/** A leaked userfaultfd, memfd or eventfd shows up by its link target. */
+const openSpecialFds = () => openFdTargets(/userfaultfd|^\/memfd:|eventfd/);
 
 const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker({ testGuest: true });
 const skipReason = firecrackerSkip;

@@ -15,10 +15,21 @@ import {
   testGuestCpuidBootArg,
 } from "@sbx/fc-client/testing";
 import { describe, expect, it } from "vitest";
-import { hostFingerprint } from "./host.ts";
-import { normalizeFleet } from "./normalize.ts";
-import type { CustomCpuTemplate } from "./schema.ts";
-import { fingerprint, sharedSkipReason } from "./test-shared.ts";
+import { firecrackerTestDataSkipReason, firecrackerTestFile } from "../../../scripts/test-data.ts";
+
+const sharedSkipReason = firecrackerTestDataSkipReason();
+const fingerprint = (name: string): Fingerprint =>
+  readFingerprintFile(
+    join(firecrackerTestFile("cpu-templates"), "fingerprints", `fingerprint_${name}host.json`),
+  );
+
+import {
+  type CustomCpuTemplate,
+  type Fingerprint,
+  hostFingerprint,
+  normalizeFleet,
+  readFingerprintFile,
+} from "@sbx/cpu-template";
 
 const { binary: firecrackerBin, skipReason: firecrackerSkip } = realFirecracker({ testGuest: true });
 /** PVM (kvm_pvm) runs guests without VMX/SVM; it decides some CPUID feature bits itself. */
