@@ -15,6 +15,7 @@ import {
   MAX_STREAM_ID,
   PROTOCOL_VERSION,
 } from "./protocol.ts";
+import { onSocketChunks, slabReaderOf } from "./slab-reader.ts";
 import type { AgentTransport } from "./transport.ts";
 
 export interface StreamHandler {
@@ -49,14 +50,15 @@ export class AgentConnection {
   readonly #streams = new Map<number, StreamState>();
   readonly #closeListeners: ((error: AgentError) => void)[] = [];
   readonly #window: number;
+  readonly #grantThreshold: number;
   #nextId = 1;
-  #grantFlushQueued = false;
   #closeError: AgentError | undefined;
 
   private constructor(socket: Socket, hello: HelloMessage, window: number) {
     this.#socket = socket;
     this.hello = hello;
     this.#window = window;
+    this.#grantThreshold = Math.max(1, Math.floor(window / 4));
   }
 
   static async open(transport: AgentTransport, options: AgentConnectionOptions): Promise<AgentConnection> {
@@ -83,7 +85,7 @@ export class AgentConnection {
           reject(error);
         }
       };
-      socket.on("data", (chunk: Buffer) => {
+      onSocketChunks(socket, (chunk: Buffer) => {
         try {
           decoder.push(chunk, (frame) => {
             if (connection) {
@@ -131,7 +133,7 @@ export class AgentConnection {
           new AgentError("CONNECTION_RESET", `${transport.description}: the connection to the agent closed`),
         ),
       );
-      socket.resume();
+      if (!slabReaderOf(socket)) socket.resume();
       socket.write(encodeControl(0, { op: "hello", versions: [PROTOCOL_VERSION], window: options.window }));
     });
   }
@@ -180,23 +182,18 @@ export class AgentConnection {
   }
 
   /**
-   * The consumer took `bytes` of the stream's output: let the agent send that much more. Grants are
-   * coalesced (one window frame per stream per quarter window, or per turn of the event loop), since
-   * a frame per chunk costs a write per 64 KiB.
+   * The consumer took `bytes` of the stream's output: let the agent send that much more. Grants go
+   * out a quarter window at a time. That never stalls the agent: it runs out of credit only when a
+   * whole window is in flight or taken, and then at least a quarter of it is waiting to be granted.
+   * A grant per read (what a flush per event-loop turn amounts to under load) cost a write(2) per
+   * 64 KiB, and on a veth or loopback that write runs the peer's receive path in this thread.
    */
   grant(id: number, bytes: number): void {
     const state = this.#streams.get(id);
     if (!state || bytes <= 0 || this.#closeError) return;
     state.receiveCredit += bytes;
     state.ungranted += bytes;
-    if (state.ungranted >= this.#window / 4) this.#flushGrant(id, state);
-    else if (!this.#grantFlushQueued) {
-      this.#grantFlushQueued = true;
-      setImmediate(() => {
-        this.#grantFlushQueued = false;
-        for (const [streamId, pending] of this.#streams) this.#flushGrant(streamId, pending);
-      });
-    }
+    if (state.ungranted >= this.#grantThreshold) this.#flushGrant(id, state);
   }
 
   #flushGrant(id: number, state: StreamState): void {

@@ -39,7 +39,7 @@ export class OutputChannel implements AsyncIterable<Buffer> {
       waiting.resolve({ value: data, done: false });
       return;
     }
-    // A view of the socket's chunk: net gives every read its own buffer, so it is never overwritten.
+    // A view of the socket's chunk: a slab region handed out is never read into again (slab-reader.ts).
     this.#queue.push(data);
     this.#queued += data.length;
     if (this.#queued <= this.#highWater) this.#grant(data.length);

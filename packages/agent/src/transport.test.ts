@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { AgentError } from "./errors.ts";
+import { onSocketChunks } from "./slab-reader.ts";
 import { openFds } from "./test-counts.ts";
 import { settle } from "./testing/namespaced-agent.ts";
 import { firecrackerVsockTransport, tcpTransport, unixSocketTransport } from "./transport.ts";
@@ -45,13 +46,18 @@ async function fakeFirecracker(
 
 describe("firecrackerVsockTransport", () => {
   it("sends CONNECT <port>, takes OK <n> even split across reads, and keeps bytes that follow it", async () => {
-    const { path, lines } = await fakeFirecracker(["O", "K 10", "73\nagent-bytes"]);
+    const { path, lines } = await fakeFirecracker(["O", "K 10", "73\nagent-", "bytes"]);
     const socket = await firecrackerVsockTransport({ udsPath: path, port: 1024 }).connect();
-    const first = new Promise<Buffer>((resolve) => socket.once("data", resolve));
-    // The transport hands the socket over paused, for the connection to take it from there.
-    socket.resume();
     expect(lines).toEqual(["CONNECT 1024\n"]);
-    expect((await first).toString()).toBe("agent-bytes");
+    // What followed the reply in its read waits for the connection, ahead of later reads.
+    let received = "";
+    await new Promise<void>((resolve) =>
+      onSocketChunks(socket, (chunk) => {
+        received += chunk.toString();
+        if (received.length >= "agent-bytes".length) resolve();
+      }),
+    );
+    expect(received).toBe("agent-bytes");
     socket.destroy();
   });
 

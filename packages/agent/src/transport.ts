@@ -4,11 +4,16 @@
 import { connect, type NetConnectOpts, type Socket } from "node:net";
 import { z } from "zod";
 import { AgentError } from "./errors.ts";
+import { attachSlabReader, slabReaderOf, slabReaderOptions } from "./slab-reader.ts";
 
 export interface AgentTransport {
   /** For messages: where this transport connects. */
   readonly description: string;
-  /** One new byte stream to the agent; rejects with AgentError("AGENT_UNREACHABLE" | "VSOCK_CONNECT_FAILED"). */
+  /**
+   * One new byte stream to the agent; rejects with AgentError("AGENT_UNREACHABLE" | "VSOCK_CONNECT_FAILED").
+   * The built-in transports read through a SlabReader (slabReaderOf); a socket without one is read
+   * through its "data" events.
+   */
   connect(signal?: AbortSignal): Promise<Socket>;
 }
 
@@ -20,7 +25,9 @@ function open(description: string, options: NetConnectOpts, signal?: AbortSignal
       reject(new AgentError("ABORTED", `connecting to ${description} was aborted`));
       return;
     }
-    const socket = connect(options);
+    const { reader, onread } = slabReaderOptions();
+    const socket = connect({ ...options, onread });
+    attachSlabReader(socket, reader);
     const onAbort = () => {
       socket.destroy();
       reject(new AgentError("ABORTED", `connecting to ${description} was aborted`));
@@ -103,6 +110,8 @@ export function firecrackerVsockTransport(
 }
 
 function vsockHandshake(socket: Socket, port: number, timeoutMs: number, description: string): Promise<void> {
+  const reader = slabReaderOf(socket);
+  if (!reader) throw new AgentError("VSOCK_CONNECT_FAILED", `${description}: the socket has no reader`);
   return new Promise((resolve, reject) => {
     let line = Buffer.alloc(0);
     const fail = (message: string) => {
@@ -124,20 +133,19 @@ function vsockHandshake(socket: Socket, port: number, timeoutMs: number, descrip
         return;
       }
       cleanup();
-      // Bytes after the reply already belong to the agent's stream.
-      if (rest.length > 0) socket.unshift(rest);
+      // Bytes after the reply already belong to the agent's stream: they wait for the connection.
+      reader.unshift(rest);
       resolve();
     };
     const onClose = () => fail(`closed before OK (is the agent listening on vsock port ${port}?)`);
     const onError = (error: Error) => fail(error.message);
     const cleanup = () => {
       clearTimeout(timer);
-      socket.off("data", onData);
+      reader.release();
       socket.off("close", onClose);
       socket.off("error", onError);
-      socket.pause();
     };
-    socket.on("data", onData);
+    reader.take(onData);
     socket.once("close", onClose);
     socket.once("error", onError);
     socket.write(`CONNECT ${port}\n`);
