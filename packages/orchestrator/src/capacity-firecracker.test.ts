@@ -16,6 +16,7 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createConfig, type OrchestratorOptions } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
+import { jailLayout } from "./jail-plan.ts";
 import { Orchestrator } from "./orchestrator.ts";
 import type { Sandbox } from "./sandbox.ts";
 import { childPids } from "./test-capabilities.ts";
@@ -30,15 +31,26 @@ if (skipReason) console.log(`[orchestrator] capacity test with Firecracker skipp
 const GUEST_LINE = /^SBX-GUEST iter=\d+ sum=[0-9a-f]{8}$/;
 const fdCount = () => readdirSync("/proc/self/fd").length;
 
-/** Firecracker processes running for this test's state directory. */
-function firecrackerPids(marker: string): number[] {
+/**
+ * Firecracker processes running for this test's state directory: unjailed, its paths are on their
+ * command line; jailed, they see only chroot paths, and their cgroup names the state directory.
+ */
+function firecrackerPids(
+  marker: string,
+  cgroup = jailLayout({
+    stateDir: join(marker, "state"),
+    jailParentCgroup: "sbx",
+    jailChrootBaseDir: undefined,
+  }).parentCgroup,
+): number[] {
   return readdirSync("/proc")
     .filter((entry) => /^\d+$/.test(entry))
     .filter((pid) => {
       try {
         return (
           readFileSync(`/proc/${pid}/comm`, "utf8").trim() === "firecracker" &&
-          readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker)
+          (readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker) ||
+            readFileSync(`/proc/${pid}/cgroup`, "utf8").includes(`/${cgroup}/`))
         );
       } catch {
         return false;

@@ -174,6 +174,11 @@ describe("sbx", () => {
   });
 
   it("says to start sbx serve for the commands that need a running orchestrator", async () => {
+    // Without a jailer (and without SBX_UNJAILED=1) a template build stops before its inputs are read.
+    const noJailer = await sbx("template", "build", join(root, "no-such-layout"), "--name", "x", "--json");
+    expect(noJailer.code).toBe(1);
+    expect(JSON.parse(noJailer.stdout).error).toMatchObject({ code: "NOT_AVAILABLE" });
+    expect(JSON.parse(noJailer.stdout).error.message).toMatch(/JAILER_BIN.*SBX_UNJAILED=1/s);
     for (const argv of [
       ["sandbox", "create", "--template", "base"],
       ["sandbox", "pause", "a1"],
@@ -184,9 +189,14 @@ describe("sbx", () => {
       expect(result.stderr).toMatch(/needs the orchestrator: start `sbx serve`/);
     }
     expect((await sbx("template", "build", "/tmp/layout")).code).toBe(2); // no --name
-    const missing = await sbx("template", "build", join(root, "no-such-layout"), "--name", "x", "--json");
-    expect(missing.code).toBe(1);
-    expect(JSON.parse(missing.stdout).error.message).toMatch(/no-such-layout/);
+    let stdout = "";
+    const code = await runCli(["template", "build", join(root, "no-such-layout"), "--name", "x", "--json"], {
+      stdout: { write: (t: string) => (stdout += t) },
+      stderr: { write: () => true },
+      env: { SBX_STATE_DIR: join(root, "state"), HOST_BUSYBOX_DIR: join(root, "busybox"), SBX_UNJAILED: "1" },
+    });
+    expect(code).toBe(1);
+    expect(JSON.parse(stdout).error.message).toMatch(/no-such-layout/);
   });
 
   it("sbx serve refuses to start when an artifact is missing, with the fix, and takes no lock", async () => {
