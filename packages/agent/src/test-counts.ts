@@ -1,26 +1,15 @@
 // Resource counts for tests that own fds, child processes, network namespaces or temp files.
 
 import { spawnSync } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync } from "node:fs";
+import { childPids } from "@sbx/arch/testing";
 
 export function openFds(): number {
   return readdirSync("/proc/self/fd").length;
 }
 
-export function childProcesses(pid = process.pid): number[] {
-  const children: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (Number(fields[1]) === pid) children.push(Number(entry));
-    } catch {
-      // exited meanwhile
-    }
-  }
-  return children;
-}
+/** Pids whose parent is `pid` (zombies included). */
+export const childProcesses = (pid = process.pid): number[] => childPids({ parent: pid });
 
 export function networkNamespaces(prefix: string): string[] {
   return spawnSync("ip", ["netns", "list"], { encoding: "utf8" })

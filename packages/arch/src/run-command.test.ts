@@ -26,6 +26,16 @@ describe("runCommand", () => {
     expect((await runCommand(["cat"])).stdout).toBe("");
   });
 
+  it("hands failures to toError, so a package throws its own class with the ArchError as cause", async () => {
+    class MineError extends Error {}
+    const toError = (failure: Error) => new MineError(failure.message, { cause: failure });
+    const failed = await runCommand(["false"], { toError }).catch((error: unknown) => error);
+    expect(failed).toBeInstanceOf(MineError);
+    expect((failed as MineError).cause).toMatchObject({ name: "ArchError", code: "COMMAND_FAILED" });
+    const missing = await runCommand(["sbx-no-such-tool"], { toError }).catch((error: unknown) => error);
+    expect((missing as MineError).cause).toMatchObject({ code: "TOOL_MISSING" });
+  });
+
   it("reports a missing program as TOOL_MISSING and an empty argv as INVALID_OPTIONS", async () => {
     await expect(runCommand(["sbx-no-such-tool"])).rejects.toMatchObject({ code: "TOOL_MISSING" });
     await expect(runCommand([])).rejects.toMatchObject({ code: "INVALID_OPTIONS" });

@@ -19,6 +19,11 @@ export interface RunCommandOptions {
    * exit status, for callers that read it (e2fsck's bit mask, apt-get's retry).
    */
   check?: boolean;
+  /**
+   * Turns a `TOOL_MISSING` or `COMMAND_FAILED` failure into the caller's own error (keep it as `cause`),
+   * so a package's callers still catch one error class.
+   */
+  toError?: (failure: ArchError) => Error;
 }
 
 /** What a command did: its exit status or signal and its collected output. */
@@ -40,7 +45,9 @@ export function runCommand(argv: readonly string[], options: RunCommandOptions =
   if (!command) return Promise.reject(new ArchError("INVALID_OPTIONS", "runCommand needs a command"));
   const timeoutMs = options.timeoutMs ?? 600_000;
   const maxOutput = options.maxOutputBytes ?? 4 * 1024 * 1024;
-  return new Promise((resolve, reject) => {
+  const toError = options.toError ?? ((failure: ArchError) => failure);
+  return new Promise((resolve, fail) => {
+    const reject = (failure: ArchError) => fail(toError(failure));
     const child = spawn(command, args, {
       cwd: options.cwd,
       env: options.env ?? process.env,

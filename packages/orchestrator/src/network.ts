@@ -1,7 +1,8 @@
 import { createHash } from "node:crypto";
+import type { CommandResult } from "@sbx/arch";
 import type { SandboxAddresses } from "./address-pool.ts";
 import { OrchestratorError } from "./errors.ts";
-import { type CommandResult, runCommand } from "./exec.ts";
+import { runCommand } from "./exec.ts";
 
 const INTERFACE_NAME = /^[A-Za-z0-9_.-]{1,15}$/;
 const NAMESPACE_NAME = /^[A-Za-z0-9_.-]{1,64}$/;

@@ -1,6 +1,7 @@
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { isTempName } from "@sbx/arch";
+import { childPids } from "@sbx/arch/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readOciLayout } from "./oci-layout.ts";
 import { parseImageReference } from "./reference.ts";
@@ -15,21 +16,6 @@ import {
 } from "./test-registry.ts";
 import { writeOciLayout } from "./testing/fixtures.ts";
 import { unpackImage } from "./unpack.ts";
-
-function childProcessesOf(pid: number): number[] {
-  const children: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (Number(fields[1]) === pid && fields[0] !== "Z") children.push(Number(entry));
-    } catch {
-      // exited meanwhile
-    }
-  }
-  return children;
-}
 
 describe("parseImageReference", () => {
   it.each([
@@ -187,7 +173,7 @@ describe.skipIf(missing !== undefined)(
       for (const registry of [open, locked]) {
         expect(registry.process.exitCode ?? registry.process.signalCode).not.toBeNull();
       }
-      expect(childProcessesOf(process.pid)).toEqual([]);
+      expect(childPids({ zombies: false })).toEqual([]);
     });
 
     it("pulls a single-platform image (gzip, zstd, plain layers) and skips present blobs on the next pull", async () => {

@@ -21,17 +21,19 @@ export function openFdTargets(pattern: RegExp): string[] {
 }
 
 /**
- * Pids whose parent is this process. Zombies are included by default: an unreaped child is a leak a
- * test should see; `{ zombies: false }` counts only live ones, for tests that let the runtime reap.
+ * Pids whose parent is `parent` (this process by default). Zombies are included by default: an unreaped
+ * child is a leak a test should see; `{ zombies: false }` counts only live ones, for tests that let the
+ * runtime reap.
  */
-export function childPids(options: { zombies?: boolean } = {}): number[] {
+export function childPids(options: { parent?: number; zombies?: boolean } = {}): number[] {
+  const parentPid = options.parent ?? process.pid;
   const children: number[] = [];
   for (const entry of readdirSync("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
       const [state, parent] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (Number(parent) !== process.pid) continue;
+      if (Number(parent) !== parentPid) continue;
       if (state === "Z" && options.zombies === false) continue;
       children.push(Number(entry));
     } catch {
