@@ -1,3 +1,5 @@
+import { SbxError, type SbxErrorOptions } from "@sbx/arch";
+
 export type AgentErrorCode =
   | "INVALID_OPTIONS"
   /** No connection could be made (or re-made) within the connect timeout. */
@@ -75,20 +77,13 @@ export const AGENT_WIRE_ERROR_CODES: ReadonlySet<string> = new Set<AgentErrorCod
 ]);
 
 /** The one error class of @sbx/agent. `code` is stable; `errno` is the guest's when it sent one. */
-export class AgentError extends Error {
+export class AgentError extends SbxError<AgentErrorCode> {
+  static override readonly errorScope = "agent";
   override readonly name = "AgentError";
-  readonly code: AgentErrorCode;
   readonly errno: number | undefined;
-  readonly details: Readonly<Record<string, unknown>>;
 
-  constructor(
-    code: AgentErrorCode,
-    message: string,
-    options: { cause?: unknown; errno?: number; details?: Record<string, unknown> } = {},
-  ) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
-    this.code = code;
+  constructor(code: AgentErrorCode, message: string, options: SbxErrorOptions & { errno?: number } = {}) {
+    super(code, message, options);
     this.errno = options.errno;
-    this.details = Object.freeze({ ...options.details });
   }
 }

@@ -1,3 +1,6 @@
+import { SbxError } from "./sbx-error.ts";
+
+/** The stable codes of `ArchError`. */
 export type ArchErrorCode =
   | "UNKNOWN_ARCH"
   | "UNSUPPORTED_HOST_ARCH"
@@ -16,18 +19,7 @@ export type ArchErrorCode =
   | "COMMAND_FAILED";
 
 /** The one error class of @sbx/arch. `code` is stable; the message says what failed and the fix. */
-export class ArchError extends Error {
+export class ArchError extends SbxError<ArchErrorCode> {
+  static override readonly errorScope = "arch";
   override readonly name = "ArchError";
-  readonly code: ArchErrorCode;
-  readonly details: Readonly<Record<string, unknown>>;
-
-  constructor(
-    code: ArchErrorCode,
-    message: string,
-    options: { cause?: unknown; details?: Record<string, unknown> } = {},
-  ) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
-    this.code = code;
-    this.details = Object.freeze({ ...options.details });
-  }
 }

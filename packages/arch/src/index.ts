@@ -48,6 +48,7 @@ export {
 } from "./kernel-release.ts";
 export { type Logger, silentLogger } from "./logger.ts";
 export { type CommandResult, type RunCommandOptions, runCommand } from "./run-command.ts";
+export { SbxError, type SbxErrorOptions } from "./sbx-error.ts";
 export {
   type ArchTraits,
   archTraits,

@@ -1,3 +1,5 @@
+import { SbxError } from "@sbx/arch";
+
 export type CpuTemplateErrorCode =
   | "INVALID_TEMPLATE"
   | "INVALID_BITMAP"
@@ -11,11 +13,7 @@ export type CpuTemplateErrorCode =
   | "SNAPSHOT_VERSION_INCOMPATIBLE";
 
 /** The one error class of @sbx/cpu-template; `code` is stable. */
-export class CpuTemplateError extends Error {
-  override name = "CpuTemplateError";
-  readonly code: CpuTemplateErrorCode;
-  constructor(code: CpuTemplateErrorCode, message: string, options: { cause?: unknown } = {}) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
-    this.code = code;
-  }
+export class CpuTemplateError extends SbxError<CpuTemplateErrorCode> {
+  static override readonly errorScope = "cpu-template";
+  override readonly name = "CpuTemplateError";
 }

@@ -3,7 +3,7 @@
 // (on a hybrid host the v2 hierarchy has none of the v1-bound controllers, and the jailer would panic).
 import { readFile, rmdir } from "node:fs/promises";
 import { join } from "node:path";
-import { FirecrackerLaunchError } from "./launch-error.ts";
+import { FirecrackerLaunchError } from "./errors.ts";
 
 export interface CgroupMount {
   version: 1 | 2;

@@ -1,8 +1,12 @@
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { createFirecrackerClient } from "./client.ts";
-import { FirecrackerApiError, FirecrackerError, FirecrackerVersionError } from "./errors.ts";
-import { FirecrackerLaunchError } from "./launch-error.ts";
+import {
+  FirecrackerApiError,
+  FirecrackerError,
+  FirecrackerLaunchError,
+  FirecrackerVersionError,
+} from "./errors.ts";
 import { rejection } from "./test-errors.ts";
 import { fdCount, settledFdCount } from "./test-process-counts.ts";
 import { startFakeFirecrackerApi } from "./testing/fake-api-server.ts";

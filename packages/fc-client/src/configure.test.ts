@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { FirecrackerClient } from "./client.ts";
 import { configureAndStart } from "./configure.ts";
-import { FirecrackerLaunchError } from "./launch-error.ts";
+import { FirecrackerLaunchError } from "./errors.ts";
 
 /** A client that records which method was called with what, and can fail one method. */
 function recordingClient(failOn?: string): { client: FirecrackerClient; calls: [string, unknown][] } {

@@ -1,5 +1,5 @@
 import type { FirecrackerClient } from "./client.ts";
-import { FirecrackerLaunchError } from "./launch-error.ts";
+import { FirecrackerLaunchError } from "./errors.ts";
 import type { FullVmConfiguration } from "./schemas.ts";
 
 export interface ConfigureAndStartOptions {

@@ -1,7 +1,7 @@
 import { PassThrough } from "node:stream";
 import { describe, expect, it } from "vitest";
 import { ConsoleCapture } from "./console-capture.ts";
-import { FirecrackerLaunchError } from "./launch-error.ts";
+import { FirecrackerLaunchError } from "./errors.ts";
 
 describe("ConsoleCapture", () => {
   it("splits chunks into lines, strips CR, keeps a trailing partial line until end", async () => {

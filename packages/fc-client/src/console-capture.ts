@@ -1,5 +1,5 @@
 import type { Readable } from "node:stream";
-import { FirecrackerLaunchError } from "./launch-error.ts";
+import { FirecrackerLaunchError } from "./errors.ts";
 
 export interface ConsoleLine {
   /** Position of the line in the whole output, from 0; never reused. */

@@ -29,6 +29,8 @@ export {
   type FirecrackerClientErrorCode,
   FirecrackerError,
   type FirecrackerErrorCode,
+  FirecrackerLaunchError,
+  type FirecrackerLaunchErrorCode,
   FirecrackerVersionError,
 } from "./errors.ts";
 export type { Jail, JailLaunchOptions } from "./jail.ts";
@@ -40,7 +42,6 @@ export {
   linkIntoJail,
 } from "./jailer.ts";
 export { type JailerAndFirecrackerVersions, readJailerAndFirecrackerVersions } from "./jailer-version.ts";
-export { FirecrackerLaunchError, type FirecrackerLaunchErrorCode } from "./launch-error.ts";
 export {
   type FirecrackerExit,
   type FirecrackerProcess,

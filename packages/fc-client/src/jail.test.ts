@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { cgroupLimitFiles, chooseCgroupVersion, jailCgroupDirs, readCgroupMounts } from "./cgroups.ts";
 import { prepareJail } from "./jail.ts";
-import { FirecrackerLaunchError } from "./launch-error.ts";
+import { FirecrackerLaunchError } from "./errors.ts";
 import { launchFirecracker } from "./launcher.ts";
 import { fdCount, settledFdCount } from "./test-process-counts.ts";
 

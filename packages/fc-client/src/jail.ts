@@ -12,7 +12,7 @@ import { basename, dirname, join, posix } from "node:path";
 import { z } from "zod";
 import { chooseCgroupVersion, jailCgroupDirs, readCgroupMounts, removeCgroupDirs } from "./cgroups.ts";
 import { buildJailerArgs, type JailerCommand, type JailerOptions } from "./jailer.ts";
-import { FirecrackerLaunchError } from "./launch-error.ts";
+import { FirecrackerLaunchError } from "./errors.ts";
 
 export const UNSHARE_BINARY = "/usr/bin/unshare";
 export const SHELL_BINARY = "/bin/sh";

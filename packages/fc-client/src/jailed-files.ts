@@ -3,7 +3,7 @@
 import { open } from "node:fs/promises";
 import { type Arch, ArchError, archTraits, type Logger } from "@sbx/arch";
 import { type PreparedJail, prepareJail, writeIntoJail } from "./jail.ts";
-import { FirecrackerLaunchError } from "./launch-error.ts";
+import { FirecrackerLaunchError } from "./errors.ts";
 import type { LaunchFirecrackerOptions } from "./launcher.ts";
 import type { FullVmConfiguration } from "./schemas.ts";
 

@@ -2,7 +2,7 @@
 // launches a newer Firecracker (the jailer only execs it), so the two versions may differ.
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { FirecrackerLaunchError } from "./launch-error.ts";
+import { FirecrackerLaunchError } from "./errors.ts";
 
 const run = promisify(execFile);
 

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { buildJailerArgs, jailedPaths, linkIntoJail } from "./jailer.ts";
-import { FirecrackerLaunchError } from "./launch-error.ts";
+import { FirecrackerLaunchError } from "./errors.ts";
 
 describe("buildJailerArgs", () => {
   it("builds the jailer argv with uid/gid, chroot base, cgroup v2 and Firecracker args after --", () => {

@@ -1,6 +1,6 @@
 import { chown, copyFile, link, mkdir, rm } from "node:fs/promises";
 import { basename, isAbsolute, join, posix } from "node:path";
-import { FirecrackerLaunchError } from "./launch-error.ts";
+import { FirecrackerLaunchError } from "./errors.ts";
 
 export interface JailerOptions {
   /** The jailer executable; default `jailer`. */

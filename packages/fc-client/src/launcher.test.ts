@@ -3,7 +3,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { FirecrackerLaunchError } from "./launch-error.ts";
+import { FirecrackerLaunchError } from "./errors.ts";
 import { launchFirecracker } from "./launcher.ts";
 import { childPids, fdCount, launcherTempDirs, processState, settledFdCount } from "./test-process-counts.ts";
 import { fakeFirecrackerCommand } from "./testing/fake-firecracker-command.ts";

@@ -19,7 +19,7 @@ import {
   type ConsoleMatch,
   type WaitForConsoleOptions,
 } from "./console-capture.ts";
-import { FirecrackerApiError } from "./errors.ts";
+import { FirecrackerApiError, FirecrackerLaunchError } from "./errors.ts";
 import {
   childrenOf,
   type Jail,
@@ -29,7 +29,6 @@ import {
   type PreparedJail,
 } from "./jail.ts";
 import { prepareJailedFiles } from "./jailed-files.ts";
-import { FirecrackerLaunchError } from "./launch-error.ts";
 import { type FullVmConfiguration, fullVmConfigurationSchema } from "./schemas.ts";
 
 export interface LaunchFirecrackerOptions {

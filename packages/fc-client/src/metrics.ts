@@ -1,6 +1,6 @@
 import { open } from "node:fs/promises";
 import { z } from "zod";
-import { FirecrackerLaunchError } from "./launch-error.ts";
+import { FirecrackerLaunchError } from "./errors.ts";
 
 /** A metrics value: a counter, or an aggregate such as `{ min_us, max_us, sum_us }`. */
 const metricValueSchema = z.union([z.number(), z.record(z.string(), z.number())]);

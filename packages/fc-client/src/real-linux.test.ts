@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { configureAndStart } from "./configure.ts";
-import type { FirecrackerLaunchError } from "./launch-error.ts";
+import type { FirecrackerLaunchError } from "./errors.ts";
 import { type FirecrackerProcess, launchFirecracker } from "./launcher.ts";
 import { childPids, fdCount, settledFdCount } from "./test-process-counts.ts";
 import { realFirecracker } from "./testing/real-firecracker.ts";

@@ -1,5 +1,5 @@
 import { connect, type Socket } from "node:net";
-import { FirecrackerLaunchError } from "./launch-error.ts";
+import { FirecrackerLaunchError } from "./errors.ts";
 
 export interface DialVsockOptions {
   /** The vsock device's `uds_path` on the host (as given to `PUT /vsock`). */

@@ -1,3 +1,5 @@
+import { SbxError } from "@sbx/arch";
+
 export type OrchestratorErrorCode =
   | "CONFIG_INVALID"
   | "INVALID_OPTIONS"
@@ -26,6 +28,8 @@ export type OrchestratorErrorCode =
   | "GC_UNSAFE"
   | "PROVISION_FAILED"
   | "MEMFD_MISSING"
+  /** A remote build's memory chunk could not be fetched while its guest needed it: the sandbox stopped. */
+  | "MEMORY_FETCH_FAILED"
   | "ARTIFACT_INVALID"
   | "ARCH_MISMATCH"
   /** The host has no room for the create (see `details.reason` and `details.short`). */
@@ -39,18 +43,7 @@ export type OrchestratorErrorCode =
   | "DOCKER_CONFIG_INVALID";
 
 /** The one error class of @sbx/orchestrator. `code` is stable; the message says what failed and the fix. */
-export class OrchestratorError extends Error {
+export class OrchestratorError extends SbxError<OrchestratorErrorCode> {
+  static override readonly errorScope = "orchestrator";
   override readonly name = "OrchestratorError";
-  readonly code: OrchestratorErrorCode;
-  readonly details: Readonly<Record<string, unknown>>;
-
-  constructor(
-    code: OrchestratorErrorCode,
-    message: string,
-    options: { cause?: unknown; details?: Record<string, unknown> } = {},
-  ) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
-    this.code = code;
-    this.details = Object.freeze({ ...options.details });
-  }
 }

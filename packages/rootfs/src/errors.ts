@@ -1,3 +1,5 @@
+import { SbxError } from "@sbx/arch";
+
 export type RootfsErrorCode =
   | "INVALID_OPTIONS"
   | "COMMAND_FAILED"
@@ -29,18 +31,7 @@ export type RootfsErrorCode =
   | "REGISTRY_REQUEST_FAILED";
 
 /** The one error class of @sbx/rootfs. `code` is stable; the message says what failed and the fix. */
-export class RootfsError extends Error {
+export class RootfsError extends SbxError<RootfsErrorCode> {
+  static override readonly errorScope = "rootfs";
   override readonly name = "RootfsError";
-  readonly code: RootfsErrorCode;
-  readonly details: Readonly<Record<string, unknown>>;
-
-  constructor(
-    code: RootfsErrorCode,
-    message: string,
-    options: { cause?: unknown; details?: Record<string, unknown> } = {},
-  ) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
-    this.code = code;
-    this.details = Object.freeze({ ...options.details });
-  }
 }

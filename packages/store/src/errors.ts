@@ -1,3 +1,5 @@
+import { SbxError, type SbxErrorOptions } from "@sbx/arch";
+
 export type StoreErrorCode =
   /** SBX_STORE_URL or another store option is malformed or missing; `variable` names it. */
   | "CONFIG_INVALID"
@@ -28,19 +30,18 @@ export type StoreErrorCode =
   | "CLOSED";
 
 /** The one error class of @sbx/store. `code` is stable; `key` and `variable` are set where they apply. */
-export class StoreError extends Error {
-  override name = "StoreError";
-  readonly code: StoreErrorCode;
+export class StoreError extends SbxError<StoreErrorCode> {
+  static override readonly errorScope = "store";
+  override readonly name = "StoreError";
   readonly key: string | undefined;
   readonly variable: string | undefined;
 
   constructor(
     code: StoreErrorCode,
     message: string,
-    options: { key?: string; variable?: string; cause?: unknown } = {},
+    options: SbxErrorOptions & { key?: string; variable?: string } = {},
   ) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
-    this.code = code;
+    super(code, message, options);
     this.key = options.key;
     this.variable = options.variable;
   }

@@ -1,3 +1,6 @@
+import { getSystemErrorName } from "node:util";
+import { SbxError, type SbxErrorOptions } from "@sbx/arch";
+
 export type UffdErrorCode =
   /** A control message that is not a well-formed SOL_SOCKET/SCM_RIGHTS chain, or was truncated. */
   | "BAD_CONTROL_MESSAGE"
@@ -20,27 +23,55 @@ export type UffdErrorCode =
   | "MEMORY_HEADER_INVALID"
   /** A working-set file that is truncated, fails its checksum, or lists pages unaligned, twice or out of range. */
   | "WORKING_SET_INVALID"
+  /** A chunk of a remote build's memory could not be had in time (store down, slow, or corrupt bytes). */
+  | "MEMORY_FETCH_FAILED"
   | "CLOSED";
 
-/** The one error class of @sbx/uffd. `code` is stable; `errno`, `syscall` and `address` are set where they apply. */
-export class UffdError extends Error {
-  override name = "UffdError";
-  readonly code: UffdErrorCode;
+/**
+ * The name of a Linux errno (17 → "EEXIST"), or undefined for a number the platform does not know. The
+ * table is Node's (libuv's, built for this platform), so uffd keeps no copy of the numbers' names.
+ */
+export function errnoName(errno: number): string | undefined {
+  if (!Number.isInteger(errno) || errno <= 0) return undefined;
+  const name = getSystemErrorName(-errno);
+  return /^E[A-Z0-9]+$/.test(name) ? name : undefined;
+}
+
+/** The options of `UffdError`: where a syscall or fault failed, and how. */
+export interface UffdErrorOptions extends SbxErrorOptions {
+  errno?: number;
+  syscall?: string;
+  address?: number;
+}
+
+/**
+ * The one error class of @sbx/uffd. `code` is stable; `errno` (with its name, `errnoName`), `syscall` and
+ * `address` are set where they apply. A message that says `errno N` gets the name beside the number.
+ */
+export class UffdError extends SbxError<UffdErrorCode> {
+  static override readonly errorScope = "uffd";
+  override readonly name = "UffdError";
   readonly errno: number | undefined;
+  /** `errno`'s name ("EEXIST"), when it has one. */
+  readonly errnoName: string | undefined;
   readonly syscall: string | undefined;
   readonly address: number | undefined;
 
-  constructor(
-    code: UffdErrorCode,
-    message: string,
-    options: { errno?: number; syscall?: string; address?: number; cause?: unknown } = {},
-  ) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
-    this.code = code;
+  constructor(code: UffdErrorCode, message: string, options: UffdErrorOptions = {}) {
+    const name = options.errno === undefined ? undefined : errnoName(options.errno);
+    super(code, name === undefined ? message : withErrnoName(message, options.errno ?? 0, name), options);
     this.errno = options.errno;
+    this.errnoName = name;
     this.syscall = options.syscall;
     this.address = options.address;
   }
+}
+
+// "errno 17" → "errno 17 (EEXIST)", once: an error rebuilt from another's message (the fault worker's,
+// across the thread boundary) already has the name.
+function withErrnoName(message: string, errno: number, name: string): string {
+  if (message.includes(name)) return message;
+  return message.replace(new RegExp(`\\berrno ${errno}\\b`), `errno ${errno} (${name})`);
 }
 
 /** Throws SYSCALL_FAILED when a libc call returned -1. */

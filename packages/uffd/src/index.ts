@@ -1,5 +1,5 @@
 export type { RemoteMemorySource } from "./chunk-fetches.ts";
-export { UffdError, type UffdErrorCode } from "./errors.ts";
+export { errnoName, UffdError, type UffdErrorCode, type UffdErrorOptions } from "./errors.ts";
 export {
   fdKind,
   type GuestRegion,

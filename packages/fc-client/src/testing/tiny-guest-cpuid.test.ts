@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { configureAndStart } from "../configure.ts";
-import { FirecrackerLaunchError } from "../launch-error.ts";
+import { FirecrackerLaunchError } from "../errors.ts";
 import { launchFirecracker } from "../launcher.ts";
 import { realFirecracker } from "./real-firecracker.ts";
 import { buildTestGuest, TEST_GUEST_READY_MARKER } from "./tiny-guest.ts";

@@ -2,7 +2,7 @@
 // execute CPUID for each listed leaf before its ready marker and print the four registers, so a test
 // can check a CPU template against what the guest actually sees.
 import { z } from "zod";
-import { FirecrackerLaunchError } from "../launch-error.ts";
+import { FirecrackerLaunchError } from "../errors.ts";
 
 /** The guest prints at most this many leaves (its parser stops there). */
 export const TEST_GUEST_CPUID_MAX = 64;

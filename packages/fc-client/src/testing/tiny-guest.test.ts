@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { configureAndStart } from "../configure.ts";
-import { FirecrackerLaunchError } from "../launch-error.ts";
+import { FirecrackerLaunchError } from "../errors.ts";
 import { type FirecrackerProcess, launchFirecracker } from "../launcher.ts";
 import { readMetricsFile } from "../metrics.ts";
 import { childPids, fdCount, launcherTempDirs, settle } from "../test-process-counts.ts";

@@ -6,7 +6,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { detectBinaryArch, hostArch } from "@sbx/arch";
 import { z } from "zod";
-import { FirecrackerLaunchError } from "../launch-error.ts";
+import { FirecrackerLaunchError } from "../errors.ts";
 
 /** The line the test guest prints once it runs. */
 export const TEST_GUEST_READY_MARKER = "SBX-GUEST-READY";
