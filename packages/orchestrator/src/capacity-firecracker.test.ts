@@ -147,7 +147,9 @@ describe.skipIf(skipReason !== undefined)(
     }, 180_000);
 
     it("32 creates with a queue timeout: kills make room, the queued creates behind them run, the rest are refused", async () => {
-      await using orchestrator = await open({ admissionTimeoutMs: 10_000 });
+      // The queued creates must outwait the first batch coming alive: 8 busy guests on a loaded 2-core
+      // host took 8-11 s (jailed ones 0.3-0.5 s more), so 10 s refused the ones the kills made room for.
+      await using orchestrator = await open({ admissionTimeoutMs: 20_000 });
       const fits = orchestrator.metrics().capacity.capacity.vcpus;
       const killed: Sandbox[] = [];
       let createdSoFar = 0;
