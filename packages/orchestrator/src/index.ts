@@ -22,6 +22,7 @@ export { type DoctorCheck, runDoctor } from "./doctor.ts";
 export type { EgressPolicy, EgressPolicyInput } from "./egress-policy.ts";
 export { OrchestratorError, type OrchestratorErrorCode } from "./errors.ts";
 export { type ImportBuildOptions, importBuild } from "./import-build.ts";
+export { type LaunchMode, launchModeFor } from "./jail-plan.ts";
 export { type OpenOrchestratorOptions, Orchestrator } from "./orchestrator.ts";
 export { type OrchestratorState, openOrchestratorState } from "./orchestrator-state.ts";
 export { defaultPauseSteps, type PauseOptions } from "./pause.ts";
@@ -58,3 +59,4 @@ export {
   type TemplateRequest,
 } from "./template-inputs.ts";
 export { BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
+export { type LaunchedVm, launchVm, type VmLaunchRequest } from "./vm-launch.ts";
