@@ -1,7 +1,7 @@
 // Resource counts for tests that own fds, child processes, network namespaces or temp files.
 
 import { spawnSync } from "node:child_process";
-import { readdirSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { childPids } from "@sbx/arch/testing";
 
 export function openFds(): number {
@@ -20,4 +20,20 @@ export function networkNamespaces(prefix: string): string[] {
 
 export function agentFds(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+/** The first process named `comm` below `pid` (breadth first), e.g. the agent under its namespace's init. */
+export function descendantNamed(pid: number, comm: string): number {
+  let level = [pid];
+  while (level.length > 0) {
+    level = level.flatMap((parent) => childProcesses(parent));
+    for (const child of level) {
+      try {
+        if (readFileSync(`/proc/${child}/comm`, "utf8").trim() === comm) return child;
+      } catch {
+        // exited meanwhile
+      }
+    }
+  }
+  throw new Error(`no process named ${comm} below ${pid}`);
 }

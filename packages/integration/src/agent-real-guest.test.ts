@@ -8,15 +8,15 @@ import { execFileSync } from "node:child_process";
 import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { AgentClient, ensureAgentBinary, firecrackerVsockTransport } from "@sbx/agent";
+import { settle } from "@sbx/agent/testing";
 import { hostArch } from "@sbx/arch";
+import { childPids, openFdCount as openFds } from "@sbx/arch/testing";
 import { configureAndStart, launchFirecracker } from "@sbx/fc-client";
 import { realFirecracker } from "@sbx/fc-client/testing";
 import { describe, expect, it } from "vitest";
-import { ensureAgentBinary } from "./agent-binary.ts";
-import { AgentClient } from "./client.ts";
-import { childProcesses, openFds } from "./test-counts.ts";
-import { settle } from "./testing/namespaced-agent.ts";
-import { firecrackerVsockTransport } from "./transport.ts";
+
+const childProcesses = () => childPids();
 
 const kernel = process.env.SBX_TEST_KERNEL;
 const rootfs = process.env.SBX_TEST_ROOTFS;

@@ -7,14 +7,19 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { AgentClient, ensureAgentBinary, tcpTransport } from "@sbx/agent";
+import { namespacedAgentUnavailable, settle } from "@sbx/agent/testing";
 import { hostArch } from "@sbx/arch";
+import { childPids, openFdCount as openFds } from "@sbx/arch/testing";
 import { injectGuestFiles, READY_MARKER } from "@sbx/rootfs";
 import { describe, expect, it } from "vitest";
-import { ensureAgentBinary } from "./agent-binary.ts";
-import { AgentClient } from "./client.ts";
-import { childProcesses, networkNamespaces, openFds } from "./test-counts.ts";
-import { namespacedAgentUnavailable, settle } from "./testing/namespaced-agent.ts";
-import { tcpTransport } from "./transport.ts";
+
+const childProcesses = () => childPids();
+const networkNamespaces = (prefix: string): string[] =>
+  spawnSync("ip", ["netns", "list"], { encoding: "utf8" })
+    .stdout.split("\n")
+    .map((line) => line.split(" ")[0] ?? "")
+    .filter((name) => name.startsWith(prefix));
 
 const reason = namespacedAgentUnavailable();
 if (reason) console.log(`agent under /.sbx/init: skipped: ${reason}`);
