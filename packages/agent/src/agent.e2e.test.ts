@@ -1,15 +1,16 @@
 // The real agent, chrooted in a busybox root inside its own mount, PID and network namespaces,
 // driven end to end through AgentClient over TCP (its network namespace), a Unix socket and a
 // hybrid-vsock CONNECT proxy.
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { hostArch } from "@sbx/arch";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ensureAgentBinary } from "./agent-binary.ts";
 import { AgentClient } from "./client.ts";
 import { AgentError } from "./errors.ts";
-import { childProcesses, networkNamespaces, openFds } from "./test-counts.ts";
+import { childProcesses, descendantNamed, networkNamespaces, openFds } from "./test-counts.ts";
 import { startHybridVsockProxy } from "./testing/hybrid-vsock-proxy.ts";
 import {
   type NamespacedAgent,
@@ -21,6 +22,7 @@ import { firecrackerVsockTransport } from "./transport.ts";
 
 const reason = namespacedAgentUnavailable();
 if (reason) console.log(`agent end to end: skipped: ${reason}`);
+const noStrace = spawnSync("strace", ["-V"]).status === 0 ? "" : "needs strace";
 const netnsPrefix = `sbx-agent-${process.pid.toString(36)}`;
 
 describe.skipIf(reason !== "")("agent in namespaces, end to end (needs root, unshare, ip)", () => {
@@ -323,6 +325,43 @@ describe.skipIf(reason !== "")("agent in namespaces, end to end (needs root, uns
     expect(Math.abs(health.epochMs - Date.now())).toBeLessThan(5_000);
     expect(health.connections).toBeGreaterThanOrEqual(1);
   });
+
+  // The guest's clock is the host's here (CLOCK_REALTIME has no namespace), so the effect cannot be
+  // observed without moving the host's clock: strace shows the agent making the calls, with the
+  // host's values, which a no-op or a wrong conversion would not.
+  it.skipIf(noStrace !== "")(
+    `after a restore, sets the clock to the host's time and credits and reseeds the RNG, as strace sees${noStrace ? ` (skipped: ${noStrace})` : ""}`,
+    async () => {
+      const agentPid = descendantNamed(agent.pid, "agent");
+      const log = join(agent.root, "..", "strace.log");
+      const strace = spawn("strace", ["-e", "trace=clock_settime,ioctl", "-o", log, "-p", String(agentPid)], {
+        stdio: ["ignore", "ignore", "pipe"],
+      });
+      let attached = "";
+      strace.stderr?.on("data", (chunk: Buffer) => {
+        attached += chunk.toString();
+      });
+      await settle(
+        () => attached,
+        (text) => text.includes("attached"),
+        10_000,
+      );
+      const when = new Date();
+      await client.setClock(when);
+      await client.reseedRandom(new Uint8Array(64).fill(7));
+      const exited = new Promise((resolve) => strace.once("exit", resolve));
+      strace.kill("SIGINT");
+      await exited;
+      const calls = readFileSync(log, "utf8");
+      const seconds = Math.floor(when.getTime() / 1000);
+      const nanos = (when.getTime() % 1000) * 1_000_000;
+      expect(calls).toContain(`clock_settime(CLOCK_REALTIME, {tv_sec=${seconds}, tv_nsec=${nanos}}) = 0`);
+      expect(calls).toMatch(
+        /ioctl\(\d+, RNDADDENTROPY, \{entropy_count=512, buf_size=64, buf="(\\7)+"\.*\}\)\s*= 0/,
+      );
+      expect(calls).toMatch(/ioctl\(\d+, RNDRESEEDCRNG\)\s*= 0/);
+    },
+  );
 
   it("works over the Unix socket and through a hybrid-vsock CONNECT proxy, and reconnects after a reset", async () => {
     await using viaUnix = new AgentClient(agent.unix());
