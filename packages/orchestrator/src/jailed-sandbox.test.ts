@@ -64,6 +64,12 @@ async function expectJailed(state: OrchestratorState, sandbox: Sandbox) {
   expect(entries(`/proc/${pid}/root`)).toEqual(entries(chroot));
   // Its own pid namespace.
   expect(readlinkSync(`/proc/${pid}/ns/pid`)).not.toBe(readlinkSync("/proc/self/ns/pid"));
+  // The page-fault server listened inside the chroot (its socket goes once the one peer connected) and
+  // served exactly this pid.
+  expect(sandbox.server.socketPath).toBe(join(chroot, "uffd.sock"));
+  expect((await sandbox.server.ready).peerPid).toBe(pid);
+  // The agent's vsock socket, made in the chroot, is reachable from the sandbox directory too.
+  expect(statSync(join(sandbox.directory, "vsock.sock")).ino).toBe(statSync(join(chroot, "vsock.sock")).ino);
   return { record, jail, chroot };
 }
 
