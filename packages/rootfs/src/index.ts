@@ -47,7 +47,28 @@ export {
 } from "./kernel-cmdline.ts";
 export type { IgnoredXattrs, SkippedEntry, SpecialFilePolicy, XattrSummary } from "./layer-apply.ts";
 export { blobPath, type OciLayout, readOciLayout } from "./oci-layout.ts";
-export * from "./oci-schemas.ts";
+export {
+  type Descriptor,
+  type Digest,
+  descriptorSchema,
+  digestSchema,
+  type ImageConfig,
+  type ImageIndex,
+  type ImageManifest,
+  type ImagePlatform,
+  INDEX_MEDIA_TYPES,
+  imageConfigSchema,
+  imageIndexSchema,
+  imageManifestSchema,
+  imageRuntimeConfigSchema,
+  type LayerCompression,
+  layerCompression,
+  MANIFEST_MEDIA_TYPES,
+  MEDIA_TYPES,
+  ociLayoutFileSchema,
+  platformSchema,
+  REF_NAME_ANNOTATION,
+} from "./oci-schemas.ts";
 export {
   formatPlatform,
   type PlatformSpec,
