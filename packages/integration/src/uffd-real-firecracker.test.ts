@@ -8,7 +8,8 @@ import { childPids, openFdCount as fdCount, openFdTargets } from "@sbx/arch/test
 import { configureAndStart, launchFirecracker } from "@sbx/fc-client";
 import {
   buildTestGuest,
-  expectedGuestChecksums,
+  expectChecksumContinues,
+  lastIteration,
   parseTestGuestLine,
   realFirecracker,
   TEST_GUEST_READY_MARKER,
@@ -45,7 +46,7 @@ describe.skipIf(skipReason !== undefined)(
     it("boots, snapshots, restores with a Uffd backend, and the checksum continues", async () => {
       const snapshotPath = join(dir, "vmstate");
       const memoryFile = join(dir, "mem");
-      let lastIteration = 0;
+      let iterationAtSnapshot = 0;
       {
         await using first = await launchFirecracker({
           binary: firecrackerBin!,
@@ -58,7 +59,7 @@ describe.skipIf(skipReason !== undefined)(
         });
         await first.waitForConsole(TEST_GUEST_READY_MARKER, { timeoutMs: 10_000 });
         const line = await first.waitForConsole(/^SBX-GUEST iter=([2-9]|\d\d+) /, { timeoutMs: 20_000 });
-        lastIteration = parseTestGuestLine(line.line.text)!.iteration;
+        iterationAtSnapshot = parseTestGuestLine(line.line.text)!.iteration;
         await first.client.patchVm({ state: "Paused" });
         await first.client.createSnapshot({
           snapshot_type: "Full",
@@ -83,13 +84,7 @@ describe.skipIf(skipReason !== undefined)(
       const ready = await server.ready;
       expect(ready.peerPid).toBe(second.pid);
       expect(ready.regions.reduce((sum, r) => sum + r.size, 0)).toBe(128 * 1024 * 1024);
-      const next = await second.waitForConsole(/^SBX-GUEST iter=\d+ sum=[0-9a-f]{8}$/, {
-        timeoutMs: 30_000,
-        since,
-      });
-      const progress = parseTestGuestLine(next.line.text)!;
-      expect(progress.iteration).toBeGreaterThan(lastIteration);
-      expect(progress.checksum).toBe(expectedGuestChecksums(progress.iteration)[progress.iteration - 1]);
+      await expectChecksumContinues(second, iterationAtSnapshot, { since, timeoutMs: 30_000 });
       await second.kill({ graceMs: 1000 });
       expect((await server.stopped).reason).toBe("peer-exited");
       const metrics = server.metrics(); // read after the loop stopped: the counters are final
@@ -154,7 +149,7 @@ describe.skipIf(skipReason !== undefined)(
         await fc.waitForConsole(new RegExp(`^SBX-GUEST iter=${after + 2} `), { timeoutMs: 30_000, since });
         await fc.client.patchVm({ state: "Paused" });
         await settle(200);
-        iterationAtDiff = Math.max(...fc.console.lines().map((l) => parseTestGuestLine(l)?.iteration ?? 0));
+        iterationAtDiff = lastIteration(fc);
         await fc.client.createSnapshot({
           snapshot_type: "Diff",
           snapshot_path: path("vmstate1"),
@@ -179,13 +174,7 @@ describe.skipIf(skipReason !== undefined)(
         mem_backend: { backend_type: "Uffd", backend_path: server.socketPath },
         resume_vm: true,
       });
-      const next = await fc.waitForConsole(/^SBX-GUEST iter=\d+ sum=[0-9a-f]{8}$/, {
-        timeoutMs: 30_000,
-        since,
-      });
-      const progress = parseTestGuestLine(next.line.text)!;
-      expect(progress.iteration).toBeGreaterThan(iterationAtDiff);
-      expect(progress.checksum).toBe(expectedGuestChecksums(progress.iteration)[progress.iteration - 1]);
+      await expectChecksumContinues(fc, iterationAtDiff, { since, timeoutMs: 30_000 });
       await fc.kill({ graceMs: 1000 });
     });
   },

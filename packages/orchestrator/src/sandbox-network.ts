@@ -10,6 +10,7 @@ import {
   NAMESPACE_TABLE,
   NAMESPACE_VETH_NAME,
   type NetworkNamespace,
+  type NetworkNamespaceOptions,
 } from "./network.ts";
 import {
   addPublishedPort,
@@ -26,13 +27,12 @@ export interface PortRange {
   to: number;
 }
 
-export interface SandboxNetworkOptions {
-  name: string;
-  hostVethName: string;
-  addresses: SandboxAddresses;
-  tapName: string;
-  tapAddress: string;
-  guestAddress: string;
+/** The namespace's own settings (see `NetworkNamespaceOptions`), then what the host side adds. */
+export interface SandboxNetworkOptions
+  extends Pick<
+    NetworkNamespaceOptions,
+    "name" | "hostVethName" | "addresses" | "tapName" | "tapAddress" | "guestAddress"
+  > {
   /** The pool every sandbox's /30 comes from; refused to sandboxes unless allowed. */
   hostAddressPool: string;
   /** The host's nftables table (`inet <table>`). */

@@ -1,68 +1,8 @@
-// What the real-Firecracker tests and benchmarks share (no test framework here, so benches use it too): a Full snapshot of the tiny test guest taken once it printed a
-// given iteration, and the proof that a restored guest goes on with the right checksum.
-import { mkdir } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { configureAndStart, type FirecrackerProcess, launchFirecracker } from "@sbx/fc-client";
-import { buildTestGuest, expectedGuestChecksums, parseTestGuestLine } from "@sbx/fc-client/testing";
-
-export const GUEST_LINE = /^SBX-GUEST iter=\d+ sum=[0-9a-f]{8}$/;
-
-/**
- * `{dir}/vmstate` and `{dir}/mem`: the test guest (128 MiB, one vCPU, booted with `bootArgs`) once it
- * printed iteration `atLeast`.
- */
-export async function snapshotTestGuest(
-  firecrackerBin: string,
-  dir: string,
-  options: { atLeast?: number; bootArgs?: string } = {},
-): Promise<{ vmstate: string; memory: string }> {
-  const atLeast = options.atLeast ?? 2;
-  const guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
-  await mkdir(dir, { recursive: true });
-  await using fc = await launchFirecracker({
-    binary: firecrackerBin,
-    id: "sbx-test-snapshot",
-    logPath: join(dir, "fc.log"),
-  });
-  await configureAndStart(fc.client, {
-    "boot-source": { kernel_image_path: guest, boot_args: options.bootArgs ?? "console=ttyS0" },
-    "machine-config": { vcpu_count: 1, mem_size_mib: 128, track_dirty_pages: true },
-  });
-  await fc.waitForConsole(new RegExp(`^SBX-GUEST iter=(${atLeast}|\\d{${String(atLeast).length + 1},}) `), {
-    timeoutMs: 30_000,
-  });
-  await fc.client.patchVm({ state: "Paused" });
-  const snapshot = { vmstate: join(dir, "vmstate"), memory: join(dir, "mem") };
-  await fc.client.createSnapshot({
-    snapshot_type: "Full",
-    snapshot_path: snapshot.vmstate,
-    mem_file_path: snapshot.memory,
-  });
-  return snapshot;
-}
-
-/** The newest iteration the guest printed. */
-export function lastIteration(fc: FirecrackerProcess): number {
-  return Math.max(0, ...fc.console.lines().map((line) => parseTestGuestLine(line)?.iteration ?? 0));
-}
-
-/**
- * The guest's first progress line past iteration `after` must carry the checksum an uninterrupted guest
- * has there (throws otherwise); returns that iteration.
- */
-export async function expectChecksumContinues(fc: FirecrackerProcess, after: number): Promise<number> {
-  let since = 0;
-  for (;;) {
-    const next = await fc.waitForConsole(GUEST_LINE, { timeoutMs: 60_000, since });
-    since = next.line.seq + 1;
-    const progress = parseTestGuestLine(next.line.text);
-    if (!progress || progress.iteration <= after) continue;
-    const expected = expectedGuestChecksums(progress.iteration)[progress.iteration - 1];
-    if (progress.checksum !== expected)
-      throw new Error(
-        `the guest's checksum at iteration ${progress.iteration} is ${progress.checksum}, not ${expected}: its memory came back wrong`,
-      );
-    return progress.iteration;
-  }
-}
+// The test guest's snapshot and the proof that a restored guest goes on with the right checksum live in
+// @sbx/fc-client/testing (the integration tests use them too); GUEST_LINE is its progress line.
+export {
+  expectChecksumContinues,
+  lastIteration,
+  snapshotTestGuest,
+  TEST_GUEST_PROGRESS_PATTERN as GUEST_LINE,
+} from "@sbx/fc-client/testing";

@@ -105,6 +105,16 @@ describe("parseAuthenticateHeader", () => {
   });
 });
 
+/** Partial downloads and temp files left in a layout's blob directory. */
+const leftoverDownloads = (dest: string) =>
+  readdirSync(join(dest, "blobs/sha256")).filter((name) => name.includes("partial") || isTempName(name));
+
+/** Pulls team/single:v1 into `dest` and returns its manifest, to learn the blobs a later pull fetches. */
+async function probeManifest(host: string, dest: string): Promise<unknown> {
+  const probe = await pullImage({ reference: `${host}/team/single:v1`, platform: "amd64", dest });
+  return JSON.parse(readFileSync(join(dest, "blobs/sha256", probe.manifestDigest.slice(7)), "utf8"));
+}
+
 const missing = registryToolsMissing();
 if (missing) console.log(`registry pull tests skipped: ${missing}`);
 
@@ -204,9 +214,7 @@ describe.skipIf(missing !== undefined)(
       expect(readFileSync(join(root, "hello"), "utf8")).toBe("single");
       expect(readFileSync(join(root, "etc/zstd"), "utf8")).toBe("zstd layer");
       expect(readFileSync(join(root, "big")).length).toBe(3 * 1024 * 1024);
-      expect(
-        readdirSync(join(dest, "blobs/sha256")).filter((n) => n.includes("partial") || isTempName(n)),
-      ).toEqual([]);
+      expect(leftoverDownloads(dest)).toEqual([]);
       expect(openFdCount()).toBe(fdsBefore);
     });
 
@@ -361,21 +369,14 @@ describe.skipIf(missing !== undefined)(
       const root = join(tmp.path, "root");
       await unpackImage({ layout: await readOciLayout(dest), platform: "amd64", dest: root });
       expect(readFileSync(join(root, "big")).length).toBe(3 * 1024 * 1024);
-      expect(
-        readdirSync(join(dest, "blobs/sha256")).filter((n) => n.includes("partial") || isTempName(n)),
-      ).toEqual([]);
+      expect(leftoverDownloads(dest)).toEqual([]);
     });
 
     it("resumes a blob cut off mid-way with a Range request, within a pull and in the next pull after an interruption", async () => {
       await using tmp = await tempDir();
-      const probe = await pullImage({
-        reference: `${open.host}/team/single:v1`,
-        platform: "amd64",
-        dest: join(tmp.path, "probe"),
-      });
-      const manifest = JSON.parse(
-        readFileSync(join(tmp.path, "probe/blobs/sha256", probe.manifestDigest.slice(7)), "utf8"),
-      ) as { layers: { digest: string; size: number }[] };
+      const manifest = (await probeManifest(open.host, join(tmp.path, "probe"))) as {
+        layers: { digest: string; size: number }[];
+      };
       const big = manifest.layers[2]!;
       const login = { username: "bob", password: "pw" };
 
@@ -439,11 +440,7 @@ describe.skipIf(missing !== undefined)(
       expect(proxy.blobRequests.filter((r) => r.path.endsWith(big.digest))).toEqual([
         { path: `/v2/team/single/blobs/${big.digest}`, range: `bytes=${kept}-` },
       ]);
-      expect(
-        readdirSync(join(dest, "blobs/sha256")).filter(
-          (name) => name.includes("partial") || isTempName(name),
-        ),
-      ).toEqual([]);
+      expect(leftoverDownloads(dest)).toEqual([]);
       const root = join(tmp.path, "root");
       await unpackImage({ layout: await readOciLayout(dest), platform: "amd64", dest: root });
       expect(readFileSync(join(root, "big")).length).toBe(3 * 1024 * 1024);
@@ -452,14 +449,10 @@ describe.skipIf(missing !== undefined)(
 
     it("refuses an altered config or layer blob, leaving no partial file and no index entry", async () => {
       await using tmp = await tempDir();
-      const probe = await pullImage({
-        reference: `${open.host}/team/single:v1`,
-        platform: "amd64",
-        dest: join(tmp.path, "probe"),
-      });
-      const manifest = JSON.parse(
-        readFileSync(join(tmp.path, "probe/blobs/sha256", probe.manifestDigest.slice(7)), "utf8"),
-      ) as { config: { digest: string }; layers: { digest: string }[] };
+      const manifest = (await probeManifest(open.host, join(tmp.path, "probe"))) as {
+        config: { digest: string };
+        layers: { digest: string }[];
+      };
       for (const victim of [manifest.config.digest, manifest.layers[2]!.digest]) {
         await using proxy = await startBearerProxy(
           open.host,

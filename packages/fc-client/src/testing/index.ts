@@ -9,6 +9,7 @@ export {
   fakeFirecrackerCommand,
   fakeFirecrackerScript,
 } from "./fake-firecracker-command.ts";
+export { expectChecksumContinues, lastIteration, snapshotTestGuest } from "./guest-snapshot.ts";
 export { type RealFirecracker, realFirecracker } from "./real-firecracker.ts";
 export {
   type BuildTestGuestOptions,
