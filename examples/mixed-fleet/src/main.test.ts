@@ -1,6 +1,6 @@
 import { execFileSync } from "node:child_process";
-import { accessSync, constants } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { kvmSkipReason } from "@sbx/arch/testing";
 import { hostFingerprint } from "@sbx/cpu-template";
 import { describe, expect, it } from "vitest";
 
@@ -15,14 +15,7 @@ const TAKEN_AWAY = [
   { name: "vpclmulqdq", register: 2, bit: 10 },
 ];
 const main = fileURLToPath(new URL("./main.ts", import.meta.url));
-const kvm = (() => {
-  try {
-    accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
-    return process.arch === "x64";
-  } catch {
-    return false;
-  }
-})();
+const kvm = kvmSkipReason() === undefined && process.arch === "x64";
 if (!kvm) console.log("[mixed-fleet example] skipped: needs /dev/kvm on x86_64 for the host fingerprint");
 
 describe.skipIf(!kvm)("mixed-fleet example", () => {

@@ -1,33 +1,16 @@
 import { execFileSync } from "node:child_process";
-import { accessSync, constants, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { readFileSync } from "node:fs";
+import { kvmSkipReason, openFdCount, openFdTargets } from "@sbx/arch/testing";
 import { describe, expect, it } from "vitest";
 import { checkCompatibility } from "./compat.ts";
 import { cpuidKey, fingerprintToFile, parseFingerprint } from "./fingerprint.ts";
 import { ARM64_KVM_IOCTLS, hostFingerprint } from "./host.ts";
 
-const fdCount = () => readdirSync("/proc/self/fd").length;
+const fdCount = openFdCount;
 /** This process's fds on /dev/kvm and KVM's anonymous inodes (kvm-vm, kvm-vcpu:N). */
-function kvmFds(): string[] {
-  return readdirSync("/proc/self/fd")
-    .map((fd) => {
-      try {
-        return readlinkSync(`/proc/self/fd/${fd}`);
-      } catch {
-        return "";
-      }
-    })
-    .filter((target) => target === "/dev/kvm" || target.startsWith("anon_inode:kvm"))
-    .sort();
-}
+const kvmFds = () => openFdTargets(/^\/dev\/kvm$|^anon_inode:kvm/).sort();
 
-const kvm = (() => {
-  try {
-    accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
-    return process.arch === "x64";
-  } catch {
-    return false;
-  }
-})();
+const kvm = kvmSkipReason() === undefined && process.arch === "x64";
 if (!kvm) console.log("[cpu-template] host fingerprint test skipped: needs /dev/kvm on x86_64");
 
 describe("hostFingerprint", () => {

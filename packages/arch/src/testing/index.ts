@@ -1,5 +1,5 @@
 // Process and fd counts for tests that own children or fds, shared by every sbx package's tests.
-import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { accessSync, constants, readdirSync, readFileSync, readlinkSync } from "node:fs";
 
 /** Open fds of this process. */
 export function openFdCount(): number {
@@ -41,4 +41,14 @@ export function childPids(options: { parent?: number; zombies?: boolean } = {}):
     }
   }
   return children;
+}
+
+/** Why this process cannot use KVM (`/dev/kvm` missing or not read-write), or undefined when it can. */
+export function kvmSkipReason(): string | undefined {
+  try {
+    accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
+    return undefined;
+  } catch (error) {
+    return `needs read-write /dev/kvm (${(error as NodeJS.ErrnoException).code ?? "unusable"})`;
+  }
 }
