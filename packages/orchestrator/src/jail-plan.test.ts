@@ -139,6 +139,20 @@ describe("launch mode", () => {
     expect(await resolveJailerBinary({ ...base, firecrackerRoot: join(root, "none") })).toBeUndefined();
   });
 
+  it.skipIf(!isRoot)(
+    `a jail base too long for a VM's API socket path is CONFIG_INVALID at the first start${isRoot ? "" : " (skipped: needs root)"}`,
+    async () => {
+      const config = createConfig({
+        stateDir: join(root, "state"),
+        jailerBin: "/bin/true",
+        jailChrootBaseDir: join(root, "state", "j".repeat(80)),
+      });
+      const error = await launchModeFor({ config }).catch((e: unknown) => e);
+      expect(error).toMatchObject({ code: "CONFIG_INVALID" });
+      expect((error as Error).message).toMatch(/Unix sockets hold 107.*SBX_JAIL_CHROOT_BASE_DIR/s);
+    },
+  );
+
   it.skipIf(!hybridCgroups)(
     `cgroup v2 where the v2 tree lacks cpu, memory or pids (a hybrid host) is CONFIG_INVALID${hybridCgroups ? "" : " (skipped: not a hybrid cgroup host, or not root)"}`,
     async () => {

@@ -38,6 +38,10 @@ export type LaunchMode = { jailed: false } | { jailed: true; jailer: JailerSetti
 /** The cgroup controllers a VM's limits use (CPU, memory, pids). */
 export const JAIL_CGROUP_CONTROLLERS = ["cpu", "memory", "pids"] as const;
 
+/** Sandbox ids (12), template VMs (`template-` + 8) and recordings (`record-` + 12): the longest is 19. */
+const LONGEST_VM_ID = 19;
+const MAX_SOCKET_PATH_BYTES = 107;
+
 /** Guest memory plus this, as the memory limit: Firecracker's own heap, page tables, snapshot I/O. */
 export const JAIL_MEMORY_OVERHEAD_BYTES = 128 * 1024 * 1024;
 /** Firecracker's threads (VMM, API, one per vCPU) with room to spare; a guest cannot fork host tasks. */
@@ -135,6 +139,20 @@ async function resolveLaunchMode(config: OrchestratorConfig): Promise<LaunchMode
       "CONFIG_INVALID",
       `the jail base ${layout.chrootBaseDir} is on another file system than the state directory ${config.stateDir}: disks are hard-linked into each chroot and snapshots renamed out of it; put SBX_JAIL_CHROOT_BASE_DIR on the state directory's file system`,
       { details: { chrootBaseDir: layout.chrootBaseDir, stateDir: config.stateDir } },
+    );
+  }
+  // The longest path a VM's jail holds: the API socket of a VM with the longest id this package makes.
+  const apiSocket = join(
+    layout.chrootBaseDir,
+    "firecracker",
+    "x".repeat(LONGEST_VM_ID),
+    "root/run/firecracker.socket",
+  );
+  if (Buffer.byteLength(apiSocket) > MAX_SOCKET_PATH_BYTES) {
+    throw new OrchestratorError(
+      "CONFIG_INVALID",
+      `the jail base ${layout.chrootBaseDir} is too long: a VM's API socket would be ${Buffer.byteLength(apiSocket)} bytes, Unix sockets hold ${MAX_SOCKET_PATH_BYTES}; set SBX_JAIL_CHROOT_BASE_DIR (or SBX_STATE_DIR) to a shorter path on the same file system`,
+      { details: { chrootBaseDir: layout.chrootBaseDir, variables: ["SBX_JAIL_CHROOT_BASE_DIR"] } },
     );
   }
   const mounts = await readCgroupMounts();

@@ -73,9 +73,9 @@ export interface LaunchedVm extends AsyncDisposable {
   /** The vsock socket on the host, once the VM made it (after a boot or a snapshot load). */
   readonly vsockSocket: string;
   /**
-   * Pauses nothing: writes a snapshot (the VM must be paused) and puts its files into `directory` as
-   * `vmstate` and `memory`, owned by root. Jailed, Firecracker writes into its chroot and they are
-   * renamed out (same file system), so they survive the jail.
+   * Snapshots the (already paused) VM into `directory` as `vmstate` and `memory`, owned by root. Jailed,
+   * Firecracker can write only inside its chroot: the files are renamed out (same file system), so they
+   * outlive the jail.
    */
   snapshotInto(directory: string, snapshotType: "Full" | "Diff"): Promise<void>;
   /** Kills Firecracker, removes its jail, gives its disk back to root and its uid back to the pool. */

@@ -20,7 +20,7 @@ import {
 import type { OrchestratorConfig } from "./config.ts";
 import { cloneFile } from "./disk-clone.ts";
 import { OrchestratorError } from "./errors.ts";
-import { type LaunchMode, launchModeFor } from "./jail-plan.ts";
+import { defaultVmLimits, type LaunchMode, launchModeFor } from "./jail-plan.ts";
 import { BUILD_FILES } from "./template-manifest.ts";
 import type { UidPool } from "./uid-pool.ts";
 import { launchVm } from "./vm-launch.ts";
@@ -108,7 +108,7 @@ export async function recordWorkingSet(options: RecordWorkingSetOptions): Promis
       ...(disk ? { disk } : {}),
       vmstate: staged(BUILD_FILES.vmstate),
       ...(options.uids ? { uids: options.uids } : {}),
-      limits: { memoryBytes: memorySize + 128 * 1024 * 1024, pids: 64 },
+      limits: defaultVmLimits({ memoryBytes: memorySize }),
       uffdRestore: true,
       ...(options.signal ? { signal: options.signal } : {}),
       logger,
