@@ -17,7 +17,7 @@ import {
   setupCommandFor,
 } from "@sbx/orchestrator";
 import { buildExt4Image } from "@sbx/rootfs";
-import { writeBusyboxFixture, writeOciLayout } from "@sbx/rootfs/testing";
+import { writeTemplateInputs } from "@sbx/rootfs/testing";
 import { PageFaultServer, prewarmPageFaultWorkers } from "@sbx/uffd";
 import { buildTestPeer, runTestPeer, writeTestMemoryFile } from "@sbx/uffd/testing";
 
@@ -83,30 +83,16 @@ async function firecrackerSkipReason(): Promise<string | undefined> {
 }
 
 /** An OCI image layout generated here (no registry needed) and the host's static busybox. */
-async function localInputs(dir: string) {
-  const arch = hostArch();
-  const busyboxDir = join(dir, "busybox");
-  await writeBusyboxFixture({ dir: busyboxDir, arch });
-  const layoutDir = join(dir, "image");
-  await writeOciLayout({
-    dir: layoutDir,
-    images: [
-      {
-        platform: { os: "linux", architecture: arch },
-        layers: [
-          {
-            compression: "gzip",
-            entries: [
-              { path: "app/", type: "directory", mode: 0o755 },
-              { path: "app/hello", content: "#!/bin/sh\necho hello from the sandbox\n", mode: 0o755 },
-            ],
-          },
-        ],
-        runtimeConfig: { Cmd: ["/app/hello"] },
-      },
+function localInputs(dir: string) {
+  return writeTemplateInputs({
+    dir,
+    arch: hostArch(),
+    entries: [
+      { path: "app/", type: "directory", mode: 0o755 },
+      { path: "app/hello", content: "#!/bin/sh\necho hello from the sandbox\n", mode: 0o755 },
     ],
+    cmd: ["/app/hello"],
   });
-  return { busyboxDir, layoutDir };
 }
 
 /**

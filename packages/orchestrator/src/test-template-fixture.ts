@@ -4,7 +4,7 @@ import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { hostArch } from "@sbx/arch";
-import { writeBusyboxFixture, writeOciLayout } from "@sbx/rootfs/testing";
+import { writeTemplateInputs } from "@sbx/rootfs/testing";
 import { type ArtifactResolver, artifactResolverWith } from "./boot-parameters.ts";
 import { createConfig, type OrchestratorConfig } from "./config.ts";
 import { testLaunchOptions } from "./test-launch-mode.ts";
@@ -17,29 +17,17 @@ export interface TemplateFixture {
 
 export async function templateFixture(options: { firecrackerBin?: string } = {}): Promise<TemplateFixture> {
   const dir = await mkdtemp(join(tmpdir(), "sbx-template-test-"));
-  const arch = hostArch();
-  const busyboxDir = join(dir, "busybox");
-  await writeBusyboxFixture({ dir: busyboxDir, arch });
-  const layoutDir = join(dir, "layout");
-  await writeOciLayout({
-    dir: layoutDir,
-    images: [
-      {
-        platform: { os: "linux", architecture: arch },
-        layers: [
-          {
-            compression: "gzip",
-            entries: [
-              { path: "etc/", type: "directory", mode: 0o755 },
-              { path: "etc/motd", content: "built by sbx tests\n", mode: 0o644 },
-              { path: "app/", type: "directory", mode: 0o755 },
-              { path: "app/run", content: "#!/bin/sh\necho app\n", mode: 0o755 },
-            ],
-          },
-        ],
-        runtimeConfig: { Cmd: ["/app/run"] },
-      },
+  const { busyboxDir, layoutDir } = await writeTemplateInputs({
+    dir,
+    arch: hostArch(),
+    layoutName: "layout",
+    entries: [
+      { path: "etc/", type: "directory", mode: 0o755 },
+      { path: "etc/motd", content: "built by sbx tests\n", mode: 0o644 },
+      { path: "app/", type: "directory", mode: 0o755 },
+      { path: "app/run", content: "#!/bin/sh\necho app\n", mode: 0o755 },
     ],
+    cmd: ["/app/run"],
   });
   const config = createConfig({
     stateDir: join(dir, "state"),
