@@ -2,9 +2,12 @@ import { z } from "zod";
 import { ArchError } from "./errors.ts";
 import type { Logger } from "./logger.ts";
 
+/** The zod schema of a target arch: "amd64" or "arm64" (Go's names, as Firecracker's artifacts use them). */
 export const archSchema = z.enum(["amd64", "arm64"]);
+/** A target arch: "amd64" or "arm64". */
 export type Arch = z.infer<typeof archSchema>;
 
+/** Every arch sbx runs on. */
 export const SUPPORTED_ARCHES: readonly Arch[] = archSchema.options;
 
 // A Map, not an object literal: a lookup of "constructor" or "__proto__" must miss, not find
@@ -23,6 +26,7 @@ const ALIASES: ReadonlyMap<string, Arch> = new Map([
 /** Every spelling normalizeArch accepts, for error messages and docs. */
 export const ACCEPTED_ARCH_NAMES: readonly string[] = [...ALIASES.keys()];
 
+/** How `normalizeArch` treats an empty or unknown value. */
 export interface NormalizeArchOptions {
   /** Throw `UNKNOWN_ARCH` instead of warning and falling back to the host arch. */
   strict?: boolean;

@@ -27,10 +27,13 @@ export const resolveArtifactOptionsSchema = z.object({
     ])
     .optional(),
 });
+/** Where `resolveArtifact` looks (`{root}/{version}/{arch}/{name}`, then the legacy layout) and what it checks. */
 export type ResolveArtifactOptions = z.input<typeof resolveArtifactOptionsSchema>;
 
+/** Which layout a resolved artifact was found in: per arch, or the legacy one without an arch level. */
 export type ArtifactLayout = "arch" | "legacy";
 
+/** An artifact that passed every check: its path, layout and (with a checksum rule) sha256. */
 export interface ResolvedArtifact {
   path: string;
   layout: ArtifactLayout;
@@ -39,6 +42,7 @@ export interface ResolvedArtifact {
   checksumVerified?: boolean;
 }
 
+/** A path `resolveArtifact` tried and why it was rejected, for the error that lists them. */
 export interface RejectedCandidate {
   path: string;
   layout: ArtifactLayout;

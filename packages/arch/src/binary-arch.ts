@@ -3,8 +3,10 @@ import type { Arch } from "./arch.ts";
 import { ArchError } from "./errors.ts";
 import { archTraits } from "./traits.ts";
 
+/** The binary formats `detectBinaryArch` recognizes: ELF, x86 bzImage, arm64 Image. */
 export type BinaryFormat = "elf" | "bzimage" | "arm64-image";
 
+/** A binary's format and the arch it is for. */
 export interface BinaryArch {
   format: BinaryFormat;
   arch: Arch;

@@ -5,12 +5,14 @@ import { basename } from "node:path";
 import { z } from "zod";
 import { ArchError } from "./errors.ts";
 
+/** A sha256 digest: 64 hex digits, trimmed and lower-cased. */
 export const sha256HexSchema = z
   .string()
   .trim()
   .toLowerCase()
   .regex(/^[0-9a-f]{64}$/, "a sha256 digest is 64 hex digits");
 
+/** The sha256 of a file, in hex, read as a stream. */
 export async function sha256File(path: string): Promise<string> {
   const hash = createHash("sha256");
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
@@ -44,12 +46,14 @@ export function parseSha256Sidecar(text: string, artifactName: string): string {
   return match[1]!.toLowerCase();
 }
 
+/** How an artifact's checksum is verified: a `.sha256` sidecar file or a pinned digest. */
 export type ChecksumRule =
   /** `{path}.sha256` must exist and match, unless `allowUnverified` (then a missing sidecar is accepted). */
   | { kind: "sidecar"; allowUnverified?: boolean }
   /** The artifact must have exactly this digest. */
   | { kind: "pinned"; sha256: string };
 
+/** A file's sha256 and whether a rule verified it. */
 export interface ChecksumResult {
   sha256: string;
   verified: boolean;

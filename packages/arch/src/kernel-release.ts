@@ -2,6 +2,7 @@ import { release } from "node:os";
 import type { Arch } from "./arch.ts";
 import { ArchError } from "./errors.ts";
 
+/** A parsed `uname -r`: major, minor, patch and the raw string. */
 export interface KernelRelease {
   major: number;
   minor: number;
@@ -26,6 +27,7 @@ export function parseKernelRelease(value: string): KernelRelease {
   return { major: Number(match[1]), minor: Number(match[2]), patch: Number(match[3] ?? 0), raw };
 }
 
+/** This host's kernel release (`uname -r`), parsed. */
 export function hostKernelRelease(): KernelRelease {
   return parseKernelRelease(release());
 }
@@ -35,8 +37,10 @@ export function compareKernelRelease(a: KernelRelease, major: number, minor: num
   return a.major !== major ? a.major - major : a.minor - minor;
 }
 
+/** What backs guest memory, which decides the kernel UFFD write-protect needs. */
 export type GuestMemoryBacking = "anonymous" | "shmem" | "hugetlb";
 
+/** Whether UFFD write-protect works for a given arch, kernel and memory backing, and why. */
 export interface WriteProtectSupport {
   supported: boolean;
   /** Why, in words a log line or `sbx doctor` can print. */

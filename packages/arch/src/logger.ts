@@ -9,4 +9,5 @@ export interface Logger {
   error?(fields: Record<string, unknown>, message: string): void;
 }
 
+/** A logger that drops everything: every package's default. */
 export const silentLogger: Logger = Object.freeze({});

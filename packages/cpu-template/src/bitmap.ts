@@ -2,6 +2,7 @@
 // separator. A bitmap is a mask (the bits it decides) and a value (what it sets them to).
 import { CpuTemplateError } from "./errors.ts";
 
+/** A parsed template bitmap: the bits it decides (mask) and what it sets them to (value). */
 export interface Bitmap {
   /** Bits written in the string (separators excluded). */
   width: number;
@@ -9,6 +10,7 @@ export interface Bitmap {
   value: bigint;
 }
 
+/** Parses a `0b[01x_]` bitmap of at most `maxWidth` bits (INVALID_BITMAP otherwise). */
 export function parseBitmap(text: string, maxWidth = 128): Bitmap {
   const match = /^0b([01x_]+)$/.exec(text);
   if (!match)
@@ -46,6 +48,7 @@ export function combineBitmaps(earlier: Bitmap, later: Bitmap): Bitmap {
   };
 }
 
+/** Writes a bitmap back in Firecracker's `0b` form, `x` for the bits it leaves alone. */
 export function serializeBitmap(bitmap: Bitmap): string {
   let out = "";
   for (let i = bitmap.width - 1; i >= 0; i--) {

@@ -13,12 +13,14 @@ import { cpuidKey, type Fingerprint } from "./fingerprint.ts";
 import type { CustomCpuTemplate } from "./schema.ts";
 import { assertSnapshotLoadable } from "./snapshot-version.ts";
 
+/** A CPU feature the guest sees on the source host that the target host lacks, and where it lives. */
 export interface MissingFeature {
   name: string;
   /** x86: cpuid leaf/subleaf/register/bit; arm64: ID register and field offset. */
   where: string;
 }
 
+/** Whether a snapshot made on one host can resume on another, feature by feature. */
 export interface CompatibilityVerdict {
   compatible: boolean;
   /** Features the guest can see on the source that the target lacks. */
@@ -34,6 +36,7 @@ const ID_AA64PFR0_EL1 = "0x603000000013c020";
 const SCOPE =
   "CPUID-level: the guest is not told about a feature the target lacks; a guest that executes a masked instruction the source CPU has can still fault after the move";
 
+/** Can a snapshot made on `source` with `template` resume on `target`: the features the guest would lose. */
 export function checkCompatibility(options: {
   source: Fingerprint;
   target: Fingerprint;

@@ -5,6 +5,7 @@ import { CpuTemplateError } from "./errors.ts";
 import { type CustomCpuTemplate, parseCustomCpuTemplate, templateArch } from "./schema.ts";
 import { parseCpuTemplateSetting } from "./template-setting.ts";
 
+/** The CPU template `templateFromEnv` chose: none, a static one (with its deprecation warning), or a custom file. */
 export type TemplateChoice =
   | { kind: "none" }
   | { kind: "static"; name: StaticTemplate["name"]; deprecation: string }

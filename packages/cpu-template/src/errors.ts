@@ -1,5 +1,6 @@
 import { SbxError } from "@sbx/arch";
 
+/** The stable codes of `CpuTemplateError`. */
 export type CpuTemplateErrorCode =
   | "INVALID_TEMPLATE"
   | "INVALID_BITMAP"

@@ -8,6 +8,7 @@ export interface FeatureRegister {
   bits: Readonly<Record<number, string>>;
 }
 
+/** The CPUID feature registers (leaf, subleaf, register) and the names of their bits, as /proc/cpuinfo spells them. */
 export const X86_FEATURE_REGISTERS: readonly FeatureRegister[] = [
   {
     leaf: 0x1,

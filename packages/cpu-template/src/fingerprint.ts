@@ -6,6 +6,7 @@ import { bitmapValue } from "./bitmap.ts";
 import { CpuTemplateError } from "./errors.ts";
 import { customCpuTemplateSchema } from "./schema.ts";
 
+/** The JSON of Firecracker's CPU fingerprint file (its `cpu-template-helper fingerprint dump`). */
 export const fingerprintFileSchema = z.looseObject({
   firecracker_version: z.string(),
   kernel_version: z.string(),
@@ -17,6 +18,7 @@ export const fingerprintFileSchema = z.looseObject({
 
 export type CpuidKey = `${number}.${number}`;
 
+/** A host CPU: arch, vendor, family/model (or MIDR), and its feature registers. */
 export interface Fingerprint {
   arch: "amd64" | "arm64";
   /** "GenuineIntel", "AuthenticAMD", or "arm64:0x41" (MIDR implementer). */
@@ -37,6 +39,7 @@ export interface Fingerprint {
 export const cpuidKey = (leaf: number, subleaf: number): CpuidKey => `${leaf}.${subleaf}`;
 const REGISTER_INDEX = { eax: 0, ebx: 1, ecx: 2, edx: 3 } as const;
 
+/** A fingerprint file's JSON as a `Fingerprint` (INVALID_FINGERPRINT when it is not one). */
 export function parseFingerprint(json: unknown, source = "fingerprint"): Fingerprint {
   const parsed = fingerprintFileSchema.safeParse(json);
   if (!parsed.success)
@@ -94,6 +97,7 @@ export function parseFingerprint(json: unknown, source = "fingerprint"): Fingerp
   };
 }
 
+/** A fingerprint file as Firecracker writes it. */
 export type FingerprintFile = z.infer<typeof fingerprintFileSchema>;
 
 const hex = (value: number | bigint) => `0x${value.toString(16)}`;
@@ -135,6 +139,7 @@ export function fingerprintToFile(f: Fingerprint): FingerprintFile {
   });
 }
 
+/** Reads and parses a fingerprint file. */
 export function readFingerprintFile(path: string): Fingerprint {
   let json: unknown;
   try {

@@ -15,6 +15,7 @@ import type { CustomCpuTemplate } from "./schema.ts";
 /** Kernel where KVM lets userspace lower arm64 ID register fields (writable ID registers). */
 const ARM64_WRITABLE_ID_REGS = { major: 6, minor: 7 };
 
+/** The custom template for a fleet: the guest sees only the CPU features every host has. */
 export function normalizeFleet(fingerprints: readonly Fingerprint[]): CustomCpuTemplate {
   if (fingerprints.length === 0) throw new CpuTemplateError("MIXED_FLEET", "no fingerprints given");
   const first = fingerprints[0] as Fingerprint;

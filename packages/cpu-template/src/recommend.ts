@@ -3,6 +3,7 @@ import type { Fingerprint } from "./fingerprint.ts";
 import { normalizeFleet } from "./normalize.ts";
 import type { CustomCpuTemplate } from "./schema.ts";
 
+/** The template `recommendTemplate` suggests for a fleet: a static one that covers it, or a normalized custom one. */
 export type Recommendation =
   | { kind: "static"; template: StaticTemplate; why: string }
   | { kind: "custom"; template: CustomCpuTemplate; why: string };

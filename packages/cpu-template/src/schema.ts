@@ -10,6 +10,7 @@ const cpuidRegisterModifier = z.looseObject({
   register: z.enum(["eax", "ebx", "ecx", "edx"]).optional(),
   bitmap: z.string().optional(),
 });
+/** Exactly what Firecracker's custom CPU template `schema.json` checks (types only). */
 export const customCpuTemplateShapeSchema = z.looseObject({
   kvm_capabilities: z.array(z.string()).optional(),
   vcpu_features: z
@@ -49,6 +50,7 @@ const bitmapOf = (width: number, exact: boolean) =>
     exact ? `a 0b[01x] bitmap of exactly ${width} bits` : `a 0b[01x] bitmap of 1 to ${width} bits`,
   );
 
+/** A custom CPU template as Firecracker's parser takes it: bitmap widths, integer strings, no unknown fields. */
 export const customCpuTemplateSchema = z.strictObject({
   kvm_capabilities: z
     .array(z.string().regex(/^!?\d+$/, "a KVM capability number, optionally prefixed with !"))
@@ -71,6 +73,7 @@ export const customCpuTemplateSchema = z.strictObject({
   msr_modifiers: z.array(z.strictObject({ addr: integerString, bitmap: bitmapOf(64, true) })).optional(),
   reg_modifiers: z.array(z.strictObject({ addr: integerString, bitmap: bitmapOf(128, false) })).optional(),
 });
+/** A custom CPU template (`PUT /cpu-config`), validated. */
 export type CustomCpuTemplate = z.infer<typeof customCpuTemplateSchema>;
 
 /** Validates a custom template as Firecracker's parser would; the error lists every problem with its path. */

@@ -6,6 +6,7 @@ import { z } from "zod";
 import { STATIC_TEMPLATES, type StaticTemplate } from "./catalog.ts";
 import { CpuTemplateError } from "./errors.ts";
 
+/** A parsed CPU template setting: none, a static template, or a custom template's path. */
 export type CpuTemplateSetting =
   | { kind: "none" }
   | {
@@ -21,6 +22,7 @@ const settingSchema = z.strictObject({
   cpuTemplate: z.string().optional(),
   customCpuTemplatePath: z.string().optional(),
 });
+/** The CPU template settings as given (`cpuTemplate`, `customCpuTemplatePath`). */
 export type CpuTemplateSettingInput = z.input<typeof settingSchema>;
 
 const names = () => [...STATIC_TEMPLATES.map((t) => t.name), "None"].join(", ");

@@ -5,6 +5,7 @@ import { readFile, rmdir } from "node:fs/promises";
 import { join } from "node:path";
 import { FirecrackerLaunchError } from "./errors.ts";
 
+/** A mounted cgroup hierarchy (v1 or v2) and the controllers it offers. */
 export interface CgroupMount {
   version: 1 | 2;
   path: string;
@@ -140,6 +141,7 @@ export async function removeCgroupDirs(dirs: readonly string[], withinMs = 5000)
   return left;
 }
 
+/** The limits a jailed VM's cgroup gets: CPUs, memory, pids. */
 export interface CgroupLimits {
   /** CPU time as a number of CPUs (1.5 = 150 ms per 100 ms period). */
   cpus?: number;

@@ -20,6 +20,7 @@ import {
   versionAtLeast,
 } from "./versions.ts";
 
+/** Per-call options of every client method: timeout and AbortSignal. */
 export interface CallOptions {
   /** Overrides the client's `timeoutMs` for this call. */
   timeoutMs?: number;
@@ -36,6 +37,7 @@ export type FirecrackerExtensions = { readonly [K in OperationId]?: z.ZodRawShap
 /** The default: the spec, nothing added. */
 export type NoExtensions = { readonly [K in OperationId]?: never };
 
+/** What `createFirecrackerClient` needs: the API socket, and optionally the version, arch, timeout and extensions. */
 export interface CreateFirecrackerClientOptions<E extends FirecrackerExtensions = NoExtensions> {
   socketPath: string;
   /** The Firecracker version ("1.14.2"); read once from `GET /version` when a call needs it otherwise. */
@@ -68,6 +70,7 @@ export type FirecrackerOperations<E extends FirecrackerExtensions = NoExtensions
     : (options?: CallOptions) => Promise<ResultOf<K>>;
 };
 
+/** What every client has besides its operations: socket path, arch, version, disposal. */
 export interface FirecrackerClientBase extends AsyncDisposable {
   readonly socketPath: string;
   readonly arch: Arch;
@@ -79,6 +82,7 @@ export interface FirecrackerClientBase extends AsyncDisposable {
   close(): void;
 }
 
+/** A typed Firecracker API client: one method per operation of the spec (plus any extensions). */
 export type FirecrackerClient<E extends FirecrackerExtensions = NoExtensions> = FirecrackerClientBase &
   FirecrackerOperations<E>;
 

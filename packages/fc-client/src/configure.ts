@@ -2,6 +2,7 @@ import type { FirecrackerClient } from "./client.ts";
 import { FirecrackerLaunchError } from "./errors.ts";
 import type { FullVmConfiguration } from "./schemas.ts";
 
+/** Options of `configureAndStart`: per-call timeout, AbortSignal, and whether to send InstanceStart. */
 export interface ConfigureAndStartOptions {
   /** Per-call timeout. */
   timeoutMs?: number;

@@ -1,12 +1,14 @@
 import type { Readable } from "node:stream";
 import { FirecrackerLaunchError } from "./errors.ts";
 
+/** One line of the guest's serial console, numbered in order of arrival. */
 export interface ConsoleLine {
   /** Position of the line in the whole output, from 0; never reused. */
   seq: number;
   text: string;
 }
 
+/** How long `ConsoleCapture.waitFor` waits, and for which lines. */
 export interface WaitForConsoleOptions {
   timeoutMs: number;
   signal?: AbortSignal;
@@ -17,6 +19,7 @@ export interface WaitForConsoleOptions {
   since?: number;
 }
 
+/** The console line a pattern matched, with the match. */
 export interface ConsoleMatch {
   line: ConsoleLine;
   match: RegExpExecArray;

@@ -4,8 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { cgroupLimitFiles, chooseCgroupVersion, jailCgroupDirs, readCgroupMounts } from "./cgroups.ts";
-import { prepareJail } from "./jail.ts";
 import { FirecrackerLaunchError } from "./errors.ts";
+import { prepareJail } from "./jail.ts";
 import { launchFirecracker } from "./launcher.ts";
 import { fdCount, settledFdCount } from "./test-process-counts.ts";
 

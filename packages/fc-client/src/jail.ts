@@ -11,8 +11,8 @@ import { constants } from "node:os";
 import { basename, dirname, join, posix } from "node:path";
 import { z } from "zod";
 import { chooseCgroupVersion, jailCgroupDirs, readCgroupMounts, removeCgroupDirs } from "./cgroups.ts";
-import { buildJailerArgs, type JailerCommand, type JailerOptions } from "./jailer.ts";
 import { FirecrackerLaunchError } from "./errors.ts";
+import { buildJailerArgs, type JailerCommand, type JailerOptions } from "./jailer.ts";
 
 export const UNSHARE_BINARY = "/usr/bin/unshare";
 export const SHELL_BINARY = "/bin/sh";
@@ -26,6 +26,7 @@ const NAMESPACE_INIT =
   'exec 3<&0; "$@" <&3 3<&- & c=$!; exec 3<&-; trap "kill -TERM \\$c 2>/dev/null" TERM INT; ' +
   "while :; do wait $c; s=$?; kill -0 $c 2>/dev/null || exit $s; done";
 
+/** How `launchFirecracker` jails Firecracker: jailer binary, uid/gid, chroot base, cgroups, network namespace. */
 export interface JailLaunchOptions {
   /** The jailer executable (an absolute path; the orchestrator resolves `JAILER_BIN` or its artifact path). */
   jailerBinary: string;
@@ -51,6 +52,7 @@ export interface JailLaunchOptions {
   copiedFiles?: readonly string[];
 }
 
+/** A jailed Firecracker's jail: uid/gid, chroot, cgroups, and helpers to place files inside it. */
 export interface Jail {
   readonly uid: number;
   readonly gid: number;

@@ -2,8 +2,8 @@
 // its chroot, named by its path there; this puts each in and builds Firecracker's arguments with them.
 import { open } from "node:fs/promises";
 import { type Arch, ArchError, archTraits, type Logger } from "@sbx/arch";
-import { type PreparedJail, prepareJail, writeIntoJail } from "./jail.ts";
 import { FirecrackerLaunchError } from "./errors.ts";
+import { type PreparedJail, prepareJail, writeIntoJail } from "./jail.ts";
 import type { LaunchFirecrackerOptions } from "./launcher.ts";
 import type { FullVmConfiguration } from "./schemas.ts";
 

@@ -6,6 +6,7 @@ import { FirecrackerLaunchError } from "./errors.ts";
 
 const run = promisify(execFile);
 
+/** The versions a jailer and a Firecracker binary report, which must match. */
 export interface JailerAndFirecrackerVersions {
   /** `X.Y.Z` from `jailer --version` ("Jailer vX.Y.Z"). */
   jailer: string;

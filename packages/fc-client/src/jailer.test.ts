@@ -2,8 +2,8 @@ import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { buildJailerArgs, jailedPaths, linkIntoJail } from "./jailer.ts";
 import { FirecrackerLaunchError } from "./errors.ts";
+import { buildJailerArgs, jailedPaths, linkIntoJail } from "./jailer.ts";
 
 describe("buildJailerArgs", () => {
   it("builds the jailer argv with uid/gid, chroot base, cgroup v2 and Firecracker args after --", () => {

@@ -2,6 +2,7 @@ import { chown, copyFile, link, mkdir, rm } from "node:fs/promises";
 import { basename, isAbsolute, join, posix } from "node:path";
 import { FirecrackerLaunchError } from "./errors.ts";
 
+/** What `buildJailerArgs` turns into a jailer command line. */
 export interface JailerOptions {
   /** The jailer executable; default `jailer`. */
   jailerBinary?: string;
@@ -33,6 +34,7 @@ export interface JailerOptions {
   firecrackerArgs?: readonly string[];
 }
 
+/** A jailer command line: the binary, its arguments, and where the jail's paths land on the host. */
 export interface JailerCommand {
   binary: string;
   /** The jailer's argv (without the binary), Firecracker's arguments after `--`. */

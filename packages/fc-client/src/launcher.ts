@@ -31,6 +31,7 @@ import {
 import { prepareJailedFiles } from "./jailed-files.ts";
 import { type FullVmConfiguration, fullVmConfigurationSchema } from "./schemas.ts";
 
+/** What `launchFirecracker` starts: the binary, arch, API socket, config file or API mode, jail, timeouts. */
 export interface LaunchFirecrackerOptions {
   /** The Firecracker executable (checked to be an ELF of `arch`). */
   binary: string;
@@ -92,11 +93,13 @@ export interface LaunchFirecrackerOptions {
   jail?: JailLaunchOptions;
 }
 
+/** How a Firecracker process ended: its exit code or the signal. */
 export interface FirecrackerExit {
   exitCode: number | null;
   signal: NodeJS.Signals | null;
 }
 
+/** How `FirecrackerProcess.kill` stops Firecracker: the grace period before SIGKILL, or SIGTERM at once. */
 export interface KillOptions {
   /** Time between the polite request (SendCtrlAltDel or SIGTERM) and SIGKILL; default 3000 ms. */
   graceMs?: number;
@@ -104,6 +107,7 @@ export interface KillOptions {
   discard?: boolean;
 }
 
+/** A launched Firecracker: pid, API client, console, exit promise, jail; disposing it stops it and removes what it owned. */
 export interface FirecrackerProcess extends AsyncDisposable {
   /** Firecracker's pid (on the host; under the jailer, not the jailer's wrapper). */
   readonly pid: number;

@@ -9,6 +9,7 @@ export const metricsGroupSchema: z.ZodType<Record<string, number | Record<string
   z.string(),
   metricValueSchema,
 );
+/** One group of Firecracker's metrics (counters by name). */
 export type MetricsGroup = z.infer<typeof metricsGroupSchema>;
 
 const group = metricsGroupSchema.optional();
@@ -40,6 +41,7 @@ export const firecrackerMetricsSchema = z.looseObject({
   vmm: group,
   vsock: group,
 });
+/** One flush of Firecracker's metrics file, typed where the groups are known. */
 export type FirecrackerMetrics = z.infer<typeof firecrackerMetricsSchema>;
 
 /** Parses one metrics line (a JSON object) into typed metrics; unknown keys are kept. */
@@ -76,6 +78,7 @@ export function parseMetrics(text: string): FirecrackerMetrics[] {
   return out;
 }
 
+/** The metrics flushes read from a file, and the offset to continue from. */
 export interface ReadMetricsResult {
   metrics: FirecrackerMetrics[];
   /** Byte offset after the last complete line: pass it as `fromOffset` to read only newer flushes. */

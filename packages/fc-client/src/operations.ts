@@ -39,6 +39,7 @@ import {
   vsockSchema,
 } from "./schemas.ts";
 
+/** One operation of Firecracker's API: method, path, and the schemas of its body and response. */
 export interface OperationSpec {
   readonly method: "GET" | "PUT" | "PATCH";
   /** The spec's path; `{name}` segments are filled from the body field of the same name. */
@@ -53,6 +54,7 @@ const response = <S extends z.ZodType>(definition: DefinitionName | "object", sc
   schema,
 });
 
+/** Every operation of Firecracker's API spec by its operationId; the client has one method per entry. */
 export const OPERATIONS = {
   describeInstance: { method: "GET", path: "/", response: response("InstanceInfo", instanceInfoSchema) },
   createSyncAction: {
@@ -167,7 +169,9 @@ export const OPERATIONS = {
   putGuestVsock: { method: "PUT", path: "/vsock", body: body("Vsock", vsockSchema) },
 } as const satisfies Record<string, OperationSpec>;
 
+/** The type of `OPERATIONS`. */
 export type Operations = typeof OPERATIONS;
+/** The operationId of an operation of Firecracker's API spec. */
 export type OperationId = keyof Operations;
 
 /** Fills `{name}` path segments from the body field of the same name, URI-encoded. */

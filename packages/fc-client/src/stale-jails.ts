@@ -4,6 +4,7 @@ import { readdir, readFile, rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { readCgroupMounts, removeCgroupDirs } from "./cgroups.ts";
 
+/** Where `removeStaleJails` looks for jails an owner left behind (chroot base, cgroups). */
 export interface RemoveStaleJailsOptions {
   /** The Firecracker binary the jails were made for (its file name names the chroot level). */
   firecrackerBinary: string;
@@ -15,6 +16,7 @@ export interface RemoveStaleJailsOptions {
   idPrefix?: string;
 }
 
+/** What `removeStaleJails` removed, and what it left because a process still runs there. */
 export interface RemovedJails {
   /** VM ids whose chroot or cgroups were removed. */
   removed: string[];

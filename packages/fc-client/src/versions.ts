@@ -11,6 +11,7 @@ import type { DefinitionName } from "./schemas.ts";
 
 /** The spec versions this table was derived from, oldest first. */
 export const SPEC_VERSIONS = ["1.10.1", "1.12.1", "1.16.1"] as const;
+/** A Firecracker version whose API spec this client was built from. */
 export type SpecVersion = (typeof SPEC_VERSIONS)[number];
 
 /** Oldest Firecracker this client knows; anything older is outside every spec it was built from. */
@@ -52,6 +53,7 @@ export const FIELD_SINCE: Partial<Record<DefinitionName, Readonly<Record<string,
   },
 };
 
+/** A Firecracker version as numbers (major, minor, patch). */
 export interface ParsedVersion {
   major: number;
   minor: number;

@@ -1,6 +1,7 @@
 import { connect, type Socket } from "node:net";
 import { FirecrackerLaunchError } from "./errors.ts";
 
+/** Where `dialVsock` connects: the vsock's host socket and the guest port, with a timeout. */
 export interface DialVsockOptions {
   /** The vsock device's `uds_path` on the host (as given to `PUT /vsock`). */
   udsPath: string;
@@ -11,6 +12,7 @@ export interface DialVsockOptions {
   signal?: AbortSignal;
 }
 
+/** A connection to a guest port over Firecracker's hybrid vsock. */
 export interface VsockConnection {
   /** The connected stream, positioned after the handshake; the caller owns (and must end) it. */
   socket: Socket;

@@ -14,8 +14,10 @@ export const resolveBusyboxOptionsSchema = z.object({
   /** Accept a busybox without a `busybox.sha256` sidecar. A sidecar that exists is always checked. */
   allowUnverified: z.boolean().default(false),
 });
+/** Where `resolveBusybox` looks (`{dir}/{version}/{arch}/busybox`) and how it verifies the binary. */
 export type ResolveBusyboxOptions = z.input<typeof resolveBusyboxOptionsSchema>;
 
+/** A busybox that passed every check: path, version, arch and sha256. */
 export interface ResolvedBusybox {
   path: string;
   version: string;

@@ -9,6 +9,7 @@ const DT_NEEDED = 1n;
 const MAX_PROGRAM_HEADERS = 256;
 const MAX_DYNAMIC_BYTES = 1024 * 1024;
 
+/** How an ELF binary is linked: static or not, its interpreter and needed libraries. */
 export interface ElfLinkage {
   /** True when the binary has no PT_INTERP and no DT_NEEDED library. */
   static: boolean;

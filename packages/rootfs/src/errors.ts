@@ -1,5 +1,6 @@
 import { SbxError } from "@sbx/arch";
 
+/** The stable codes of `RootfsError`. */
 export type RootfsErrorCode =
   | "INVALID_OPTIONS"
   | "COMMAND_FAILED"

@@ -27,6 +27,7 @@ export function e2fsckSucceeded(code: number | null): boolean {
   return code !== null && code >= 0 && code <= 2;
 }
 
+/** Where `buildExt4Image` is (scan, mkfs, check, done) and how much it has seen. */
 export interface Ext4Progress {
   phase: "scan" | "mkfs" | "check" | "done";
   /** Bytes of file content seen so far (scan) or in total (later phases). */
@@ -35,6 +36,7 @@ export interface Ext4Progress {
   entries: number;
 }
 
+/** What a directory tree needs in an ext4 image: data bytes, content bytes, inodes. */
 export interface ContentEstimate {
   /** Data bytes rounded up to whole 4 KiB blocks (hard-linked files counted once). */
   dataBytes: number;
@@ -78,12 +80,14 @@ export const buildExt4ImageOptionsSchema = z.object({
   /** Reserved-for-root percentage (mkfs.ext4 -m). A guest rootfs usually wants 0. */
   reservedPercent: z.number().min(0).max(50).default(0),
 });
+/** What `buildExt4Image` writes: source tree, output path, size (or auto with headroom), label, inodes, features, progress, AbortSignal. */
 export type BuildExt4ImageOptions = z.input<typeof buildExt4ImageOptionsSchema> & {
   onProgress?: (progress: Ext4Progress) => void;
   logger?: Logger;
   signal?: AbortSignal;
 };
 
+/** One e2fsck run of a check or repair: its command, exit code and output. */
 export interface Ext4CheckStep {
   command: string;
   args: string[];
@@ -91,6 +95,7 @@ export interface Ext4CheckStep {
   output: string;
 }
 
+/** The ext4 image written: path, size, inodes, the estimate it was sized from, and the checks it passed. */
 export interface BuildExt4ImageResult {
   path: string;
   sizeBytes: number;
@@ -270,6 +275,7 @@ export async function buildExt4Image(input: BuildExt4ImageOptions): Promise<Buil
   }
 }
 
+/** The e2fsck runs a repair took, and whether it had to force `-fy` after preen failed. */
 export interface RepairExt4Result {
   checks: Ext4CheckStep[];
   forcedRepair: boolean;

@@ -24,8 +24,10 @@ export const fetchBusyboxOptionsSchema = z.object({
   /** Allow `dpkg --add-architecture <arch>` + `apt-get update` for a foreign arch. Default true. */
   enableForeignArch: z.boolean().default(true),
 });
+/** What `fetchBusybox` downloads: Debian's static busybox for an arch, into the busybox directory layout. */
 export type FetchBusyboxOptions = z.input<typeof fetchBusyboxOptionsSchema>;
 
+/** The busybox `fetchBusybox` installed: path, sha256 and Debian package version. */
 export interface FetchBusyboxResult {
   path: string;
   sha256: string;

@@ -15,12 +15,15 @@ import {
 
 /** Where everything sbx adds to an image lives; applet links are created only here. */
 export const GUEST_DIR = "/.sbx";
+/** The guest path of sbx's init script, the kernel's `init=`. */
 export const GUEST_INIT = "/.sbx/init";
+/** The guest path of the injected static busybox. */
 export const GUEST_BUSYBOX = "/.sbx/bin/busybox";
 /** The in-guest agent (@sbx/agent), started and kept running by /.sbx/init. */
 export const GUEST_AGENT = "/.sbx/agent";
 /** `<version> <sha256>` of the installed agent, for the host to check what a template carries. */
 export const GUEST_AGENT_VERSION_FILE = "/.sbx/agent.version";
+/** The systemd unit sbx installs in guests whose init is systemd, to configure the network. */
 export const SETUP_NETWORK_UNIT = "/etc/systemd/system/setup-network.service";
 const SETUP_NETWORK_WANTS = "/etc/systemd/system/multi-user.target.wants/setup-network.service";
 const MAX_SYMLINKS = 40;
@@ -150,8 +153,10 @@ export const injectGuestFilesOptionsSchema = z.object({
   /** The image build time for the APT clock fallback; default now. */
   buildEpochSeconds: z.number().int().positive().optional(),
 });
+/** What `injectGuestFiles` writes into a root filesystem tree: busybox, init, provisioning, workload, agent. */
 export type InjectGuestFilesOptions = z.input<typeof injectGuestFilesOptionsSchema>;
 
+/** What `injectGuestFiles` wrote: guest files, busybox applets, the workload, `init=`, and the digest of the generated files. */
 export interface InjectGuestFilesResult {
   /** Guest paths written, directories excluded. */
   files: string[];
@@ -184,6 +189,7 @@ function digestGuestFiles(files: readonly (readonly [string, string | Uint8Array
   return hash.digest("hex");
 }
 
+/** Writes sbx's guest files (busybox and its applets, init, provisioning script, agent) into a root filesystem tree. */
 export async function injectGuestFiles(input: InjectGuestFilesOptions): Promise<InjectGuestFilesResult> {
   const parsed = injectGuestFilesOptionsSchema.safeParse(input);
   if (!parsed.success) {

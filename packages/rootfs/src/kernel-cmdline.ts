@@ -35,6 +35,7 @@ export const kernelNetworkSchema = z
   .refine((n) => !(n.netmask !== undefined && n.prefixLength !== undefined), {
     message: "give netmask or prefixLength, not both",
   });
+/** The guest's network for the kernel command line (`ip=` for kernels with IP_PNP). */
 export type KernelNetwork = z.input<typeof kernelNetworkSchema>;
 
 export const kernelCmdlineOptionsSchema = z.object({
@@ -59,6 +60,7 @@ export const kernelCmdlineOptionsSchema = z.object({
   /** More parameters, appended in order. */
   extra: z.array(word).default([]),
 });
+/** What `buildKernelCmdline` puts on the kernel command line: arch, console, init, network, extra arguments. */
 export type KernelCmdlineOptions = z.input<typeof kernelCmdlineOptionsSchema>;
 
 /** Dotted netmask for a prefix length: 30 → 255.255.255.252. */

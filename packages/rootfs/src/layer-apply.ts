@@ -61,12 +61,14 @@ export interface IgnoredXattrs {
   entry: string;
 }
 
+/** The extended attributes a layer apply wrote, and those it ignored. */
 export interface XattrSummary {
   /** xattr records written. */
   applied: number;
   ignored: IgnoredXattrs[];
 }
 
+/** A layer entry that was not applied, and why. */
 export interface SkippedEntry {
   layer: string;
   entry: string;

@@ -23,9 +23,12 @@ export const MEDIA_TYPES = Object.freeze({
   dockerLayer: "application/vnd.docker.image.rootfs.diff.tar",
 });
 
+/** Media types of an image index: OCI's and Docker's manifest list. */
 export const INDEX_MEDIA_TYPES: readonly string[] = [MEDIA_TYPES.ociIndex, MEDIA_TYPES.dockerManifestList];
+/** Media types of an image manifest: OCI's and Docker's schema 2. */
 export const MANIFEST_MEDIA_TYPES: readonly string[] = [MEDIA_TYPES.ociManifest, MEDIA_TYPES.dockerManifest];
 
+/** How a layer blob is compressed. */
 export type LayerCompression = "none" | "gzip" | "zstd";
 
 /** The compression a layer media type declares, or undefined when it is not a layer type this package applies. */
@@ -54,8 +57,10 @@ export function layerCompression(mediaType: string): LayerCompression | undefine
 export const digestSchema = z
   .string()
   .regex(/^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/, "expected sha256:<64 hex> or sha512:<128 hex>");
+/** A content digest: `sha256:<64 hex>` or `sha512:<128 hex>`. */
 export type Digest = z.infer<typeof digestSchema>;
 
+/** An OCI platform (os, architecture, variant, os.version) as an index entry gives it. */
 export const platformSchema = z.looseObject({
   architecture: z.string(),
   os: z.string(),
@@ -63,8 +68,10 @@ export const platformSchema = z.looseObject({
   "os.version": z.string().optional(),
   "os.features": z.array(z.string()).optional(),
 });
+/** An OCI platform as an index entry gives it. */
 export type ImagePlatform = z.infer<typeof platformSchema>;
 
+/** An OCI content descriptor: media type, digest, size, and an optional platform. */
 export const descriptorSchema = z.looseObject({
   mediaType: z.string(),
   digest: digestSchema,
@@ -74,6 +81,7 @@ export const descriptorSchema = z.looseObject({
   platform: platformSchema.optional(),
   artifactType: z.string().optional(),
 });
+/** An OCI content descriptor. */
 export type Descriptor = z.infer<typeof descriptorSchema>;
 
 /** OCI image index or Docker manifest list. */
@@ -83,6 +91,7 @@ export const imageIndexSchema = z.looseObject({
   manifests: z.array(descriptorSchema),
   annotations: z.record(z.string(), z.string()).optional(),
 });
+/** An OCI image index or Docker manifest list. */
 export type ImageIndex = z.infer<typeof imageIndexSchema>;
 
 /** OCI image manifest or Docker schema-2 manifest. */
@@ -93,6 +102,7 @@ export const imageManifestSchema = z.looseObject({
   layers: z.array(descriptorSchema),
   annotations: z.record(z.string(), z.string()).optional(),
 });
+/** An OCI image manifest or Docker schema-2 manifest. */
 export type ImageManifest = z.infer<typeof imageManifestSchema>;
 
 /** The runtime part of an image config (`config` in the OCI spec, `config`/`container_config` in Docker's). */
@@ -106,6 +116,7 @@ export const imageRuntimeConfigSchema = z.looseObject({
   StopSignal: z.string().optional(),
 });
 
+/** An OCI (or Docker) image config: platform, history, rootfs diff ids and the runtime config. */
 export const imageConfigSchema = z.looseObject({
   architecture: z.string(),
   os: z.string(),
@@ -117,8 +128,10 @@ export const imageConfigSchema = z.looseObject({
     diff_ids: z.array(digestSchema),
   }),
 });
+/** An OCI (or Docker) image config. */
 export type ImageConfig = z.infer<typeof imageConfigSchema>;
 
+/** An OCI layout's `oci-layout` file. */
 export const ociLayoutFileSchema = z.looseObject({ imageLayoutVersion: z.string() });
 
 /** The annotation OCI layouts use for a tag (`skopeo copy ... oci:dir:TAG`, `umoci`). */

@@ -16,6 +16,7 @@ import {
 /** A target platform: an sbx arch (its OCI platform comes from `@sbx/arch`) or an explicit OCI platform. */
 export type PlatformSpec = Arch | { os: string; architecture: string; variant?: string | undefined };
 
+/** An OCI platform as os, architecture and variant. */
 export interface PlatformTriple {
   os: string;
   architecture: string;
@@ -27,6 +28,7 @@ export function targetPlatform(platform: PlatformSpec): PlatformTriple {
   return platform;
 }
 
+/** A platform as `os/architecture[/variant]`. */
 export function formatPlatform(platform: PlatformTriple): string {
   return [platform.os, platform.architecture, platform.variant].filter(Boolean).join("/");
 }
@@ -61,6 +63,7 @@ export interface ManifestSource {
   ): Promise<T extends "index" ? ImageIndex : T extends "manifest" ? ImageManifest : ImageConfig>;
 }
 
+/** The image chosen for a platform: its manifest and config, with their descriptors. */
 export interface SelectedImage {
   manifestDescriptor: Descriptor;
   manifest: ImageManifest;

@@ -29,8 +29,10 @@ import {
 import { type ImageReference, isLoopbackRegistry, parseImageReference } from "./reference.ts";
 import { verifyingStream } from "./unpack.ts";
 
+/** Credentials for a registry: a user and password, or a bearer token. */
 export type RegistryAuth = { username: string; password: string } | { token: string };
 
+/** One blob of a pull: skipped (already in the layout), downloading, or done. */
 export interface PullProgress {
   digest: string;
   kind: "manifest" | "config" | "layer";
@@ -39,6 +41,7 @@ export interface PullProgress {
   totalBytes: number;
 }
 
+/** What `pullImage` fetches (a reference, for a platform) and where it writes it (an OCI layout). */
 export interface PullImageOptions {
   /** Docker-style: `alpine`, `docker.io/library/alpine:3.20`, `registry.example:5000/team/app@sha256:…`. */
   reference: string;
@@ -59,6 +62,7 @@ export interface PullImageOptions {
   logger?: Logger;
 }
 
+/** What `pullImage` wrote: the layout, the resolved reference and the platform manifest's digest. */
 export interface PullImageResult {
   layoutPath: string;
   reference: ImageReference;

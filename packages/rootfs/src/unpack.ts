@@ -21,6 +21,7 @@ import {
 import { TarFormatError, TarParser } from "./tar-reader.ts";
 import { hostXattrPrivileges, type XattrOptions, type XattrPolicy, xattrOptionsSchema } from "./xattr.ts";
 
+/** Where `unpackImage` is: which layer, its bytes read, and the entries applied. */
 export interface UnpackProgress {
   layerIndex: number;
   layerCount: number;
@@ -33,12 +34,14 @@ export interface UnpackProgress {
   done: boolean;
 }
 
+/** Bounds on an untrusted image's layers: total uncompressed bytes, entries and path depth. */
 export interface UnpackLimits {
   maxUncompressedBytes?: number;
   maxEntries?: number;
   maxPathDepth?: number;
 }
 
+/** What `unpackImage` applies (an image of a layout, for a platform) into which new directory, within which limits. */
 export interface UnpackImageOptions {
   layout: OciLayout;
   platform: PlatformSpec;
@@ -70,6 +73,7 @@ export interface UnpackImageOptions {
   logger?: Logger;
 }
 
+/** The unpacked tree: its directory, the manifest and platform it came from, the image config, what was skipped. */
 export interface UnpackImageResult {
   dest: string;
   manifestDigest: string;
@@ -100,6 +104,7 @@ export function layoutManifestSource(layout: OciLayout): ManifestSource {
   };
 }
 
+/** The manifest and config of a layout's image for `platform` (and `tag`, when the layout holds several). */
 export async function selectLayoutImage(
   layout: OciLayout,
   platform: PlatformSpec,

@@ -10,6 +10,7 @@ import type { TarEntryType } from "./tar-reader.ts";
 export const XATTR_NAME_MAX = 255;
 export const XATTR_SIZE_MAX = 65_536;
 
+/** How a layer's extended attributes are applied: whether LSM labels are, and the bounds on what an untrusted layer may carry. */
 export const xattrOptionsSchema = z
   .object({
     /**
@@ -35,6 +36,7 @@ export const xattrOptionsSchema = z
       .default(64 * 1024 * 1024),
   })
   .strict();
+/** How a layer's extended attributes are applied, as given. */
 export type XattrOptions = z.input<typeof xattrOptionsSchema>;
 export type XattrPolicy = z.output<typeof xattrOptionsSchema>;
 
@@ -150,6 +152,7 @@ function checkName(name: string): void {
     throw new XattrRejectedError(name, "its name is not <namespace>.<name>");
 }
 
+/** A decoded `security.capability` xattr: version, effective flag, permitted and inheritable sets (and v3's root uid). */
 export interface FileCapability {
   version: 2 | 3;
   effective: boolean;
@@ -207,6 +210,7 @@ export function parseFileCapability(value: Buffer, name = "security.capability")
 
 export type PosixAclTag = "user_obj" | "user" | "group_obj" | "group" | "mask" | "other";
 
+/** One entry of a decoded POSIX ACL xattr. */
 export interface PosixAclEntry {
   tag: PosixAclTag;
   /** rwx bits. */

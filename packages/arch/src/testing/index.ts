@@ -52,3 +52,16 @@ export function kvmSkipReason(): string | undefined {
     return `needs read-write /dev/kvm (${(error as NodeJS.ErrnoException).code ?? "unusable"})`;
   }
 }
+
+/** xorshift32: a deterministic, fast stream of unsigned 32-bit numbers for fuzzing and fixture shapes. */
+export function xorshift32(seed: number): () => number {
+  let state = seed >>> 0 || 1;
+  return () => {
+    state ^= state << 13;
+    state >>>= 0;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    state >>>= 0;
+    return state;
+  };
+}

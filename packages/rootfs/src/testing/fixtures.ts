@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { Readable, Transform, type Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import zlib from "node:zlib";
+import { xorshift32 } from "@sbx/arch/testing";
 import { MEDIA_TYPES, REF_NAME_ANNOTATION } from "../oci-schemas.ts";
 import type { PlatformTriple } from "../platform.ts";
 import { type TarWriterEntry, tarArchive, tarEnd, tarEntryBytes } from "../tar-writer.ts";
@@ -180,17 +181,10 @@ export interface RealisticImage {
   uncompressedBytes: number;
 }
 
-/** xorshift32: deterministic, fast, good enough for fixture shapes. */
+/** Uniform in [0, 1) from xorshift32: deterministic, fast, good enough for fixture shapes. */
 function random(seed: number): () => number {
-  let state = seed >>> 0 || 0x9e3779b9;
-  return () => {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    return state / 0x100000000;
-  };
+  const next = xorshift32(seed >>> 0 || 0x9e3779b9);
+  return () => next() / 0x100000000;
 }
 
 /**
