@@ -42,6 +42,20 @@ function credentials(pid: number): { uid: number[]; gid: number[] } {
   return { uid: field("Uid"), gid: field("Gid") };
 }
 
+/** Processes whose pid namespace is `ns` (`pid:[…]`). */
+function processesInNamespace(ns: string): number[] {
+  return entries("/proc")
+    .filter((entry) => /^\d+$/.test(entry))
+    .filter((pid) => {
+      try {
+        return readlinkSync(`/proc/${pid}/ns/pid`) === ns;
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
 /** The per-VM cgroups left under this state's parent, in every hierarchy. */
 function vmCgroups(parent: string): string[] {
   return entries("/sys/fs/cgroup").flatMap((hierarchy) =>
@@ -63,14 +77,15 @@ async function expectJailed(state: OrchestratorState, sandbox: Sandbox) {
   expect(statSync(`/proc/${pid}/root/firecracker`).ino).toBe(statSync(join(chroot, "firecracker")).ino);
   expect(entries(`/proc/${pid}/root`)).toEqual(entries(chroot));
   // Its own pid namespace.
-  expect(readlinkSync(`/proc/${pid}/ns/pid`)).not.toBe(readlinkSync("/proc/self/ns/pid"));
+  const ns = readlinkSync(`/proc/${pid}/ns/pid`);
+  expect(ns).not.toBe(readlinkSync("/proc/self/ns/pid"));
   // The page-fault server listened inside the chroot (its socket goes once the one peer connected) and
   // served exactly this pid.
   expect(sandbox.server.socketPath).toBe(join(chroot, "uffd.sock"));
   expect((await sandbox.server.ready).peerPid).toBe(pid);
   // The agent's vsock socket, made in the chroot, is reachable from the sandbox directory too.
   expect(statSync(join(sandbox.directory, "vsock.sock")).ino).toBe(statSync(join(chroot, "vsock.sock")).ino);
-  return { record, jail, chroot };
+  return { record, jail, chroot, ns };
 }
 
 describe.skipIf(skipReason !== undefined)(
@@ -122,8 +137,10 @@ describe.skipIf(skipReason !== undefined)(
 
       const sandbox = await createSandbox(state, { template: "jailed", ...ALIVE, limits: { pids: 40 } });
       const sandboxes: Sandbox[] = [sandbox];
+      const namespaces: string[] = [];
       try {
-        const { jail } = await expectJailed(state, sandbox);
+        const { jail, ns } = await expectJailed(state, sandbox);
+        namespaces.push(ns);
         // Limits from the template (1 vCPU, 128 MiB + overhead) and the create (pids).
         expect(jail.cgroups.length).toBe(state.config.jailCgroupVersion === 2 ? 1 : 3);
         const read = (controller: string, file: string) =>
@@ -147,14 +164,16 @@ describe.skipIf(skipReason !== undefined)(
 
         const resumed = await createSandbox(state, { from: paused, ...ALIVE });
         sandboxes.push(resumed);
-        await expectJailed(state, resumed);
+        namespaces.push((await expectJailed(state, resumed)).ns);
         await expectChecksumContinues(resumed.firecracker, pausedAt);
 
         const forks = await resumed.fork(2, ALIVE);
         sandboxes.push(...forks);
         const uids = new Set<number>();
         for (const fork of forks) {
-          uids.add((await expectJailed(state, fork)).jail.uid);
+          const jailed = await expectJailed(state, fork);
+          uids.add(jailed.jail.uid);
+          namespaces.push(jailed.ns);
           await expectChecksumContinues(fork.firecracker, pausedAt);
         }
         uids.add((await state.stateDir.readRecord(resumed.id)).jail!.uid);
@@ -164,6 +183,9 @@ describe.skipIf(skipReason !== undefined)(
       } finally {
         await Promise.all(sandboxes.map((s) => s.kill()));
       }
+      // The three that ran at once had three (the first one's, gone with its pause, may be reused).
+      expect(new Set(namespaces.slice(1)).size).toBe(3);
+      for (const ns of namespaces) expect(processesInNamespace(ns)).toEqual([]);
       expect(entries(join(layout.chrootBaseDir, "firecracker"))).toEqual([]);
       expect(vmCgroups(layout.parentCgroup)).toEqual([]);
       expect(state.uidPool.inUse).toBe(0);
