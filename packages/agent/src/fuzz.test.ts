@@ -8,24 +8,13 @@ import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { hostArch } from "@sbx/arch";
+import { xorshift32 } from "@sbx/arch/testing";
 import { describe, expect, it } from "vitest";
 import { agentSourceFiles, ensureAgentBinary } from "./agent-binary.ts";
 import { AgentError } from "./errors.ts";
 import { type DecodedFrame, encodeControl, encodeFrame, FrameDecoder, FrameKind } from "./protocol.ts";
 import { agentFds, childProcesses, openFds } from "./test-counts.ts";
 import { settle } from "./testing/namespaced-agent.ts";
-
-function prng(seed: number): () => number {
-  let state = seed >>> 0 || 1;
-  return () => {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    return state;
-  };
-}
 
 const sanitizerProbe = spawnSync("gcc", ["-fsanitize=address,undefined", "-x", "c", "-o", "/dev/null", "-"], {
   input: "int main(void){return 0;}",
@@ -80,7 +69,7 @@ describe("the agent's C parsers", () => {
       );
       const agentPid = agent.pid as number;
       const baselineFds = agentFds(agentPid);
-      const random = prng(Date.now());
+      const random = xorshift32(Date.now());
       // Harmless seeds only: whatever a mutation makes of them, nothing is started or changed.
       const seeds = [
         '{"op":"stat","path":"/nonexistent/x","follow":true}',
@@ -243,7 +232,7 @@ function collect(socket: Socket) {
 
 describe("the host's FrameDecoder", () => {
   it("turns 100k random and mutated byte streams into frames or PROTOCOL_ERROR, nothing else", () => {
-    const random = prng(12345);
+    const random = xorshift32(12345);
     const valid = [
       encodeControl(3, { type: "exit", pid: 7, exitCode: 0, signal: null }),
       encodeFrame(3, FrameKind.data, 1, Buffer.from("hello")),
@@ -293,7 +282,7 @@ describe("the host's FrameDecoder", () => {
   });
 
   it("decodes the same frames however the byte stream is cut", () => {
-    const random = prng(99);
+    const random = xorshift32(99);
     const frames = [
       encodeFrame(1, FrameKind.data, 1, Buffer.alloc(70_000, 1)),
       encodeControl(1, { type: "started", pid: 3, pty: false }),

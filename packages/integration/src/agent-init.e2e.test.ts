@@ -4,11 +4,11 @@
 // ready marker and execs the workload. The host reaches the agent over TCP, kills it, and the init's
 // loop starts it again while the client reconnects.
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AgentClient, ensureAgentBinary, tcpTransport } from "@sbx/agent";
-import { namespacedAgentUnavailable, settle } from "@sbx/agent/testing";
+import { namespacedAgentUnavailable, removeNamespacedRun, settle } from "@sbx/agent/testing";
 import { hostArch } from "@sbx/arch";
 import { childPids, openFdCount as openFds } from "@sbx/arch/testing";
 import { injectGuestFiles, READY_MARKER } from "@sbx/rootfs";
@@ -129,15 +129,7 @@ describe.skipIf(reason !== "")("the agent under the template's /.sbx/init (needs
       expect((await client.hello()).pid).not.toBe(first);
       expect(console_).toMatch(/agent exited with status 137; restarting/);
     } finally {
-      if (init && init.exitCode === null && init.signalCode === null) {
-        const exited = new Promise((resolve) => init?.once("exit", resolve));
-        init.kill("SIGKILL");
-        await exited;
-      }
-      spawnSync("ip", ["netns", "delete", netns]);
-      spawnSync("ip", ["link", "delete", hostIf]);
-      if (!(await readFile("/proc/self/mountinfo", "utf8")).includes(base))
-        await rm(base, { recursive: true, force: true });
+      await removeNamespacedRun({ child: init, netns, hostIf, base });
     }
     expect(networkNamespaces(`sbx-agent-${tag}`)).toHaveLength(before.netns);
     expect(

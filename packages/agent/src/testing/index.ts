@@ -3,6 +3,7 @@ export {
   type NamespacedAgent,
   type NamespacedAgentOptions,
   namespacedAgentUnavailable,
+  removeNamespacedRun,
   settle,
   startNamespacedAgent,
 } from "./namespaced-agent.ts";

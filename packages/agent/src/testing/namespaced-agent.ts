@@ -62,6 +62,29 @@ function ip(...args: string[]): void {
   if (result.status !== 0) throw new Error(`ip ${args.join(" ")}: ${result.stderr.trim()}`);
 }
 
+/**
+ * Undoes a namespaced run: kills `child` (SIGKILL, awaited), deletes the network namespace and the host
+ * end of its veth pair, then removes `base` unless a mount still points into it.
+ */
+export async function removeNamespacedRun(run: {
+  child: ChildProcess | undefined;
+  netns: string;
+  hostIf: string;
+  base: string;
+}): Promise<void> {
+  const { child } = run;
+  if (child && child.exitCode === null && child.signalCode === null) {
+    const exited = new Promise((resolve) => child.once("exit", resolve));
+    child.kill("SIGKILL");
+    await exited;
+  }
+  spawnSync("ip", ["netns", "delete", run.netns]);
+  spawnSync("ip", ["link", "delete", run.hostIf]);
+  // The mount namespace died with PID 1; never delete through a mount still present.
+  const mounts = spawnSync("cat", ["/proc/self/mountinfo"], { encoding: "utf8" }).stdout;
+  if (!mounts.includes(run.base)) await rm(run.base, { recursive: true, force: true });
+}
+
 export async function startNamespacedAgent(options: NamespacedAgentOptions): Promise<NamespacedAgent> {
   const n = instances++ % 250;
   const tag = `${process.pid.toString(36)}${n}`;
@@ -75,18 +98,7 @@ export async function startNamespacedAgent(options: NamespacedAgentOptions): Pro
   const root = join(base, "root");
   let child: ChildProcess | undefined;
   let output = "";
-  const cleanup = async () => {
-    if (child && child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((resolve) => child?.once("exit", resolve));
-      child.kill("SIGKILL");
-      await exited;
-    }
-    spawnSync("ip", ["netns", "delete", netns]);
-    spawnSync("ip", ["link", "delete", hostIf]);
-    // The mount namespace died with PID 1; never delete through a mount still present.
-    const mounts = spawnSync("cat", ["/proc/self/mountinfo"], { encoding: "utf8" }).stdout;
-    if (!mounts.includes(base)) await rm(base, { recursive: true, force: true });
-  };
+  const cleanup = () => removeNamespacedRun({ child, netns, hostIf, base });
   try {
     for (const dir of [
       "bin",
