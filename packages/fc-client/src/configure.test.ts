@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { FirecrackerClient } from "./client.ts";
-import { configureAndStart } from "./configure.ts";
+import { CONFIGURE_ORDER, configureAndStart } from "./configure.ts";
 import { FirecrackerLaunchError } from "./errors.ts";
 
 /** A client that records which method was called with what, and can fail one method. */
@@ -73,5 +73,36 @@ describe("configureAndStart", () => {
     expect((error as FirecrackerLaunchError).code).toBe("CONFIGURE_FAILED");
     expect((error as Error).message).toMatch(/at drives\/rootfs: putGuestDriveByID refused/);
     expect(failing.calls.map(([name]) => name)).not.toContain("createSyncAction");
+  });
+
+  it("follows CONFIGURE_ORDER: every section it lists, in its order, with one call per device", async () => {
+    const { client, calls } = recordingClient();
+    const config = {
+      "mmds-config": { network_interfaces: ["eth0"] },
+      metrics: { metrics_path: "/m" },
+      logger: { log_path: "/l" },
+      "memory-hotplug": { total_size_mib: 1024 },
+      entropy: {},
+      balloon: { amount_mib: 0, deflate_on_oom: true },
+      vsock: { guest_cid: 3, uds_path: "/v.sock" },
+      "network-interfaces": [{ iface_id: "eth0", host_dev_name: "tap0" }],
+      pmem: [
+        { id: "p0", path_on_host: "/p0" },
+        { id: "p1", path_on_host: "/p1" },
+      ],
+      drives: [{ drive_id: "rootfs", path_on_host: "/r.ext4", is_root_device: true }],
+      "boot-source": { kernel_image_path: "/vmlinux" },
+      "cpu-config": {},
+      "machine-config": { vcpu_count: 1, mem_size_mib: 128 },
+    };
+    expect(Object.keys(config).sort()).toEqual([...CONFIGURE_ORDER].sort());
+    await configureAndStart(client, config as never, { start: false });
+    const bodies = calls.map(([, body]) => body);
+    const expected = CONFIGURE_ORDER.flatMap((section) => {
+      const value = config[section];
+      return Array.isArray(value) ? value : [value];
+    });
+    expect(bodies).toEqual(expected);
+    expect(calls.filter(([name]) => name === "putGuestPmemByID")).toHaveLength(2);
   });
 });

@@ -16,7 +16,12 @@ export {
   type FirecrackerExtensions,
   type FirecrackerOperations,
 } from "./client.ts";
-export { CONFIGURE_ORDER, type ConfigureAndStartOptions, configureAndStart } from "./configure.ts";
+export {
+  CONFIGURE_ORDER,
+  type ConfigureAndStartOptions,
+  type ConfigureSection,
+  configureAndStart,
+} from "./configure.ts";
 export {
   ConsoleCapture,
   type ConsoleLimits,
