@@ -10,11 +10,10 @@ import { join } from "node:path";
 import { AgentClient, ensureAgentBinary, tcpTransport } from "@sbx/agent";
 import { namespacedAgentUnavailable, removeNamespacedRun, settle } from "@sbx/agent/testing";
 import { hostArch } from "@sbx/arch";
-import { childPids, openFdCount as openFds } from "@sbx/arch/testing";
 import { injectGuestFiles, READY_MARKER } from "@sbx/rootfs";
 import { describe, expect, it } from "vitest";
+import { expectBackTo, ownedCounts } from "./test-leaks.ts";
 
-const childProcesses = () => childPids();
 const networkNamespaces = (prefix: string): string[] =>
   spawnSync("ip", ["netns", "list"], { encoding: "utf8" })
     .stdout.split("\n")
@@ -27,11 +26,7 @@ const tag = `i${process.pid.toString(36)}`;
 
 describe.skipIf(reason !== "")("the agent under the template's /.sbx/init (needs root, unshare, ip)", () => {
   it("is started from sbx.agent_tcp, answers over the network /.sbx/init configured, and is restarted when killed", async () => {
-    const before = {
-      fds: openFds(),
-      children: childProcesses().length,
-      netns: networkNamespaces(`sbx-agent-${tag}`).length,
-    };
+    const before = { ...ownedCounts(), netns: networkNamespaces(`sbx-agent-${tag}`).length };
     const base = await mkdtemp(join(tmpdir(), "sbx-agent-init-"));
     const root = join(base, "root");
     const netns = `sbx-agent-${tag}`;
@@ -132,17 +127,6 @@ describe.skipIf(reason !== "")("the agent under the template's /.sbx/init (needs
       await removeNamespacedRun({ child: init, netns, hostIf, base });
     }
     expect(networkNamespaces(`sbx-agent-${tag}`)).toHaveLength(before.netns);
-    expect(
-      await settle(
-        () => childProcesses().length,
-        (n) => n <= before.children,
-      ),
-    ).toBe(before.children);
-    expect(
-      await settle(
-        () => openFds(),
-        (n) => n <= before.fds,
-      ),
-    ).toBeLessThanOrEqual(before.fds);
+    await expectBackTo(before);
   }, 90_000);
 });

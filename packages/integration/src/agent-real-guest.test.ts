@@ -9,14 +9,11 @@ import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AgentClient, ensureAgentBinary, firecrackerVsockTransport } from "@sbx/agent";
-import { settle } from "@sbx/agent/testing";
 import { hostArch } from "@sbx/arch";
-import { childPids, openFdCount as openFds } from "@sbx/arch/testing";
 import { configureAndStart, launchFirecracker } from "@sbx/fc-client";
 import { realFirecracker } from "@sbx/fc-client/testing";
 import { describe, expect, it } from "vitest";
-
-const childProcesses = () => childPids();
+import { expectBackTo, ownedCounts } from "./test-leaks.ts";
 
 const kernel = process.env.SBX_TEST_KERNEL;
 const rootfs = process.env.SBX_TEST_ROOTFS;
@@ -31,7 +28,7 @@ describe.skipIf(skipReason !== undefined)(
   () => {
     it("runs uname -a over vsock, then again after pause, snapshot and restore", async () => {
       const dir = await mkdtemp(join(tmpdir(), "sbx-agent-real-"));
-      const before = { fds: openFds(), children: childProcesses().length };
+      const before = ownedCounts();
       try {
         const agent = await ensureAgentBinary(hostArch());
         const image = join(dir, "rootfs.ext4");
@@ -91,18 +88,7 @@ describe.skipIf(skipReason !== undefined)(
       } finally {
         await rm(dir, { recursive: true, force: true });
       }
-      expect(
-        await settle(
-          () => childProcesses().length,
-          (n) => n <= before.children,
-        ),
-      ).toBe(before.children);
-      expect(
-        await settle(
-          () => openFds(),
-          (n) => n <= before.fds,
-        ),
-      ).toBeLessThanOrEqual(before.fds);
+      await expectBackTo(before);
     }, 180_000);
   },
 );
