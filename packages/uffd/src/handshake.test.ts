@@ -2,8 +2,8 @@ import { closeSync, openSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { UffdError } from "./errors.ts";
 import { fdKind, parseHandshake } from "./handshake.ts";
-import { MFD_CLOEXEC, SYSCALLS } from "./kernel.ts";
-import { libc, O_CLOEXEC, O_NONBLOCK } from "./libc.ts";
+import { libc } from "./libc.ts";
+import { MFD_CLOEXEC, O_CLOEXEC, O_NONBLOCK, SYSCALLS } from "./linux.ts";
 import { NativeMemory } from "./native-memory.ts";
 
 let uffd: number;

@@ -4,7 +4,7 @@
 import { readlinkSync } from "node:fs";
 import { z } from "zod";
 import { UffdError } from "./errors.ts";
-import { PAGE_2M, PAGE_4K } from "./kernel.ts";
+import { PAGE_2M, PAGE_4K } from "./linux.ts";
 
 const address = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
 

@@ -8,7 +8,7 @@ export {
   handshakeSchema,
   parseHandshake,
 } from "./handshake.ts";
-export * as kernel from "./kernel.ts";
+export * as kernel from "./linux.ts";
 export {
   type ByteRange,
   createMemfd,

@@ -4,18 +4,18 @@
 // sandbox of that build shares). Until then its pages are marked absent, and nothing reads them.
 import { closeSync, fstatSync, openSync } from "node:fs";
 import { check, UffdError } from "./errors.ts";
-import { PAGE_4K } from "./kernel.ts";
+import { libc } from "./libc.ts";
 import {
   ENXIO,
-  libc,
   MAP_ANONYMOUS,
   MAP_FIXED,
   MAP_NORESERVE,
   MAP_PRIVATE,
+  PAGE_4K,
   PROT_READ,
   SEEK_DATA,
   SEEK_HOLE,
-} from "./libc.ts";
+} from "./linux.ts";
 import { NativeMemory } from "./native-memory.ts";
 import type { WorkerConfig } from "./worker-protocol.ts";
 

@@ -4,15 +4,16 @@
 // others; when the chunk arrives (the main thread posts it and bumps `notifyFd`), it is mapped, its
 // parked faults are served and its working-set pages copied in.
 import { type MessagePort, receiveMessageOnPort } from "node:worker_threads";
-import { PAGE_4K } from "./kernel.ts";
+import type { QueuedFault } from "./fault-serving.ts";
 import type { LayerChunk, Layers } from "./layers.ts";
+import { PAGE_4K } from "./linux.ts";
 import type { ChunkArrival } from "./worker-protocol.ts";
 
 const keyOf = (chunk: LayerChunk) => chunk.layer * 2 ** 32 + chunk.index;
 
-/** What one arrived chunk releases: parked faults (queued addresses) and working-set page offsets. */
+/** What one arrived chunk releases: parked faults and working-set page offsets. */
 export interface ArrivedChunk {
-  faults: number[];
+  faults: QueuedFault[];
   workingSetPages: number[];
 }
 
@@ -23,7 +24,7 @@ export class LazyChunks {
   readonly #ask: (chunk: LayerChunk, urgent: boolean) => void;
   readonly #requested = new Set<number>();
   readonly #urgent = new Set<number>();
-  readonly #waiting = new Map<number, number[]>();
+  readonly #waiting = new Map<number, QueuedFault[]>();
   readonly #workingSet = new Map<number, number[]>();
 
   constructor(
@@ -67,12 +68,12 @@ export class LazyChunks {
     }
   }
 
-  /** Parks a fault (its queued address) until its chunk arrives, asking for the chunk now. */
-  defer(chunk: LayerChunk, queuedAddress: number): void {
+  /** Parks a fault until its chunk arrives, asking for the chunk now. */
+  defer(chunk: LayerChunk, fault: QueuedFault): void {
     const key = keyOf(chunk);
     const parked = this.#waiting.get(key);
-    if (parked) parked.push(queuedAddress);
-    else this.#waiting.set(key, [queuedAddress]);
+    if (parked) parked.push(fault);
+    else this.#waiting.set(key, [fault]);
     this.#request(chunk, key, true);
   }
 

@@ -1,4 +1,4 @@
-// Every libc call of the package, declared once through ffi-rs. Each function keeps one reusable
+// Every libc call of the package, declared once through ffi-rs (the numbers they take are in linux.ts). Each function keeps one reusable
 // parameter object (ffi-rs builds its call description from it; reusing it is ~2.4x cheaper than
 // `define()`), and reads errno right after the call. Pointers and sizes travel as I64: user-space
 // addresses fit a JS number exactly.
@@ -60,9 +60,6 @@ function declareUnchecked(funcName: string, retType: DataType, paramsType: DataT
 const { I32, I64 } = DataType;
 
 /** `read` and `ioctl` returning only the value (-1 on failure); see declareUnchecked. */
-/** <sys/mman.h>: start reading a file mapping's pages into the page cache, without waiting. */
-export const MADV_WILLNEED = 3;
-
 export const libcUnchecked = {
   read: declareUnchecked("read", I64, [I32, I64, I64]),
   ioctl: declareUnchecked("ioctl", I32, [I32, I64, I64]),
@@ -174,60 +171,3 @@ export function addressOf(bytes: Uint8Array): number {
     paramsValue: [bytes as never, 0, 0],
   }) as unknown as number;
 }
-
-// <sys/mman.h>
-export const PROT_READ = 0x1;
-export const PROT_WRITE = 0x2;
-export const MAP_SHARED = 0x01;
-export const MAP_PRIVATE = 0x02;
-export const MAP_ANONYMOUS = 0x20;
-export const MAP_FIXED = 0x10;
-export const MAP_NORESERVE = 0x4000;
-export const MAP_FAILED = -1;
-// <bits/socket.h>, <asm-generic/socket.h>
-export const AF_UNIX = 1;
-export const SOCK_STREAM = 1;
-export const SOCK_CLOEXEC = 0o2000000;
-export const SOL_SOCKET = 1;
-export const SCM_RIGHTS = 1;
-export const SO_PEERCRED = 17;
-export const MSG_CTRUNC = 0x8;
-export const MSG_CMSG_CLOEXEC = 0x40000000;
-// <poll.h>
-export const POLLIN = 0x1;
-export const POLLERR = 0x8;
-export const POLLHUP = 0x10;
-export const POLLNVAL = 0x20;
-// <fcntl.h>, <sys/eventfd.h>
-export const O_CLOEXEC = 0o2000000;
-export const O_NONBLOCK = 0o4000;
-export const F_GETFD = 1;
-export const F_DUPFD_CLOEXEC = 1030;
-export const F_ADD_SEALS = 1033;
-export const F_GET_SEALS = 1034;
-export const F_SEAL_SEAL = 0x1;
-export const F_SEAL_SHRINK = 0x2;
-export const F_SEAL_GROW = 0x4;
-export const F_SEAL_WRITE = 0x8;
-export const SEEK_DATA = 3;
-export const SEEK_HOLE = 4;
-export const ENXIO = 6;
-export const FD_CLOEXEC = 1;
-export const EFD_CLOEXEC = O_CLOEXEC;
-export const EFD_NONBLOCK = O_NONBLOCK;
-// <asm-generic/unistd.h>: the same numbers on x86_64 and arm64 (syscalls added after the tables merged)
-export const SYS_PIDFD_SEND_SIGNAL = 424;
-export const SYS_PIDFD_OPEN = 434;
-// <asm-generic/signal.h>
-export const SIGKILL = 9;
-// <asm-generic/errno-base.h>, <asm-generic/errno.h>
-export const EINTR = 4;
-export const ESRCH = 3;
-export const ENOENT = 2;
-export const EAGAIN = 11;
-export const ENOMEM = 12;
-export const EEXIST = 17;
-export const EINVAL = 22;
-export const EXDEV = 18;
-export const ENOSYS = 38;
-export const EOPNOTSUPP = 95;

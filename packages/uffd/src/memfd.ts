@@ -7,7 +7,7 @@ import { load } from "ffi-rs";
 import { check, UffdError } from "./errors.ts";
 import { fdKind } from "./handshake.ts";
 import { helperCall, helperLibrary, readyNativeHelper } from "./helper-binding.ts";
-import { MFD_ALLOW_SEALING, MFD_CLOEXEC, MFD_HUGETLB, SYSCALLS } from "./kernel.ts";
+import { libc } from "./libc.ts";
 import {
   EINVAL,
   ENOSYS,
@@ -18,10 +18,13 @@ import {
   F_SEAL_SEAL,
   F_SEAL_SHRINK,
   F_SEAL_WRITE,
-  libc,
   MAP_SHARED,
+  MFD_ALLOW_SEALING,
+  MFD_CLOEXEC,
+  MFD_HUGETLB,
   PROT_READ,
-} from "./libc.ts";
+  SYSCALLS,
+} from "./linux.ts";
 import { NativeMemory } from "./native-memory.ts";
 
 const SEALS = { seal: F_SEAL_SEAL, shrink: F_SEAL_SHRINK, grow: F_SEAL_GROW, write: F_SEAL_WRITE } as const;

@@ -1,5 +1,6 @@
 import { check } from "./errors.ts";
-import { libc, MAP_ANONYMOUS, MAP_PRIVATE, nativeView, PROT_READ, PROT_WRITE } from "./libc.ts";
+import { libc, nativeView } from "./libc.ts";
+import { MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE } from "./linux.ts";
 
 /** Anonymous native memory with a stable address, for kernel structs passed by pointer. */
 export class NativeMemory {

@@ -5,7 +5,7 @@
 // and a lookup is one bit whatever came before (a list of ranges grew with every event and was
 // scanned on every fault).
 import type { GuestRegion } from "./handshake.ts";
-import { PAGE_4K } from "./kernel.ts";
+import { PAGE_4K } from "./linux.ts";
 import { NativeMemory } from "./native-memory.ts";
 
 export class RemovedPages {

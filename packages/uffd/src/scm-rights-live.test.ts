@@ -9,7 +9,8 @@ import { join } from "node:path";
 import { DataType, type FieldType, load, open } from "ffi-rs";
 import { describe, expect, it } from "vitest";
 import { UffdError } from "./errors.ts";
-import { libc, resolveLibcSymbols, SCM_RIGHTS, SOL_SOCKET } from "./libc.ts";
+import { libc, resolveLibcSymbols } from "./libc.ts";
+import { SCM_RIGHTS, SOL_SOCKET } from "./linux.ts";
 import { NativeMemory } from "./native-memory.ts";
 import { recvWithFds } from "./scm-rights.ts";
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { UffdError } from "./errors.ts";
-import { MSG_CTRUNC } from "./libc.ts";
+import { MSG_CTRUNC } from "./linux.ts";
 import { parseScmRights, receivedFdsOf } from "./scm-rights.ts";
 import { fdCount } from "./test-counts.ts";
 

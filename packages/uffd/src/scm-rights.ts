@@ -1,7 +1,8 @@
 // SCM_RIGHTS: file descriptors passed over a Unix socket. The parser is pure; `recvWithFds` owns the
 // syscall and closes every fd it received whenever it fails, and never any other fd.
 import { check, UffdError } from "./errors.ts";
-import { libc, MSG_CMSG_CLOEXEC, MSG_CTRUNC, SCM_RIGHTS, SOL_SOCKET } from "./libc.ts";
+import { libc } from "./libc.ts";
+import { MSG_CMSG_CLOEXEC, MSG_CTRUNC, SCM_RIGHTS, SOL_SOCKET } from "./linux.ts";
 import { NativeMemory } from "./native-memory.ts";
 
 const CMSG_HEADER = 16; // struct cmsghdr on 64-bit: size_t cmsg_len; int cmsg_level; int cmsg_type

@@ -10,17 +10,16 @@ import { ChunkFetches, type RemoteMemorySource } from "./chunk-fetches.ts";
 import { check, UffdError } from "./errors.ts";
 import type { GuestRegion } from "./handshake.ts";
 import { readyNativeHelper } from "./helper-binding.ts";
+import { libc, resolveLibcSymbols } from "./libc.ts";
 import {
   AF_UNIX,
   EFD_CLOEXEC,
   EFD_NONBLOCK,
-  libc,
-  resolveLibcSymbols,
   SIGKILL,
   SOCK_CLOEXEC,
   SOCK_STREAM,
   SYS_PIDFD_SEND_SIGNAL,
-} from "./libc.ts";
+} from "./linux.ts";
 import { type ByteRange, Memfd } from "./memfd.ts";
 import { type MemoryHeader, ownedRanges, validateMemoryHeader } from "./memory-header.ts";
 import { NativeMemory } from "./native-memory.ts";
