@@ -21,6 +21,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { configFromEnv, createConfig } from "./config.ts";
 import { importBuild } from "./import-build.ts";
 import { jailLayout, launchModeFor, resolveJailerBinary } from "./jail-plan.ts";
+import { Orchestrator } from "./orchestrator.ts";
 import { openOrchestratorState } from "./orchestrator-state.ts";
 import { createSandbox } from "./sandbox.ts";
 import { launchVm } from "./vm-launch.ts";
@@ -108,6 +109,17 @@ describe("launch mode", () => {
     expect(error).toMatchObject({ code: "NOT_AVAILABLE" });
     expect(readdirSync(join(config.stateDir, "sandboxes"))).toEqual([]);
     expect(state.uidPool.inUse).toBe(0);
+    // `sbx serve` (checkArtifacts) refuses to start, before it takes the state directory's lock.
+    const resolver = { resolve: async () => ({}) as never };
+    const served = await Orchestrator.open(
+      createConfig({ ...config, cpuTemplate: undefined, stateDir: join(root, "served") }),
+      {
+        checkArtifacts: true,
+        resolver,
+      },
+    ).catch((e: unknown) => e);
+    expect(served).toMatchObject({ code: "NOT_AVAILABLE" });
+    expect(existsSync(join(root, "served", "orchestrator.lock"))).toBe(false);
     // The opt-out is explicit and enough.
     const unjailed = createConfig({ ...config, cpuTemplate: undefined, unjailed: true });
     expect(await launchModeFor({ config: unjailed })).toEqual({ jailed: false });

@@ -27,6 +27,7 @@ import {
 } from "./capacity.ts";
 import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
+import { launchModeFor } from "./jail-plan.ts";
 import { NetworkPool, type NetworkPoolStats } from "./netns-pool.ts";
 import { type OrchestratorState, openOrchestratorState } from "./orchestrator-state.ts";
 import {
@@ -129,6 +130,8 @@ export class Orchestrator implements AsyncDisposable {
           { cause, details: { code: (cause as { code?: string }).code } },
         );
       }
+      // No jailer and no SBX_UNJAILED: no VM could start, so say so now (NOT_AVAILABLE names both).
+      await launchModeFor({ config });
     }
     const state = await openOrchestratorState(config, { logger });
     let cache: { cache: ChunkCache; owned: boolean } | undefined;
