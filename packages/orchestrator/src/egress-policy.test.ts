@@ -8,11 +8,12 @@ import {
   resolveEgressPolicy,
   sameEgressPolicy,
 } from "./egress-policy.ts";
+import { type Ipv4Cidr, parseCidr } from "./ipv4.ts";
 
 const context = {
   namespaceAddress: "10.200.0.2",
   resolvers: ["198.18.0.53"],
-  hostAddressPool: "10.200.0.0/16",
+  hostAddressPool: parseCidr("10.200.0.0/16", { strict: true }) as Ipv4Cidr,
   refuseChain: "refuse",
 };
 

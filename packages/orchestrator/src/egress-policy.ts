@@ -151,8 +151,8 @@ export interface EgressRuleContext {
   namespaceAddress: string;
   /** Resolver addresses the guest is given: always reachable on port 53. */
   resolvers: readonly string[];
-  /** The per-sandbox /30 pool: other sandboxes are refused like the host unless allowed. */
-  hostAddressPool: string;
+  /** The per-sandbox /30 pool (the config's, parsed once): other sandboxes are refused like the host unless allowed. */
+  hostAddressPool: Ipv4Cidr;
   /** Chain that refuses (TCP reset, ICMP admin-prohibited otherwise), so clients fail fast. */
   refuseChain: string;
 }
@@ -177,12 +177,6 @@ function requireAddress(text: string, what: string): string {
 /** The rule bodies of one sandbox's chain, in evaluation order (see egressPolicySchema). */
 export function egressRules(policy: EgressPolicy, context: EgressRuleContext): string[] {
   const source = requireAddress(context.namespaceAddress, "namespace address");
-  const pool: Ipv4Cidr | undefined = parseCidr(context.hostAddressPool);
-  if (!pool)
-    throw new OrchestratorError(
-      "INVALID_OPTIONS",
-      `host address pool "${context.hostAddressPool}" is not a CIDR`,
-    );
   const refuse = `goto ${context.refuseChain}`;
   const rules = [
     // The namespace masquerades its guest, so anything else is forged (or IPv6, which sbx does not route).
@@ -203,7 +197,9 @@ export function egressRules(policy: EgressPolicy, context: EgressRuleContext): s
   for (const destination of policy.deny) rules.push(`${match(destination)} ${refuse}`);
   // Every address of the host, on any interface (its uplink, the veths, docker bridges): local delivery.
   rules.push(`fib daddr type { local, broadcast, multicast } ${refuse}`);
-  rules.push(`ip daddr { ${[...DEFAULT_DENIED_RANGES, formatCidr(pool)].join(", ")} } ${refuse}`);
+  rules.push(
+    `ip daddr { ${[...DEFAULT_DENIED_RANGES, formatCidr(context.hostAddressPool)].join(", ")} } ${refuse}`,
+  );
   rules.push(policy.default === "allow" ? "accept" : refuse);
   return rules;
 }

@@ -72,7 +72,7 @@ export async function createSandboxNetwork(
       tapName: config.tapName,
       tapAddress: config.tapAddress,
       guestAddress: config.guestAddress,
-      hostAddressPool: config.hostAddressPool,
+      hostAddressPool: addressPool.cidr,
       firewallTable: config.firewallTable,
       resolvers: await guestResolvers(config),
       publishPortRange: parsePortRange(config.publishPortRange),

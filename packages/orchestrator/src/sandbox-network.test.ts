@@ -45,7 +45,7 @@ async function sandbox(index: number, policy?: unknown): Promise<Sandbox> {
     tapName: CONFIG_DEFAULTS.tapName,
     tapAddress: CONFIG_DEFAULTS.tapAddress,
     guestAddress: CONFIG_DEFAULTS.guestAddress,
-    hostAddressPool: internet.hostAddressPool,
+    hostAddressPool: pool.cidr,
     firewallTable: table,
     resolvers: [internet.resolver],
     publishPortRange: { from: 41_000 + slot * 8, to: 41_000 + slot * 8 + 7 },

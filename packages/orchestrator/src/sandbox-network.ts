@@ -5,6 +5,7 @@ import type { SandboxAddresses } from "./address-pool.ts";
 import { DEFAULT_EGRESS_POLICY, type EgressPolicy, egressRules, sameEgressPolicy } from "./egress-policy.ts";
 import { OrchestratorError } from "./errors.ts";
 import { runCommand } from "./exec.ts";
+import type { Ipv4Cidr } from "./ipv4.ts";
 import {
   createNetworkNamespace,
   NAMESPACE_TABLE,
@@ -33,8 +34,8 @@ export interface SandboxNetworkOptions
     NetworkNamespaceOptions,
     "name" | "hostVethName" | "addresses" | "tapName" | "tapAddress" | "guestAddress"
   > {
-  /** The pool every sandbox's /30 comes from; refused to sandboxes unless allowed. */
-  hostAddressPool: string;
+  /** The pool every sandbox's /30 comes from (its `AddressPool`'s parsed `cidr`); refused to sandboxes unless allowed. */
+  hostAddressPool: Ipv4Cidr;
   /** The host's nftables table (`inet <table>`). */
   firewallTable: string;
   /** The guest's DNS resolvers: always reachable on port 53, whatever the policy. */
