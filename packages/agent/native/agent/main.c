@@ -913,8 +913,11 @@ static void read_conn(int ci) {
 static void flush_conn(int ci) {
   struct conn *c = &conns[ci];
   for (;;) {
+    /* Ahead of a splice, the queued bytes end with that frame's 12-byte header: MSG_MORE keeps it for
+     * the payload's first segment instead of a segment (and a host wakeup and read) of its own. */
+    int more = c->splice_fd >= 0 ? MSG_MORE : 0;
     while (pending(c) > 0) {
-      ssize_t n = write(c->fd, c->out.data + c->out.off, pending(c));
+      ssize_t n = send(c->fd, c->out.data + c->out.off, pending(c), more);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && errno == EAGAIN) return;
       if (n <= 0) { close_conn(ci); return; }
