@@ -3,6 +3,7 @@
 // of one, and writing the same bytes to the same key twice is harmless.
 import { StoreError } from "./errors.ts";
 
+/** An object in the store: its key and size. */
 export interface StoredObject {
   key: string;
   sizeBytes: number;
@@ -11,10 +12,12 @@ export interface StoredObject {
 /** Bytes to put: in memory, or a byte range of a local file (the whole file by default). */
 export type PutBody = Uint8Array | { path: string; offset?: number; length?: number };
 
+/** Options every store request takes. */
 export interface RequestOptions {
   signal?: AbortSignal;
 }
 
+/** How much of an object `get` reads, and the most it accepts. */
 export interface GetOptions extends RequestOptions {
   /** Read `length` bytes from `offset` (a range GET); the whole object by default. */
   offset?: number;
@@ -25,6 +28,7 @@ export interface GetOptions extends RequestOptions {
 
 export const DEFAULT_MAX_GET_BYTES = 1024 * 1024 * 1024;
 
+/** Where builds live between hosts: put, get (whole or a range), head, list and delete of keys. */
 export interface BuildStore extends AsyncDisposable {
   /** Where it points, for logs and `sbx doctor` (never a credential). */
   readonly description: string;

@@ -17,6 +17,7 @@ import { type Logger, silentLogger } from "@sbx/arch";
 import { processAlive, tempNameOwner, tempPathFor } from "./atomic-file.ts";
 import { StoreError } from "./errors.ts";
 
+/** Where the host's chunk cache lives and how large it may grow. */
 export interface ChunkCacheOptions {
   directory: string;
   /** Size limit of chunks/; the least recently used chunks are removed past it. */
@@ -26,6 +27,7 @@ export interface ChunkCacheOptions {
   logger?: Logger;
 }
 
+/** What the chunk cache holds and did, as this process counted it. */
 export interface ChunkCacheStats {
   directory: string;
   maxBytes: number;
@@ -45,6 +47,7 @@ export type ChunkFetcher = (signal: AbortSignal | undefined) => Promise<Buffer>;
 
 const DIGEST = /^[0-9a-f]{64}$/;
 
+/** The host's chunk cache: verified chunks by sha256, shared by every process, LRU past its size limit. */
 export class ChunkCache implements AsyncDisposable {
   readonly directory: string;
   readonly maxBytes: number;

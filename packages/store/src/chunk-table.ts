@@ -20,8 +20,10 @@ const chunkEntrySchema = z.object({
   /** All zero bytes: nothing is stored, a reader makes the zeros. */
   zero: z.boolean().optional(),
 });
+/** One chunk of a stored file: where it sits, its stored size and its sha256. */
 export type ChunkEntry = z.infer<typeof chunkEntrySchema>;
 
+/** How a stored file is cut into chunks (see parseChunkTable for the checks beyond shape). */
 export const chunkTableSchema = z.object({
   schemaVersion: z.literal(1),
   file: z.string().min(1),
@@ -31,6 +33,7 @@ export const chunkTableSchema = z.object({
   /** Sorted by index; a chunk that is absent is not stored (no page of it belongs to this build). */
   chunks: z.array(chunkEntrySchema).max(MAX_CHUNKS),
 });
+/** A stored file's chunk table. */
 export type ChunkTable = z.infer<typeof chunkTableSchema>;
 
 /** Parses and checks a chunk table: every chunk where its index says, inside the file, in order, once. */

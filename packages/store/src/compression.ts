@@ -1,6 +1,7 @@
 import { constants, zstdCompressSync, zstdDecompressSync } from "node:zlib";
 import { StoreError } from "./errors.ts";
 
+/** How chunks are stored: zstd frames, or as they are. */
 export type Compression = "zstd" | "none";
 
 /** Level 3 is zstd's default: most of the ratio on guest memory at a fraction of level 19's time. */

@@ -23,8 +23,10 @@ import {
   storedManifestSchema,
 } from "./layout.ts";
 
+/** The file a lazy download leaves in the build directory instead of the memory: its chunk table. */
 export const MEMORY_CHUNK_TABLE_FILE = "memory.chunks.json";
 
+/** What downloadBuild fetches, from where, into which directory. */
 export interface DownloadBuildOptions {
   store: BuildStore;
   build: string;
@@ -37,6 +39,7 @@ export interface DownloadBuildOptions {
   signal?: AbortSignal;
 }
 
+/** What downloadBuild brought down and what it took from the store. */
 export interface DownloadReport {
   manifest: StoredManifest;
   directory: string;
@@ -66,6 +69,7 @@ export async function fetchBuildManifest(
   return parsed.data;
 }
 
+/** Brings a stored build into a new local build directory, verified, with build.json written last. */
 export async function downloadBuild(options: DownloadBuildOptions): Promise<DownloadReport> {
   const { store, build, directory, signal } = options;
   const concurrency = options.concurrency ?? 4;

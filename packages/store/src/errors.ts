@@ -1,5 +1,6 @@
 import { SbxError, type SbxErrorOptions } from "@sbx/arch";
 
+/** The stable codes of StoreError. */
 export type StoreErrorCode =
   /** SBX_STORE_URL or another store option is malformed or missing; `variable` names it. */
   | "CONFIG_INVALID"

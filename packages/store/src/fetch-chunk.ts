@@ -52,6 +52,7 @@ export async function fetchChunk(
 /** A table of MAX_CHUNKS entries is about 150 MiB of JSON; anything larger is not a table. */
 const MAX_TABLE_BYTES = 192 * 1024 * 1024;
 
+/** Reads and checks the chunk table of a build's file from the store. */
 export async function fetchChunkTable(
   store: BuildStore,
   build: string,

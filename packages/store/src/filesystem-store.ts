@@ -17,6 +17,7 @@ import {
 } from "./build-store.ts";
 import { StoreError } from "./errors.ts";
 
+/** The directory a FilesystemStore keeps its objects in. */
 export interface FilesystemStoreOptions {
   /** The store's root directory; created on first put. */
   directory: string;
@@ -27,6 +28,7 @@ function ioError(key: string, action: string, cause: unknown): StoreError {
   return new StoreError("STORE_FAILED", `${action} ${key} failed: ${code ?? String(cause)}`, { key, cause });
 }
 
+/** A build store in a local or shared directory (`file:///dir`), each object written atomically. */
 export class FilesystemStore implements BuildStore {
   readonly description: string;
   readonly #root: string;

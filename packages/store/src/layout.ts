@@ -18,6 +18,7 @@ export const STORED_BUILD_FILES = Object.freeze({
 /** Files stored in chunks; every other file build.json lists is stored whole. */
 export const CHUNKED_FILES: readonly string[] = [STORED_BUILD_FILES.memory, STORED_BUILD_FILES.rootfs];
 
+/** Bytes per chunk unless an upload says otherwise: 4 MiB. */
 export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
 
 const sha256 = z.string().regex(/^[0-9a-f]{64}$/, "a lowercase hex sha256");
@@ -35,10 +36,15 @@ export const storedManifestSchema = z.looseObject({
   id: storedBuildIdSchema,
   files: z.record(fileNameSchema, z.object({ sizeBytes: z.number().int().nonnegative(), sha256 }).optional()),
 });
+/** A stored build's build.json, as far as the store reads it. */
 export type StoredManifest = z.infer<typeof storedManifestSchema>;
 
+/** The key prefix of everything a build stores. */
 export const buildPrefix = (id: string): string => `builds/${storedBuildIdSchema.parse(id)}/`;
+/** The key of a build's whole file (build.json, vmstate, memory.header, …). */
 export const buildFileKey = (id: string, file: string): string => `${buildPrefix(id)}${file}`;
+/** The key of the chunk table of a build's chunked file. */
 export const chunkTableKey = (id: string, file: string): string => `${buildPrefix(id)}${file}.chunks.json`;
+/** The key of one chunk, with its digest, so a resumed upload skips what is there. */
 export const chunkKey = (id: string, file: string, index: number, digest: string): string =>
   `${buildPrefix(id)}${file}.chunks/${String(index).padStart(7, "0")}-${digest}`;

@@ -7,6 +7,7 @@ import { StoreError } from "./errors.ts";
 import { type FetchCounter, fetchChunk, fetchChunkTable } from "./fetch-chunk.ts";
 import { STORED_BUILD_FILES, storedBuildIdSchema } from "./layout.ts";
 
+/** The store and the host's chunk cache a RemoteMemory reads through. */
 export interface RemoteMemoryOptions {
   store: BuildStore;
   cache: ChunkCache;
@@ -20,6 +21,7 @@ export interface LocalChunk {
   sha256: string;
 }
 
+/** Stored builds' memory, chunk by chunk, through the host's chunk cache. */
 export class RemoteMemory {
   readonly #store: BuildStore;
   readonly #cache: ChunkCache;

@@ -26,6 +26,7 @@ import {
 } from "./build-store.ts";
 import { StoreError } from "./errors.ts";
 
+/** Where an S3Store points (bucket, prefix, endpoint, region) and how it signs. */
 export interface S3StoreOptions {
   bucket: string;
   /** Key prefix inside the bucket, without leading or trailing "/" ("" for the bucket's root). */
@@ -67,6 +68,7 @@ interface SdkError {
   cause?: unknown;
 }
 
+/** A build store on S3 or an S3-compatible server, path-style, every request with a deadline. */
 export class S3Store implements BuildStore {
   readonly description: string;
   readonly #client: S3Client;

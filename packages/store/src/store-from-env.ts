@@ -31,6 +31,7 @@ function badUrl(url: string, why: string): StoreError {
   );
 }
 
+/** Reads `s3://bucket/prefix` or `file:///dir` (SBX_STORE_URL); CONFIG_INVALID otherwise. */
 export function parseStoreUrl(url: string): StoreLocation {
   let parsed: URL;
   try {
@@ -60,6 +61,7 @@ export function parseStoreUrl(url: string): StoreLocation {
   throw badUrl(url, `has scheme ${parsed.protocol}`);
 }
 
+/** What storeFromEnv may be given beyond the environment. */
 export interface StoreFromEnvOptions {
   /** Passed to the S3 backend (timeouts, attempts). */
   s3?: Pick<S3StoreOptions, "requestTimeoutMs" | "connectTimeoutMs" | "maxAttempts">;

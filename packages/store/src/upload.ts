@@ -21,11 +21,13 @@ import {
   storedManifestSchema,
 } from "./layout.ts";
 
+/** A byte range of a file. */
 export interface ByteRange {
   offset: number;
   length: number;
 }
 
+/** What uploadBuild sends: a local build directory, its manifest and the memory ranges it owns. */
 export interface UploadBuildOptions {
   store: BuildStore;
   /** The local build directory (build.json, vmstate, memory, memory.header, rootfs.ext4, ...). */
@@ -47,6 +49,7 @@ export interface UploadBuildOptions {
   logger?: Logger;
 }
 
+/** What uploadBuild sent and what it found in the store already. */
 export interface UploadReport {
   build: string;
   /** build.json was already in the store with the same contents: nothing was sent. */
@@ -99,6 +102,7 @@ async function readChunk(handle: FileHandle, offset: number, length: number, whe
   return buffer;
 }
 
+/** Uploads a build, chunks first and build.json last, so it is visible only once complete; resumable. */
 export async function uploadBuild(options: UploadBuildOptions): Promise<UploadReport> {
   const { store, directory, signal } = options;
   const logger = options.logger ?? silentLogger;

@@ -1,6 +1,7 @@
 import { getSystemErrorName } from "node:util";
 import { SbxError, type SbxErrorOptions } from "@sbx/arch";
 
+/** The stable codes of UffdError. */
 export type UffdErrorCode =
   /** A control message that is not a well-formed SOL_SOCKET/SCM_RIGHTS chain, or was truncated. */
   | "BAD_CONTROL_MESSAGE"

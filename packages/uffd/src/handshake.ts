@@ -10,6 +10,7 @@ const address = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
 
 // Firecracker 1.14.2 sends both `page_size` (bytes) and the deprecated `page_size_kib`, which carries
 // bytes despite its name; older releases sent `page_size_kib` alone, in KiB as documented.
+/** One guest memory region as Firecracker describes it in its handshake. */
 export const guestRegionMappingSchema = z
   .object({
     base_host_virt_addr: address,
@@ -35,8 +36,10 @@ export const guestRegionMappingSchema = z
     return { base: region.base_host_virt_addr, size: region.size, offset: region.offset, pageSize };
   });
 
+/** Firecracker's handshake body: its guest memory regions. */
 export const handshakeSchema = z.array(guestRegionMappingSchema).min(1, "no memory regions").max(64);
 
+/** A guest memory region: where it is mapped in Firecracker and where its bytes are in the memory file. */
 export interface GuestRegion {
   /** Guest memory's address in the peer (Firecracker) process. */
   base: number;
@@ -46,6 +49,7 @@ export interface GuestRegion {
   pageSize: number;
 }
 
+/** A validated handshake: the regions and the fds that came with them. */
 export interface Handshake {
   regions: GuestRegion[];
   uffdFd: number;

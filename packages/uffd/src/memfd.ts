@@ -28,6 +28,7 @@ import {
 import { NativeMemory } from "./native-memory.ts";
 
 const SEALS = { seal: F_SEAL_SEAL, shrink: F_SEAL_SHRINK, grow: F_SEAL_GROW, write: F_SEAL_WRITE } as const;
+/** A memfd seal by name. */
 export type MemfdSeal = keyof typeof SEALS;
 
 /** An owned memfd: `await using memfd = createMemfd("guest", size)`. */
@@ -84,6 +85,7 @@ export class Memfd implements AsyncDisposable {
   }
 }
 
+/** Creates a memfd of `size` bytes (hugetlb if asked), sealed as asked. */
 export function createMemfd(
   name: string,
   size: number,
@@ -92,11 +94,13 @@ export function createMemfd(
   return Memfd.create(name, size, options);
 }
 
+/** A byte range of a memory file. */
 export interface ByteRange {
   offset: number;
   length: number;
 }
 
+/** What exportRanges wrote, and how. */
 export interface ExportResult {
   bytes: number;
   /** `copy_file_range` where the kernel does it for this pair of files, else `pwrite` from the mapping. */

@@ -17,6 +17,7 @@ import { UffdError } from "./errors.ts";
 import { type ByteExtent, lseekExtents } from "./layers.ts";
 import { resolveLibcSymbols } from "./libc.ts";
 
+/** The memory header format this version reads and writes. */
 export const MEMORY_HEADER_VERSION = 1;
 const MAGIC = Buffer.from("SBXMEMHD", "ascii");
 const FIXED_BYTES = 32;
@@ -27,6 +28,7 @@ export const MAX_HEADER_BUILDS = 256;
 const BLOCK_SIZES: readonly number[] = [4096, 2 * 1024 * 1024];
 const BUILD_ID = /^[0-9A-Za-z_-]{1,64}$/;
 
+/** A run of guest memory and the build whose memory file serves it. */
 export interface MemoryHeaderEntry {
   /** Guest-memory offset, in bytes, block-aligned. */
   offset: number;
@@ -35,6 +37,7 @@ export interface MemoryHeaderEntry {
   build: number;
 }
 
+/** Which build serves each page of a snapshot's memory: every page exactly once. */
 export interface MemoryHeader {
   version: typeof MEMORY_HEADER_VERSION;
   blockSize: number;
@@ -83,6 +86,7 @@ export function validateMemoryHeader(header: MemoryHeader): MemoryHeader {
   return header;
 }
 
+/** The header's binary form, versioned and sha256-checked (decodeMemoryHeader reads it back). */
 export function encodeMemoryHeader(header: MemoryHeader): Buffer {
   validateMemoryHeader(header);
   const ids = header.builds.map((id) => Buffer.from(id, "ascii"));

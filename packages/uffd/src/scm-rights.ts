@@ -53,6 +53,7 @@ export function receivedFdsOf(error: unknown): number[] {
   return ((error as { receivedFds?: number[] } | undefined)?.receivedFds ?? []).slice();
 }
 
+/** What one recvmsg brought: the bytes, and the fds, now the caller's. */
 export interface ReceivedMessage {
   data: Buffer;
   fds: number[];

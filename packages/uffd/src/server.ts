@@ -118,8 +118,10 @@ const optionsSchema = z.strictObject({
   arch: z.enum(["amd64", "arm64"]).optional(),
   logger: z.custom<Logger>((v) => typeof v === "object" && v !== null).optional(),
 });
+/** What a PageFaultServer serves, from where, for whom (see the fields' comments). */
 export type PageFaultServerOptions = z.input<typeof optionsSchema>;
 
+/** Firecracker's accepted handshake. */
 export interface PageFaultServerReady {
   peerPid: number;
   regions: GuestRegion[];
@@ -129,6 +131,7 @@ export interface PageFaultServerReady {
   trackDirty: boolean;
 }
 
+/** Why a PageFaultServer stopped. */
 export interface PageFaultServerStop {
   /** `closed`: by close(); `peer-exited`: Firecracker hung up; `error`: see `error`. */
   reason: StopReason;
@@ -137,6 +140,7 @@ export interface PageFaultServerStop {
   error: UffdError | undefined;
 }
 
+/** What a PageFaultServer did so far: faults, pages, prefetch, chunks and latency. */
 export interface PageFaultMetrics {
   faults: number;
   pagesCopied: number;

@@ -51,6 +51,7 @@ export interface WorkerConfig {
   };
 }
 
+/** Why a fault loop ended: close(), Firecracker left, or an error. */
 export type StopReason = "closed" | "peer-exited" | "error";
 
 export type WorkerMessage =

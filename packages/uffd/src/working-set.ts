@@ -14,7 +14,9 @@
 import { createHash } from "node:crypto";
 import { UffdError } from "./errors.ts";
 
+/** The working-set file format this version reads and writes. */
 export const WORKING_SET_VERSION = 1;
+/** The page size working-set ranges are aligned to. */
 export const WORKING_SET_PAGE_SIZE = 4096;
 /** 4 GiB of pages in separate ranges, far above any guest's boot working set: a bound on a file's size. */
 export const MAX_WORKING_SET_RANGES = 1 << 20;
@@ -25,6 +27,7 @@ const CHECKSUM_BYTES = 32;
 /** The largest well-formed file: a reader refuses anything longer before hashing it. */
 export const MAX_WORKING_SET_BYTES = FIXED_BYTES + MAX_WORKING_SET_RANGES * RANGE_BYTES + CHECKSUM_BYTES;
 
+/** A run of memory-file pages the guest touched, in first-touch order. */
 export interface WorkingSetRange {
   /** Memory-file offset in bytes, page-aligned. */
   offset: number;
@@ -32,6 +35,7 @@ export interface WorkingSetRange {
   length: number;
 }
 
+/** The pages a guest touched after a restore, in order: what the next restore prefetches. */
 export interface WorkingSet {
   version: typeof WORKING_SET_VERSION;
   pageSize: typeof WORKING_SET_PAGE_SIZE;
@@ -107,6 +111,7 @@ export function workingSetPages(set: WorkingSet): number {
   return set.ranges.reduce((sum, range) => sum + range.length / WORKING_SET_PAGE_SIZE, 0);
 }
 
+/** The working set's binary form, versioned and sha256-checked. */
 export function encodeWorkingSet(set: WorkingSet): Buffer {
   validateWorkingSet(set);
   const out = Buffer.alloc(FIXED_BYTES + set.ranges.length * RANGE_BYTES + CHECKSUM_BYTES);

@@ -19,6 +19,7 @@ export const testPeerSource = (() => {
   const candidates = [join(here, "peer", "peer.c"), resolve(here, "../src/testing/peer/peer.c")];
   return candidates.find((candidate) => existsSync(candidate)) ?? (candidates[0] as string);
 })();
+/** How the test peer is compiled: baseline x86-64, so it runs on any host of the arch. */
 export const TEST_PEER_CFLAGS = ["-O2", "-Wall", "-pthread", "-march=x86-64"] as const;
 
 /** Compiles the peer with gcc into `outDir` (cached by a hash of source, flags and compiler). */
@@ -42,6 +43,7 @@ export async function buildTestPeer(options: { outDir?: string } = {}): Promise<
   return binary;
 }
 
+/** How the test peer plays Firecracker: its memory, its handshake and how it touches pages. */
 export interface TestPeerOptions {
   binary: string;
   socketPath: string;
@@ -77,6 +79,7 @@ export interface TestPeerOptions {
   checkRemoved?: boolean;
 }
 
+/** What the test peer reports: pages touched and every byte it found wrong. */
 export interface TestPeerResult {
   ok: boolean;
   touched: number;
@@ -87,6 +90,7 @@ export interface TestPeerResult {
   elapsedNs?: number;
 }
 
+/** The test peer's command line for these options. */
 export function testPeerArgs(o: TestPeerOptions): string[] {
   const args = ["--socket", o.socketPath, "--file", o.memoryFile, "--size", String(o.size)];
   if (o.fileOffset) args.push("--file-offset", String(o.fileOffset));
