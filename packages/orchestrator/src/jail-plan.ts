@@ -2,7 +2,7 @@
 // said so (SBX_UNJAILED=1), unjailed as root. Resolved once per state before any VM starts, so a host
 // without a jailer fails with one typed error naming both ways out instead of half-way into a create.
 import { createHash } from "node:crypto";
-import { mkdir, readdir, stat } from "node:fs/promises";
+import { mkdir, readdir, rmdir, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import {
   ArchError,
@@ -223,4 +223,17 @@ export async function sweepStaleJails(
     }
   }
   return total;
+}
+
+/**
+ * Removes this state directory's parent cgroup (`{parent}/{state key}`) from every hierarchy once no VM
+ * cgroup is left in it: the jailer makes it and never removes it, and each state directory has its own.
+ * One still in use stays (rmdir refuses it).
+ */
+export async function removeJailParentCgroups(
+  config: Pick<OrchestratorConfig, "stateDir" | "jailChrootBaseDir" | "jailParentCgroup">,
+): Promise<void> {
+  const { parentCgroup } = jailLayout(config);
+  const mounts = await readCgroupMounts().catch(() => []);
+  for (const mount of mounts) await rmdir(join(mount.path, parentCgroup)).catch(() => undefined);
 }

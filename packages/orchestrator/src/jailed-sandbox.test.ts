@@ -2,7 +2,7 @@
 // (provisioning-free boot, Full snapshot, working-set recording), sandboxes created, paused, resumed and
 // forked from it, each as its own uid in its own chroot, cgroup and pid namespace, the guest's checksums
 // right throughout; and kill leaves no chroot, cgroup, process or uid behind.
-import { readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -106,6 +106,12 @@ describe.skipIf(skipReason !== undefined)(
 
     afterAll(async () => {
       await state?.close();
+      // The state's own parent cgroup goes with it once its VMs' cgroups are gone.
+      if (state) {
+        const { parentCgroup } = jailLayout(state.config);
+        for (const hierarchy of entries("/sys/fs/cgroup"))
+          expect(existsSync(join("/sys/fs/cgroup", hierarchy, parentCgroup))).toBe(false);
+      }
       await new Promise((resolve) => setTimeout(resolve, 200));
       if (before) {
         expect(childPids()).toEqual(before.children);

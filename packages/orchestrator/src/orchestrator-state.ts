@@ -3,7 +3,7 @@ import { AddressPool } from "./address-pool.ts";
 import { BuildLeases } from "./builds.ts";
 import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
-import { sweepStaleJails } from "./jail-plan.ts";
+import { removeJailParentCgroups, sweepStaleJails } from "./jail-plan.ts";
 import { ConcurrencyLimiter } from "./limiter.ts";
 import { type ProcessIdentity, processIdentity } from "./process-identity.ts";
 import { type ReclaimReport, reclaim } from "./reclaim.ts";
@@ -72,6 +72,7 @@ export async function openOrchestratorState(
     const close = async () => {
       if (closed) return;
       closed = true;
+      await removeJailParentCgroups(config);
       await lock.release();
     };
     return {
