@@ -607,7 +607,7 @@ async function dispatch(args: Parsed, io: CliIo): Promise<number> {
   switch (command) {
     case "doctor": {
       if (sub !== undefined) throw new UsageError("doctor takes no arguments");
-      const checks = await runDoctor(config);
+      const checks = await runDoctor(config, { env: io.env });
       io.stdout.write(args.json ? `${JSON.stringify({ checks }, null, 2)}\n` : formatDoctorReport(checks));
       return checks.some((c) => c.status === "fail") ? EXIT_FAILED : EXIT_OK;
     }
