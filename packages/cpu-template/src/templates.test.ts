@@ -135,7 +135,7 @@ onShared("fingerprints of real hosts", () => {
         readFileSync(join(TEMPLATES_DIR, "fingerprints", `fingerprint_${name}host.json`), "utf8"),
       );
       const leafCount = (f: {
-        guest_cpu_config: { cpuid_modifiers?: unknown[]; reg_modifiers?: unknown[] };
+        guest_cpu_config: { cpuid_modifiers?: unknown[] | undefined; reg_modifiers?: unknown[] | undefined };
       }) => (f.guest_cpu_config.cpuid_modifiers ?? f.guest_cpu_config.reg_modifiers ?? []).length;
       expect(leafCount(file), name).toBe(leafCount(original));
     }

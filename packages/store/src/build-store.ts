@@ -14,7 +14,7 @@ export type PutBody = Uint8Array | { path: string; offset?: number; length?: num
 
 /** Options every store request takes. */
 export interface RequestOptions {
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** How much of an object `get` reads, and the most it accepts. */
