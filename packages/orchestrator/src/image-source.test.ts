@@ -279,6 +279,8 @@ describe("sbx template build <image reference>", () => {
         SBX_STATE_DIR: join(root, "cli-state"),
         TARGET_ARCH: "amd64",
         DOCKER_CONFIG: join(root, "no-docker"),
+        // No VM starts here; without a jailer the build would stop before the pull (NOT_AVAILABLE).
+        SBX_UNJAILED: "1",
       },
     };
     const wrongArch = await runCli(
