@@ -259,6 +259,7 @@ const templatePointerSchema = z.object({
   build: buildIdSchema,
   updatedAt: z.iso.datetime(),
 });
+/** A template name and the build it points at (`templates/{name}.json`). */
 export type TemplatePointer = z.infer<typeof templatePointerSchema>;
 
 /** A paused sandbox: its name is the sandbox id; resume starts a sandbox from `build`. */
@@ -269,6 +270,7 @@ export const pausedSandboxSchema = z.object({
   build: buildIdSchema,
   pausedAt: z.iso.datetime(),
 });
+/** A paused sandbox: its id and the build a resume starts from (`paused/{id}.json`). */
 export type PausedSandbox = z.infer<typeof pausedSandboxSchema>;
 
 async function readPointer<T>(path: string, schema: z.ZodType<T>, what: string): Promise<T | undefined> {

@@ -96,7 +96,9 @@ export const egressPolicySchema = z.object({
   /** Egress bandwidth in bits per second, shaped on the namespace's veth (tc tbf). */
   egressBitsPerSecond: z.number().int().min(8_000).max(100_000_000_000).optional(),
 });
+/** An egress policy as written: `default`, `allow`/`deny` destinations (shorthand strings accepted), limits. */
 export type EgressPolicyInput = z.input<typeof egressPolicySchema>;
+/** An egress policy parsed: destinations normalized, defaults filled. */
 export type EgressPolicy = z.output<typeof egressPolicySchema>;
 
 export const DEFAULT_EGRESS_POLICY: EgressPolicy = Object.freeze(egressPolicySchema.parse({}));

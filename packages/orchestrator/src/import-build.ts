@@ -11,6 +11,7 @@ import { firecrackerFor, thisHostFingerprint } from "./host-facts.ts";
 import type { OrchestratorState } from "./orchestrator-state.ts";
 import { BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
 
+/** What `importBuild` publishes: the snapshot files made elsewhere and the template name to point at them. */
 export interface ImportBuildOptions {
   /** The template name the build belongs to; with `setPointer`, the name that points at it. */
   template: string;
@@ -33,6 +34,7 @@ export interface ImportBuildOptions {
   beforePublish?: (staging: string, id: string) => Promise<void>;
 }
 
+/** Publishes snapshot files made elsewhere as a new immutable build with a Full memory header. */
 export async function importBuild(
   state: OrchestratorState,
   options: ImportBuildOptions,

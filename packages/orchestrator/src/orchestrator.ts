@@ -40,6 +40,7 @@ import {
 import { uploadToStore } from "./store-sync.ts";
 import { type BuildTemplateOptions, type BuiltTemplate, buildTemplate } from "./template-build.ts";
 
+/** Options of `Orchestrator.open`: logger, artifact checks and resolver, build store and chunk cache. */
 export interface OpenOrchestratorOptions {
   logger?: Logger;
   /**
@@ -68,6 +69,10 @@ export interface OrchestratorMetricsWithCapacity extends OrchestratorMetrics {
   capacity: CapacitySnapshot;
 }
 
+/**
+ * The composition: templates built as immutable builds, sandboxes created from them under limits and
+ * capacity-aware admission, tracked and killed on `close()`, and gc for builds nothing pins.
+ */
 export class Orchestrator implements AsyncDisposable {
   readonly state: OrchestratorState;
   readonly #live = new Set<Sandbox>();

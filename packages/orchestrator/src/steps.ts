@@ -22,6 +22,7 @@ export interface Step<Context> {
   run(context: Context, options: StepRunOptions): void | StepCleanup | Promise<void | StepCleanup>;
 }
 
+/** What `runSteps` reports: a step or cleanup started, ended or failed (a union on `kind`). */
 export type StepEvent =
   | { kind: "step-start"; step: string; index: number; total: number }
   | { kind: "step-end"; step: string; index: number; durationMs: number }

@@ -67,9 +67,11 @@ export const templateRequestSchema = z.object({
     })
     .optional(),
 });
+/** A template build request as written: image, name, resources, provisioning, egress, balloon. */
 export type TemplateRequest = z.input<typeof templateRequestSchema>;
 export type ParsedTemplateRequest = z.output<typeof templateRequestSchema>;
 
+/** Validates a template request (`INVALID_OPTIONS` naming each bad field) and fills its defaults. */
 export function parseTemplateRequest(request: TemplateRequest): ParsedTemplateRequest {
   const parsed = templateRequestSchema.safeParse(request);
   if (!parsed.success) {
@@ -80,6 +82,7 @@ export function parseTemplateRequest(request: TemplateRequest): ParsedTemplateRe
   return parsed.data;
 }
 
+/** Everything a template is made of, resolved: artifacts, spec, boot parameters and the rootfs content. */
 export interface TemplateInputs {
   artifacts: BootArtifacts;
   spec: TemplateSpec;

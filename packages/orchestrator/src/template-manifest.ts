@@ -123,4 +123,5 @@ export const buildManifestSchema = z.object({
     [BUILD_FILES.workingSet]: buildFileSchema.optional(),
   }),
 });
+/** `build.json`: a build's Firecracker version, boot parameters, memory, files with sizes and digests, and host. */
 export type BuildManifest = z.infer<typeof buildManifestSchema>;
