@@ -1,73 +1,31 @@
 // This host's fingerprint, in the same model as Firecracker's fingerprint files: on x86_64 the CPUID
-// KVM supports (KVM_GET_SUPPORTED_CPUID on /dev/kvm, through ffi-rs) and the feature MSR
+// KVM supports (KVM_GET_SUPPORTED_CPUID on /dev/kvm, through @sbx/arch/native) and the feature MSR
 // IA32_ARCH_CAPABILITIES (KVM_GET_MSRS on /dev/kvm); plus /proc/cpuinfo and the kernel release.
 import { closeSync, openSync, readFileSync } from "node:fs";
 import { release } from "node:os";
 import { type Arch, hostArch } from "@sbx/arch";
-import { createExternalBuffer, DataType, type FieldType, load, open } from "ffi-rs";
+import { libc, nativeView } from "@sbx/arch/native";
 import { CpuTemplateError } from "./errors.ts";
 import { ARM64_ID_REGISTERS, IA32_ARCH_CAPABILITIES } from "./features.ts";
 import { cpuidKey, type Fingerprint, familyModelStepping, vendorString } from "./fingerprint.ts";
-
-const LIBRARY = "sbx-cpu-template-libc";
-// Opened when the module loads, not on first use: ffi-rs keeps its libraries in one process-wide map
-// without a lock, and @sbx/uffd's fault workers look up theirs in it from other threads. A first open
-// during a restore (the orchestrator fingerprints the host on every create) would insert into that map
-// while a worker reads it. Loading happens at import, before any sandbox runs. Where there is no
-// libc.so.6 (macOS, musl) importing still works; hostFingerprint() then reports the failure.
-const openLibc = () => open({ library: LIBRARY, path: "libc.so.6" });
-let opened = (() => {
-  try {
-    openLibc();
-    return true;
-  } catch {
-    return false;
-  }
-})();
-
-function libcCall(funcName: string, retType: DataType, paramsType: DataType[], paramsValue: number[]) {
-  if (!opened) {
-    openLibc();
-    opened = true;
-  }
-  return load({
-    library: LIBRARY,
-    funcName,
-    retType,
-    paramsType: paramsType as FieldType[],
-    paramsValue,
-    errno: true,
-  }) as unknown as {
-    value: number;
-    errnoCode: number;
-  };
-}
 
 // <linux/kvm.h>: _IOWR(KVMIO=0xAE, nr, 8-byte header struct)
 const KVM_GET_SUPPORTED_CPUID = 0xc008ae05;
 const KVM_GET_MSRS = 0xc008ae88;
 const MAX_ENTRIES = 256;
 
+// <sys/mman.h>: an anonymous private read-write mapping, for the structs KVM fills in.
+const PROT_READ_WRITE = 0x3;
+const MAP_PRIVATE_ANONYMOUS = 0x22;
+
 function withNativeMemory<T>(length: number, use: (address: number, view: DataView) => T): T {
-  const address = libcCall(
-    "mmap",
-    DataType.I64,
-    [DataType.I64, DataType.I64, DataType.I32, DataType.I32, DataType.I32, DataType.I64],
-    [0, length, 3, 0x22, -1, 0],
-  ).value;
+  const address = libc.mmap(0, length, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0).value;
   if (address === -1) throw new CpuTemplateError("HOST_READ_FAILED", "mmap failed");
   try {
-    const pointer = load({
-      library: LIBRARY,
-      funcName: "memset",
-      retType: DataType.External,
-      paramsType: [DataType.I64, DataType.I32, DataType.I64],
-      paramsValue: [address, 0, 0],
-    });
-    const buffer = createExternalBuffer(pointer as never, length);
+    const buffer = nativeView(address, length);
     return use(address, new DataView(buffer.buffer, buffer.byteOffset, length));
   } finally {
-    libcCall("munmap", DataType.I32, [DataType.I64, DataType.I64], [address, length]);
+    libc.munmap(address, length);
   }
 }
 
@@ -94,10 +52,6 @@ function openKvm(): number {
   }
 }
 
-function ioctl(fd: number, request: number, argument: number): { value: number; errnoCode: number } {
-  return libcCall("ioctl", DataType.I32, [DataType.I32, DataType.I64, DataType.I64], [fd, request, argument]);
-}
-
 /**
  * What a guest vCPU sees in its ID registers on this arm64 host: a throwaway VM and vCPU initialised to
  * KVM's preferred target (as Firecracker does), then KVM_GET_ONE_REG for each register the fleet logic
@@ -105,25 +59,24 @@ function ioctl(fd: number, request: number, argument: number): { value: number; 
  */
 function readArm64Registers(kvm: number): Map<string, bigint> {
   const io = ARM64_KVM_IOCTLS;
-  const vm = ioctl(kvm, io.KVM_CREATE_VM, 0);
-  if (vm.value < 0)
-    throw new CpuTemplateError("HOST_READ_FAILED", `KVM_CREATE_VM failed: errno ${vm.errnoCode}`);
+  const vm = libc.ioctl(kvm, io.KVM_CREATE_VM, 0);
+  if (vm.value < 0) throw new CpuTemplateError("HOST_READ_FAILED", `KVM_CREATE_VM failed: errno ${vm.errno}`);
   try {
-    const vcpu = ioctl(vm.value, io.KVM_CREATE_VCPU, 0);
+    const vcpu = libc.ioctl(vm.value, io.KVM_CREATE_VCPU, 0);
     if (vcpu.value < 0)
-      throw new CpuTemplateError("HOST_READ_FAILED", `KVM_CREATE_VCPU failed: errno ${vcpu.errnoCode}`);
+      throw new CpuTemplateError("HOST_READ_FAILED", `KVM_CREATE_VCPU failed: errno ${vcpu.errno}`);
     try {
       // [0, 32): struct kvm_vcpu_init; [40, 56): struct kvm_one_reg; [56, 64): the register's value.
       return withNativeMemory(64, (address, view) => {
-        if (ioctl(vm.value, io.KVM_ARM_PREFERRED_TARGET, address).value !== 0)
+        if (libc.ioctl(vm.value, io.KVM_ARM_PREFERRED_TARGET, address).value !== 0)
           throw new CpuTemplateError("HOST_READ_FAILED", "KVM_ARM_PREFERRED_TARGET failed");
-        if (ioctl(vcpu.value, io.KVM_ARM_VCPU_INIT, address).value !== 0)
+        if (libc.ioctl(vcpu.value, io.KVM_ARM_VCPU_INIT, address).value !== 0)
           throw new CpuTemplateError("HOST_READ_FAILED", "KVM_ARM_VCPU_INIT failed");
         const registers = new Map<string, bigint>();
         for (const id of [MIDR_EL1, ...Object.keys(ARM64_ID_REGISTERS)]) {
           view.setBigUint64(40, BigInt(id), true);
           view.setBigUint64(48, BigInt(address + 56), true);
-          if (ioctl(vcpu.value, io.KVM_GET_ONE_REG, address + 40).value === 0)
+          if (libc.ioctl(vcpu.value, io.KVM_GET_ONE_REG, address + 40).value === 0)
             registers.set(id, view.getBigUint64(56, true));
         }
         return registers;
@@ -184,11 +137,11 @@ export function hostFingerprint(
   try {
     const cpuid = withNativeMemory(8 + MAX_ENTRIES * 40, (address, view) => {
       view.setUint32(0, MAX_ENTRIES, true);
-      const result = ioctl(kvm, KVM_GET_SUPPORTED_CPUID, address);
+      const result = libc.ioctl(kvm, KVM_GET_SUPPORTED_CPUID, address);
       if (result.value !== 0)
         throw new CpuTemplateError(
           "HOST_READ_FAILED",
-          `KVM_GET_SUPPORTED_CPUID failed: errno ${result.errnoCode}`,
+          `KVM_GET_SUPPORTED_CPUID failed: errno ${result.errno}`,
         );
       const map = new Map<`${number}.${number}`, [number, number, number, number]>();
       const count = view.getUint32(0, true);
@@ -208,7 +161,7 @@ export function hostFingerprint(
     withNativeMemory(8 + 16, (address, view) => {
       view.setUint32(0, 1, true);
       view.setUint32(8, IA32_ARCH_CAPABILITIES, true);
-      const result = ioctl(kvm, KVM_GET_MSRS, address);
+      const result = libc.ioctl(kvm, KVM_GET_MSRS, address);
       if (result.value === 1) msrs.set(IA32_ARCH_CAPABILITIES, view.getBigUint64(16, true));
     });
     const leaf0 = cpuid.get(cpuidKey(0, 0));
