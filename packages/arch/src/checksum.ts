@@ -28,7 +28,8 @@ export function parseSha256Sidecar(text: string, artifactName: string): string {
   const lines = text.split("\n").filter((line) => line.trim() !== "");
   const line = lines[0]?.trim() ?? "";
   const match = /^([0-9a-fA-F]{64})(?:\s+\*?(.+))?$/.exec(line);
-  if (lines.length !== 1 || !match) {
+  const digest = match?.[1];
+  if (lines.length !== 1 || !match || digest === undefined) {
     throw new ArchError(
       "ARTIFACT_CHECKSUM_MISSING",
       `the sha256 sidecar for ${artifactName} is not "<64 hex digits>" or "<64 hex digits>  ${artifactName}"`,
@@ -43,7 +44,7 @@ export function parseSha256Sidecar(text: string, artifactName: string): string {
       { details: { artifactName, named } },
     );
   }
-  return match[1]!.toLowerCase();
+  return digest.toLowerCase();
 }
 
 /** How an artifact's checksum is verified: a `.sha256` sidecar file or a pinned digest. */

@@ -120,7 +120,10 @@ export function fingerprintToFile(f: Fingerprint): FingerprintFile {
               leaf: hex(leaf),
               subleaf: hex(subleaf),
               flags: 0,
-              modifiers: regs.map((value, i) => ({ register: registers[i]!, bitmap: bits(value >>> 0, 32) })),
+              modifiers: registers.map((register, i) => ({
+                register,
+                bitmap: bits(regs[i as 0 | 1 | 2 | 3] >>> 0, 32),
+              })),
             };
           }),
           msr_modifiers: [...f.msrs].map(([addr, value]) => ({ addr: hex(addr), bitmap: bits(value, 64) })),

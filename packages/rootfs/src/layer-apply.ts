@@ -189,7 +189,8 @@ export class LayerApplier {
   finish(): void {
     const paths = [...this.#directories.keys()].sort((a, b) => depth(b) - depth(a));
     for (const path of paths) {
-      const metadata = this.#directories.get(path)!;
+      const metadata = this.#directories.get(path);
+      if (!metadata) continue;
       const host = this.#resolver.hostPath(path === "" ? [] : path.split("/"));
       const stat = lstatSync(host, { throwIfNoEntry: false });
       if (!stat?.isDirectory()) continue;
@@ -365,10 +366,11 @@ export class LayerApplier {
         entry.path,
         `its hard-link target ${JSON.stringify(entry.linkPath)} climbs above the image root`,
       );
-    if (target.length === 0) this.#refuse(entry.path, "it is a hard link to the image root");
+    const name = target.at(-1);
+    if (name === undefined) this.#refuse(entry.path, "it is a hard link to the image root");
     // The target's parent resolves inside the root; the link itself is not followed, like link(2).
     const parent = this.#resolver.resolve(target.slice(0, -1), true);
-    const real = [...parent, target.at(-1)!];
+    const real = [...parent, name];
     const stat = lstatSync(this.#resolver.hostPath(real), { throwIfNoEntry: false });
     if (!stat)
       this.#refuse(

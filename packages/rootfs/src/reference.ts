@@ -103,6 +103,6 @@ export function parseImageReference(input: string): ImageReference {
 export function isLoopbackRegistry(registry: string): boolean {
   const host = registry.startsWith("[")
     ? registry.slice(0, registry.indexOf("]") + 1)
-    : registry.split(":")[0]!;
+    : (registry.split(":")[0] ?? registry);
   return host === "localhost" || host === "[::1]" || /^127\.\d+\.\d+\.\d+$/.test(host);
 }

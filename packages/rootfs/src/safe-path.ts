@@ -56,8 +56,7 @@ export class RootPathResolver {
     const remaining = [...components].reverse();
     let hops = 0;
     let missing = false;
-    while (remaining.length > 0) {
-      const part = remaining.pop()!;
+    for (let part = remaining.pop(); part !== undefined; part = remaining.pop()) {
       if (part === "" || part === ".") continue;
       if (part === "..") {
         current.pop();
@@ -82,7 +81,7 @@ export class RootPathResolver {
       current.pop();
       if (target.startsWith("/")) current = [];
       const targetParts = target.split("/").filter((p) => p !== "" && p !== ".");
-      for (let i = targetParts.length - 1; i >= 0; i--) remaining.push(targetParts[i]!);
+      for (const part of targetParts.reverse()) remaining.push(part);
     }
     return current;
   }

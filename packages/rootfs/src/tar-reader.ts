@@ -115,7 +115,9 @@ export class TarParser {
           offset += take;
           if (this.#headerLength === BLOCK) {
             const block =
-              this.#headerParts.length === 1 ? this.#headerParts[0]! : Buffer.concat(this.#headerParts);
+              this.#headerParts.length === 1 && this.#headerParts[0]
+                ? this.#headerParts[0]
+                : Buffer.concat(this.#headerParts);
             this.#headerParts = [];
             this.#headerLength = 0;
             this.#onHeader(block, chunkStart + offset);
@@ -210,7 +212,7 @@ export class TarParser {
       );
     }
     this.#sawHeader = true;
-    const typeflag = String.fromCharCode(block[156]!);
+    const typeflag = String.fromCharCode(block.readUInt8(156));
     const size = parseNumeric(block, 124, 12, "size");
     const padding = (BLOCK - (size % BLOCK)) % BLOCK;
     if (typeflag === "x" || typeflag === "g" || typeflag === "L" || typeflag === "K") {
@@ -326,7 +328,7 @@ function checksumValid(block: Buffer): boolean {
   let unsigned = 0;
   let signed = 0;
   for (let i = 0; i < BLOCK; i++) {
-    const byte = i >= 148 && i < 156 ? 0x20 : block[i]!;
+    const byte = i >= 148 && i < 156 ? 0x20 : block.readUInt8(i);
     unsigned += byte;
     signed += byte > 127 ? byte - 256 : byte;
   }
@@ -351,12 +353,12 @@ function parseOctal(buffer: Buffer, offset: number, length: number): number {
 
 /** Octal, or GNU base-256 when the high bit of the first byte is set. */
 function parseNumeric(buffer: Buffer, offset: number, length: number, field: string): number {
-  const first = buffer[offset]!;
+  const first = buffer.readUInt8(offset);
   let value: number;
   if (first & 0x80) {
     if (first === 0xff) throw new TarFormatError(`negative ${field} in a tar header`);
     value = first & 0x7f;
-    for (let i = 1; i < length; i++) value = value * 256 + buffer[offset + i]!;
+    for (let i = 1; i < length; i++) value = value * 256 + buffer.readUInt8(offset + i);
   } else {
     value = parseOctal(buffer, offset, length);
   }

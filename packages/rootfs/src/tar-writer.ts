@@ -124,7 +124,7 @@ function header(fields: {
   writeOctal(block, 329, 8, fields.deviceMajor ?? 0);
   writeOctal(block, 337, 8, fields.deviceMinor ?? 0);
   let sum = 0;
-  for (let i = 0; i < BLOCK; i++) sum += block[i]!;
+  for (let i = 0; i < BLOCK; i++) sum += block.readUInt8(i);
   block.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148, "latin1");
   return block;
 }
