@@ -367,6 +367,19 @@ describe("platform selection", () => {
     platform: { os: "linux", architecture, ...(variant ? { variant } : {}) },
     layers: [{ entries: [{ path: "which", content: marker }] }],
   });
+  /** Writes `images` as the layout `{dir}/{name}`, unpacks it for `platform`, returns the chosen image's marker. */
+  const unpackedMarker = async (
+    dir: string,
+    name: string,
+    platform: "amd64" | "arm64",
+    images: ReturnType<typeof image>[],
+    layoutOptions: { nestedIndex?: boolean; descriptorPlatforms?: boolean } = {},
+  ) => {
+    await writeOciLayout({ dir: join(dir, name), images, ...layoutOptions });
+    const dest = join(dir, `${name}-root`);
+    await unpackImage({ layout: await readOciLayout(join(dir, name)), platform, dest });
+    return readFileSync(join(dest, "which"), "utf8");
+  };
 
   it("picks the target's manifest from a nested multi-platform index", async () => {
     await using tmp = await tempDir();
@@ -384,40 +397,27 @@ describe("platform selection", () => {
 
   it("matches an arm64 entry without a variant to arm64/v8, preferring an exact match", async () => {
     await using tmp = await tempDir();
-    await writeOciLayout({ dir: join(tmp.path, "a"), images: [image("arm64", undefined, "no-variant")] });
-    await unpackImage({
-      layout: await readOciLayout(join(tmp.path, "a")),
-      platform: "arm64",
-      dest: join(tmp.path, "ra"),
-    });
-    expect(readFileSync(join(tmp.path, "ra/which"), "utf8")).toBe("no-variant");
-
-    await writeOciLayout({
-      dir: join(tmp.path, "b"),
-      images: [image("arm64", undefined, "no-variant"), image("arm64", "v8", "exact")],
-    });
-    await unpackImage({
-      layout: await readOciLayout(join(tmp.path, "b")),
-      platform: "arm64",
-      dest: join(tmp.path, "rb"),
-    });
-    expect(readFileSync(join(tmp.path, "rb/which"), "utf8")).toBe("exact");
+    expect(await unpackedMarker(tmp.path, "a", "arm64", [image("arm64", undefined, "no-variant")])).toBe(
+      "no-variant",
+    );
+    expect(
+      await unpackedMarker(tmp.path, "b", "arm64", [
+        image("arm64", undefined, "no-variant"),
+        image("arm64", "v8", "exact"),
+      ]),
+    ).toBe("exact");
   });
 
   it("reads the platform from the config when descriptors carry none", async () => {
     await using tmp = await tempDir();
-    await writeOciLayout({
-      dir: join(tmp.path, "a"),
-      images: [image("arm64", "v8", "arm"), image("amd64", undefined, "amd")],
-      nestedIndex: false,
-      descriptorPlatforms: false,
-    });
-    await unpackImage({
-      layout: await readOciLayout(join(tmp.path, "a")),
-      platform: "amd64",
-      dest: join(tmp.path, "r"),
-    });
-    expect(readFileSync(join(tmp.path, "r/which"), "utf8")).toBe("amd");
+    const marker = await unpackedMarker(
+      tmp.path,
+      "a",
+      "amd64",
+      [image("arm64", "v8", "arm"), image("amd64", undefined, "amd")],
+      { nestedIndex: false, descriptorPlatforms: false },
+    );
+    expect(marker).toBe("amd");
   });
 
   it("lists the image's platforms when none matches", async () => {
