@@ -49,6 +49,7 @@ import { requireFromStep, runSteps, type StepEvent, StepList, type StepRunResult
 import { ensureLocalBuild, memorySourcesOf } from "./store-sync.ts";
 import { AGENT_VSOCK_PORT, AGENT_VSOCK_SOCKET, ensureDiskSlot } from "./template-build.ts";
 import { BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
+import { uidsInUse } from "./uid-pool.ts";
 import { exists, type LaunchedVm, launchVm } from "./vm-launch.ts";
 import { waitForConsoleLogged } from "./wait-for-line.ts";
 import { readWorkingSet } from "./working-set-record.ts";
@@ -216,7 +217,7 @@ export function defaultSandboxSteps(): StepList<SandboxContext> {
         let owner: { uid: number; gid: number } | undefined;
         if (mode.jailed) {
           // The uid is the record's before the jail exists: a crash leaves nothing the record does not name.
-          const uid = context.state.uidPool.allocate();
+          const uid = context.state.uidPool.allocate(await uidsInUse());
           owner = { uid, gid: uid };
           try {
             await updateSandboxRecord(context, (record) => ({

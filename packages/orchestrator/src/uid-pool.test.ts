@@ -7,7 +7,7 @@ import { OrchestratorError } from "./errors.ts";
 import { openOrchestratorState } from "./orchestrator-state.ts";
 import { processIdentity } from "./process-identity.ts";
 import { StateDirectory } from "./state-dir.ts";
-import { parseUidRange, UidPool } from "./uid-pool.ts";
+import { parseUidRange, UidPool, uidsInUse } from "./uid-pool.ts";
 
 const codeOf = (run: () => unknown) => {
   try {
@@ -44,6 +44,14 @@ describe("jail uids", () => {
     expect(error).toBeInstanceOf(OrchestratorError);
     expect(error?.code).toBe("CAPACITY_EXCEEDED");
     expect(error?.message).toMatch(/SBX_JAIL_UID_RANGE/);
+  });
+
+  it("skips uids a live process runs as (another state directory's VMs)", async () => {
+    const pool = new UidPool({ from: 100, to: 102 });
+    expect(pool.allocate(new Set([100, 101]))).toBe(102);
+    expect(pool.allocate(new Set([101]))).toBe(100);
+    const inUse = await uidsInUse();
+    expect(inUse.has(process.getuid!())).toBe(true);
   });
 
   it("a uid reserved twice (two records) is refused", () => {

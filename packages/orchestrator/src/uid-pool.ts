@@ -2,6 +2,7 @@
 // signal, ptrace nor read the files of another. A uid is held by a sandbox's record for as long as the
 // record exists (reserved again when the state directory is reopened) and by in-memory leases for VMs
 // that have no record (template builds): it is never handed out twice at once.
+import { readdir, readFile } from "node:fs/promises";
 import { OrchestratorError } from "./errors.ts";
 
 export interface UidRange {
@@ -45,14 +46,14 @@ export class UidPool {
   }
 
   /**
-   * A free uid, taken round-robin from the last one handed out: a uid that was just released is the
+   * A free uid (not held here, and not in `busy`: see {@link uidsInUse}), taken round-robin from the last one handed out: a uid that was just released is the
    * last to come back, so a process of the VM before (were one to survive) meets no new guest.
    */
-  allocate(): number {
+  allocate(busy: ReadonlySet<number> = new Set()): number {
     const size = this.capacity;
     for (let step = 0; step < size; step++) {
       const uid = this.range.from + ((this.#next - this.range.from + step) % size);
-      if (!this.#used.has(uid)) {
+      if (!this.#used.has(uid) && !busy.has(uid)) {
         this.#used.add(uid);
         this.#next = uid === this.range.to ? this.range.from : uid + 1;
         return uid;
@@ -78,4 +79,27 @@ export class UidPool {
   release(uid: number): void {
     this.#used.delete(uid);
   }
+}
+
+/**
+ * The uids live processes on this host run as (real or effective): another state directory's VMs, or
+ * anything else that took a uid of the range. The pool skips them, so two orchestrators with the same
+ * range do not put VMs under one uid (for a guarantee, give each state directory its own range).
+ */
+export async function uidsInUse(): Promise<Set<number>> {
+  const uids = new Set<number>();
+  const entries = await readdir("/proc").catch(() => [] as string[]);
+  await Promise.all(
+    entries
+      .filter((entry) => /^\d+$/.test(entry))
+      .map(async (pid) => {
+        const status = await readFile(`/proc/${pid}/status`, "utf8").catch(() => "");
+        const fields = /^Uid:\s+(\d+)\s+(\d+)/m.exec(status);
+        if (fields) {
+          uids.add(Number(fields[1]));
+          uids.add(Number(fields[2]));
+        }
+      }),
+  );
+  return uids;
 }

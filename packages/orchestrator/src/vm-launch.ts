@@ -19,7 +19,7 @@ import { OrchestratorError } from "./errors.ts";
 import type { LaunchMode } from "./jail-plan.ts";
 import { diskSlotPath, ensureDiskSlot } from "./template-build.ts";
 import { BUILD_FILES } from "./template-manifest.ts";
-import type { UidPool } from "./uid-pool.ts";
+import { type UidPool, uidsInUse } from "./uid-pool.ts";
 import { wrapInVmNamespaces } from "./vm-namespace.ts";
 
 /** File names inside a chroot: what the VM is told. */
@@ -151,7 +151,7 @@ export async function launchVm(request: VmLaunchRequest): Promise<LaunchedVm> {
   if (!owner) {
     if (!request.uids)
       throw new OrchestratorError("INVALID_OPTIONS", "a jailed launch needs an owner or a uid pool");
-    const uid = request.uids.allocate();
+    const uid = request.uids.allocate(await uidsInUse());
     const pool = request.uids;
     owner = { uid, gid: uid };
     releaseUid = () => pool.release(uid);
