@@ -42,4 +42,17 @@ describe("realFirecracker", () => {
       result.unmet.filter((reason) => reason.includes("FIRECRACKER_BIN") || reason.includes("A_FILE")),
     ).toEqual([]);
   });
+  it("reports the jailer from JAILER_BIN only when it is executable and this is root, else why not", () => {
+    expect(realFirecracker({ env: {} })).toMatchObject({
+      jailer: undefined,
+      jailerSkipReason: "JAILER_BIN not set",
+    });
+    expect(realFirecracker({ env: { JAILER_BIN: "/nonexistent/jailer" } }).jailerSkipReason).toBe(
+      "JAILER_BIN=/nonexistent/jailer is not executable",
+    );
+    const executable = realFirecracker({ env: { JAILER_BIN: "/bin/true" } });
+    if (process.getuid?.() === 0)
+      expect(executable).toMatchObject({ jailer: "/bin/true", jailerSkipReason: undefined });
+    else expect(executable).toMatchObject({ jailer: undefined, jailerSkipReason: "the jailer needs root" });
+  });
 });
