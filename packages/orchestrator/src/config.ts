@@ -257,9 +257,11 @@ export const orchestratorOptionsSchema = z.object({
     .max(1 << 30)
     .optional(),
 });
+/** What createConfig takes: every setting optional, defaults in CONFIG_DEFAULTS, env names in configFromEnv. */
 export type OrchestratorOptions = z.input<typeof orchestratorOptionsSchema>;
 type OptionName = keyof OrchestratorOptions;
 
+/** A complete, validated configuration: what every part of the orchestrator reads. */
 export interface OrchestratorConfig {
   targetArch: Arch;
   cpuTemplate: CpuTemplateChoice;

@@ -18,6 +18,7 @@ import { checkBuildStore } from "./store-doctor.ts";
 
 export type DoctorStatus = "ok" | "warn" | "fail";
 
+/** One `sbx doctor` finding: ok, warn or fail, what was seen, and the fix. */
 export interface DoctorCheck {
   id: string;
   status: DoctorStatus;

@@ -1,5 +1,6 @@
 import { SbxError } from "@sbx/arch";
 
+/** The stable codes of OrchestratorError. */
 export type OrchestratorErrorCode =
   | "CONFIG_INVALID"
   | "INVALID_OPTIONS"

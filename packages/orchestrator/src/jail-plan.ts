@@ -33,6 +33,7 @@ export interface JailerSettings {
   cgroupVersion: 1 | 2;
 }
 
+/** How VMs start: under the jailer (with its settings), or unjailed by explicit opt-out. */
 export type LaunchMode = { jailed: false } | { jailed: true; jailer: JailerSettings };
 
 /** The cgroup controllers a VM's limits use (CPU, memory, pids). */

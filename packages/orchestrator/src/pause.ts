@@ -20,6 +20,7 @@ import { updateSandboxRecord } from "./sandbox-steps.ts";
 import { requireFromStep, runSteps, type StepEvent, StepList } from "./steps.ts";
 import { BUILD_FILES, type BuildManifest } from "./template-manifest.ts";
 
+/** How a pause runs: keep running on the new build (a fork) or stop, and whether to record it as paused. */
 export interface PauseOptions {
   /** Resume the VM after the snapshot and run on from the new build (what `fork` does). */
   keepRunning?: boolean;
@@ -40,6 +41,7 @@ interface PauseContext {
   paused?: PausedSandbox;
 }
 
+/** The pause steps, in order: a fork edits this list. */
 export function defaultPauseSteps(): StepList<PauseContext> {
   return new StepList<PauseContext>([
     {

@@ -75,6 +75,7 @@ function lazyFacade<T extends object>(target: () => Promise<T>): T {
 /** Any console line: the default proof that a restored guest runs again. */
 export const DEFAULT_ALIVE = /\S/;
 
+/** What to start a sandbox from (template, paused sandbox or build) and how. */
 export interface CreateSandboxOptions {
   /** Start from the build this template name points at now. */
   template?: string;
@@ -119,6 +120,7 @@ export const newMetrics = (): OrchestratorMetrics => ({
   memfdFallbacks: 0,
 });
 
+/** What the create steps share: the build, its header and memory sources, and what each step made. */
 export interface SandboxContext extends SandboxCreateContext {
   options: CreateSandboxOptions;
   metrics: OrchestratorMetrics;
@@ -169,6 +171,7 @@ async function cpuTemplateOf(
   return parseCustomCpuTemplate(JSON.parse(text));
 }
 
+/** The create steps, in order: a fork edits this list. */
 export function defaultSandboxSteps(): StepList<SandboxContext> {
   return new StepList<SandboxContext>([
     {
@@ -622,6 +625,7 @@ export class Sandbox implements AsyncDisposable {
   }
 }
 
+/** What an Orchestrator lends createSandbox: metrics, logger, store, admission, and lifecycle callbacks. */
 export interface CreateSandboxHooks {
   metrics?: OrchestratorMetrics;
   logger?: Logger;

@@ -76,6 +76,7 @@ export async function ensureDiskSlot(config: Pick<OrchestratorConfig, "stateDir"
   return path;
 }
 
+/** What a template is built from (an image, a build recipe) and how. */
 export interface BuildTemplateOptions {
   request: TemplateRequest;
   resolver?: ArtifactResolver;
@@ -98,6 +99,7 @@ export interface BuildTemplateOptions {
   workingSet?: { alive?: RegExp } | false;
 }
 
+/** What the template build steps share: the request, the staging directory, and what each step made. */
 export interface TemplateBuildContext {
   state: OrchestratorState;
   config: OrchestratorConfig;
@@ -205,6 +207,7 @@ function epochArgument(): string {
   return `sbx.epoch=${Math.floor(Date.now() / 1000)}`;
 }
 
+/** The template build steps, in order: a fork edits this list. */
 export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
   return new StepList<TemplateBuildContext>([
     {
@@ -488,6 +491,7 @@ export function defaultTemplateBuildSteps(): StepList<TemplateBuildContext> {
   ]);
 }
 
+/** A published template build: its id, directory, manifest and step timings. */
 export interface BuiltTemplate {
   /** The build's id; the template name now points at it. */
   id: string;
