@@ -6,6 +6,7 @@
 import { closeSync, mkdtempSync, openSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { xorshift32 } from "@sbx/arch/testing";
 import { DataType, type FieldType, load, open } from "ffi-rs";
 import { describe, expect, it } from "vitest";
 import { UffdError } from "./errors.ts";
@@ -40,18 +41,6 @@ const MSG_NOSIGNAL = 0x4000;
 
 const openFds = () => readdirSync("/proc/self/fd").length;
 
-function xorshift(seed: number) {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-}
-
 /** One cmsghdr (64-bit layout) with `payload`, padded to 8 bytes. */
 function cmsg(level: number, type: number, payload: Buffer, lengthOverride?: number): Buffer {
   const padded = Buffer.alloc(16 + ((payload.length + 7) & ~7));
@@ -69,7 +58,7 @@ describe("recvWithFds on a live socket, fuzzed", () => {
     const pool = [openSync("/dev/null", "r"), openSync(join(dir, "a"), "w"), openSync(dir, "r")];
     const pair = new NativeMemory(8);
     const scratch = new NativeMemory(1 << 20);
-    const rand = xorshift(0x5bd1e995);
+    const rand = xorshift32(0x5bd1e995);
     const stats = {
       sent: 0,
       refusedBySender: 0,

@@ -1,3 +1,4 @@
+import { xorshift32 } from "@sbx/arch/testing";
 import { describe, expect, it } from "vitest";
 import { UffdError } from "./errors.ts";
 import { MSG_CTRUNC } from "./linux.ts";
@@ -69,15 +70,7 @@ describe("parseScmRights", () => {
 
   it("survives fuzzing: random and mutated buffers give fds or a UffdError, and open no fd", () => {
     const before = fdCount();
-    let x = 12345;
-    const rand = () => {
-      x ^= x << 13;
-      x >>>= 0;
-      x ^= x >>> 17;
-      x ^= x << 5;
-      x >>>= 0;
-      return x;
-    };
+    const rand = xorshift32(12345);
     const seed = control([{ fds: [3, 4] }, { fds: [5] }]);
     let errors = 0;
     for (let i = 0; i < 20_000; i++) {
