@@ -6,6 +6,7 @@
 
 import type { TarEntryType } from "./tar-reader.ts";
 
+/** One entry of a tar archive to write: path, type, mode, owner, content or link target. */
 export interface TarWriterEntry {
   path: string;
   type?: TarEntryType;

@@ -20,6 +20,7 @@ import type {
 } from "../schemas.ts";
 import { FIELD_SINCE, OPERATION_SINCE, parseFirecrackerVersion, versionAtLeast } from "../versions.ts";
 
+/** Options of `startFakeFirecrackerApi`: socket, version to behave as, instance id, and an `intercept` for chosen answers. */
 export interface FakeFirecrackerApiOptions {
   /** Where to listen; a fresh temp dir's `api.sock` by default (removed on close). */
   socketPath?: string;
@@ -30,6 +31,7 @@ export interface FakeFirecrackerApiOptions {
   intercept?: (request: RecordedRequest) => { status: number; body?: unknown } | undefined;
 }
 
+/** A request the fake API received: method, path, the operation it matched and its body. */
 export interface RecordedRequest {
   method: string;
   path: string;
@@ -37,6 +39,7 @@ export interface RecordedRequest {
   body: unknown;
 }
 
+/** A fake Firecracker API on a Unix socket that validates requests as Firecracker does and records them. */
 export interface FakeFirecrackerApi extends AsyncDisposable {
   readonly socketPath: string;
   /** Every request received, in order, with its answer's status. */

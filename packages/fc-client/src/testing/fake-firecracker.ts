@@ -8,6 +8,7 @@
 import { rmSync } from "node:fs";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 
+/** How the fake Firecracker process behaves: crash before ready, start late, ignore SIGTERM, print console lines, exit. */
 export interface FakeFirecrackerBehavior {
   /** Exit with this status before the socket listens, after printing `output` (stdout) and `stderr`. */
   crashBeforeReady?: { exitCode: number; output?: string[]; stderr?: string[] };

@@ -1,5 +1,6 @@
 import { accessSync, constants } from "node:fs";
 
+/** The Firecracker binary tests may run (FIRECRACKER_BIN), or why they must skip. */
 export interface RealFirecracker {
   /** The binary from FIRECRACKER_BIN, when tests can run it. */
   binary: string | undefined;

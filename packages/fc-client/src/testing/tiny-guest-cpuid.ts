@@ -21,11 +21,13 @@ const leavesSchema = z
   .min(1)
   .max(TEST_GUEST_CPUID_MAX);
 
+/** A CPUID leaf and subleaf. */
 export interface CpuidLeaf {
   leaf: number;
   subleaf: number;
 }
 
+/** The registers the tiny test guest read for one CPUID leaf, as the guest sees them. */
 export interface TestGuestCpuid extends CpuidLeaf {
   eax: number;
   ebx: number;

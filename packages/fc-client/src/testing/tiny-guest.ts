@@ -45,12 +45,14 @@ export const TEST_GUEST_CFLAGS: readonly string[] = Object.freeze([
   "-Wl,--no-warn-rwx-segments",
 ]);
 
+/** One progress line of the tiny test guest: its iteration and running checksum. */
 export interface TestGuestProgress {
   iteration: number;
   /** The running checksum, 8 lowercase hex digits. */
   checksum: string;
 }
 
+/** How `buildTestGuest` compiles the tiny test guest: output directory and compiler. */
 export interface BuildTestGuestOptions {
   /** Directory the ELF is written to (created if missing); builds are cached there by source hash. */
   outDir: string;
@@ -59,6 +61,7 @@ export interface BuildTestGuestOptions {
   signal?: AbortSignal;
 }
 
+/** The compiled tiny test guest: its ELF (a `kernel_image_path`) and the source hash it is cached by. */
 export interface BuiltTestGuest {
   /** The guest ELF, a Firecracker `kernel_image_path`. */
   path: string;
@@ -214,6 +217,7 @@ const balloonOptionsSchema = z
     { message: `region shift plus scratch must end by ${BALLOON_SCRATCH_LIMIT_MIB} MiB of guest memory` },
   );
 
+/** The tiny test guest's balloon scratch region: its size and where it sits. */
 export interface TestGuestBalloonOptions {
   /** Size of the scratch region the guest dirties, then reports free, in MiB. */
   scratchMib: number;

@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { type Arch, sha256File } from "@sbx/arch";
 import { DEFAULT_BUSYBOX_VERSION } from "../busybox.ts";
 
+/** Where `writeBusyboxFixture` puts a static busybox (a HOST_BUSYBOX_DIR layout): version, arch, source and sidecar form. */
 export interface BusyboxFixtureOptions {
   /** HOST_BUSYBOX_DIR to populate. */
   dir: string;

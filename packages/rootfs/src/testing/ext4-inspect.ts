@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { RootfsError } from "../errors.ts";
 import { runCommand } from "../exec.ts";
 
+/** The file type of an ext4 entry, as debugfs names it. */
 export type Ext4EntryType =
   | "regular"
   | "directory"
@@ -13,6 +14,7 @@ export type Ext4EntryType =
   | "FIFO"
   | "socket";
 
+/** What debugfs says about an entry of an ext4 image: inode, type, mode, owner, size, links, link target. */
 export interface Ext4Stat {
   inode: number;
   type: Ext4EntryType;

@@ -24,14 +24,17 @@ import { type TarWriterEntry, tarArchive, tarEnd, tarEntryBytes } from "../tar-w
 export type { TarWriterEntry } from "../tar-writer.ts";
 export { tarArchive } from "../tar-writer.ts";
 
+/** How a fixture layer is compressed. */
 export type FixtureCompression = "none" | "gzip" | "zstd";
 
+/** One layer of a fixture image: its tar entries (or a raw tar) and compression. */
 export interface FixtureLayer {
   /** Entries to write (names are written verbatim, so hostile names are possible), or a raw tar. */
   entries: readonly TarWriterEntry[] | Buffer;
   compression?: FixtureCompression;
 }
 
+/** A fixture image: its platform, layers and runtime config. */
 export interface FixtureImage {
   platform: PlatformTriple;
   layers: readonly FixtureLayer[];
@@ -39,6 +42,7 @@ export interface FixtureImage {
   runtimeConfig?: Record<string, unknown>;
 }
 
+/** What `writeOciLayout` writes: the images, a tag, and whether to nest them in an index. */
 export interface WriteOciLayoutOptions {
   dir: string;
   images: readonly FixtureImage[];
@@ -49,12 +53,14 @@ export interface WriteOciLayoutOptions {
   descriptorPlatforms?: boolean;
 }
 
+/** A blob written into a fixture layout: digest, size and media type. */
 export interface FixtureBlob {
   digest: string;
   size: number;
   mediaType: string;
 }
 
+/** The layout `writeOciLayout` wrote: its directory and each image's manifest, config and layers. */
 export interface WrittenLayout {
   dir: string;
   manifests: {
@@ -72,16 +78,19 @@ const LAYER_MEDIA: Record<FixtureCompression, string> = {
   zstd: MEDIA_TYPES.ociLayerZstd,
 };
 
+/** The `sha256:<hex>` digest of bytes. */
 export function sha256Digest(bytes: Buffer): string {
   return `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
 }
 
+/** Bytes compressed as a fixture layer asks (none, gzip or zstd). */
 export function compress(bytes: Buffer, compression: FixtureCompression): Buffer {
   if (compression === "gzip") return zlib.gzipSync(bytes);
   if (compression === "zstd") return zlib.zstdCompressSync(bytes);
   return bytes;
 }
 
+/** Writes bytes as a blob of an OCI layout and returns its descriptor. */
 export async function writeBlob(dir: string, bytes: Buffer, mediaType: string): Promise<FixtureBlob> {
   const digest = sha256Digest(bytes);
   await mkdir(join(dir, "blobs", "sha256"), { recursive: true });
@@ -159,6 +168,7 @@ export async function writeOciLayout(options: WriteOciLayoutOptions): Promise<Wr
   return index ? { dir, manifests, index } : { dir, manifests };
 }
 
+/** What `generateRealisticImage` writes: where, total size, seed, compression and platform. */
 export interface RealisticImageOptions {
   /** Where to write the OCI layout (created). */
   dir: string;
@@ -171,6 +181,7 @@ export interface RealisticImageOptions {
   keepLayerTars?: boolean;
 }
 
+/** A generated realistic image: its layout, layers, file and directory counts and uncompressed size. */
 export interface RealisticImage {
   layoutPath: string;
   layers: FixtureBlob[];
