@@ -131,9 +131,16 @@ describe("temp names", () => {
     const mine = tempPathFor("/state/templates/py.json").split("/").at(-1) as string;
     expect(mine.startsWith(".py.json.tmp-")).toBe(true);
     expect(tempNameOwner(mine)).toBe(process.pid);
-    expect(tempNameOwner("sandbox.json.tmp-42-dead")).toBe(42);
     expect(tempNameOwner(".tmp-4194305-abc-digest")).toBe(4194305);
-    for (const name of ["py.json", "tmp-1-x", ".tmp-x-1", "memory.chunks"]) {
+    // A visible name is never a temp name, whatever it contains: a store key may.
+    for (const name of [
+      "py.json",
+      "tmp-1-x",
+      ".tmp-x-1",
+      "memory.chunks",
+      "a.tmp-1-ab",
+      "sandbox.json.tmp-42-dead",
+    ]) {
       expect(isTempName(name)).toBe(false);
       expect(tempNameOwner(name)).toBeUndefined();
     }

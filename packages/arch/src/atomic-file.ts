@@ -4,14 +4,14 @@ import { basename, dirname, join } from "node:path";
 
 // `.{name}.tmp-{pid}-{random}`: hidden, never ending in the target's extension (so a `*.json` listing
 // skips it), and the pid lets a cleaner tell a dead writer's leftovers from a live one's.
-const TEMP_PATTERN = /\.tmp-(\d+)-/;
+const TEMP_PATTERN = /^\.(?:.+\.)?tmp-(\d+)-/;
 
 /** A temp path beside `path` for writing it atomically: `{dir}/.{name}.tmp-{pid}-{random}`. */
 export function tempPathFor(path: string): string {
   return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(6).toString("hex")}`);
 }
 
-/** True for a name `tempPathFor` made (and for the older `{name}.tmp-{pid}-…`/`.tmp-{pid}-…` forms). */
+/** True for a name `tempPathFor` made (and for the store's older `.tmp-{pid}-…` form); always a hidden name. */
 export function isTempName(name: string): boolean {
   return TEMP_PATTERN.test(name);
 }
