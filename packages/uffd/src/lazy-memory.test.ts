@@ -1,16 +1,15 @@
 // Memory that lives in a build store: chunks come through a RemoteMemorySource when a fault or the
 // working set needs them, the fault loop never waits for one, and a chunk that cannot be had stops the
 // server with a typed error instead of leaving the guest hanging.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import type { RemoteMemorySource } from "./chunk-fetches.ts";
 import { fullMemoryHeader, type MemoryHeader, overlayMemoryHeader } from "./memory-header.ts";
 import { PageFaultServer } from "./server.ts";
-import { leakCheck } from "./test-counts.ts";
-import { buildTestNativeHelper, faultLoops } from "./test-native-helper.ts";
-import { buildTestPeer, runTestPeer, spawnTestPeer, writeTestMemoryFile } from "./testing/peer.ts";
+import { faultLoops } from "./test-native-helper.ts";
+import { dir, memoryFile, nativeHelper, peer, usePeerFixture } from "./test-peer-fixture.ts";
+import { runTestPeer, spawnTestPeer } from "./testing/peer.ts";
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
@@ -19,26 +18,8 @@ const PAGE = 4096;
 const PAGES = SIZE / PAGE;
 const BASE = "base";
 const REMOTE = "remote";
-let peer: string;
-let dir: string;
-let memoryFile: string;
-let checkLeaks: () => Promise<void>;
-const nativeHelper = buildTestNativeHelper();
 
-beforeAll(async () => {
-  peer = await buildTestPeer();
-});
-afterAll(() => nativeHelper.remove());
-beforeEach(() => {
-  dir = mkdtempSync(join(tmpdir(), "sbx-uffd-lazy-"));
-  memoryFile = join(dir, "mem");
-  writeTestMemoryFile(memoryFile, SIZE);
-  checkLeaks = leakCheck();
-});
-afterEach(async () => {
-  await checkLeaks();
-  rmSync(dir, { recursive: true, force: true });
-});
+usePeerFixture({ prefix: "lazy", memorySize: SIZE });
 
 /**
  * A source that serves the memory file's chunks as files of their own (as the chunk cache keeps them),

@@ -1,30 +1,13 @@
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { PageFaultServer } from "./server.ts";
-import { leakCheck } from "./test-counts.ts";
-import { buildTestNativeHelper, faultLoops } from "./test-native-helper.ts";
-import { buildTestPeer, runTestPeer, type TestPeerOptions, writeTestMemoryFile } from "./testing/peer.ts";
+import { faultLoops } from "./test-native-helper.ts";
+import { dir, nativeHelper, peer, usePeerFixture } from "./test-peer-fixture.ts";
+import { runTestPeer, type TestPeerOptions, writeTestMemoryFile } from "./testing/peer.ts";
 
 const MiB = 1024 * 1024;
-let peer: string;
-let dir: string;
-let checkLeaks: () => Promise<void>;
-const nativeHelper = buildTestNativeHelper();
 
-beforeAll(async () => {
-  peer = await buildTestPeer();
-});
-afterAll(() => nativeHelper.remove());
-beforeEach(() => {
-  dir = mkdtempSync(join(tmpdir(), "sbx-uffd-remove-"));
-  checkLeaks = leakCheck();
-});
-afterEach(async () => {
-  await checkLeaks();
-  rmSync(dir, { recursive: true, force: true });
-});
+usePeerFixture({ prefix: "remove" });
 
 async function serve(helper: string, size: number, peerOptions: Partial<TestPeerOptions>) {
   const memoryFile = join(dir, "mem");

@@ -1,9 +1,8 @@
 import { subscribe, unsubscribe } from "node:diagnostics_channel";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { UffdError } from "./errors.ts";
 import {
   PageFaultServer,
@@ -11,41 +10,14 @@ import {
   prewarmPageFaultWorkers,
   warmPageFaultWorkerCount,
 } from "./server.ts";
-import { leakCheck } from "./test-counts.ts";
-import { buildTestNativeHelper, faultLoops } from "./test-native-helper.ts";
-import {
-  buildTestPeer,
-  runTestPeer,
-  spawnTestPeer,
-  type TestPeerOptions,
-  writeTestMemoryFile,
-} from "./testing/peer.ts";
+import { faultLoops } from "./test-native-helper.ts";
+import { dir, memoryFile, nativeHelper, peer, socketPath, usePeerFixture } from "./test-peer-fixture.ts";
+import { runTestPeer, spawnTestPeer, type TestPeerOptions } from "./testing/peer.ts";
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
-let peer: string;
-let dir: string;
-let memoryFile: string;
-let socketPath: string;
-let checkLeaks: () => Promise<void>;
 
-// Both fault loops are tested: the pure-ffi one always, the native batch helper when gcc can build it.
-const nativeHelper = buildTestNativeHelper();
-beforeAll(async () => {
-  peer = await buildTestPeer();
-});
-afterAll(() => nativeHelper.remove());
-beforeEach(() => {
-  dir = mkdtempSync(join(tmpdir(), "sbx-uffd-test-"));
-  memoryFile = join(dir, "mem");
-  socketPath = join(dir, "uffd.sock");
-  writeTestMemoryFile(memoryFile, SIZE + 4 * MiB);
-  checkLeaks = leakCheck();
-});
-afterEach(async () => {
-  await checkLeaks();
-  rmSync(dir, { recursive: true, force: true });
-});
+usePeerFixture({ prefix: "test", memorySize: SIZE + 4 * MiB });
 
 /** Starts the test peer against this test's socket and memory file; `closed` settles when it exits. */
 function startPeer(options: Partial<TestPeerOptions>) {

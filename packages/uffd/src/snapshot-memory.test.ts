@@ -1,46 +1,21 @@
 // Issue 6: layered memory, dirty tracking, prefetch and memfd export, with real faults from the peer.
-import {
-  closeSync,
-  ftruncateSync,
-  mkdtempSync,
-  openSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-  writeSync,
-} from "node:fs";
-import { tmpdir } from "node:os";
+import { closeSync, ftruncateSync, openSync, readFileSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { check } from "./errors.ts";
 import { libc } from "./libc.ts";
 import { F_GET_SEALS, F_SEAL_GROW, F_SEAL_SHRINK } from "./linux.ts";
 import { createMemfd, exportRanges, type Memfd } from "./memfd.ts";
 import { PageFaultServer, type PageFaultServerOptions } from "./server.ts";
-import { leakCheck } from "./test-counts.ts";
-import { buildTestNativeHelper, faultLoops } from "./test-native-helper.ts";
-import { buildTestPeer, runTestPeer, type TestPeerOptions, writeTestMemoryFile } from "./testing/peer.ts";
+import { faultLoops } from "./test-native-helper.ts";
+import { dir, nativeHelper, peer, usePeerFixture } from "./test-peer-fixture.ts";
+import { runTestPeer, type TestPeerOptions, writeTestMemoryFile } from "./testing/peer.ts";
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
 const PAGE = 4096;
-let peer: string;
-let dir: string;
-let checkLeaks: () => Promise<void>;
-const nativeHelper = buildTestNativeHelper();
 
-beforeAll(async () => {
-  peer = await buildTestPeer();
-});
-afterAll(() => nativeHelper.remove());
-beforeEach(() => {
-  dir = mkdtempSync(join(tmpdir(), "sbx-uffd-layers-"));
-  checkLeaks = leakCheck();
-});
-afterEach(async () => {
-  await checkLeaks();
-  rmSync(dir, { recursive: true, force: true });
-});
+usePeerFixture({ prefix: "layers" });
 
 /** A sparse diff file: only `pages` are written (from `source`), the rest are holes. */
 function writeDiff(path: string, source: Buffer, pages: number[]): void {

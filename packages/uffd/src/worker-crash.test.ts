@@ -1,37 +1,20 @@
 import { execFile } from "node:child_process";
 import { subscribe, unsubscribe } from "node:diagnostics_channel";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 import type { Worker } from "node:worker_threads";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { PageFaultServer } from "./server.ts";
-import { leakCheck } from "./test-counts.ts";
-import { buildTestNativeHelper, faultLoops } from "./test-native-helper.ts";
-import { buildTestPeer, spawnTestPeer, writeTestMemoryFile } from "./testing/peer.ts";
+import { faultLoops } from "./test-native-helper.ts";
+import { dir, nativeHelper, peer, usePeerFixture } from "./test-peer-fixture.ts";
+import { spawnTestPeer, writeTestMemoryFile } from "./testing/peer.ts";
 import { faultWorkerExecArgv } from "./worker-exec-argv.ts";
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
-let peer: string;
-let dir: string;
-let checkLeaks: () => Promise<void>;
-const nativeHelper = buildTestNativeHelper();
 
-beforeAll(async () => {
-  peer = await buildTestPeer();
-});
-afterAll(() => nativeHelper.remove());
-beforeEach(() => {
-  dir = mkdtempSync(join(tmpdir(), "sbx-uffd-crash-"));
-  checkLeaks = leakCheck();
-});
-afterEach(async () => {
-  await checkLeaks();
-  rmSync(dir, { recursive: true, force: true });
-});
+usePeerFixture({ prefix: "crash" });
 
 describe("the fault worker's Node options", () => {
   it("keeps what resolves and loads modules, drops what describes the parent's own entry point", () => {

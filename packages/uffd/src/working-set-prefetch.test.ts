@@ -1,44 +1,19 @@
 // Issue 18: the working set is copied in between faults, and any list, however wrong, restores exactly.
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, readSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, readSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { PageFaultServer, type PageFaultServerOptions } from "./server.ts";
-import { leakCheck } from "./test-counts.ts";
-import { buildTestNativeHelper, faultLoops } from "./test-native-helper.ts";
-import {
-  buildTestPeer,
-  runTestPeer,
-  spawnTestPeer,
-  type TestPeerOptions,
-  writeTestMemoryFile,
-} from "./testing/peer.ts";
+import { faultLoops } from "./test-native-helper.ts";
+import { dir, memoryFile, nativeHelper, peer, usePeerFixture } from "./test-peer-fixture.ts";
+import { runTestPeer, spawnTestPeer, type TestPeerOptions } from "./testing/peer.ts";
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
 const PAGE = 4096;
 const PAGES = SIZE / PAGE;
-let peer: string;
-let dir: string;
-let memoryFile: string;
-let checkLeaks: () => Promise<void>;
-const nativeHelper = buildTestNativeHelper();
 
-beforeAll(async () => {
-  peer = await buildTestPeer();
-});
-afterAll(() => nativeHelper.remove());
-beforeEach(() => {
-  dir = mkdtempSync(join(tmpdir(), "sbx-uffd-working-set-"));
-  memoryFile = join(dir, "mem");
-  writeTestMemoryFile(memoryFile, SIZE);
-  checkLeaks = leakCheck();
-});
-afterEach(async () => {
-  await checkLeaks();
-  rmSync(dir, { recursive: true, force: true });
-});
+usePeerFixture({ prefix: "working-set", memorySize: SIZE });
 
 function shuffled<T>(items: T[]): T[] {
   const out = [...items];
