@@ -16,7 +16,7 @@ import {
 } from "@sbx/fc-client";
 import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
-import type { LaunchMode } from "./jail-plan.ts";
+import type { JailerSettings, LaunchMode } from "./jail-plan.ts";
 import { diskSlotPath, ensureDiskSlot } from "./template-build.ts";
 import { BUILD_FILES } from "./template-manifest.ts";
 import { type UidPool, uidsInUse } from "./uid-pool.ts";
@@ -31,6 +31,7 @@ export const JAILED_FILES = Object.freeze({
   vsockSocket: "vsock.sock",
 });
 
+/** What launchVm needs to start one Firecracker, jailed or not. */
 export interface VmLaunchRequest {
   mode: LaunchMode;
   config: OrchestratorConfig;
@@ -59,6 +60,7 @@ export interface VmLaunchRequest {
   logger?: Logger;
 }
 
+/** A started Firecracker: its process, its jail and owner, the paths it is told, and how to snapshot and kill it. */
 export interface LaunchedVm extends AsyncDisposable {
   readonly fc: FirecrackerProcess;
   readonly jailed: boolean;
@@ -87,11 +89,10 @@ function unjailedUffdSocket(workDir: string): string {
   return join(workDir, JAILED_FILES.uffdSocket);
 }
 
-export async function launchVm(request: VmLaunchRequest): Promise<LaunchedVm> {
-  const logger = request.logger ?? silentLogger;
+/** What every launch passes to `launchFirecracker`, jailed or not. */
+function commonLaunchOptions(request: VmLaunchRequest, logger: Logger) {
   const { config } = request;
-  const slot = diskSlotPath(config);
-  const common = {
+  return {
     id: request.id,
     arch: config.targetArch,
     ...(request.logPath ? { logPath: request.logPath } : {}),
@@ -102,50 +103,70 @@ export async function launchVm(request: VmLaunchRequest): Promise<LaunchedVm> {
     ...(request.signal ? { signal: request.signal } : {}),
     logger,
   };
-  if (!request.mode.jailed) {
-    logger.warn?.(
-      { id: request.id },
-      "Firecracker runs unjailed, as root (SBX_UNJAILED=1): no chroot, uid or cgroup limits stand between a guest escape and the host",
-    );
-    if (request.disk) await ensureDiskSlot(config);
-    const fc = await launchFirecracker({
-      ...wrapInVmNamespaces(request.firecrackerBinary, {
-        ...(request.networkNamespace ? { networkNamespace: request.networkNamespace } : {}),
-        binds: request.disk ? [{ source: request.disk, target: slot }] : [],
-      }),
-      ...common,
-      ...(request.apiSocketPath ? { socketPath: request.apiSocketPath } : {}),
-      cwd: request.workDir,
-    });
-    const kill = async (options: KillOptions = { discard: true, graceMs: 1000 }) => {
-      await fc.kill(options);
-    };
-    return {
-      fc,
-      jailed: false,
-      owner: undefined,
-      jailDirectory: undefined,
-      vmPaths: {
-        ...(request.kernel ? { kernel: request.kernel } : {}),
-        disk: slot,
-        ...(request.vmstate ? { vmstate: request.vmstate } : {}),
-        uffdSocket: unjailedUffdSocket(request.workDir),
-      },
-      uffdSocket: { path: unjailedUffdSocket(request.workDir) },
-      vsockSocket: join(request.workDir, JAILED_FILES.vsockSocket),
-      async snapshotInto(directory, snapshotType) {
-        await fc.client.createSnapshot({
-          snapshot_type: snapshotType,
-          snapshot_path: join(directory, BUILD_FILES.vmstate),
-          mem_file_path: join(directory, BUILD_FILES.memory),
-        });
-      },
-      kill,
-      [Symbol.asyncDispose]: () => kill(),
-    };
-  }
+}
 
-  const { jailer } = request.mode;
+/**
+ * Starts one Firecracker the way every step does: in its jail (chroot, uid, cgroup, pid namespace)
+ * unless the operator opted out (then warned about, every time).
+ */
+export function launchVm(request: VmLaunchRequest): Promise<LaunchedVm> {
+  const logger = request.logger ?? silentLogger;
+  return request.mode.jailed
+    ? launchJailed(request, request.mode.jailer, logger)
+    : launchUnjailed(request, logger);
+}
+
+async function launchUnjailed(request: VmLaunchRequest, logger: Logger): Promise<LaunchedVm> {
+  const { config } = request;
+  const slot = diskSlotPath(config);
+  logger.warn?.(
+    { id: request.id },
+    "Firecracker runs unjailed, as root (SBX_UNJAILED=1): no chroot, uid or cgroup limits stand between a guest escape and the host",
+  );
+  if (request.disk) await ensureDiskSlot(config);
+  const fc = await launchFirecracker({
+    ...wrapInVmNamespaces(request.firecrackerBinary, {
+      ...(request.networkNamespace ? { networkNamespace: request.networkNamespace } : {}),
+      binds: request.disk ? [{ source: request.disk, target: slot }] : [],
+    }),
+    ...commonLaunchOptions(request, logger),
+    ...(request.apiSocketPath ? { socketPath: request.apiSocketPath } : {}),
+    cwd: request.workDir,
+  });
+  const kill = async (options: KillOptions = { discard: true, graceMs: 1000 }) => {
+    await fc.kill(options);
+  };
+  return {
+    fc,
+    jailed: false,
+    owner: undefined,
+    jailDirectory: undefined,
+    vmPaths: {
+      ...(request.kernel ? { kernel: request.kernel } : {}),
+      disk: slot,
+      ...(request.vmstate ? { vmstate: request.vmstate } : {}),
+      uffdSocket: unjailedUffdSocket(request.workDir),
+    },
+    uffdSocket: { path: unjailedUffdSocket(request.workDir) },
+    vsockSocket: join(request.workDir, JAILED_FILES.vsockSocket),
+    async snapshotInto(directory, snapshotType) {
+      await fc.client.createSnapshot({
+        snapshot_type: snapshotType,
+        snapshot_path: join(directory, BUILD_FILES.vmstate),
+        mem_file_path: join(directory, BUILD_FILES.memory),
+      });
+    },
+    kill,
+    [Symbol.asyncDispose]: () => kill(),
+  };
+}
+
+async function launchJailed(
+  request: VmLaunchRequest,
+  jailer: JailerSettings,
+  logger: Logger,
+): Promise<LaunchedVm> {
+  const slot = diskSlotPath(request.config);
   let owner = request.owner;
   let releaseUid = () => {};
   if (!owner) {
@@ -163,7 +184,7 @@ export async function launchVm(request: VmLaunchRequest): Promise<LaunchedVm> {
   try {
     fc = await launchFirecracker({
       binary: request.firecrackerBinary,
-      ...common,
+      ...commonLaunchOptions(request, logger),
       jail: {
         jailerBinary: jailer.jailerBinary,
         uid: owner.uid,
