@@ -154,19 +154,14 @@ for (const { codePath, helper } of faultLoops(nativeHelper.path)) {
       }
     });
 
-    it("a chunk that cannot be had in time stops the server with MEMORY_FETCH_FAILED", async () => {
-      // A store that never answers and ignores the abort: the deadline still holds.
-      const source: RemoteMemorySource = {
-        sizeBytes: SIZE,
-        chunkSize: CHUNK,
-        fetchChunk: () => new Promise<string>(() => {}),
-      };
+    /** Serves an all-remote build from `source` to a peer walking it; the server's stop. */
+    async function stopWith(source: RemoteMemorySource, options: { fetchTimeoutMs?: number } = {}) {
       const header = fullMemoryHeader({ build: REMOTE, memorySize: SIZE });
       await using server = new PageFaultServer({
         socketPath: socketPath(),
         memory: { header, paths: {}, remote: { [REMOTE]: source } },
-        fetchTimeoutMs: 300,
         nativeHelper: helper,
+        ...options,
       });
       await server.listen();
       const child = spawnTestPeer({
@@ -177,18 +172,26 @@ for (const { codePath, helper } of faultLoops(nativeHelper.path)) {
         mode: "seq",
       });
       try {
-        const stop = await server.stopped;
-        expect(stop.reason).toBe("error");
-        expect(stop.error?.code).toBe("MEMORY_FETCH_FAILED");
-        expect(stop.error?.message).toMatch(/chunk 0 of build remote/);
+        return await server.stopped;
       } finally {
         child.kill("SIGKILL");
         await new Promise((resolve) => child.once("close", resolve));
       }
+    }
+
+    it("a chunk that cannot be had in time stops the server with MEMORY_FETCH_FAILED", async () => {
+      // A store that never answers and ignores the abort: the deadline still holds.
+      const stop = await stopWith(
+        { sizeBytes: SIZE, chunkSize: CHUNK, fetchChunk: () => new Promise<string>(() => {}) },
+        { fetchTimeoutMs: 300 },
+      );
+      expect(stop.reason).toBe("error");
+      expect(stop.error?.code).toBe("MEMORY_FETCH_FAILED");
+      expect(stop.error?.message).toMatch(/chunk 0 of build remote/);
     });
 
     it("a chunk file of the wrong size stops the server with MEMORY_FILE_INVALID, nothing mapped from it", async () => {
-      const source: RemoteMemorySource = {
+      const stop = await stopWith({
         sizeBytes: SIZE,
         chunkSize: CHUNK,
         async fetchChunk(index) {
@@ -196,29 +199,9 @@ for (const { codePath, helper } of faultLoops(nativeHelper.path)) {
           writeFileSync(path, Buffer.alloc(CHUNK / 2, 1));
           return path;
         },
-      };
-      const header = fullMemoryHeader({ build: REMOTE, memorySize: SIZE });
-      await using server = new PageFaultServer({
-        socketPath: socketPath(),
-        memory: { header, paths: {}, remote: { [REMOTE]: source } },
-        nativeHelper: helper,
       });
-      await server.listen();
-      const child = spawnTestPeer({
-        binary: peer,
-        socketPath: socketPath(),
-        memoryFile,
-        size: SIZE,
-        mode: "seq",
-      });
-      try {
-        const stop = await server.stopped;
-        expect(stop.reason).toBe("error");
-        expect(stop.error?.code).toBe("MEMORY_FILE_INVALID");
-      } finally {
-        child.kill("SIGKILL");
-        await new Promise((resolve) => child.once("close", resolve));
-      }
+      expect(stop.reason).toBe("error");
+      expect(stop.error?.code).toBe("MEMORY_FILE_INVALID");
     });
   });
 }
