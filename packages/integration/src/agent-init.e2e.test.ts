@@ -3,12 +3,17 @@
 // namespace whose eth0 it configures from ip=, starts the agent from the sbx.agent_* flags, prints the
 // ready marker and execs the workload. The host reaches the agent over TCP, kills it, and the init's
 // loop starts it again while the client reconnects.
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AgentClient, ensureAgentBinary, tcpTransport } from "@sbx/agent";
-import { namespacedAgentUnavailable, removeNamespacedRun, settle } from "@sbx/agent/testing";
+import {
+  createVethNamespace,
+  namespacedAgentUnavailable,
+  removeNamespacedRun,
+  settle,
+} from "@sbx/agent/testing";
 import { hostArch } from "@sbx/arch";
 import { injectGuestFiles, READY_MARKER } from "@sbx/rootfs";
 import { describe, expect, it } from "vitest";
@@ -51,16 +56,9 @@ describe.skipIf(reason !== "")("the agent under the template's /.sbx/init (needs
         join(root, "cmdline"),
         `console=ttyS0 ip=${subnet}.2::${subnet}.1:255.255.255.252:sbx-init-box:eth0:off sbx.agent_vsock=off sbx.agent_tcp=49983\n`,
       );
-      const ip = (...args: string[]) => {
-        const result = spawnSync("ip", args, { encoding: "utf8" });
-        if (result.status !== 0) throw new Error(`ip ${args.join(" ")}: ${result.stderr}`);
-      };
-      ip("netns", "add", netns);
-      ip("link", "add", hostIf, "type", "veth", "peer", "name", guestIf);
-      ip("link", "set", guestIf, "netns", netns);
-      ip("-n", netns, "link", "set", guestIf, "name", "eth0");
-      ip("addr", "add", `${subnet}.1/30`, "dev", hostIf);
-      ip("link", "set", hostIf, "up");
+      createVethNamespace({ netns, hostIf, guestIf, hostAddress: `${subnet}.1/30` });
+      // The guest's init configures eth0 from the kernel command line's ip=.
+      execFileSync("ip", ["-n", netns, "link", "set", guestIf, "name", "eth0"]);
       init = spawn(
         "ip",
         [

@@ -1,5 +1,6 @@
 export { type HybridVsockProxy, startHybridVsockProxy } from "./hybrid-vsock-proxy.ts";
 export {
+  createVethNamespace,
   type NamespacedAgent,
   type NamespacedAgentOptions,
   namespacedAgentUnavailable,

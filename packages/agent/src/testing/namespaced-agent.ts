@@ -66,6 +66,23 @@ function ip(...args: string[]): void {
  * Undoes a namespaced run: kills `child` (SIGKILL, awaited), deletes the network namespace and the host
  * end of its veth pair, then removes `base` unless a mount still points into it.
  */
+/**
+ * A network namespace `netns` joined to the host by a veth pair: `hostIf` on the host, up, with
+ * `hostAddress`; `guestIf` moved into the namespace, down and unaddressed, for its init to configure.
+ */
+export function createVethNamespace(options: {
+  netns: string;
+  hostIf: string;
+  guestIf: string;
+  hostAddress: string;
+}): void {
+  ip("netns", "add", options.netns);
+  ip("link", "add", options.hostIf, "type", "veth", "peer", "name", options.guestIf);
+  ip("link", "set", options.guestIf, "netns", options.netns);
+  ip("addr", "add", options.hostAddress, "dev", options.hostIf);
+  ip("link", "set", options.hostIf, "up");
+}
+
 export async function removeNamespacedRun(run: {
   child: ChildProcess | undefined;
   netns: string;
@@ -142,11 +159,7 @@ set +e
 while :; do /.sbx/agent --tcp 0.0.0.0:${tcpPort} --unix /tmp/sbx-agent.sock; echo "agent exited with $?"; sleep 0.1; done
 `;
     await writeFile(join(root, ".sbx/test-init"), init);
-    ip("netns", "add", netns);
-    ip("link", "add", hostIf, "type", "veth", "peer", "name", guestIf);
-    ip("link", "set", guestIf, "netns", netns);
-    ip("addr", "add", `${subnet}.1/30`, "dev", hostIf);
-    ip("link", "set", hostIf, "up");
+    createVethNamespace({ netns, hostIf, guestIf, hostAddress: `${subnet}.1/30` });
     ip("-n", netns, "addr", "add", `${guestAddress}/30`, "dev", guestIf);
     ip("-n", netns, "link", "set", guestIf, "up");
     child = spawn(
