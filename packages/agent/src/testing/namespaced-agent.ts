@@ -63,10 +63,6 @@ function ip(...args: string[]): void {
 }
 
 /**
- * Undoes a namespaced run: kills `child` (SIGKILL, awaited), deletes the network namespace and the host
- * end of its veth pair, then removes `base` unless a mount still points into it.
- */
-/**
  * A network namespace `netns` joined to the host by a veth pair: `hostIf` on the host, up, with
  * `hostAddress`; `guestIf` moved into the namespace, down and unaddressed, for its init to configure.
  */
@@ -83,6 +79,10 @@ export function createVethNamespace(options: {
   ip("link", "set", options.hostIf, "up");
 }
 
+/**
+ * Undoes a namespaced run: kills `child` (SIGKILL, awaited), deletes the network namespace and the host
+ * end of its veth pair, then removes `base` unless a mount still points into it.
+ */
 export async function removeNamespacedRun(run: {
   child: ChildProcess | undefined;
   netns: string;
