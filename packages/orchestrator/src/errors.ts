@@ -35,8 +35,6 @@ export type OrchestratorErrorCode =
   | "ARCH_MISMATCH"
   /** The host has no room for the create (see `details.reason` and `details.short`). */
   | "CAPACITY_EXCEEDED"
-  | "WAIT_TIMEOUT"
-  | "WAIT_ENDED"
   | "NOT_AVAILABLE"
   | "DOWNLOAD_FAILED"
   | "DOWNLOAD_NOT_FOUND"
