@@ -25,6 +25,28 @@ describe("writeFileAtomic", () => {
     });
   });
 
+  it("makes its temp file in tempDirectory when given, and leaves nothing there", async () => {
+    await withTempDir(async (dir) => {
+      await mkdir(join(dir, "tmp"));
+      await mkdir(join(dir, "entries"));
+      const path = join(dir, "entries", "one");
+      const seen: string[] = [];
+      await writeFileAtomic(
+        path,
+        async (handle) => {
+          seen.push(...(await readdir(join(dir, "tmp"))), ...(await readdir(join(dir, "entries"))));
+          await handle.write("content");
+        },
+        { tempDirectory: join(dir, "tmp") },
+      );
+      // While it was written, the temp file was in tmp/ and nothing was in entries/.
+      expect(seen).toHaveLength(1);
+      expect(isTempName(seen[0] as string)).toBe(true);
+      expect(await readdir(join(dir, "tmp"))).toEqual([]);
+      expect(await readFile(path, "utf8")).toBe("content");
+    });
+  });
+
   it("sets the mode it is given despite the umask, and 0600 by default", async () => {
     await withTempDir(async (dir) => {
       await writeFileAtomic(join(dir, "bin"), "#!/bin/sh\n", { mode: 0o755 });

@@ -6,9 +6,12 @@ import { basename, dirname, join } from "node:path";
 // skips it), and the pid lets a cleaner tell a dead writer's leftovers from a live one's.
 const TEMP_PATTERN = /^\.(?:.+\.)?tmp-(\d+)-/;
 
-/** A temp path beside `path` for writing it atomically: `{dir}/.{name}.tmp-{pid}-{random}`. */
-export function tempPathFor(path: string): string {
-  return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(6).toString("hex")}`);
+/**
+ * A temp path for writing `path` atomically: `{dir}/.{name}.tmp-{pid}-{random}`, in `path`'s directory
+ * or in `directory` (which must be on the same file system, for the rename).
+ */
+export function tempPathFor(path: string, directory = dirname(path)): string {
+  return join(directory, `.${basename(path)}.tmp-${process.pid}-${randomBytes(6).toString("hex")}`);
 }
 
 /** True for a name `tempPathFor` made (and for the store's older `.tmp-{pid}-…` form); always a hidden name. */
@@ -39,6 +42,11 @@ export type AtomicFileContent = string | Uint8Array | ((handle: FileHandle) => P
 export interface WriteFileAtomicOptions {
   /** Permission bits of the file, set with fchmod so the umask does not narrow them; default 0o600. */
   mode?: number;
+  /**
+   * Where the temp file is made, on `path`'s file system; default beside `path`. A directory of its own
+   * keeps half-written files out of a directory others list (a cache's entries).
+   */
+  tempDirectory?: string;
 }
 
 /**
@@ -52,7 +60,7 @@ export async function writeFileAtomic(
   content: AtomicFileContent,
   options: WriteFileAtomicOptions = {},
 ): Promise<void> {
-  const temp = tempPathFor(path);
+  const temp = tempPathFor(path, options.tempDirectory);
   const handle = await open(temp, "wx", 0o600);
   try {
     try {

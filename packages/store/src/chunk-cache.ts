@@ -3,7 +3,7 @@
 //   {dir}/chunks/{sha256}    a chunk's uncompressed bytes, named by their digest (so builds and hosts
 //                            that share a chunk share its entry); mtime is its last use, for LRU
 //   {dir}/locks/{sha256}     O_EXCL lock held by the one process fetching that chunk (holds its pid)
-//   {dir}/tmp/.tmp-{pid}-*   a fetch being written; renamed into chunks/ only once verified
+//   {dir}/tmp/.{sha256}.tmp-{pid}-*   a fetch being written; renamed into chunks/ once verified (writeFileAtomic)
 //
 // A chunk is checked against its sha256 when fetched and the first time each process uses it; a
 // corrupt entry is removed and fetched again. Nothing half-written is ever visible under chunks/: a
@@ -14,7 +14,7 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, utimes } from "node:f
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Logger, silentLogger } from "@sbx/arch";
-import { processAlive, tempNameOwner, tempPathFor } from "./atomic-file.ts";
+import { processAlive, tempNameOwner, writeFileAtomic } from "./atomic-file.ts";
 import { StoreError } from "./errors.ts";
 
 /** Where the host's chunk cache lives and how large it may grow. */
@@ -229,20 +229,7 @@ export class ChunkCache implements AsyncDisposable {
         "CHUNK_CORRUPT",
         `chunk ${digest} from the store fails its checksum (${bytes.length} bytes, ${length} expected); not cached`,
       );
-    const temp = tempPathFor(join(this.directory, "tmp", digest));
-    try {
-      const handle = await open(temp, "wx", 0o600);
-      try {
-        await handle.writeFile(bytes);
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-      await rename(temp, path);
-    } catch (error) {
-      await rm(temp, { force: true });
-      throw error;
-    }
+    await writeFileAtomic(path, bytes, { tempDirectory: join(this.directory, "tmp") });
     const info = await stat(path);
     this.#verified.set(digest, info.ino);
     this.#stats.misses++;
