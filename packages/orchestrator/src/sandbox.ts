@@ -306,7 +306,9 @@ export function defaultSandboxSteps(): StepList<SandboxContext> {
         const server = new PageFaultServer({
           // Inside the VM's chroot when jailed, owned by its uid; only that Firecracker (by pid) may connect.
           socketPath: vm.uffdSocket.path,
-          ...(vm.uffdSocket.owner ? { owner: vm.uffdSocket.owner } : {}),
+          ...(vm.uffdSocket.owner
+            ? { owner: vm.uffdSocket.owner, expectedPeerUid: vm.uffdSocket.owner.uid }
+            : {}),
           expectedPeerPid: vm.fc.pid,
           memory: {
             header: context.header,

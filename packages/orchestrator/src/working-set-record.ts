@@ -116,7 +116,9 @@ export async function recordWorkingSet(options: RecordWorkingSetOptions): Promis
     const fc = vm.fc;
     await using server = new PageFaultServer({
       socketPath: vm.uffdSocket.path,
-      ...(vm.uffdSocket.owner ? { owner: vm.uffdSocket.owner } : {}),
+      ...(vm.uffdSocket.owner
+        ? { owner: vm.uffdSocket.owner, expectedPeerUid: vm.uffdSocket.owner.uid }
+        : {}),
       expectedPeerPid: fc.pid,
       memory: {
         header: fullMemoryHeader({ build: options.buildId, memorySize }),

@@ -61,7 +61,8 @@ function acceptPeer(): number | StopReason {
   return fd;
 }
 
-function peerPid(connection: number): number {
+/** The connected process's pid and uid (SO_PEERCRED: what the kernel recorded at connect). */
+function peerCredentials(connection: number): { pid: number; uid: number } {
   const ucred = new NativeMemory(UCRED.size + 4);
   try {
     ucred.view.setInt32(UCRED.size, UCRED.size, true); // the socklen_t after the struct
@@ -69,7 +70,7 @@ function peerPid(connection: number): number {
       "getsockopt(SO_PEERCRED)",
       libc.getsockopt(connection, SOL_SOCKET, SO_PEERCRED, ucred.address, ucred.address + UCRED.size),
     );
-    return ucred.view.getInt32(UCRED.pid, true);
+    return { pid: ucred.view.getInt32(UCRED.pid, true), uid: ucred.view.getUint32(UCRED.uid, true) };
   } finally {
     ucred.free();
   }
@@ -175,7 +176,8 @@ function run(): void {
       return;
     }
     const connection = accepted;
-    peer = peerPid(connection);
+    const credentials = peerCredentials(connection);
+    peer = credentials.pid;
     // Handed to the main thread at once: if this worker dies unreported, it kills the peer with it.
     const peerPidfd = libc.syscall3(SYS_PIDFD_OPEN, peer, 0, 0).value;
     post({ type: "accepted", connectionFd: connection, peerPid: peer, peerPidfd });
@@ -183,6 +185,11 @@ function run(): void {
       throw new UffdError(
         "PEER_MISMATCH",
         `process ${peer} connected; expected Firecracker's pid ${config.expectedPeerPid}`,
+      );
+    if (config.expectedPeerUid !== undefined && credentials.uid !== config.expectedPeerUid)
+      throw new UffdError(
+        "PEER_MISMATCH",
+        `process ${peer} connected as uid ${credentials.uid}; expected Firecracker's uid ${config.expectedPeerUid}`,
       );
     const [data, wake] = poller.poll([connection, config.wakeFd], config.handshakeTimeoutMs);
     if (wake) {

@@ -170,6 +170,27 @@ describe("the page-fault server refuses what Firecracker would not send", () => 
     expect(stop.error?.code).toBe("PEER_MISMATCH");
     expect(stop.peerPid).toBe(child.pid);
   });
+
+  it("a peer that is not the expected uid, and one that is", async () => {
+    // The test peer runs as this process's uid (root here): any other uid is refused.
+    const uid = process.getuid?.() ?? 0;
+    {
+      await using server = new PageFaultServer({ socketPath, memoryFile, expectedPeerUid: uid + 1 });
+      await server.listen();
+      const { child, closed } = startPeer({ mode: "none", holdMs: 2000 });
+      const stop = await server.stopped;
+      child.kill("SIGKILL");
+      await closed;
+      expect(stop.error?.code).toBe("PEER_MISMATCH");
+      expect(stop.error?.message).toMatch(new RegExp(`as uid ${uid}; expected Firecracker's uid ${uid + 1}`));
+    }
+    await using server = new PageFaultServer({ socketPath, memoryFile, expectedPeerUid: uid });
+    await server.listen();
+    const { child, closed } = startPeer({ mode: "none", holdMs: 60_000 });
+    await expect(server.ready).resolves.toMatchObject({ peerPid: child.pid });
+    child.kill("SIGKILL");
+    await closed;
+  });
 });
 
 describe("the page-fault server's lifecycle", () => {

@@ -110,6 +110,8 @@ const optionsSchema = z.strictObject({
     .strictObject({ uid: z.number().int().nonnegative(), gid: z.number().int().nonnegative() })
     .optional(),
   expectedPeerPid: z.number().int().positive().optional(),
+  /** Refuse a peer that does not run as this uid (SO_PEERCRED), e.g. a jailed Firecracker's. */
+  expectedPeerUid: z.number().int().nonnegative().optional(),
   acceptTimeoutMs: z.number().int().positive().default(10_000),
   handshakeTimeoutMs: z.number().int().positive().default(10_000),
   signal: z.instanceof(AbortSignal).optional(),
@@ -424,6 +426,7 @@ export class PageFaultServer implements AsyncDisposable {
       acceptTimeoutMs: this.#options.acceptTimeoutMs,
       handshakeTimeoutMs: this.#options.handshakeTimeoutMs,
       expectedPeerPid: this.#options.expectedPeerPid,
+      expectedPeerUid: this.#options.expectedPeerUid,
       nativeHelper: this.#nativeHelper,
       metrics: {
         counters: this.#counters,

@@ -38,6 +38,8 @@ export interface WorkerConfig {
   acceptTimeoutMs: number;
   handshakeTimeoutMs: number;
   expectedPeerPid: number | undefined;
+  /** The uid the peer must run as (a jailed Firecracker's), or undefined for any. */
+  expectedPeerUid: number | undefined;
   /** The native batch helper's path, or undefined for the pure-ffi path. */
   nativeHelper: string | undefined;
   metrics: {
