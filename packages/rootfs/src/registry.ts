@@ -97,14 +97,19 @@ interface Challenge {
 
 /** Parse `WWW-Authenticate: Bearer realm="…",service="…",scope="…"` (one challenge). */
 export function parseAuthenticateHeader(header: string): Challenge | undefined {
-  const match = /^\s*(\w+)\s*(.*)$/s.exec(header);
-  if (!match) return undefined;
+  const text = header.trimStart();
+  // The scheme is the whole match, so there is no capture group that could be missing.
+  const scheme = /^\w+/.exec(text)?.[0];
+  if (scheme === undefined) return undefined;
   const params: Record<string, string> = {};
   const pattern = /([\w-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))/g;
-  for (const param of match[2]!.matchAll(pattern)) {
-    params[param[1]!.toLowerCase()] = param[2] !== undefined ? param[2].replace(/\\(.)/g, "$1") : param[3]!;
+  for (const [, name, quoted, token] of text.slice(scheme.length).matchAll(pattern)) {
+    const value = quoted !== undefined ? quoted.replace(/\\(.)/g, "$1") : token;
+    // A match always has the name and one of the two values; this only narrows their types.
+    if (name === undefined || value === undefined) continue;
+    params[name.toLowerCase()] = value;
   }
-  return { scheme: match[1]!.toLowerCase(), params };
+  return { scheme: scheme.toLowerCase(), params };
 }
 
 /** A minimal OCI distribution client for one repository: auth challenges, retries, streaming. */
@@ -404,7 +409,15 @@ export async function pullImage(options: PullImageOptions): Promise<PullImageRes
     return { bytes, digest, mediaType, json };
   };
 
-  const top = await fetchManifest(reference.digest ?? reference.tag!);
+  const topReference = reference.digest ?? reference.tag;
+  if (topReference === undefined) {
+    throw new RootfsError(
+      "REFERENCE_INVALID",
+      `${reference.canonical} names neither a tag nor a digest; give one, e.g. ${reference.canonical}:latest`,
+      { details: { reference: reference.canonical } },
+    );
+  }
+  const top = await fetchManifest(topReference);
   const topDescriptor: Descriptor = { mediaType: top.mediaType, digest: top.digest, size: top.bytes.length };
   if (!INDEX_MEDIA_TYPES.includes(top.mediaType) && !MANIFEST_MEDIA_TYPES.includes(top.mediaType)) {
     throw new RootfsError(
@@ -427,24 +440,31 @@ export async function pullImage(options: PullImageOptions): Promise<PullImageRes
     }
     return result.data as T;
   };
+  const smallBlob = async (
+    descriptor: Descriptor,
+    kind: "index" | "manifest" | "config",
+  ): Promise<Buffer> => {
+    const cached = fetched.get(descriptor.digest);
+    if (cached) return cached;
+    let bytes: Buffer;
+    if (kind === "config") {
+      bytes = (
+        await client.getBytes(
+          `/blobs/${descriptor.digest}`,
+          MAX_MANIFEST_BYTES,
+          `config ${descriptor.digest}`,
+        )
+      ).bytes;
+      verifyBytes(bytes, descriptor, reference.canonical);
+    } else {
+      bytes = (await fetchManifest(descriptor.digest, descriptor)).bytes;
+    }
+    fetched.set(descriptor.digest, bytes);
+    return bytes;
+  };
   const source: ManifestSource = {
     async readJson(descriptor, kind) {
-      let bytes = fetched.get(descriptor.digest);
-      if (!bytes) {
-        if (kind === "config") {
-          bytes = (
-            await client.getBytes(
-              `/blobs/${descriptor.digest}`,
-              MAX_MANIFEST_BYTES,
-              `config ${descriptor.digest}`,
-            )
-          ).bytes;
-          verifyBytes(bytes, descriptor, reference.canonical);
-        } else {
-          bytes = (await fetchManifest(descriptor.digest, descriptor)).bytes;
-        }
-        fetched.set(descriptor.digest, bytes);
-      }
+      const bytes = await smallBlob(descriptor, kind);
       return parse(bytes, kind, `${reference.canonical} ${descriptor.digest}`) as never;
     },
   };
@@ -456,8 +476,8 @@ export async function pullImage(options: PullImageOptions): Promise<PullImageRes
   const downloaded: string[] = [];
   const skipped: string[] = [];
   const storeSmall = async (descriptor: Descriptor, kind: "manifest" | "config") => {
-    if (!fetched.has(descriptor.digest)) await source.readJson(descriptor, kind);
-    const bytes = fetched.get(descriptor.digest)!;
+    // selectImage read (and schema-checked) the chosen manifest and its config, so this is from memory.
+    const bytes = await smallBlob(descriptor, kind);
     const path = join(dest, blobPath(descriptor.digest));
     if (await blobIntact(path, descriptor)) {
       skipped.push(descriptor.digest);
