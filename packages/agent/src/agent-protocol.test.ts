@@ -2,7 +2,7 @@
 // handshake, and failing closed on frames a correct client never sends.
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
-import { connect, type Socket } from "node:net";
+import { connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { hostArch } from "@sbx/arch";
@@ -218,5 +218,68 @@ describe("the agent's handshake and fail-closed rules", () => {
       (n) => n === 0,
     );
     expect(readdirSync(dir).sort()).toEqual(["agent.sock"]);
+  });
+});
+
+describe("the host client's flow control", () => {
+  it("grants a quarter window at a time however the socket's reads fall, not a window frame per read", async () => {
+    // A proxy between client and agent that counts the window frames the host sends.
+    const proxyPath = join(dir, "counting.sock");
+    const counted = { windows: 0, granted: 0 };
+    const sockets: Socket[] = [];
+    const proxy = createServer((host) => {
+      const agentSide = connect({ path });
+      sockets.push(host, agentSide);
+      let header = Buffer.alloc(0);
+      let skip = 0;
+      host.on("data", (chunk: Buffer) => {
+        agentSide.write(chunk);
+        let offset = 0;
+        while (offset < chunk.length) {
+          if (skip > 0) {
+            const take = Math.min(skip, chunk.length - offset);
+            skip -= take;
+            offset += take;
+            continue;
+          }
+          const take = Math.min(12 - header.length, chunk.length - offset);
+          header = Buffer.concat([header, chunk.subarray(offset, offset + take)]);
+          offset += take;
+          if (header.length < 12) break;
+          skip = header.readUInt32BE(0);
+          if (header[8] === FrameKind.window) {
+            counted.windows++;
+            // The payload is the grant; it may straddle reads, so read it from the whole chunk when it can.
+            if (offset + 4 <= chunk.length) counted.granted += chunk.readUInt32BE(offset);
+          }
+          header = Buffer.alloc(0);
+        }
+      });
+      agentSide.on("data", (chunk: Buffer) => host.write(chunk));
+      host.on("close", () => agentSide.destroy());
+      agentSide.on("close", () => host.destroy());
+      host.on("error", () => {});
+      agentSide.on("error", () => {});
+    });
+    await new Promise<void>((resolve) => proxy.listen(proxyPath, resolve));
+    const window = 4 << 20;
+    const total = 64 << 20;
+    try {
+      await using client = new AgentClient(unixSocketTransport({ path: proxyPath }), { window });
+      const handle = await client.commands.start(["head", "-c", String(total), "/dev/zero"], {
+        stdin: false,
+      });
+      let received = 0;
+      for await (const chunk of handle.stdout) received += chunk.length;
+      expect(await handle.wait()).toEqual({ exitCode: 0, signal: null });
+      expect(received).toBe(total);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => proxy.close(() => resolve()));
+    }
+    // Each grant is at least a quarter window and no more than was consumed: at most 64 for 64 MiB.
+    expect(counted.windows).toBeGreaterThan(0);
+    expect(counted.windows).toBeLessThanOrEqual(total / (window / 4));
+    expect(counted.granted).toBeLessThanOrEqual(total);
   });
 });
