@@ -1,6 +1,13 @@
 import { isAbsolute } from "node:path";
-import { ACCEPTED_ARCH_NAMES, type Arch, hostArch, normalizeArch, pathSegmentSchema } from "@sbx/arch";
-import { CpuTemplateError, parseCpuTemplateSetting, type StaticTemplate } from "@sbx/cpu-template";
+import {
+  ACCEPTED_ARCH_NAMES,
+  type Arch,
+  hostArch,
+  normalizeArch,
+  pathSegmentSchema,
+  type StaticCpuTemplateName,
+} from "@sbx/arch";
+import { CpuTemplateError, parseCpuTemplateSetting } from "@sbx/cpu-template";
 import { DEFAULT_BUSYBOX_VERSION } from "@sbx/rootfs";
 import { z } from "zod";
 import { type EgressPolicy, egressPolicySchema } from "./egress-policy.ts";
@@ -78,14 +85,11 @@ export type AdmissionMode = (typeof ADMISSION_MODES)[number];
 export const USE_MEMFD_MODES = ["off", "prefer", "require"] as const;
 export type UseMemfdMode = (typeof USE_MEMFD_MODES)[number];
 
-/** Firecracker's static CPU templates, by their API spelling: @sbx/cpu-template's catalog is the one list. */
-export type StaticCpuTemplate = StaticTemplate["name"];
-
 export type CpuTemplateChoice =
   | { kind: "none" }
   | {
       kind: "static";
-      name: StaticCpuTemplate;
+      name: StaticCpuTemplateName;
       /** Static templates are deprecated upstream: this names the custom replacement (logged at start). */
       deprecation: string;
     }
@@ -108,7 +112,7 @@ const cidrText = z
 export const orchestratorOptionsSchema = z.object({
   /** Any spelling normalizeArch accepts (x86_64, aarch64, ...); default: the host arch. */
   targetArch: z.string().optional(),
-  /** A static template name (C3, T2, T2S, T2CL, T2A, V1N1) or "None". */
+  /** A static template name (one of @sbx/arch's STATIC_CPU_TEMPLATE_NAMES for the arch) or "None". */
   cpuTemplate: z.string().trim().optional(),
   customCpuTemplatePath: absolutePath.optional(),
   /**

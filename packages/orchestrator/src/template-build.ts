@@ -137,7 +137,7 @@ export function templateVmConfig(context: TemplateBuildContext, bootArgs: string
       mem_size_mib: boot.memoryMib,
       smt: boot.smt,
       huge_pages: boot.hugePages,
-      ...(cpu.kind === "static" ? { cpu_template: cpu.name as "C3" } : {}),
+      ...(cpu.kind === "static" ? { cpu_template: cpu.name } : {}),
     },
     drives: [
       {

@@ -1,4 +1,4 @@
-import { archSchema } from "@sbx/arch";
+import { archSchema, STATIC_CPU_TEMPLATE_NAMES } from "@sbx/arch";
 import { z } from "zod";
 
 const sha256 = z.string().regex(/^[0-9a-f]{64}$/, "a sha256 digest is 64 lower-case hex digits");
@@ -12,7 +12,7 @@ export const templateName = z
 
 export const cpuTemplateRecordSchema = z.discriminatedUnion("kind", [
   z.object({ kind: z.literal("none") }),
-  z.object({ kind: z.literal("static"), name: z.string().min(1) }),
+  z.object({ kind: z.literal("static"), name: z.enum([...STATIC_CPU_TEMPLATE_NAMES]) }),
   z.object({ kind: z.literal("custom"), path: z.string().min(1), sha256 }),
 ]);
 export type CpuTemplateRecord = z.infer<typeof cpuTemplateRecordSchema>;
