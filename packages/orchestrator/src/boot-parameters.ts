@@ -8,6 +8,7 @@ import {
   checkKernelImage,
   detectBinaryArch,
   hostArch,
+  type ResolveArtifactOptions,
   resolveArtifact,
   sha256File,
 } from "@sbx/arch";
@@ -95,19 +96,36 @@ export async function resolveFirecrackerBinary(
     }
     return { path: config.firecrackerBin, sha256: await sha256File(config.firecrackerBin) };
   }
-  const resolved = await resolveArtifact({
+  return resolveDigestedArtifact({
     root: config.firecrackerRoot,
     version: config.firecrackerVersion,
     name: "firecracker",
     arch: config.targetArch,
     checksum: { kind: "sidecar", allowUnverified: true },
   });
-  return { path: resolved.path, sha256: resolved.sha256! };
+}
+
+/**
+ * `resolveArtifact` with a checksum rule, whose result always has the file's sha256 (its type has
+ * `sha256` optional because a lookup without a rule digests nothing).
+ */
+export async function resolveDigestedArtifact(
+  options: ResolveArtifactOptions & { checksum: NonNullable<ResolveArtifactOptions["checksum"]> },
+): Promise<{ path: string; sha256: string }> {
+  const resolved = await resolveArtifact(options);
+  if (resolved.sha256 === undefined) {
+    throw new OrchestratorError(
+      "ARTIFACT_INVALID",
+      `${resolved.path} was resolved with a checksum rule but without its sha256; @sbx/arch's resolveArtifact broke its contract`,
+      { details: { path: resolved.path } },
+    );
+  }
+  return { path: resolved.path, sha256: resolved.sha256 };
 }
 
 /** The kernel at `{kernelRoot}/{version}/{arch}/{kernelName}`, format-checked for the arch. */
 export async function resolveKernel(config: OrchestratorConfig): Promise<{ path: string; sha256: string }> {
-  const resolved = await resolveArtifact({
+  const resolved = await resolveDigestedArtifact({
     root: config.kernelRoot,
     version: config.kernelVersion,
     name: config.kernelName,
@@ -116,21 +134,21 @@ export async function resolveKernel(config: OrchestratorConfig): Promise<{ path:
     checksum: { kind: "sidecar", allowUnverified: true },
   });
   await checkKernelImage(resolved.path, config.targetArch);
-  return { path: resolved.path, sha256: resolved.sha256! };
+  return resolved;
 }
 
 /** Busybox at `{busyboxDir}/{version}/{arch}/busybox`; its sha256 sidecar is required. */
 export async function resolveBusyboxArtifact(
   config: OrchestratorConfig,
 ): Promise<{ path: string; version: string; sha256: string }> {
-  const resolved = await resolveArtifact({
+  const resolved = await resolveDigestedArtifact({
     root: config.busyboxDir,
     version: config.busyboxVersion,
     name: "busybox",
     arch: config.targetArch,
     checksum: { kind: "sidecar" },
   });
-  return { path: resolved.path, version: config.busyboxVersion, sha256: resolved.sha256! };
+  return { ...resolved, version: config.busyboxVersion };
 }
 
 /** Resolves every artifact with @sbx/arch's arch-aware lookup and checks; digests each file. */

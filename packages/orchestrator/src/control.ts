@@ -9,7 +9,7 @@ import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
 import type { Orchestrator } from "./orchestrator.ts";
 import type { Sandbox } from "./sandbox.ts";
-import { resolveIdPrefix } from "./sandbox-id.ts";
+import { findByIdPrefix } from "./sandbox-id.ts";
 import type { ExposedPort } from "./sandbox-network.ts";
 import { templateDrift } from "./template-build.ts";
 import { templateRequestSchema } from "./template-inputs.ts";
@@ -102,21 +102,9 @@ function pattern(source: string | undefined): RegExp | undefined {
 
 async function handle(orchestrator: Orchestrator, request: z.output<typeof controlRequestSchema>) {
   const live = () => orchestrator.sandboxes;
-  const byPrefix = (prefix: string) => {
-    const id = resolveIdPrefix(
-      prefix,
-      live().map((s) => s.id),
-    );
-    return live().find((s) => s.id === id) as Sandbox;
-  };
-  const pausedByPrefix = async (prefix: string) => {
-    const all = await listPausedSandboxes(orchestrator.config);
-    const id = resolveIdPrefix(
-      prefix,
-      all.map((p) => p.id),
-    );
-    return all.find((p) => p.id === id)!;
-  };
+  const byPrefix = (prefix: string) => findByIdPrefix(prefix, live());
+  const pausedByPrefix = async (prefix: string) =>
+    findByIdPrefix(prefix, await listPausedSandboxes(orchestrator.config));
   switch (request.op) {
     case "list":
       return {

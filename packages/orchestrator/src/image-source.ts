@@ -77,7 +77,14 @@ export interface ImageSource {
 export async function resolveImageSource(input: string, options: ImageSourceOptions): Promise<ImageSource> {
   if (!isImageReference(input)) return { layoutDir: input };
   const reference = parseImageReference(input);
-  const leaf = reference.tag ?? reference.digest!.replace(":", "-");
+  const leaf = reference.tag ?? reference.digest?.replace(":", "-");
+  if (leaf === undefined) {
+    throw new OrchestratorError(
+      "INVALID_OPTIONS",
+      `image ${reference.canonical} names neither a tag nor a digest; give one, e.g. ${reference.canonical}:latest`,
+      { details: { image: input } },
+    );
+  }
   const layoutDir = join(options.cacheDir, reference.registry, reference.repository, leaf);
   const auth = await options.credentials?.(reference.registry);
   const pulled = await pullImage({

@@ -79,9 +79,14 @@ class RateMeter {
   }
 
   add(time: number, bytes: number): number {
-    this.#samples.push({ time, bytes });
-    while (this.#samples.length > 2 && time - this.#samples[0]!.time > this.#windowMs) this.#samples.shift();
-    const first = this.#samples[0]!;
+    const latest = { time, bytes };
+    this.#samples.push(latest);
+    // The samples always hold `latest`, so the fallback never changes the result; it only types `first`.
+    let first = this.#samples[0] ?? latest;
+    while (this.#samples.length > 2 && time - first.time > this.#windowMs) {
+      this.#samples.shift();
+      first = this.#samples[0] ?? latest;
+    }
     const elapsed = (time - first.time) / 1000;
     return elapsed > 0 ? Math.max(0, (bytes - first.bytes) / elapsed) : 0;
   }
@@ -153,13 +158,14 @@ export function createProgressReporter(options: ProgressReporterOptions): Progre
       }
       state.last = line;
       state.dirty = true;
-      if (options.mode === "json") {
+      // No bar means mode "json" ("none" returned above).
+      if (!multibar) {
         if (event.done || state.lastEmitted === undefined || time - state.lastEmitted >= interval)
           emitJson(state, time);
         return;
       }
       const total = event.totalBytes ?? Math.max(event.bytes, 1);
-      if (!state.bar) state.bar = multibar!.create(total, event.bytes, payload(line));
+      if (!state.bar) state.bar = multibar.create(total, event.bytes, payload(line));
       else {
         if (state.bar.getTotal() !== total) state.bar.setTotal(total);
         state.bar.update(event.bytes, payload(line));

@@ -13,28 +13,47 @@ export function newSandboxId(): string {
 }
 
 /**
- * Resolves what a user typed to one id: an exact match wins, otherwise the prefix must match exactly
- * one id. Ambiguous prefixes list every match.
+ * Resolves what a user typed to one item: an exact id match wins, otherwise the prefix must match
+ * exactly one id. Ambiguous prefixes list every match.
  */
-export function resolveIdPrefix(prefix: string, ids: Iterable<string>, what = "sandbox"): string {
+export function findByIdPrefix<T extends { id: string }>(
+  prefix: string,
+  items: Iterable<T>,
+  what = "sandbox",
+): T {
   const wanted = prefix.trim();
   if (wanted === "") {
     throw new OrchestratorError("INVALID_ID", `give a ${what} id or a unique prefix of one`);
   }
-  const all = [...new Set(ids)];
-  if (all.includes(wanted)) return wanted;
-  const matches = all.filter((id) => id.startsWith(wanted)).sort();
-  if (matches.length === 1) return matches[0]!;
-  if (matches.length === 0) {
+  const byId = new Map<string, T>();
+  for (const item of items) if (!byId.has(item.id)) byId.set(item.id, item);
+  const exact = byId.get(wanted);
+  if (exact !== undefined) return exact;
+  const matches = [...byId.values()]
+    .filter((item) => item.id.startsWith(wanted))
+    .sort((a, b) => (a.id < b.id ? -1 : 1));
+  const [only, ...others] = matches;
+  if (only !== undefined && others.length === 0) return only;
+  if (only === undefined) {
     throw new OrchestratorError(
       "SANDBOX_NOT_FOUND",
-      `no ${what} id starts with "${wanted}"${all.length === 0 ? ` (there are no ${what}es)` : ""}; list them with \`sbx ${what} list\``,
+      `no ${what} id starts with "${wanted}"${byId.size === 0 ? ` (there are no ${what}es)` : ""}; list them with \`sbx ${what} list\``,
       { details: { prefix: wanted } },
     );
   }
+  const ids = matches.map((item) => item.id);
   throw new OrchestratorError(
     "ID_PREFIX_AMBIGUOUS",
-    `"${wanted}" matches ${matches.length} ${what}es: ${matches.join(", ")}; type more of the id`,
-    { details: { prefix: wanted, matches } },
+    `"${wanted}" matches ${ids.length} ${what}es: ${ids.join(", ")}; type more of the id`,
+    { details: { prefix: wanted, matches: ids } },
   );
+}
+
+/** `findByIdPrefix` over bare ids. */
+export function resolveIdPrefix(prefix: string, ids: Iterable<string>, what = "sandbox"): string {
+  return findByIdPrefix(
+    prefix,
+    Array.from(ids, (id) => ({ id })),
+    what,
+  ).id;
 }

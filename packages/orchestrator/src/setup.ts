@@ -154,12 +154,13 @@ function compareVersions(a: string, b: string): number {
 /** The newest `vmlinux-{line}.N` among names (bucket keys or file names); undefined when none. */
 export function newestKernel(names: readonly string[], kernelVersion: string): string | undefined {
   const escaped = kernelVersion.replace(/\./g, "\\.");
-  const pattern = new RegExp(`(?:^|/)vmlinux-(${escaped}(?:\\.\\d+)?)$`);
+  // The version is the whole match (the prefix is a lookbehind), so no capture group can be missing.
+  const pattern = new RegExp(`(?<=(?:^|/)vmlinux-)${escaped}(?:\\.\\d+)?$`);
   let best: { name: string; version: string } | undefined;
   for (const name of names) {
-    const match = pattern.exec(name);
-    if (!match) continue;
-    if (!best || compareVersions(match[1]!, best.version) > 0) best = { name, version: match[1]! };
+    const version = pattern.exec(name)?.[0];
+    if (version === undefined) continue;
+    if (!best || compareVersions(version, best.version) > 0) best = { name, version };
   }
   return best?.name;
 }
@@ -264,8 +265,11 @@ class SetupRun {
     const dir = join(firecrackerRoot, version, arch);
     const targets = { firecracker: join(dir, "firecracker"), jailer: join(dir, "jailer") };
     if (!this.#options.force) {
-      const present = await Promise.all(Object.values(targets).map((path) => installedIntact(path)));
-      if (present.every((sha) => sha !== undefined)) {
+      const [firecrackerSha, jailerSha] = await Promise.all([
+        installedIntact(targets.firecracker),
+        installedIntact(targets.jailer),
+      ]);
+      if (firecrackerSha !== undefined && jailerSha !== undefined) {
         const archOk = await Promise.all(
           Object.values(targets).map(
             async (path) => (await detectBinaryArch(path).catch(() => undefined))?.arch === arch,
@@ -274,13 +278,13 @@ class SetupRun {
         if (archOk.every(Boolean)) {
           result.firecracker = {
             path: targets.firecracker,
-            sha256: present[0]!,
+            sha256: firecrackerSha,
             status: "present",
             verification: "sidecar",
           };
           result.jailer = {
             path: targets.jailer,
-            sha256: present[1]!,
+            sha256: jailerSha,
             status: "present",
             verification: "sidecar",
           };
@@ -431,7 +435,7 @@ class SetupRun {
     }
     const listingUrl = `${bucket}/?list-type=2&prefix=${encodeURIComponent(`${prefix}vmlinux-${kernelVersion}`)}`;
     const listing = (await fetchSmall(listingUrl, MAX_SMALL_BYTES * 4, this.#http)).toString("utf8");
-    const keys = [...listing.matchAll(/<Key>([^<]{1,1024})<\/Key>/g)].map((match) => match[1]!);
+    const keys = [...listing.matchAll(/(?<=<Key>)[^<]{1,1024}(?=<\/Key>)/g)].map((match) => match[0]);
     const key = newestKernel(keys, kernelVersion);
     if (!key) {
       throw new OrchestratorError(

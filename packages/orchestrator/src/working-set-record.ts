@@ -114,6 +114,14 @@ export async function recordWorkingSet(options: RecordWorkingSetOptions): Promis
       logger,
     });
     const fc = vm.fc;
+    const snapshotPath = vm.vmPaths.vmstate;
+    if (snapshotPath === undefined) {
+      throw new OrchestratorError(
+        "STEP_FAILED",
+        `the recording VM ${fc.id} was launched without the build's vmstate, so there is no snapshot to load`,
+        { details: { buildId: options.buildId } },
+      );
+    }
     await using server = new PageFaultServer({
       socketPath: vm.uffdSocket.path,
       ...(vm.uffdSocket.owner
@@ -130,7 +138,7 @@ export async function recordWorkingSet(options: RecordWorkingSetOptions): Promis
     await server.listen();
     const since = fc.console.position;
     await fc.client.loadSnapshot({
-      snapshot_path: vm.vmPaths.vmstate!,
+      snapshot_path: snapshotPath,
       mem_backend: { backend_type: "Uffd", backend_path: vm.vmPaths.uffdSocket },
       resume_vm: true,
     });

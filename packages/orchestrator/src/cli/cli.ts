@@ -24,7 +24,7 @@ import { Orchestrator } from "../orchestrator.ts";
 import { checkProcessIdentity } from "../process-identity.ts";
 import { createProgressReporter, progressModeFor } from "../progress.ts";
 import { reclaimSandbox } from "../reclaim.ts";
-import { resolveIdPrefix } from "../sandbox-id.ts";
+import { findByIdPrefix, resolveIdPrefix } from "../sandbox-id.ts";
 import { type SandboxRecord, StateDirectory } from "../state-dir.ts";
 import { readTemplate, templateDrift } from "../template-build.ts";
 import { copyWithSandbox, execInSandbox } from "./agent-commands.ts";
@@ -275,11 +275,8 @@ async function sandboxCommand(args: Parsed, io: CliIo, config: OrchestratorConfi
       if (action === "kill" && !(await controlServerRunning(controlSocketPath(config)))) {
         // Nobody manages these sandboxes any more: clean one up from its record, as reclaim would.
         const { stateDir, records } = await listSandboxes(config);
-        const id = resolveIdPrefix(
-          idPrefix,
-          records.map((r) => r.id),
-        );
-        const record = records.find((r) => r.id === id)!;
+        const record = findByIdPrefix(idPrefix, records);
+        const { id } = record;
         if ((await checkProcessIdentity(record.owner)).same) {
           throw new OrchestratorError(
             "NOT_AVAILABLE",
