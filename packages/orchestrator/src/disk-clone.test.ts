@@ -20,8 +20,15 @@ const skipReason =
         : undefined;
 if (skipReason) console.log(`[orchestrator] disk clone tests skipped: ${skipReason}`);
 
-const mounts = () => readFileSync("/proc/self/mounts", "utf8").split("\n").filter(Boolean).length;
-const loops = () => execFileSync("losetup", ["-a"], { encoding: "utf8" }).split("\n").filter(Boolean).length;
+// Only what this test made counts: other test files mount namespaces and jails on the same host meanwhile.
+const mountsUnder = (root: string) =>
+  readFileSync("/proc/self/mounts", "utf8")
+    .split("\n")
+    .filter((line) => line.split(" ")[1]?.startsWith(root)).length;
+const loopsOf = (root: string) =>
+  execFileSync("losetup", ["-a"], { encoding: "utf8" })
+    .split("\n")
+    .filter((line) => line.includes(root)).length;
 
 async function freeBytes(path: string): Promise<number> {
   const info = await statfs(path);
@@ -33,7 +40,6 @@ describe.skipIf(skipReason !== undefined)(
   () => {
     let dir: string;
     const mounted: string[] = [];
-    let before: { mounts: number; loops: number };
 
     async function loopMount(kind: "xfs" | "ext4"): Promise<string> {
       const image = join(dir, `${kind}.img`);
@@ -51,14 +57,13 @@ describe.skipIf(skipReason !== undefined)(
     }
 
     beforeAll(async () => {
-      before = { mounts: mounts(), loops: loops() };
       dir = await mkdtemp(join(tmpdir(), "sbx-clone-"));
     });
     afterAll(async () => {
       for (const target of mounted.reverse()) execFileSync("umount", [target]);
+      expect(mountsUnder(dir)).toBe(0);
+      expect(loopsOf(dir)).toBe(0);
       await rm(dir, { recursive: true, force: true });
-      expect(mounts()).toBe(before.mounts);
-      expect(loops()).toBe(before.loops);
     });
 
     it("XFS with reflink: a clone shares every block, and writing one copy leaves the other as it was", async () => {
