@@ -39,11 +39,14 @@ function olderThan(host: Fingerprint): Fingerprint {
 const fileArgs = process.argv.includes("--fingerprints")
   ? process.argv.slice(process.argv.indexOf("--fingerprints") + 1).filter((a) => !a.startsWith("--"))
   : [];
-const fleet: Fingerprint[] =
-  fileArgs.length > 0
-    ? fileArgs.map((path) => readFingerprintFile(path))
-    : [hostFingerprint(), olderThan(hostFingerprint())];
-const [newest, oldest] = [fleet[0]!, fleet.at(-1)!];
+const [firstFile, ...moreFiles] = fileArgs;
+// Never empty: without files the fleet is this host and a simulated older one.
+const fleet: [Fingerprint, ...Fingerprint[]] =
+  firstFile === undefined
+    ? [hostFingerprint(), olderThan(hostFingerprint())]
+    : [readFingerprintFile(firstFile), ...moreFiles.map((path) => readFingerprintFile(path))];
+const [newest] = fleet;
+const oldest = fleet.at(-1) ?? newest; // a fleet of one: its newest host is also its oldest
 log(`fleet            ${fleet.length} hosts${fileArgs.length ? "" : " (this host + a simulated older one)"}`);
 
 // 1. Without a template the guest sees everything the build host has.
