@@ -33,15 +33,16 @@ export async function readJailerAndFirecrackerVersions(binaries: {
         },
       );
     }
-    const match = new RegExp(`^${name} v(\\d+\\.\\d+\\.\\d+\\S*)`, "m").exec(stdout);
-    if (!match) {
+    // The version is the whole match (the name is a lookbehind), so no capture group can be missing.
+    const found = new RegExp(`(?<=^${name} v)\\d+\\.\\d+\\.\\d+\\S*`, "m").exec(stdout)?.[0];
+    if (found === undefined) {
       throw new FirecrackerLaunchError(
         "BINARY_NOT_FOUND",
         `${binary} --version did not print "${name} vX.Y.Z" (got ${JSON.stringify(stdout.slice(0, 200))})`,
         { details: { binary } },
       );
     }
-    return match[1]!;
+    return found;
   };
   return {
     jailer: await version(binaries.jailer, "Jailer"),

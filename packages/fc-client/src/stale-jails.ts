@@ -40,7 +40,8 @@ async function runningIds(execName: string): Promise<Set<string>> {
     if (!/^\d+$/.test(entry)) continue;
     const args = (await readFile(`/proc/${entry}/cmdline`, "utf8").catch(() => "")).split("\0");
     const at = args.indexOf("--id");
-    if (args[0] === `/${execName}` && at > 0 && args[at + 1] !== undefined) ids.add(args[at + 1]!);
+    const id = at > 0 ? args[at + 1] : undefined;
+    if (args[0] === `/${execName}` && id !== undefined) ids.add(id);
   }
   return ids;
 }
