@@ -4,14 +4,7 @@
 import { createHash } from "node:crypto";
 import { mkdir, readdir, rmdir, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import {
-  ArchError,
-  detectBinaryArch,
-  type Logger,
-  resolveArtifact,
-  sha256File,
-  silentLogger,
-} from "@sbx/arch";
+import { ArchError, detectBinaryArch, type Logger, sha256File, silentLogger } from "@sbx/arch";
 import {
   type CgroupLimits,
   chooseCgroupVersion,
@@ -20,6 +13,7 @@ import {
   readCgroupMounts,
   removeStaleJails,
 } from "@sbx/fc-client";
+import { resolveDigestedArtifact } from "./boot-parameters.ts";
 import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
 
@@ -86,7 +80,7 @@ export async function resolveJailerBinary(
     return { path: config.jailerBin, sha256: await sha256File(config.jailerBin) };
   }
   try {
-    const resolved = await resolveArtifact({
+    return await resolveDigestedArtifact({
       root: config.firecrackerRoot,
       version: config.firecrackerVersion,
       name: "jailer",
@@ -94,7 +88,6 @@ export async function resolveJailerBinary(
       verifyArch: true,
       checksum: { kind: "sidecar", allowUnverified: true },
     });
-    return { path: resolved.path, sha256: resolved.sha256! };
   } catch (error) {
     if (error instanceof ArchError && error.code === "ARTIFACT_NOT_FOUND") return undefined;
     if (error instanceof ArchError)

@@ -204,9 +204,7 @@ async function launchJailed(
     releaseUid();
     throw error;
   }
-  const jail = fc.jail!;
   const vmOwner = owner;
-  const diskInJail = jail.hostPath(slot);
   const giveDiskBack = async () => {
     if (request.disk) await chown(request.disk, 0, 0).catch(() => undefined);
   };
@@ -224,6 +222,17 @@ async function launchJailed(
   };
   // A VM that ends on its own (a provisioning boot powers off) gives its uid back as well.
   void fc.exited.then(() => kill());
+  const jail = fc.jail;
+  if (!jail) {
+    // launchFirecracker returns a jail for every launch with jail options; its type cannot say so.
+    await kill();
+    throw new OrchestratorError(
+      "STEP_FAILED",
+      `Firecracker ${fc.id} was launched jailed but reports no jail`,
+      { details: { id: fc.id } },
+    );
+  }
+  const diskInJail = jail.hostPath(slot);
   try {
     if (request.disk) {
       // The snapshot (and the boot config) name the disk by the state's slot path: the same path inside
