@@ -36,8 +36,8 @@ export const startOptionsSchema = z.object({
   stdin: z.boolean().default(true),
 });
 export type StartOptions = z.input<typeof startOptionsSchema> & {
-  onStdout?: (data: Buffer) => void;
-  onStderr?: (data: Buffer) => void;
+  onStdout?: ((data: Buffer) => void) | undefined;
+  onStderr?: ((data: Buffer) => void) | undefined;
 };
 
 export const runOptionsSchema = startOptionsSchema.extend({
@@ -51,8 +51,8 @@ export const runOptionsSchema = startOptionsSchema.extend({
     .default(64 << 20),
 });
 export type RunOptions = z.input<typeof runOptionsSchema> & {
-  onStdout?: (data: Buffer) => void;
-  onStderr?: (data: Buffer) => void;
+  onStdout?: ((data: Buffer) => void) | undefined;
+  onStderr?: ((data: Buffer) => void) | undefined;
   signal?: AbortSignal;
 };
 

@@ -41,7 +41,7 @@ export interface AgentConnectionOptions {
   /** Bytes the agent may send on one stream before the host has consumed them. */
   window: number;
   handshakeTimeoutMs: number;
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 export class AgentConnection {

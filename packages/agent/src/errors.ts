@@ -82,7 +82,11 @@ export class AgentError extends SbxError<AgentErrorCode> {
   override readonly name = "AgentError";
   readonly errno: number | undefined;
 
-  constructor(code: AgentErrorCode, message: string, options: SbxErrorOptions & { errno?: number } = {}) {
+  constructor(
+    code: AgentErrorCode,
+    message: string,
+    options: SbxErrorOptions & { errno?: number | undefined } = {},
+  ) {
     super(code, message, options);
     this.errno = options.errno;
   }

@@ -28,9 +28,9 @@ export interface FirecrackerArgsOptions {
   /** The VM will be restored from a snapshot with a userfaultfd memory backend. */
   uffdRestore: boolean;
   /** Accept running Firecracker with `--no-seccomp` where the arch needs it (a security downgrade). */
-  allowNoSeccomp?: boolean;
+  allowNoSeccomp?: boolean | undefined;
   /** A compiled seccomp filter (Firecracker's `--seccomp-filter`) that allows what the arch needs. */
-  seccompFilter?: string;
+  seccompFilter?: string | undefined;
   logger?: Logger;
 }
 

@@ -23,8 +23,8 @@ import {
 /** Per-call options of every client method: timeout and AbortSignal. */
 export interface CallOptions {
   /** Overrides the client's `timeoutMs` for this call. */
-  timeoutMs?: number;
-  signal?: AbortSignal;
+  timeoutMs?: number | undefined;
+  signal?: AbortSignal | undefined;
 }
 
 /**

@@ -28,7 +28,7 @@ export interface ConsoleMatch {
 /** Limits for the captured output: whole lines kept, and the longest line before it is cut. */
 export interface ConsoleLimits {
   maxLines?: number;
-  maxLineBytes?: number;
+  maxLineBytes?: number | undefined;
 }
 
 /**

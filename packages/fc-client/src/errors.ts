@@ -65,7 +65,7 @@ export class FirecrackerApiError extends FirecrackerError {
     status: number;
     method: string;
     path: string;
-    faultMessage?: string;
+    faultMessage?: string | undefined;
     cause?: unknown;
   }) {
     super(

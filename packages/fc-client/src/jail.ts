@@ -72,7 +72,7 @@ export interface Jail {
    */
   place(
     files: Record<string, string>,
-    options?: { owned?: readonly string[]; copied?: readonly string[] },
+    options?: { owned?: readonly string[] | undefined; copied?: readonly string[] | undefined },
   ): Promise<Record<string, string>>;
 }
 

@@ -13,17 +13,17 @@ export interface JailerOptions {
   uid: number;
   gid: number;
   /** `--chroot-base-dir`; default `/srv/jailer`. */
-  chrootBaseDir?: string;
+  chrootBaseDir?: string | undefined;
   /** `--cgroup-version`; default 2 (the jailer itself defaults to 1). */
   cgroupVersion?: 1 | 2;
   /** `--cgroup <file>=<value>` entries, e.g. `{ "cpu.max": "50000 100000", "memory.max": "256M" }`. */
-  cgroups?: Record<string, string | number>;
+  cgroups?: Record<string, string | number> | undefined;
   /** `--parent-cgroup`, a path relative to the cgroup root. */
   parentCgroup?: string;
   /** `--netns`: a network namespace handle such as `/var/run/netns/sbx-1`. */
-  netns?: string;
+  netns?: string | undefined;
   /** `--resource-limit` entries (`fsize`, `no-file`). */
-  resourceLimits?: { fsize?: number; "no-file"?: number };
+  resourceLimits?: { fsize?: number | undefined; "no-file"?: number | undefined } | undefined;
   /** `--new-pid-ns`: the Firecracker pid then differs from the jailer's (see `pidFile`). */
   newPidNs?: boolean;
   /** `--daemonize`: the jailer detaches and closes stdio (not usable with launchFirecracker). */

@@ -62,9 +62,9 @@ export interface LaunchFirecrackerOptions {
   /** The VM will be restored from a snapshot over userfaultfd (arm64 then needs a seccomp choice). */
   uffdRestore?: boolean;
   /** Allow `--no-seccomp` where the arch needs it (arm64 UFFD restore). */
-  allowNoSeccomp?: boolean;
+  allowNoSeccomp?: boolean | undefined;
   /** A compiled seccomp filter (`--seccomp-filter`). */
-  seccompFilter?: string;
+  seccompFilter?: string | undefined;
   /** How long the API socket may take to answer `GET /`; default 10 s. */
   readyTimeoutMs?: number;
   /** Bounds of the captured console. */
@@ -81,7 +81,7 @@ export interface LaunchFirecrackerOptions {
    * without `--fork`, `sh -c '... exec "$@"'`), as sbx's own do. Turn it off only for a VM that must
    * outlive its owner (and then own its cleanup elsewhere).
    */
-  dieWithOwner?: boolean;
+  dieWithOwner?: boolean | undefined;
   /** The setpriv used for `dieWithOwner`; default `/usr/bin/setpriv`. */
   setprivBinary?: string;
   /**
@@ -90,7 +90,7 @@ export interface LaunchFirecrackerOptions {
    * with `jail.files` or the handle's `jail.place()`. `logPath`/`metricsPath` are hard-linked in,
    * `configFile` and `seccompFilter` are put in. `binaryArgs` and `socketPath` do not apply.
    */
-  jail?: JailLaunchOptions;
+  jail?: JailLaunchOptions | undefined;
 }
 
 /** How a Firecracker process ended: its exit code or the signal. */

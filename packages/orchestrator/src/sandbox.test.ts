@@ -50,7 +50,6 @@ describe.skipIf(skipReason !== undefined)(
   () => {
     let dir: string;
     let state: OrchestratorState;
-    let _guest: string;
     let templateBuild: string;
     let before: { fds: number; children: number[] };
 
@@ -62,7 +61,7 @@ describe.skipIf(skipReason !== undefined)(
 
     beforeAll(async () => {
       dir = await mkdtemp(join(tmpdir(), "sbx-lifecycle-"));
-      _guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
+      await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") });
       before = { fds: fdCount(), children: childPids() };
       state = await openOrchestratorState(
         createConfig({

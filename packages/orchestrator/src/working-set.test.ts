@@ -31,12 +31,11 @@ const alive = /^SBX-GUEST iter=\d+ sum=/;
 const PAGE = 4096;
 let dir: string;
 let snapshot: { vmstate: string; memory: string };
-let _guest: string;
 
 beforeAll(async () => {
   if (skipReason || !binary) return;
   dir = mkdtempSync(join(tmpdir(), "sbx-working-set-"));
-  _guest = (await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") })).path;
+  await buildTestGuest({ outDir: join(tmpdir(), "sbx-test-guest-cache") });
   snapshot = await snapshotTestGuest(binary, dir, { atLeast: 1 });
 }, 60_000);
 afterAll(() => {

@@ -10,7 +10,7 @@
 // fetch that fails removes its temp file and lock, and a process that died mid-fetch leaves a lock
 // and a temp file whose pid is dead, which the next process to need them removes.
 import { createHash } from "node:crypto";
-import { mkdir, open, readdir, readFile, rename, rm, stat, utimes } from "node:fs/promises";
+import { mkdir, open, readdir, readFile, rm, stat, utimes } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Logger, silentLogger } from "@sbx/arch";
