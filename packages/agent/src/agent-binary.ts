@@ -15,6 +15,7 @@ const run = promisify(execFile);
 
 /** Must equal AGENT_VERSION in native/agent/agent.h (a test checks `sbx-agent --version`). */
 export const AGENT_VERSION = "0.1.0";
+/** The agent binary's file name, in the build cache and at `/.sbx/agent` in a root filesystem. */
 export const AGENT_BINARY_NAME = "sbx-agent";
 
 /**
@@ -32,6 +33,7 @@ export const AGENT_TOOLCHAINS: Readonly<Record<Arch, { compiler: string; flags: 
   },
 };
 
+/** A built agent binary: its path, arch, version and sha256. */
 export interface AgentBinary {
   path: string;
   sha256: string;
@@ -51,6 +53,7 @@ export function agentBinaryDir(): string {
   return join(packageRoot(), "native", "dist");
 }
 
+/** The C sources the agent is built from (their digest names the cached build). */
 export async function agentSourceFiles(): Promise<string[]> {
   const dir = join(packageRoot(), "native", "agent");
   return (await readdir(dir))

@@ -9,6 +9,7 @@ import { Files } from "./files.ts";
 import type { AgentMessage, HelloMessage } from "./protocol.ts";
 import { type AgentTransport, parseOptions } from "./transport.ts";
 
+/** How an AgentClient connects: its transport, window, timeouts and bounds. */
 export const agentClientOptionsSchema = z.object({
   /** How long to keep trying to (re)connect before AGENT_UNREACHABLE. */
   connectTimeoutMs: z.number().int().positive().default(10_000),
@@ -22,8 +23,10 @@ export const agentClientOptionsSchema = z.object({
     .max(16 << 20)
     .default(4 << 20),
 });
+/** What `new AgentClient()` takes: agentClientOptionsSchema's fields and a logger. */
 export type AgentClientOptions = z.input<typeof agentClientOptionsSchema> & { logger?: Logger };
 
+/** What the agent reports about itself: version, uptime, processes, connections and the guest's clock. */
 export interface HealthReport {
   version: string;
   uptimeMs: number;

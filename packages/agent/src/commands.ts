@@ -35,6 +35,7 @@ export const startOptionsSchema = z.object({
   /** Keep stdin open for writeStdin (default true; false gives the process /dev/null). */
   stdin: z.boolean().default(true),
 });
+/** How a process starts: argv, env, cwd, user, PTY, and output callbacks. */
 export type StartOptions = z.input<typeof startOptionsSchema> & {
   onStdout?: ((data: Buffer) => void) | undefined;
   onStderr?: ((data: Buffer) => void) | undefined;
@@ -50,12 +51,14 @@ export const runOptionsSchema = startOptionsSchema.extend({
     .nonnegative()
     .default(64 << 20),
 });
+/** StartOptions plus a timeout, stdin and an abort signal for `commands.run`. */
 export type RunOptions = z.input<typeof runOptionsSchema> & {
   onStdout?: ((data: Buffer) => void) | undefined;
   onStderr?: ((data: Buffer) => void) | undefined;
   signal?: AbortSignal;
 };
 
+/** How a process ended: its exit code, or the signal that killed it. */
 export interface ExitStatus {
   /** The exit code, or null when a signal ended the process. */
   exitCode: number | null;
@@ -63,6 +66,7 @@ export interface ExitStatus {
   signal: number | null;
 }
 
+/** A finished `commands.run`: how it ended and its whole stdout and stderr. */
 export interface CommandResult extends ExitStatus {
   stdout: string;
   stderr: string;
@@ -70,6 +74,7 @@ export interface CommandResult extends ExitStatus {
   truncated: boolean;
 }
 
+/** A process the agent started: its pid, command, whether it has a PTY, a client attached, and has exited. */
 export interface ProcessInfo {
   pid: number;
   command: string;
@@ -236,6 +241,7 @@ export class CommandHandle {
   }
 }
 
+/** Running processes in the guest: `run` (to completion), `start` (a handle with streams), `list`, `connect`. */
 export class Commands {
   readonly #client: AgentClient;
 

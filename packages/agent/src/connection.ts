@@ -44,6 +44,7 @@ export interface AgentConnectionOptions {
   signal?: AbortSignal | undefined;
 }
 
+/** One handshaken connection to the agent: multiplexed streams with flow control, over any transport. */
 export class AgentConnection {
   readonly hello: HelloMessage;
   readonly #socket: Socket;

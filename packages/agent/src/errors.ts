@@ -1,5 +1,6 @@
 import { SbxError, type SbxErrorOptions } from "@sbx/arch";
 
+/** The stable codes of AgentError. */
 export type AgentErrorCode =
   | "INVALID_OPTIONS"
   /** No connection could be made (or re-made) within the connect timeout. */

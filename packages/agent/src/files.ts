@@ -16,9 +16,11 @@ const userSchema = z.union([
   z.number().int().min(0).max(0x7fff_ffff),
 ]);
 const asUserSchema = z.object({ user: userSchema.optional() });
+/** Options of every file operation: the guest user it runs as. */
 export type FileOptions = z.input<typeof asUserSchema>;
 
 const writeOptionsSchema = asUserSchema.extend({ mode: z.number().int().min(0).max(0o7777).optional() });
+/** How a file is written: its mode and owner (always atomically, temp then rename). */
 export type WriteOptions = z.input<typeof writeOptionsSchema>;
 const readOptionsSchema = asUserSchema.extend({
   /** read() refuses files larger than this (readStream has no limit). */
@@ -28,10 +30,12 @@ const readOptionsSchema = asUserSchema.extend({
     .positive()
     .default(256 << 20),
 });
+/** Which part of a file to read, and the most to accept. */
 export type ReadOptions = z.input<typeof readOptionsSchema>;
 
 export type { DirectoryEntry, FileStat };
 
+/** A file being read: its stat, and its chunks as they arrive. */
 export interface FileReadStream extends AsyncIterable<Buffer> {
   readonly stat: FileStat;
 }

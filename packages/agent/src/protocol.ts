@@ -3,7 +3,9 @@
 import { z } from "zod";
 import { AgentError } from "./errors.ts";
 
+/** The protocol version both sides announce in the handshake. */
 export const PROTOCOL_VERSION = 1;
+/** Bytes of a frame header. */
 export const FRAME_HEADER_BYTES = 12;
 /** The agent's limit for any frame, both directions. */
 export const MAX_FRAME_PAYLOAD = 1 << 20;
@@ -11,10 +13,13 @@ export const MAX_FRAME_PAYLOAD = 1 << 20;
 export const MAX_CONTROL_PAYLOAD = 256 << 10;
 export const MAX_STREAM_ID = 0x7fff_ffff;
 
+/** What a frame carries: a control message, data, end of data, a window grant, or a cancel. */
 export const FrameKind = { control: 1, data: 2, eof: 3, window: 4, cancel: 5 } as const;
 export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
+/** Which of a process's streams a data frame belongs to. */
 export const Channel = { stdin: 0, stdout: 1, stderr: 2 } as const;
 
+/** One frame: the 12-byte header (length, stream, kind, channel) and its payload. */
 export function encodeFrame(stream: number, kind: FrameKind, channel: number, payload?: Uint8Array): Buffer {
   const length = payload?.length ?? 0;
   const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + length);
@@ -46,9 +51,11 @@ const statSchema = z.object({
   gid: z.number().int().nonnegative(),
   mtimeMs: z.number().int(),
 });
+/** What `files.stat` reports. */
 export type FileStat = z.infer<typeof statSchema>;
 export const fileStatSchema = statSchema;
 export const directoryEntrySchema = statSchema.extend({ name: z.string().min(1).max(4096) });
+/** One entry of `files.list`. */
 export type DirectoryEntry = z.infer<typeof directoryEntrySchema>;
 
 const int = z.number().int();
@@ -110,6 +117,7 @@ export const agentMessageSchema = z.discriminatedUnion("type", [
     })
     .strict(),
 ]);
+/** A control message in either direction, validated. */
 export type AgentMessage = z.infer<typeof agentMessageSchema>;
 export type HelloMessage = Extract<AgentMessage, { type: "hello" }>;
 

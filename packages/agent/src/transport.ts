@@ -6,6 +6,7 @@ import { z } from "zod";
 import { AgentError } from "./errors.ts";
 import { attachSlabReader, slabReaderOf, slabReaderOptions } from "./slab-reader.ts";
 
+/** How an AgentClient reaches the agent: a function that opens a connected socket. */
 export interface AgentTransport {
   /** For messages: where this transport connects. */
   readonly description: string;
@@ -53,6 +54,7 @@ function open(description: string, options: NetConnectOpts, signal?: AbortSignal
 
 export const unixSocketTransportOptionsSchema = z.object({ path: z.string().min(1).max(107) });
 
+/** A transport to an agent listening on a Unix socket. */
 export function unixSocketTransport(input: z.input<typeof unixSocketTransportOptionsSchema>): AgentTransport {
   const { path } = parseOptions(unixSocketTransportOptionsSchema, input, "unixSocketTransport");
   const description = `unix:${path}`;
@@ -64,6 +66,7 @@ export const tcpTransportOptionsSchema = z.object({
   port: z.number().int().min(1).max(65535),
 });
 
+/** A transport to an agent listening on TCP (the fallback without vsock). */
 export function tcpTransport(input: z.input<typeof tcpTransportOptionsSchema>): AgentTransport {
   const { host, port } = parseOptions(tcpTransportOptionsSchema, input, "tcpTransport");
   const description = `tcp:${host}:${port}`;

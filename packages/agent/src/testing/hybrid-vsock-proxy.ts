@@ -4,6 +4,7 @@
 // Firecracker does. resetAll() drops every spliced connection, as a snapshot restore does.
 import { connect, createServer, type Socket } from "node:net";
 
+/** A running hybrid-vsock stand-in: its socket path, the connections it splices, and a reset of them all (as a restore does). */
 export interface HybridVsockProxy extends AsyncDisposable {
   path: string;
   /** Connections currently spliced. */
@@ -11,6 +12,7 @@ export interface HybridVsockProxy extends AsyncDisposable {
   resetAll(): void;
 }
 
+/** Starts a Unix socket that speaks Firecracker's hybrid-vsock `CONNECT <port>` and forwards to an agent. */
 export async function startHybridVsockProxy(options: {
   path: string;
   ports: Record<number, string>;

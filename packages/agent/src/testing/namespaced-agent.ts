@@ -10,6 +10,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { AgentClient } from "../client.ts";
 import { type AgentTransport, tcpTransport, unixSocketTransport } from "../transport.ts";
 
+/** Where the namespaced agent runs and how it is reached. */
 export interface NamespacedAgentOptions {
   /** The agent binary (ensureAgentBinary(hostArch()).path). */
   agent: string;
@@ -18,6 +19,7 @@ export interface NamespacedAgentOptions {
   tcpPort?: number;
 }
 
+/** A running namespaced agent: how to reach it, its pid, and its clean-up. */
 export interface NamespacedAgent extends AsyncDisposable {
   root: string;
   /** Host path of the agent's Unix socket. */
@@ -102,6 +104,7 @@ export async function removeNamespacedRun(run: {
   if (!mounts.includes(run.base)) await rm(run.base, { recursive: true, force: true });
 }
 
+/** Runs the real agent in a root filesystem under its own mount, PID and network namespaces. */
 export async function startNamespacedAgent(options: NamespacedAgentOptions): Promise<NamespacedAgent> {
   const n = instances++ % 250;
   const tag = `${process.pid.toString(36)}${n}`;
