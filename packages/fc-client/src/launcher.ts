@@ -316,15 +316,19 @@ export async function launchFirecracker(options: LaunchFirecrackerOptions): Prom
     }
   }
 
-  const needTempDir = !prepared && (options.socketPath === undefined || configObject !== undefined);
-  const tempDir = needTempDir ? await mkdtemp(join(tmpdir(), `sbx-fc-${id.slice(0, 24)}-`)) : undefined;
+  // Made on first use: only an unjailed launch without a socketPath, or with a config object, needs it.
+  let tempDir: string | undefined;
+  const inTempDir = async (name: string): Promise<string> => {
+    tempDir ??= await mkdtemp(join(tmpdir(), `sbx-fc-${id.slice(0, 24)}-`));
+    return join(tempDir, name);
+  };
   const socketPath = prepared
     ? prepared.command.socketPath
-    : resolve(options.socketPath ?? join(tempDir!, "api.sock"));
+    : resolve(options.socketPath ?? (await inTempDir("api.sock")));
   let configPath = typeof options.configFile === "string" ? options.configFile : undefined;
   try {
     if (configObject !== undefined && !prepared) {
-      configPath = join(tempDir!, "vm-config.json");
+      configPath = await inTempDir("vm-config.json");
       await writeFile(configPath, JSON.stringify(configObject), { mode: 0o600 });
     }
     if (options.logPath) await ensureFile(options.logPath);
@@ -540,18 +544,28 @@ export async function launchFirecracker(options: LaunchFirecrackerOptions): Prom
     await Promise.race([sleep(10), exited]);
   }
 
-  if (prepared) {
-    vmPid = await jailedVmPid(child.pid!, options.binary);
-    if (vmPid === undefined) {
-      return failLaunch(
-        new FirecrackerLaunchError(
-          "JAIL_SETUP_FAILED",
-          `the jailed Firecracker ${id} answered, but no Firecracker process was found under the jail's pid namespace (children of ${child.pid}: ${(await childrenOf(child.pid!)).join(", ") || "none"})`,
-          { output: outputTail() },
-        ),
-      );
-    }
+  // The socket answered, so the spawn succeeded and Node has the child's pid.
+  const childPid = child.pid;
+  if (childPid === undefined) {
+    return failLaunch(
+      new FirecrackerLaunchError(
+        "SPAWN_FAILED",
+        `Firecracker ${id} answered on ${socketPath}, but Node reports no pid for ${spawned.binary}`,
+        { output: outputTail() },
+      ),
+    );
   }
+  const pid = prepared ? await jailedVmPid(childPid, options.binary) : childPid;
+  if (pid === undefined) {
+    return failLaunch(
+      new FirecrackerLaunchError(
+        "JAIL_SETUP_FAILED",
+        `the jailed Firecracker ${id} answered, but no Firecracker process was found under the jail's pid namespace (children of ${childPid}: ${(await childrenOf(childPid)).join(", ") || "none"})`,
+        { output: outputTail() },
+      ),
+    );
+  }
+  vmPid = pid;
 
   if (options.signal) {
     if (options.signal.aborted) onAbort();
@@ -564,7 +578,7 @@ export async function launchFirecracker(options: LaunchFirecrackerOptions): Prom
   });
 
   return {
-    pid: vmPid!,
+    pid,
     jail: prepared?.jail,
     id,
     arch,
