@@ -23,13 +23,15 @@ export class AddressPool {
   readonly capacity: number;
   readonly #used = new Set<number>();
 
-  constructor(pool: string) {
-    const cidr = parseCidr(pool, { strict: true });
+  /** `pool` as the config parsed it (`config.addresses.hostAddressPool`), or as text (tests, defaults). */
+  constructor(pool: Ipv4Cidr | string) {
+    const cidr = typeof pool === "string" ? parseCidr(pool, { strict: true }) : pool;
     if (!cidr || cidr.prefixLength > SANDBOX_PREFIX_LENGTH) {
+      const text = typeof pool === "string" ? pool : `${formatIpv4(pool.network)}/${pool.prefixLength}`;
       throw new OrchestratorError(
         "INVALID_OPTIONS",
-        `address pool "${pool}" must be an IPv4 network address with a prefix of /30 or shorter, e.g. 10.200.0.0/16`,
-        { details: { pool } },
+        `address pool "${text}" must be an IPv4 network address with a prefix of /30 or shorter, e.g. 10.200.0.0/16`,
+        { details: { pool: text } },
       );
     }
     this.cidr = cidr;

@@ -12,7 +12,7 @@ import { DEFAULT_BUSYBOX_VERSION } from "@sbx/rootfs";
 import { z } from "zod";
 import { type EgressPolicy, egressPolicySchema } from "./egress-policy.ts";
 import { OrchestratorError } from "./errors.ts";
-import { cidrContains, cidrsOverlap, parseCidr, parseIpv4 } from "./ipv4.ts";
+import { cidrContains, cidrsOverlap, formatIpv4, type Ipv4Cidr, parseCidr, parseIpv4 } from "./ipv4.ts";
 
 /**
  * The busybox version templates are built with: @sbx/rootfs's, which resolves busybox for the build
@@ -266,6 +266,17 @@ export type OrchestratorOptions = z.input<typeof orchestratorOptionsSchema>;
 type OptionName = keyof OrchestratorOptions;
 
 /** A complete, validated configuration: what every part of the orchestrator reads. */
+/** The config's network addresses, parsed once when it is made: what every user of them takes. */
+export interface ParsedAddresses {
+  /** The pool each sandbox's /30 comes from. */
+  hostAddressPool: Ipv4Cidr;
+  /** The subnet inside each VM namespace that the TAP and the guest share. */
+  tapSubnet: Ipv4Cidr;
+  /** The TAP's address, the guest's gateway (dotted quad, no prefix). */
+  tapAddress: string;
+  guestAddress: string;
+}
+
 export interface OrchestratorConfig {
   targetArch: Arch;
   cpuTemplate: CpuTemplateChoice;
@@ -298,6 +309,8 @@ export interface OrchestratorConfig {
   tapName: string;
   tapAddress: string;
   guestAddress: string;
+  /** hostAddressPool, tapAddress and guestAddress, parsed (valid, or the config was refused). */
+  addresses: Readonly<ParsedAddresses>;
   networkPoolSize: number;
   unpackMaxBytes: number;
   unpackMaxEntries: number;
@@ -465,7 +478,7 @@ function resolveConfig(
   const cpuTemplate = resolveCpuTemplate(options, targetArch, report);
 
   const archDefaults = ARCH_DEFAULTS[targetArch];
-  const config: OrchestratorConfig = {
+  const config: Omit<OrchestratorConfig, "addresses"> = {
     targetArch,
     cpuTemplate,
     staticCpuTemplatesDir: options.staticCpuTemplatesDir,
@@ -520,10 +533,10 @@ function resolveConfig(
   if (config.maxConcurrentCreates > config.maxSandboxes && options.maxConcurrentCreates !== undefined) {
     report("maxConcurrentCreates", `is larger than maxSandboxes (${config.maxSandboxes}); lower it`);
   }
-  checkNetwork(config, options, report);
+  const addresses = checkNetwork(config, options, report);
 
-  if (issues.length > 0) throw invalid(issues);
-  return Object.freeze(config);
+  if (issues.length > 0 || !addresses) throw invalid(issues);
+  return Object.freeze({ ...config, addresses: Object.freeze(addresses) });
 }
 
 /** `40000-40999` → `{ from: 40000, to: 40999 }` (the config has validated it). */
@@ -532,11 +545,12 @@ export function parsePortRange(text: string): { from: number; to: number } {
   return { from, to };
 }
 
+/** Checks the network settings together, reporting each problem; the parsed addresses when they hold. */
 function checkNetwork(
-  config: OrchestratorConfig,
+  config: Pick<OrchestratorConfig, "hostAddressPool" | "tapAddress" | "guestAddress">,
   options: z.output<typeof orchestratorOptionsSchema>,
   report: (option: string, message: string) => void,
-): void {
+): ParsedAddresses | undefined {
   const pool = parseCidr(config.hostAddressPool, { strict: true });
   if (!pool) {
     report("hostAddressPool", "host bits must be zero (write the network address, e.g. 10.200.0.0/16)");
@@ -545,7 +559,7 @@ function checkNetwork(
   }
   const tap = parseCidr(config.tapAddress);
   const guest = parseIpv4(config.guestAddress);
-  if (!tap || guest === undefined) return;
+  if (!tap || guest === undefined) return undefined;
   const tapAddress = parseIpv4(config.tapAddress.split("/")[0] ?? "");
   if (tap.prefixLength > 30) {
     report("tapAddress", "prefix must be /30 or shorter, so the TAP and the guest fit in one subnet");
@@ -560,6 +574,13 @@ function checkNetwork(
   if (pool && cidrsOverlap(pool, tap)) {
     report("hostAddressPool", `overlaps the TAP subnet ${config.tapAddress}; pick disjoint ranges`);
   }
+  if (!pool || tapAddress === undefined) return undefined;
+  return {
+    hostAddressPool: pool,
+    tapSubnet: tap,
+    tapAddress: formatIpv4(tapAddress),
+    guestAddress: formatIpv4(guest),
+  };
 }
 
 /** Validates plain options and fills every default; throws CONFIG_INVALID listing every bad value. */

@@ -176,7 +176,7 @@ describe.skipIf(skip)(`network pool${skip ? ` (skipped: ${skip})` : ""}`, () => 
 
       const report = await reclaim(state.stateDir, {
         firewallTable: table,
-        hostAddressPool: config.hostAddressPool,
+        hostAddressPool: config.addresses.hostAddressPool,
       });
       expect(report.reclaimed.map((r) => r.network)).toEqual([
         { name, removedRules: true, removedLink: true, removedNamespace: true },

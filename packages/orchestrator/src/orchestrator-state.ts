@@ -46,7 +46,7 @@ export async function openOrchestratorState(
     const reclaimed = await reclaim(stateDir, {
       logger,
       firewallTable: config.firewallTable,
-      hostAddressPool: config.hostAddressPool,
+      hostAddressPool: config.addresses.hostAddressPool,
       ...(options.graceMs === undefined ? {} : { graceMs: options.graceMs }),
     });
     // Jails of VMs that died with a crashed owner (template builds have no record to reclaim from).
@@ -60,7 +60,7 @@ export async function openOrchestratorState(
         "reclaimed sandboxes of a previous run",
       );
     }
-    const addressPool = new AddressPool(config.hostAddressPool);
+    const addressPool = new AddressPool(config.addresses.hostAddressPool);
     // Sandboxes still listed after reclaim (a process survived, a teardown failed) may hold their addresses.
     const uidPool = new UidPool(parseUidRange(config.jailUidRange));
     const { records } = await stateDir.listSandboxes();

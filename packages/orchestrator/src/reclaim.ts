@@ -3,6 +3,7 @@ import { type Logger, silentLogger } from "@sbx/arch";
 import { type RemovedJails, removeCgroupDirs } from "@sbx/fc-client";
 import { AddressPool } from "./address-pool.ts";
 import { CONFIG_DEFAULTS } from "./config.ts";
+import type { Ipv4Cidr } from "./ipv4.ts";
 import {
   type PoolRecord,
   type ReclaimedPoolNetwork,
@@ -46,7 +47,7 @@ export interface ReclaimOptions {
   logger?: Logger;
   /** The host firewall table and address pool the sandboxes were created with (config). */
   firewallTable?: string;
-  hostAddressPool?: string;
+  hostAddressPool?: Ipv4Cidr;
 }
 
 // Firecracker first: a page-fault server must never go before the VM it serves, or the VM hangs.

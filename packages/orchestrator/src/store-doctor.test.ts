@@ -69,7 +69,11 @@ describe("sbx doctor: build store and chunk cache", () => {
       { stateDir: dir },
       { SBX_STORE_URL: "s3://bucket/prefix", AWS_ACCESS_KEY_ID: "AKIAEXAMPLE" },
     );
-    expect(half).toMatchObject({ id: "build-store", status: "fail", fix: expect.stringMatching(/^fix AWS_SECRET_ACCESS_KEY/) });
+    expect(half).toMatchObject({
+      id: "build-store",
+      status: "fail",
+      fix: expect.stringMatching(/^fix AWS_SECRET_ACCESS_KEY/),
+    });
     await mkdir(join(dir, "store"));
     const [, size] = await checkBuildStore(
       { stateDir: dir },

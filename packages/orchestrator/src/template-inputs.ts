@@ -27,7 +27,6 @@ import { egressPolicySchema } from "./egress-policy.ts";
 import { OrchestratorError } from "./errors.ts";
 import { guestResolvers } from "./host-resolvers.ts";
 import { parsePlatformOverride, resolveImageSource } from "./image-source.ts";
-import { parseCidr } from "./ipv4.ts";
 import type { ProgressEvent } from "./progress.ts";
 import { type BootParameters, templateName } from "./template-manifest.ts";
 
@@ -200,17 +199,17 @@ async function defaultCommandLine(
   init: string,
   network: boolean,
 ): Promise<string> {
-  const tap = parseCidr(config.tapAddress);
-  const dns = network && tap ? (await guestResolvers(config)).slice(0, 2) : [];
+  const { tapSubnet, tapAddress, guestAddress } = config.addresses;
+  const dns = network ? (await guestResolvers(config)).slice(0, 2) : [];
   return buildKernelCmdline({
     arch: config.targetArch,
     init,
-    ...(network && tap
+    ...(network
       ? {
           network: {
-            clientIp: config.guestAddress,
-            gatewayIp: config.tapAddress.split("/")[0] as string,
-            prefixLength: tap.prefixLength,
+            clientIp: guestAddress,
+            gatewayIp: tapAddress,
+            prefixLength: tapSubnet.prefixLength,
             dns,
           },
         }
