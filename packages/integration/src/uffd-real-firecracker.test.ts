@@ -89,7 +89,10 @@ describe.skipIf(skipReason !== undefined)(
       expect((await server.stopped).reason).toBe("peer-exited");
       const metrics = server.metrics(); // read after the loop stopped: the counters are final
       expect(metrics.faults).toBeGreaterThan(100);
-      expect(metrics.pagesCopied + metrics.zeroPages).toBe(metrics.faults);
+      // Every fault installed its page, or found it installed by a fault on the same page from another
+      // thread of Firecracker's a moment earlier (EEXIST): none is lost, none counted twice.
+      expect(metrics.pagesCopied + metrics.zeroPages + metrics.eexist).toBe(metrics.faults);
+      expect(metrics.eexist).toBeLessThan(metrics.faults / 100);
     });
   },
 );
