@@ -1,14 +1,14 @@
 // Memory that lives in a build store: chunks come through a RemoteMemorySource when a fault or the
 // working set needs them, the fault loop never waits for one, and a chunk that cannot be had stops the
 // server with a typed error instead of leaving the guest hanging.
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, readSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it, vi } from "vitest";
 import type { RemoteMemorySource } from "./chunk-fetches.ts";
 import { fullMemoryHeader, type MemoryHeader, overlayMemoryHeader } from "./memory-header.ts";
 import { PageFaultServer } from "./server.ts";
 import { faultLoops } from "./test-native-helper.ts";
-import { dir, memoryFile, nativeHelper, peer, usePeerFixture } from "./test-peer-fixture.ts";
+import { dir, memoryFile, nativeHelper, peer, usePeerFixture, withHoldingPeer } from "./test-peer-fixture.ts";
 import { runTestPeer, spawnTestPeer } from "./testing/peer.ts";
 
 const MiB = 1024 * 1024;
@@ -124,17 +124,7 @@ for (const { codePath, helper } of faultLoops(nativeHelper.path)) {
       });
       await server.listen();
       await vi.waitFor(() => expect(requests).toEqual([9, 5]), { timeout: 10_000, interval: 10 });
-      const child = spawnTestPeer({
-        binary: peer,
-        socketPath: socketPath(),
-        memoryFile,
-        size: SIZE,
-        mode: "none",
-        holdMs: 60_000,
-        backing: "memfd",
-        fds: 2,
-      });
-      try {
+      await withHoldingPeer({ socketPath: socketPath(), size: SIZE }, async () => {
         await server.ready;
         await vi.waitFor(() => expect(server.metrics().prefetched).toBe(3 + CHUNK / PAGE), {
           timeout: 20_000,
@@ -142,16 +132,12 @@ for (const { codePath, helper } of faultLoops(nativeHelper.path)) {
         await using memfd = server.takeMemfd();
         const file = readFileSync(memoryFile);
         const page = Buffer.alloc(PAGE);
-        const { readSync } = await import("node:fs");
         for (const offset of [9 * CHUNK + 5 * PAGE, 9 * CHUNK + 7 * PAGE, 5 * CHUNK, 6 * CHUNK - PAGE]) {
-          readSync(memfd!.fd, page, 0, PAGE, offset);
+          readSync(memfd?.fd ?? -1, page, 0, PAGE, offset);
           expect(page.equals(file.subarray(offset, offset + PAGE))).toBe(true);
         }
         expect(server.metrics().faultsOnDemand).toBe(0);
-      } finally {
-        child.kill("SIGKILL");
-        await new Promise((resolve) => child.once("close", resolve));
-      }
+      });
     });
 
     /** Serves an all-remote build from `source` to a peer walking it; the server's stop. */

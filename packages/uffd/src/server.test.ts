@@ -160,30 +160,29 @@ describe("the page-fault server refuses what Firecracker would not send", () => 
     expect((await refusal({ fds: 1, extraFd: true })).message).toMatch(/second fd is not a memfd/);
   });
 
-  it("a peer that is not the expected pid", async () => {
-    await using server = new PageFaultServer({ socketPath, memoryFile, expectedPeerPid: 1 });
+  /** A server expecting `expected` of its peer, and a peer that holds its connection: how it stopped. */
+  async function mismatch(expected: Pick<PageFaultServerOptions, "expectedPeerPid" | "expectedPeerUid">) {
+    await using server = new PageFaultServer({ socketPath, memoryFile, ...expected });
     await server.listen();
     const { child, closed } = startPeer({ mode: "none", holdMs: 2000 });
     const stop = await server.stopped;
     child.kill("SIGKILL");
     await closed;
+    return { stop, pid: child.pid };
+  }
+
+  it("a peer that is not the expected pid", async () => {
+    const { stop, pid } = await mismatch({ expectedPeerPid: 1 });
     expect(stop.error?.code).toBe("PEER_MISMATCH");
-    expect(stop.peerPid).toBe(child.pid);
+    expect(stop.peerPid).toBe(pid);
   });
 
   it("a peer that is not the expected uid, and one that is", async () => {
     // The test peer runs as this process's uid (root here): any other uid is refused.
     const uid = process.getuid?.() ?? 0;
-    {
-      await using server = new PageFaultServer({ socketPath, memoryFile, expectedPeerUid: uid + 1 });
-      await server.listen();
-      const { child, closed } = startPeer({ mode: "none", holdMs: 2000 });
-      const stop = await server.stopped;
-      child.kill("SIGKILL");
-      await closed;
-      expect(stop.error?.code).toBe("PEER_MISMATCH");
-      expect(stop.error?.message).toMatch(new RegExp(`as uid ${uid}; expected Firecracker's uid ${uid + 1}`));
-    }
+    const { stop } = await mismatch({ expectedPeerUid: uid + 1 });
+    expect(stop.error?.code).toBe("PEER_MISMATCH");
+    expect(stop.error?.message).toMatch(new RegExp(`as uid ${uid}; expected Firecracker's uid ${uid + 1}`));
     await using server = new PageFaultServer({ socketPath, memoryFile, expectedPeerUid: uid });
     await server.listen();
     const { child, closed } = startPeer({ mode: "none", holdMs: 60_000 });

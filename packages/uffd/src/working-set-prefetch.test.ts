@@ -5,8 +5,8 @@ import { join } from "node:path";
 import { describe, expect, it, vi } from "vitest";
 import { PageFaultServer, type PageFaultServerOptions } from "./server.ts";
 import { faultLoops } from "./test-native-helper.ts";
-import { dir, memoryFile, nativeHelper, peer, usePeerFixture } from "./test-peer-fixture.ts";
-import { runTestPeer, spawnTestPeer, type TestPeerOptions } from "./testing/peer.ts";
+import { dir, memoryFile, nativeHelper, peer, usePeerFixture, withHoldingPeer } from "./test-peer-fixture.ts";
+import { runTestPeer, type TestPeerOptions } from "./testing/peer.ts";
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
@@ -97,17 +97,7 @@ for (const { codePath, helper } of faultLoops(nativeHelper.path)) {
       ];
       await using server = new PageFaultServer({ socketPath, memoryFile, nativeHelper: helper, workingSet });
       await server.listen();
-      const child = spawnTestPeer({
-        binary: peer,
-        socketPath,
-        memoryFile,
-        size: SIZE,
-        mode: "none",
-        holdMs: 60_000,
-        backing: "memfd",
-        fds: 2,
-      });
-      try {
+      await withHoldingPeer({ socketPath, size: SIZE }, async () => {
         await server.ready;
         await vi.waitFor(() => expect(server.metrics().prefetchComplete).toBe(true), { timeout: 20_000 });
         await using memfd = server.takeMemfd();
@@ -125,10 +115,7 @@ for (const { codePath, helper } of faultLoops(nativeHelper.path)) {
         expect(metrics.prefetched).toBe(listed.length);
         expect(metrics.prefetchSkipped).toBe(7); // the 7 pages past the memory
         expect(metrics.faultsOnDemand).toBe(0);
-      } finally {
-        child.kill("SIGKILL");
-        await new Promise((resolve) => child.once("close", resolve));
-      }
+      });
     });
 
     it("reads the listed pages of the memory file ahead before anyone connects", async () => {
