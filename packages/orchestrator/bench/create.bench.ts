@@ -9,15 +9,16 @@
 // Targets: on demand within 15 ms of the floor; prefetch p50 at most 0.5x the floor (stretch 0.3x) with
 // at least 90% fewer faults served on demand after resume; stale at most 1.1x on demand.
 // Without FIRECRACKER_BIN (or /dev/kvm) it prints the environment and `skipped` with the reason.
-import { execFileSync, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { configureAndStart, launchFirecracker } from "@sbx/fc-client";
 import { buildTestGuest, realFirecracker } from "@sbx/fc-client/testing";
 import { prewarmPageFaultWorkers, workingSetPages } from "@sbx/uffd";
+import { buildCHandler } from "@sbx/uffd/testing";
 import { benchEnvironment } from "../../../scripts/bench-environment.ts";
 import { createConfig } from "../src/config.ts";
 import { importBuild } from "../src/import-build.ts";
@@ -67,14 +68,7 @@ async function main(): Promise<Record<string, unknown>> {
       atLeast: 1,
       bootArgs: "console=ttyS0 sbx.region-shift-mib=48",
     });
-    const cHandler = join(dir, "c-handler");
-    execFileSync("gcc", [
-      "-O2",
-      "-march=x86-64",
-      "-o",
-      cHandler,
-      resolve(import.meta.dirname, "../../uffd/bench/c-handler.c"),
-    ]);
+    const cHandler = await buildCHandler({ outDir: dir });
 
     await using state = await openOrchestratorState(
       createConfig({ stateDir: join(dir, "state"), firecrackerBin: binary, ...testLaunchOptions() }),

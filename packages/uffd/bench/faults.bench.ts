@@ -1,6 +1,6 @@
 // Prints JSON: faults/s and GiB/s for a region restored by PageFaultServer (pure-ffi path) and, in the
 // same run against the same peer and memory file, by a C reference handler compiled from
-// bench/c-handler.c (spinning on a non-blocking userfaultfd, batched reads, UFFDIO_COPY). Scenarios:
+// src/testing/c-handler.c (spinning on a non-blocking userfaultfd, batched reads, UFFDIO_COPY). Scenarios:
 // 4 KiB pages with 1 and 4 faulting threads (sequential and random), a three-layer stack (a resumed
 // paused sandbox) against the C handler serving the flattened file, dirty tracking (every page copied
 // write-protected; the C handler does not protect), and 2 MiB pages when hugepages can be reserved
@@ -10,7 +10,7 @@
 // >= 0.9 on 2 MiB pages. The C handler is started and listening before the peer connects; so is ours:
 // a warm fault worker (prewarmPageFaultWorkers, as a service keeps them), and every run starts on a
 // quiet host. A cold worker's start-up (~150 ms of module loading) is measured separately.
-import { execFileSync, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { once } from "node:events";
 import {
   closeSync,
@@ -38,6 +38,7 @@ import {
   warmPageFaultWorkerCount,
 } from "../src/server.ts";
 import {
+  buildCHandler,
   buildTestPeer,
   runTestPeer,
   type TestPeerOptions,
@@ -52,14 +53,7 @@ const socketPath = join(dir, "uffd.sock");
 writeTestMemoryFile(memoryFile, SIZE);
 const peer = await buildTestPeer();
 const nativeHelper = resolveNativeHelper("auto", hostArch());
-const cHandler = join(dir, "c-handler");
-execFileSync("gcc", [
-  "-O2",
-  "-march=x86-64",
-  "-o",
-  cHandler,
-  new URL("./c-handler.c", import.meta.url).pathname,
-]);
+const cHandler = await buildCHandler({ outDir: dir });
 
 /**
  * A layered restore (what resuming a paused sandbox is): the base, then two sparse diffs, newest last.

@@ -1,5 +1,7 @@
 export {
+  buildCHandler,
   buildTestPeer,
+  cHandlerSource,
   runTestPeer,
   spawnTestPeer,
   TEST_PEER_CFLAGS,

@@ -11,36 +11,62 @@ import { UffdError } from "../errors.ts";
 
 const run = promisify(execFile);
 
-/** The peer's C source: shipped in the package, next to this module in src/ and at ../src/testing from dist/. */
-export const testPeerSource = (() => {
+/** A C source shipped in the package: next to this module in src/, and at ../src/testing from dist/. */
+function testingSource(...path: string[]): string {
   // ESM and the .ts sources have import.meta.url; in the CJS bundle it is undefined and __dirname is set.
   const url: string | undefined = import.meta.url;
   const here = typeof url === "string" ? dirname(fileURLToPath(url)) : __dirname;
-  const candidates = [join(here, "peer", "peer.c"), resolve(here, "../src/testing/peer/peer.c")];
+  const candidates = [join(here, ...path), resolve(here, "../src/testing", ...path)];
   return candidates.find((candidate) => existsSync(candidate)) ?? (candidates[0] as string);
-})();
+}
+
+/** The peer's C source. */
+export const testPeerSource = testingSource("peer", "peer.c");
 /** How the test peer is compiled: baseline x86-64, so it runs on any host of the arch. */
 export const TEST_PEER_CFLAGS = ["-O2", "-Wall", "-pthread", "-march=x86-64"] as const;
+/** The C page-fault handler benchmarks measure against: the floor a handler in C reaches. */
+export const cHandlerSource = testingSource("c-handler.c");
+const C_HANDLER_CFLAGS = ["-O2", "-march=x86-64"] as const;
 
-/** Compiles the peer with gcc into `outDir` (cached by a hash of source, flags and compiler). */
-export async function buildTestPeer(options: { outDir?: string } = {}): Promise<string> {
-  const outDir = options.outDir ?? join(tmpdir(), "sbx-uffd-peer-cache");
-  const source = readFileSync(testPeerSource);
+/** Compiles `source` with gcc into `outDir`, cached by a hash of source, flags and compiler. */
+async function buildCached(
+  source: string,
+  flags: readonly string[],
+  name: string,
+  outDir: string,
+): Promise<string> {
+  const text = readFileSync(source);
   const compiler = (await run("gcc", ["--version"]).catch(() => ({ stdout: "" }))).stdout;
   if (!compiler)
-    throw new UffdError("INVALID_OPTIONS", "gcc is needed to build the UFFD test peer (apt install gcc)");
-  const hash = createHash("sha256")
-    .update(source)
-    .update(TEST_PEER_CFLAGS.join(" "))
-    .update(compiler)
-    .digest("hex");
-  const binary = join(outDir, `uffd-peer-${hash.slice(0, 16)}`);
+    throw new UffdError("INVALID_OPTIONS", `gcc is needed to build the ${name} (apt install gcc)`);
+  const hash = createHash("sha256").update(text).update(flags.join(" ")).update(compiler).digest("hex");
+  const binary = join(outDir, `${name}-${hash.slice(0, 16)}`);
   if (existsSync(binary)) return binary;
   mkdirSync(outDir, { recursive: true });
   const temp = `${binary}.${process.pid}.tmp`;
-  await run("gcc", [...TEST_PEER_CFLAGS, "-o", temp, testPeerSource]);
+  await run("gcc", [...flags, "-o", temp, source]);
   renameSync(temp, binary);
   return binary;
+}
+
+/** Compiles the peer with gcc into `outDir` (cached by a hash of source, flags and compiler). */
+export function buildTestPeer(options: { outDir?: string } = {}): Promise<string> {
+  return buildCached(
+    testPeerSource,
+    TEST_PEER_CFLAGS,
+    "uffd-peer",
+    options.outDir ?? join(tmpdir(), "sbx-uffd-peer-cache"),
+  );
+}
+
+/** Compiles the C handler (cHandlerSource) into `outDir`, cached like the peer. */
+export function buildCHandler(options: { outDir?: string } = {}): Promise<string> {
+  return buildCached(
+    cHandlerSource,
+    C_HANDLER_CFLAGS,
+    "uffd-c-handler",
+    options.outDir ?? join(tmpdir(), "sbx-uffd-peer-cache"),
+  );
 }
 
 /** How the test peer plays Firecracker: its memory, its handshake and how it touches pages. */
