@@ -3,7 +3,7 @@
 // namespace whose eth0 it configures from ip=, starts the agent from the sbx.agent_* flags, prints the
 // ready marker and execs the workload. The host reaches the agent over TCP, kills it, and the init's
 // loop starts it again while the client reconnects.
-import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, execFileSync, spawnSync } from "node:child_process";
 import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,6 +13,7 @@ import {
   namespacedAgentUnavailable,
   removeNamespacedRun,
   settle,
+  spawnInNamespacedChroot,
 } from "@sbx/agent/testing";
 import { hostArch } from "@sbx/arch";
 import { injectGuestFiles, READY_MARKER } from "@sbx/rootfs";
@@ -39,7 +40,7 @@ describe.skipIf(reason !== "")("the agent under the template's /.sbx/init (needs
     const guestIf = `sbxig${tag}`.slice(0, 15);
     const subnet = `10.${150 + (process.pid % 40)}.${process.pid % 250}`;
     let init: ChildProcess | undefined;
-    let console_ = "";
+    let consoleText = () => "";
     try {
       await mkdir(join(root, "etc"), { recursive: true });
       await writeFile(join(root, "etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n");
@@ -59,48 +60,26 @@ describe.skipIf(reason !== "")("the agent under the template's /.sbx/init (needs
       createVethNamespace({ netns, hostIf, guestIf, hostAddress: `${subnet}.1/30` });
       // The guest's init configures eth0 from the kernel command line's ip=.
       execFileSync("ip", ["-n", netns, "link", "set", guestIf, "name", "eth0"]);
-      init = spawn(
-        "ip",
-        [
-          "netns",
-          "exec",
-          netns,
-          "unshare",
-          "-m",
-          "-u",
-          "-p",
-          "-f",
-          "--kill-child",
-          "chroot",
-          root,
-          "/.sbx/init",
-        ],
-        {
-          env: {
-            PATH: "/usr/sbin:/usr/bin:/sbin:/bin",
-            SBX_CMDLINE_FILE: "/cmdline",
-            SBX_AGENT_RESTART_DELAY: "0.2",
-          },
-          stdio: ["ignore", "pipe", "pipe"],
-        },
-      );
-      init.stdout?.on("data", (chunk: Buffer) => {
-        console_ += chunk.toString();
+      const spawned = spawnInNamespacedChroot({
+        netns,
+        root,
+        command: ["/.sbx/init"],
+        uts: true,
+        env: { SBX_CMDLINE_FILE: "/cmdline", SBX_AGENT_RESTART_DELAY: "0.2" },
       });
-      init.stderr?.on("data", (chunk: Buffer) => {
-        console_ += chunk.toString();
-      });
+      init = spawned.child;
+      consoleText = spawned.output;
       expect(
         await settle(
-          () => console_.includes(READY_MARKER),
+          () => consoleText().includes(READY_MARKER),
           (ready) => ready,
           20_000,
         ),
-        console_,
+        consoleText(),
       ).toBe(true);
       // The ready marker comes after the agent's listeners are up.
-      expect(console_).toContain("agent: starting with --tcp 49983");
-      expect(console_).not.toContain("not listening after");
+      expect(consoleText()).toContain("agent: starting with --tcp 49983");
+      expect(consoleText()).not.toContain("not listening after");
 
       await using client = new AgentClient(tcpTransport({ host: `${subnet}.2`, port: 49983 }));
       // The image has no /bin/sh; the agent's default PATH ends with /.sbx/bin, like the init's.
@@ -120,7 +99,7 @@ describe.skipIf(reason !== "")("the agent under the template's /.sbx/init (needs
       // The next call finds the connection reset, reconnects (retrying while the agent restarts) and succeeds.
       expect((await client.health()).uptimeMs).toBeLessThan(10_000);
       expect((await client.hello()).pid).not.toBe(first);
-      expect(console_).toMatch(/agent exited with status 137; restarting/);
+      expect(consoleText()).toMatch(/agent exited with status 137; restarting/);
     } finally {
       await removeNamespacedRun({ child: init, netns, hostIf, base });
     }

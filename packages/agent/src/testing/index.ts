@@ -6,5 +6,6 @@ export {
   namespacedAgentUnavailable,
   removeNamespacedRun,
   settle,
+  spawnInNamespacedChroot,
   startNamespacedAgent,
 } from "./namespaced-agent.ts";

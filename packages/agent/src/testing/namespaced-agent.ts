@@ -117,7 +117,7 @@ export async function startNamespacedAgent(options: NamespacedAgentOptions): Pro
   const base = await mkdtemp(join(tmpdir(), "sbx-agent-ns-"));
   const root = join(base, "root");
   let child: ChildProcess | undefined;
-  let output = "";
+  let output = () => "";
   const cleanup = () => removeNamespacedRun({ child, netns, hostIf, base });
   try {
     for (const dir of [
@@ -165,31 +165,13 @@ while :; do /.sbx/agent --tcp 0.0.0.0:${tcpPort} --unix /tmp/sbx-agent.sock; ech
     createVethNamespace({ netns, hostIf, guestIf, hostAddress: `${subnet}.1/30` });
     ip("-n", netns, "addr", "add", `${guestAddress}/30`, "dev", guestIf);
     ip("-n", netns, "link", "set", guestIf, "up");
-    child = spawn(
-      "ip",
-      [
-        "netns",
-        "exec",
-        netns,
-        "unshare",
-        "-m",
-        "-p",
-        "-f",
-        "--kill-child",
-        "chroot",
-        root,
-        "/bin/busybox",
-        "sh",
-        "/.sbx/test-init",
-      ],
-      { stdio: ["ignore", "pipe", "pipe"], env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" } },
-    );
-    child.stdout?.on("data", (chunk: Buffer) => {
-      output += chunk.toString();
+    const spawned = spawnInNamespacedChroot({
+      netns,
+      root,
+      command: ["/bin/busybox", "sh", "/.sbx/test-init"],
     });
-    child.stderr?.on("data", (chunk: Buffer) => {
-      output += chunk.toString();
-    });
+    child = spawned.child;
+    output = spawned.output;
     const unixPath = join(root, "tmp/sbx-agent.sock");
     const agent: NamespacedAgent = {
       root,
@@ -200,7 +182,7 @@ while :; do /.sbx/agent --tcp 0.0.0.0:${tcpPort} --unix /tmp/sbx-agent.sock; ech
       pid: child.pid ?? 0,
       tcp: () => tcpTransport({ host: guestAddress, port: tcpPort }),
       unix: () => unixSocketTransport({ path: unixPath }),
-      log: () => output,
+      log: () => output(),
       [Symbol.asyncDispose]: cleanup,
     };
     await using probe = new AgentClient(agent.unix(), { connectTimeoutMs: 15_000 });
@@ -208,8 +190,46 @@ while :; do /.sbx/agent --tcp 0.0.0.0:${tcpPort} --unix /tmp/sbx-agent.sock; ech
     return agent;
   } catch (error) {
     await cleanup();
-    throw new Error(`starting the namespaced agent failed: ${String(error)}\n${output}`, { cause: error });
+    throw new Error(`starting the namespaced agent failed: ${String(error)}\n${output()}`, { cause: error });
   }
+}
+
+/**
+ * Runs `command` chrooted into `root`, inside network namespace `netns` and new mount and PID namespaces
+ * (and a UTS one with `uts`), as a guest's userland runs; `output()` is what it printed so far.
+ */
+export function spawnInNamespacedChroot(options: {
+  netns: string;
+  root: string;
+  command: readonly string[];
+  env?: Record<string, string>;
+  uts?: boolean;
+}): { child: ChildProcess; output: () => string } {
+  const child = spawn(
+    "ip",
+    [
+      "netns",
+      "exec",
+      options.netns,
+      "unshare",
+      "-m",
+      ...(options.uts ? ["-u"] : []),
+      "-p",
+      "-f",
+      "--kill-child",
+      "chroot",
+      options.root,
+      ...options.command,
+    ],
+    { stdio: ["ignore", "pipe", "pipe"], env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", ...options.env } },
+  );
+  let output = "";
+  const append = (chunk: Buffer) => {
+    output += chunk.toString();
+  };
+  child.stdout?.on("data", append);
+  child.stderr?.on("data", append);
+  return { child, output: () => output };
 }
 
 /** Waits until `predicate` holds, polling; for counts that settle after a close. */
