@@ -60,6 +60,9 @@ describe.skipIf(skipReason !== undefined)(
           expect(result.exitCode).toBe(0);
           first = result.stdout;
           expect(first).toMatch(/^Linux /);
+          // The snapshot's clock an hour behind: only afterRestore's setClock can bring it back.
+          await client.setClock(new Date(Date.now() - 3_600_000));
+          expect((await client.health()).epochMs).toBeLessThan(Date.now() - 3_000_000);
           await fc.client.patchVm({ state: "Paused" });
           await fc.client.createSnapshot({
             snapshot_type: "Full",
