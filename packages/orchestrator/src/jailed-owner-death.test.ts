@@ -12,7 +12,7 @@ import { createConfig, type OrchestratorConfig } from "./config.ts";
 import { importBuild } from "./import-build.ts";
 import { jailLayout } from "./jail-plan.ts";
 import { openOrchestratorState } from "./orchestrator-state.ts";
-import { childPids } from "./test-capabilities.ts";
+import { childPids, entries, processesInNamespace } from "./test-capabilities.ts";
 import { snapshotTestGuest } from "./test-guest-snapshot.ts";
 
 const fc = realFirecracker({ testGuest: true });
@@ -21,14 +21,6 @@ if (skipReason) console.log(`[orchestrator] jailed owner-death test skipped: ${s
 
 const CHILD = join(import.meta.dirname, "test-jailed-owner-child.ts");
 
-function entries(dir: string): string[] {
-  try {
-    return readdirSync(dir).sort();
-  } catch {
-    return [];
-  }
-}
-
 function alive(pid: number): boolean {
   try {
     const stat = readdirSync(`/proc/${pid}/task`);
@@ -36,20 +28,6 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
-}
-
-/** Processes whose pid namespace is `ns` (`pid:[…]`). */
-function processesInNamespace(ns: string): number[] {
-  return entries("/proc")
-    .filter((entry) => /^\d+$/.test(entry))
-    .filter((pid) => {
-      try {
-        return readlinkSync(`/proc/${pid}/ns/pid`) === ns;
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
 }
 
 async function until(condition: () => boolean, what: string, withinMs = 10_000): Promise<void> {

@@ -2,7 +2,7 @@
 // (provisioning-free boot, Full snapshot, working-set recording), sandboxes created, paused, resumed and
 // forked from it, each as its own uid in its own chroot, cgroup and pid namespace, the guest's checksums
 // right throughout; and kill leaves no chroot, cgroup, process or uid behind.
-import { existsSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
+import { existsSync, readFileSync, readlinkSync, statSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,7 +15,7 @@ import { type OrchestratorState, openOrchestratorState } from "./orchestrator-st
 import { createSandbox, type Sandbox } from "./sandbox.ts";
 import { buildTemplate } from "./template-build.ts";
 import { BUILD_FILES } from "./template-manifest.ts";
-import { childPids, openFdCount } from "./test-capabilities.ts";
+import { childPids, entries, openFdCount, processesInNamespace } from "./test-capabilities.ts";
 import { expectChecksumContinues, GUEST_LINE, lastIteration } from "./test-guest-snapshot.ts";
 import { type TemplateFixture, templateFixture } from "./test-template-fixture.ts";
 
@@ -26,34 +26,12 @@ if (skipReason) console.log(`[orchestrator] jailed sandbox tests skipped: ${skip
 const MIB = 1024 * 1024;
 const ALIVE = { alive: GUEST_LINE, aliveTimeoutMs: 60_000 } as const;
 
-function entries(dir: string): string[] {
-  try {
-    return readdirSync(dir).sort();
-  } catch {
-    return [];
-  }
-}
-
 /** `Uid:`/`Gid:` of /proc/<pid>/status: real, effective, saved, filesystem. */
 function credentials(pid: number): { uid: number[]; gid: number[] } {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
   const field = (name: string) =>
     (new RegExp(`^${name}:\\s+(.*)$`, "m").exec(status)?.[1] ?? "").split(/\s+/).map(Number);
   return { uid: field("Uid"), gid: field("Gid") };
-}
-
-/** Processes whose pid namespace is `ns` (`pid:[…]`). */
-function processesInNamespace(ns: string): number[] {
-  return entries("/proc")
-    .filter((entry) => /^\d+$/.test(entry))
-    .filter((pid) => {
-      try {
-        return readlinkSync(`/proc/${pid}/ns/pid`) === ns;
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
 }
 
 /** The per-VM cgroups left under this state's parent, in every hierarchy. */

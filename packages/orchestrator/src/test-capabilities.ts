@@ -1,4 +1,5 @@
 import { execFileSync } from "node:child_process";
+import { readdirSync, readlinkSync } from "node:fs";
 import { childPids as allChildPids } from "@sbx/arch/testing";
 
 export { openFdCount } from "@sbx/arch/testing";
@@ -28,3 +29,26 @@ export function testAddressIndex(slot: number): number {
 
 /** Live (non-zombie) child processes of this process. */
 export const childPids = (): number[] => allChildPids({ zombies: false });
+
+/** A directory's names, sorted; none when it does not exist. */
+export function entries(dir: string): string[] {
+  try {
+    return readdirSync(dir).sort();
+  } catch {
+    return [];
+  }
+}
+
+/** Processes whose pid namespace is `ns` (`pid:[…]`). */
+export function processesInNamespace(ns: string): number[] {
+  return entries("/proc")
+    .filter((entry) => /^\d+$/.test(entry))
+    .filter((pid) => {
+      try {
+        return readlinkSync(`/proc/${pid}/ns/pid`) === ns;
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
