@@ -265,7 +265,6 @@ export const orchestratorOptionsSchema = z.object({
 export type OrchestratorOptions = z.input<typeof orchestratorOptionsSchema>;
 type OptionName = keyof OrchestratorOptions;
 
-/** A complete, validated configuration: what every part of the orchestrator reads. */
 /** The config's network addresses, parsed once when it is made: what every user of them takes. */
 export interface ParsedAddresses {
   /** The pool each sandbox's /30 comes from. */
@@ -277,6 +276,7 @@ export interface ParsedAddresses {
   guestAddress: string;
 }
 
+/** A complete, validated configuration: what every part of the orchestrator reads. */
 export interface OrchestratorConfig {
   targetArch: Arch;
   cpuTemplate: CpuTemplateChoice;
