@@ -6,12 +6,10 @@ import { join } from "node:path";
 import { chunkCacheOptionsFromEnv, storeFromEnv } from "@sbx/store";
 import type { OrchestratorConfig } from "./config.ts";
 import type { DoctorCheck } from "./doctor.ts";
+import { formatBytes } from "./progress.ts";
 
 /** How long the reachability probe may take. */
 const PROBE_TIMEOUT_MS = 5_000;
-
-const size = (bytes: number) =>
-  bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(1)} GiB` : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 
 const messageOf = (error: unknown) => (error instanceof Error ? error.message : String(error));
 
@@ -90,8 +88,8 @@ async function checkChunkCache(
   }
   const leftovers = (await readdir(join(directory, "tmp")).catch(() => [])).length;
   const held = names
-    ? `${chunks} chunks, ${size(used)} of ${size(maxBytes)}`
-    : `empty, limit ${size(maxBytes)}`;
+    ? `${chunks} chunks, ${formatBytes(used)} of ${formatBytes(maxBytes)}`
+    : `empty, limit ${formatBytes(maxBytes)}`;
   // The cache's file system, or the nearest existing parent's (a cache not made yet).
   let free: number | undefined;
   for (let at = directory; free === undefined; at = join(at, "..")) {
@@ -99,13 +97,13 @@ async function checkChunkCache(
     if (info) free = info.bavail * info.bsize;
     if (at === "/") break;
   }
-  const summary = `${directory}: ${held}${free === undefined ? "" : `; ${size(free)} free on its file system`}${leftovers ? `; ${leftovers} temp files of a fetch in progress or a crashed one (removed by the next process to open the cache)` : ""}`;
+  const summary = `${directory}: ${held}${free === undefined ? "" : `; ${formatBytes(free)} free on its file system`}${leftovers ? `; ${leftovers} temp files of a fetch in progress or a crashed one (removed by the next process to open the cache)` : ""}`;
   if (free !== undefined && maxBytes - used > free)
     return {
       id: "chunk-cache",
       status: "warn",
       summary,
-      fix: `lower SBX_CHUNK_CACHE_SIZE to at most ${size(used + free)} or give ${directory} more space: a full disk fails chunk fetches, and the sandboxes waiting for them`,
+      fix: `lower SBX_CHUNK_CACHE_SIZE to at most ${formatBytes(used + free)} or give ${directory} more space: a full disk fails chunk fetches, and the sandboxes waiting for them`,
     };
   return { id: "chunk-cache", status: "ok", summary };
 }

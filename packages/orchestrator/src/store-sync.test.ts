@@ -6,6 +6,7 @@ import { existsSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { openFdTargets } from "@sbx/arch/testing";
 import { realFirecracker } from "@sbx/fc-client/testing";
 import { type BuildStore, FilesystemStore, MEMORY_CHUNK_TABLE_FILE } from "@sbx/store";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
@@ -214,17 +215,7 @@ describe.skipIf(skipReason !== undefined)(
      */
     async function expectFailedCreateLeavesNothing(name: string, wrap: (inner: BuildStore) => BuildStore) {
       const config = host(name);
-      const fdTargets = () =>
-        readdirSync("/proc/self/fd")
-          .map((fd) => {
-            try {
-              return readlinkSync(`/proc/self/fd/${fd}`);
-            } catch {
-              return "";
-            }
-          })
-          .filter((target) => target !== "" && !target.startsWith("pipe:"))
-          .sort();
+      const fdTargets = () => openFdTargets(/^(?!pipe:)/).sort();
       const fdsBefore = fdTargets();
       {
         await using inner = s3.store();

@@ -2,7 +2,7 @@
 // the caller's sources (a build store behind a chunk cache, in sbx), a bounded number at a time, the
 // ones a fault waits for before the working set's, each within a deadline, and hands each arrival to
 // `deliver`. The first failure is final: the guest cannot run without the page it waits for.
-import type { LayerChunk } from "./layers.ts";
+import { chunkKey, type LayerChunk } from "./layers.ts";
 
 /** Where a lazy layer's chunks come from: see PageFaultServerOptions.memory.remote. */
 export interface RemoteMemorySource {
@@ -51,7 +51,7 @@ export class ChunkFetches {
   /** Queues a chunk once; an urgent request moves a queued one ahead of the working set's. */
   request(chunk: LayerChunk, urgent: boolean): void {
     if (this.#failed || this.#abort.signal.aborted) return;
-    const key = chunk.layer * 2 ** 32 + chunk.index;
+    const key = chunkKey(chunk);
     const known = this.#known.get(key);
     if (known) {
       if (urgent && !known.urgent) {

@@ -36,6 +36,9 @@ export interface LayerChunk {
   index: number;
 }
 
+/** One number per chunk, for the maps both sides keep of what was asked for. */
+export const chunkKey = (chunk: LayerChunk): number => chunk.layer * 2 ** 32 + chunk.index;
+
 export interface Layers {
   /** The base layer's size: every region must lie inside it. */
   size: number;

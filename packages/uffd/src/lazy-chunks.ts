@@ -5,11 +5,9 @@
 // parked faults are served and its working-set pages copied in.
 import { type MessagePort, receiveMessageOnPort } from "node:worker_threads";
 import type { QueuedFault } from "./fault-serving.ts";
-import type { LayerChunk, Layers } from "./layers.ts";
+import { chunkKey, type LayerChunk, type Layers } from "./layers.ts";
 import { PAGE_4K } from "./linux.ts";
 import type { ChunkArrival } from "./worker-protocol.ts";
-
-const keyOf = (chunk: LayerChunk) => chunk.layer * 2 ** 32 + chunk.index;
 
 /** What one arrived chunk releases: parked faults and working-set page offsets. */
 export interface ArrivedChunk {
@@ -56,7 +54,7 @@ export class LazyChunks {
       for (let at = offset - (offset % PAGE_4K); at < end && budget-- > 0; at += PAGE_4K) {
         const chunk = this.#layers.absentChunk(at);
         if (!chunk) continue;
-        const key = keyOf(chunk);
+        const key = chunkKey(chunk);
         let pages = this.#workingSet.get(key);
         if (!pages) {
           pages = [];
@@ -70,7 +68,7 @@ export class LazyChunks {
 
   /** Parks a fault until its chunk arrives, asking for the chunk now. */
   defer(chunk: LayerChunk, fault: QueuedFault): void {
-    const key = keyOf(chunk);
+    const key = chunkKey(chunk);
     const parked = this.#waiting.get(key);
     if (parked) parked.push(fault);
     else this.#waiting.set(key, [fault]);
@@ -94,7 +92,7 @@ export class LazyChunks {
       if (!received) return true;
       const arrival = received.message as ChunkArrival;
       this.#layers.installChunk(arrival, arrival.path);
-      const key = keyOf(arrival);
+      const key = chunkKey(arrival);
       const faults = this.#waiting.get(key) ?? [];
       const workingSetPages = this.#workingSet.get(key) ?? [];
       this.#waiting.delete(key);

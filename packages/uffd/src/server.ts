@@ -210,6 +210,13 @@ const workerUrl = (() => {
   return new URL(here.endsWith(".ts") ? "./fault-worker.ts" : "./fault-worker.js", here);
 })();
 
+/** Adds one to an eventfd: what wakes the fault loop's poll. */
+function signalEventfd(fd: number): void {
+  const one = Buffer.alloc(8);
+  one.writeBigUInt64LE(1n);
+  writeSync(fd, one);
+}
+
 const warmWorkers: Worker[] = [];
 let warmTarget = 0;
 
@@ -541,10 +548,8 @@ export class PageFaultServer implements AsyncDisposable {
       return this.stopped;
     }
     if (this.#wakeFd >= 0) {
-      const one = Buffer.alloc(8);
-      one.writeBigUInt64LE(1n);
       try {
-        writeSync(this.#wakeFd, one);
+        signalEventfd(this.#wakeFd);
       } catch {
         // already released: the worker has exited
       }
@@ -639,9 +644,7 @@ export class PageFaultServer implements AsyncDisposable {
   #deliverChunk(arrival: ChunkArrival): void {
     if (!this.#arrivals || this.#notifyFd < 0) return;
     this.#arrivals.postMessage(arrival);
-    const one = Buffer.alloc(8);
-    one.writeBigUInt64LE(1n);
-    writeSync(this.#notifyFd, one);
+    signalEventfd(this.#notifyFd);
   }
 
   /**
