@@ -225,19 +225,9 @@ export async function readBuildHeader(config: StateRoot, id: string): Promise<Me
 }
 
 /**
- * Every build a header serves pages from, with its memory file: a missing one is BUILD_MISSING naming
- * it, before anything starts, never a guest served wrong pages.
+ * The memory file of build `id` on this host, or BUILD_MISSING naming it: before anything starts, never a
+ * guest served wrong pages (memorySourcesOf in store-sync.ts asks this for every local build of a header).
  */
-export async function memoryFilesOf(
-  config: StateRoot,
-  header: MemoryHeader,
-): Promise<Record<string, string>> {
-  const paths: Record<string, string> = {};
-  for (const id of header.builds) paths[id] = await localMemoryFile(config, id);
-  return paths;
-}
-
-/** The memory file of build `id` on this host, or BUILD_MISSING naming it. */
 export async function localMemoryFile(config: StateRoot, id: string): Promise<string> {
   const path = join(buildDir(config, id), BUILD_FILES.memory);
   try {
