@@ -13,6 +13,7 @@ import { z } from "zod";
 import { type EgressPolicy, egressPolicySchema } from "./egress-policy.ts";
 import { OrchestratorError } from "./errors.ts";
 import { cidrContains, cidrsOverlap, formatIpv4, type Ipv4Cidr, parseCidr, parseIpv4 } from "./ipv4.ts";
+import { FIREWALL_TABLE_NAME } from "./nftables.ts";
 
 /**
  * The busybox version templates are built with: @sbx/rootfs's, which resolves busybox for the build
@@ -186,7 +187,7 @@ export const orchestratorOptionsSchema = z.object({
   firewallTable: z
     .string()
     .trim()
-    .regex(/^[A-Za-z][A-Za-z0-9_]{0,30}$/, "must be a letter then up to 30 of A-Z a-z 0-9 _")
+    .regex(FIREWALL_TABLE_NAME, "must be a letter then up to 30 of A-Z a-z 0-9 _")
     .optional(),
   /** The guest's resolvers (at most 2, the kernel's ip= carries two); default the host's upstream ones. */
   dnsServers: z

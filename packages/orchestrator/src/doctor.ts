@@ -14,6 +14,7 @@ import type { OrchestratorConfig } from "./config.ts";
 import { directoryClones } from "./disk-clone.ts";
 import { runCommand } from "./exec.ts";
 import { jailLayout, resolveJailerBinary } from "./jail-plan.ts";
+import { checkOrphanedNetworks } from "./orphaned-networks.ts";
 import { checkBuildStore } from "./store-doctor.ts";
 
 export type DoctorStatus = "ok" | "warn" | "fail";
@@ -223,6 +224,23 @@ async function checkIp(host: DoctorHost): Promise<DoctorCheck> {
 
 function failureMessage(error: unknown): string {
   return (error as Error).message;
+}
+
+/** Sandbox networks on this host whose owner is gone (their veth's owner tag), of any state directory. */
+async function checkSandboxNetworks(host: DoctorHost): Promise<DoctorCheck> {
+  if (!host.isRoot) {
+    return { id: "networks", status: "ok", summary: "not checked: listing sandbox networks needs root" };
+  }
+  try {
+    return { id: "networks", ...(await checkOrphanedNetworks()) };
+  } catch (error) {
+    return {
+      id: "networks",
+      status: "warn",
+      summary: `cannot list sandbox networks: ${failureMessage(error)}`,
+      fix: "apt-get install iproute2",
+    };
+  }
 }
 
 async function checkFirecracker(config: OrchestratorConfig, host: DoctorHost): Promise<DoctorCheck> {
@@ -477,6 +495,7 @@ export async function runDoctor(
     await checkHugepages(host),
     ...(await checkE2fsprogs()),
     await checkIp(host),
+    await checkSandboxNetworks(host),
     await checkCommand(
       "nft",
       ["nft", "--version"],

@@ -1,7 +1,6 @@
 // The owner of three jailed sandboxes is SIGKILLed: its Firecrackers die with it (the jail's pid
 // namespace dies with its init, which dies with its owner), and the next owner of the state directory
 // removes their chroots and cgroups; no process, pid namespace, chroot, cgroup or uid is left.
-import { spawn } from "node:child_process";
 import { readdirSync, readlinkSync, statSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -12,7 +11,7 @@ import { createConfig, type OrchestratorConfig } from "./config.ts";
 import { importBuild } from "./import-build.ts";
 import { jailLayout } from "./jail-plan.ts";
 import { openOrchestratorState } from "./orchestrator-state.ts";
-import { childPids, entries, processesInNamespace } from "./test-capabilities.ts";
+import { childPids, entries, processesInNamespace, spawnOwnerChild } from "./test-capabilities.ts";
 import { snapshotTestGuest } from "./test-guest-snapshot.ts";
 
 const fc = realFirecracker({ testGuest: true });
@@ -60,23 +59,10 @@ describe.skipIf(skipReason !== undefined)(
 
     it("its three Firecrackers die with it; the next owner removes their chroots and cgroups", async () => {
       const children = childPids();
-      const child = spawn(
-        process.execPath,
-        ["--conditions=@sbx/source", CHILD, config.stateDir, fc.binary!, fc.jailer!],
-        { stdio: ["ignore", "pipe", "pipe"] },
-      );
-      let stdout = "";
-      let stderr = "";
-      child.stdout.on("data", (chunk: Buffer) => {
-        stdout += chunk.toString();
-      });
-      child.stderr.on("data", (chunk: Buffer) => {
-        stderr += chunk.toString();
-      });
-      const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-      await until(() => stdout.includes("\n") || child.exitCode !== null, "the child's sandboxes", 90_000);
-      expect(child.exitCode, stderr).toBeNull();
-      const owned = JSON.parse(stdout.trim()) as {
+      const owner = spawnOwnerChild(CHILD, [config.stateDir, fc.binary!, fc.jailer!]);
+      const child = owner.child;
+      const line = await owner.firstLine(90_000);
+      const owned = JSON.parse(line) as {
         pid: number;
         jail: { uid: number; directory: string; cgroups: string[] };
       }[];
@@ -89,7 +75,7 @@ describe.skipIf(skipReason !== undefined)(
       }
 
       child.kill("SIGKILL");
-      await exited;
+      await owner.exited;
       // The kernel does it, with nobody left to ask: every VM and its pid namespace go.
       await until(() => owned.every((vm) => !alive(vm.pid)), "the Firecrackers to die");
       await until(

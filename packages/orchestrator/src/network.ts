@@ -3,9 +3,16 @@ import type { CommandResult } from "@sbx/arch";
 import type { SandboxAddresses } from "./address-pool.ts";
 import { OrchestratorError } from "./errors.ts";
 import { runCommand } from "./exec.ts";
+import {
+  currentOwnerProcess,
+  formatOwnerTag,
+  NAMESPACE_NAME,
+  type NetworkOwnerTag,
+  parseOwnerTag,
+} from "./network-owner.ts";
+import { FIREWALL_TABLE_NAME } from "./nftables.ts";
 
 const INTERFACE_NAME = /^[A-Za-z0-9_.-]{1,15}$/;
-const NAMESPACE_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 /** The namespace end of the veth pair; the same name in every namespace. */
 export const NAMESPACE_VETH_NAME = "veth0";
 
@@ -27,6 +34,8 @@ export interface NetworkNamespaceOptions {
    * between the namespace and the host-side veth.
    */
   nat?: boolean;
+  /** The nftables table that will hold this network's host rules, recorded in its owner tag. */
+  firewallTable?: string;
   timeoutMs?: number;
   signal?: AbortSignal;
 }
@@ -55,6 +64,9 @@ function validate(options: NetworkNamespaceOptions): void {
     ["TAP name", options.tapName],
   ] as const) {
     if (!INTERFACE_NAME.test(value) || value === NAMESPACE_VETH_NAME) problems.push(`${what} "${value}"`);
+  }
+  if (options.firewallTable !== undefined && !FIREWALL_TABLE_NAME.test(options.firewallTable)) {
+    problems.push(`firewall table "${options.firewallTable}"`);
   }
   if (problems.length > 0) {
     throw new OrchestratorError(
@@ -158,6 +170,11 @@ export async function createNetworkNamespace(options: NetworkNamespaceOptions): 
     ...(options.signal ? { signal: options.signal } : {}),
   };
   const { hostAddress, namespaceAddress, prefixLength } = options.addresses;
+  const ownerTag = formatOwnerTag({
+    ...(await currentOwnerProcess()),
+    namespace: options.name,
+    ...(options.firewallTable ? { firewallTable: options.firewallTable } : {}),
+  });
   let createdNamespace = false;
   let createdVeth = false;
   try {
@@ -182,6 +199,8 @@ export async function createNetworkNamespace(options: NetworkNamespaceOptions): 
     await ip(["-batch", "-"], {
       ...run,
       input: [
+        // Before anything else can fail: from here on a crash leaves a network its tag accounts for.
+        `link set dev ${options.hostVethName} alias ${ownerTag}`,
         `addr add ${hostAddress}/${prefixLength} dev ${options.hostVethName}`,
         `link set ${options.hostVethName} up`,
         "",
@@ -268,9 +287,42 @@ export async function teardownNetworkNamespace(
 
 /** Names from `ip netns list`. */
 export async function listNetworkNamespaces(): Promise<string[]> {
+  return (await listNetworkNamespaceIds()).map((entry) => entry.name);
+}
+
+/** `ip netns list` with each namespace's id as the host namespace knows it (none until one is assigned). */
+async function listNetworkNamespaceIds(): Promise<{ name: string; id?: number }[]> {
   const { stdout } = await ip(["-j", "netns", "list"]);
   if (stdout.trim() === "") return [];
-  return (JSON.parse(stdout) as { name: string }[]).map((entry) => entry.name);
+  return JSON.parse(stdout) as { name: string; id?: number }[];
+}
+
+/** A host link whose alias is an sbx owner tag, and whether its veth peer is in the namespace the tag names. */
+export interface TaggedLink {
+  hostVethName: string;
+  tag: NetworkOwnerTag;
+  peerInTaggedNamespace: boolean;
+}
+
+/** The host's links that carry an sbx owner tag (see network-owner.ts); other aliases are ignored. */
+export async function listTaggedLinks(): Promise<TaggedLink[]> {
+  const { stdout } = await ip(["-j", "link", "show"]);
+  if (stdout.trim() === "") return [];
+  const links = JSON.parse(stdout) as { ifname: string; ifalias?: string; link_netnsid?: number }[];
+  const tagged = links.flatMap((link) => {
+    const tag = parseOwnerTag(link.ifalias);
+    return tag && INTERFACE_NAME.test(link.ifname) ? [{ link, tag }] : [];
+  });
+  if (tagged.length === 0) return [];
+  const namespaceIds = new Map((await listNetworkNamespaceIds()).map((entry) => [entry.name, entry.id]));
+  return tagged.map(({ link, tag }) => {
+    const id = namespaceIds.get(tag.namespace);
+    return {
+      hostVethName: link.ifname,
+      tag,
+      peerInTaggedNamespace: id !== undefined && id === link.link_netnsid,
+    };
+  });
 }
 
 /** Interface names in the host namespace (or in `namespace`). */

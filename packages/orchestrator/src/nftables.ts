@@ -10,13 +10,14 @@ import { runCommand } from "./exec.ts";
 import { formatIpv4, parseIpv4 } from "./ipv4.ts";
 
 export const DEFAULT_FIREWALL_TABLE = "sbx";
-const TABLE_NAME = /^[A-Za-z][A-Za-z0-9_]{0,30}$/;
+/** A table name sbx accepts: a letter, then up to 30 of A-Z a-z 0-9 _. */
+export const FIREWALL_TABLE_NAME = /^[A-Za-z][A-Za-z0-9_]{0,30}$/;
 const INTERFACE_NAME = /^[A-Za-z0-9_.-]{1,15}$/;
 /** Refuses with a TCP reset or ICMP admin-prohibited: a denied client fails at once instead of timing out. */
 export const REFUSE_CHAIN = "refuse";
 
 export function assertTableName(table: string): string {
-  if (!TABLE_NAME.test(table)) {
+  if (!FIREWALL_TABLE_NAME.test(table)) {
     throw new OrchestratorError(
       "INVALID_OPTIONS",
       `firewall table "${table}" must be a letter then up to 30 of A-Z a-z 0-9 _`,

@@ -51,11 +51,19 @@ export async function openOrchestratorState(
     });
     // Jails of VMs that died with a crashed owner (template builds have no record to reclaim from).
     reclaimed.staleJails = await sweepStaleJails(config, logger);
-    if (reclaimed.reclaimed.length > 0 || reclaimed.invalid.length > 0) {
+    const orphans = reclaimed.orphanedNetworks;
+    if (
+      reclaimed.reclaimed.length > 0 ||
+      reclaimed.invalid.length > 0 ||
+      orphans.removed.length + orphans.mismatched.length + orphans.errors.length > 0
+    ) {
       logger.warn?.(
         {
           reclaimed: reclaimed.reclaimed.map((r) => r.id),
           invalid: reclaimed.invalid.map((i) => i.path),
+          orphanedNetworks: orphans.removed.map((n) => n.name),
+          ...(orphans.mismatched.length > 0 ? { mismatchedNetworkTags: orphans.mismatched } : {}),
+          ...(orphans.errors.length > 0 ? { orphanedNetworkErrors: orphans.errors } : {}),
         },
         "reclaimed sandboxes of a previous run",
       );

@@ -12,6 +12,7 @@ import {
 } from "./netns-pool.ts";
 import { listHostAddresses, listLinks, teardownNetworkNamespace } from "./network.ts";
 import { listHostFirewall, type PublishedPort, removeSandboxRules, sweepOrphanedRules } from "./nftables.ts";
+import { type OrphanedNetworksReport, reclaimOrphanedNetworks } from "./orphaned-networks.ts";
 import { checkProcessIdentity, type TerminateResult, terminateRecordedProcess } from "./process-identity.ts";
 import type { InvalidRecord, SandboxProcessRole, SandboxRecord, StateDirectory } from "./state-dir.ts";
 
@@ -35,6 +36,8 @@ export interface ReclaimReport {
   removedTempFiles: string[];
   /** Prepared (pooled) networks of a crashed run. */
   networkPool: ReclaimedPoolNetwork[];
+  /** Networks of any state directory whose owner process is gone (by the owner tag on the host veth). */
+  orphanedNetworks: OrphanedNetworksReport;
   /** Host firewall entries whose sandbox is gone although no record named them. */
   sweptRules: { chains: string[]; published: PublishedPort[] };
   /** Jails (chroots, cgroups) of VMs no record named, e.g. a template build's (set by openOrchestratorState). */
@@ -149,8 +152,8 @@ export async function reclaimSandbox(
  * Removes what a crashed previous run left in the state directory: for every sandbox whose owning
  * orchestrator is gone, stop its recorded processes (only if /proc still shows the same start time
  * and command line), remove its sockets, host firewall rules, network namespace and directory; then
- * the prepared networks of its network pool. Run it on start, after
- * taking the state directory's lock.
+ * the prepared networks of its network pool; then the networks of any state directory whose owner
+ * process is gone (their host veth's owner tag). Run it on start, after taking the state directory's lock.
  */
 export async function reclaim(
   stateDir: StateDirectory,
@@ -163,6 +166,7 @@ export async function reclaim(
     invalid,
     removedTempFiles: [],
     networkPool: [],
+    orphanedNetworks: { removed: [], sweptRules: [], mismatched: [], errors: [] },
     sweptRules: { chains: [], published: [] },
   };
   for (const record of records) {
@@ -179,6 +183,14 @@ export async function reclaim(
   report.networkPool = await reclaimNetworkPool(stateDir.root, {
     ...(options.logger ? { logger: options.logger } : {}),
   });
+  // After the records: a network a record names is reclaimed with what the record knows (its ports).
+  try {
+    report.orphanedNetworks = await reclaimOrphanedNetworks({
+      ...(options.logger ? { logger: options.logger } : {}),
+    });
+  } catch (error) {
+    report.orphanedNetworks.errors.push(`listing tagged networks: ${(error as Error).message}`);
+  }
   try {
     report.sweptRules = await sweepOrphanedRules(
       options.firewallTable ?? CONFIG_DEFAULTS.firewallTable,

@@ -94,6 +94,7 @@ export class SandboxNetwork implements AsyncDisposable {
       tapName: options.tapName,
       tapAddress: options.tapAddress,
       guestAddress: options.guestAddress,
+      firewallTable: options.firewallTable,
       ...(options.signal ? { signal: options.signal } : {}),
     });
     const network = new SandboxNetwork(namespace, options, DEFAULT_EGRESS_POLICY);

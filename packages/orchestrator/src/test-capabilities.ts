@@ -1,6 +1,6 @@
-import { execFileSync } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { readdirSync, readlinkSync } from "node:fs";
-import { childPids as allChildPids } from "@sbx/arch/testing";
+import { childPids as allChildPids, collectOutput } from "@sbx/arch/testing";
 
 export { openFdCount } from "@sbx/arch/testing";
 
@@ -51,4 +51,43 @@ export function processesInNamespace(ns: string): number[] {
       }
     })
     .map(Number);
+}
+
+/** A stand-in for an orchestrator process in a test: a TypeScript script run from source. */
+export interface OwnerChild {
+  child: ChildProcess;
+  /** Resolves when the child has exited (after `SIGKILL`, say). */
+  exited: Promise<void>;
+  stderr(): string;
+  /** The first line the child prints; rejects with its stderr if it exits or `withinMs` passes first. */
+  firstLine(withinMs: number): Promise<string>;
+}
+
+/** Starts `node --conditions=@sbx/source script ...args` with its output collected. */
+export function spawnOwnerChild(script: string, args: readonly string[]): OwnerChild {
+  const child = spawn(process.execPath, ["--conditions=@sbx/source", script, ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const output = collectOutput(child);
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const firstLine = (withinMs: number) =>
+    new Promise<string>((resolve, reject) => {
+      const fail = (why: string) => {
+        clearInterval(poll);
+        clearTimeout(timer);
+        reject(new Error(`${why}; stderr: ${output.stderr()}`));
+      };
+      const poll = setInterval(() => {
+        const end = output.stdout().indexOf("\n");
+        if (end >= 0) {
+          clearInterval(poll);
+          clearTimeout(timer);
+          resolve(output.stdout().slice(0, end));
+        } else if (child.exitCode !== null || child.signalCode !== null) {
+          fail(`${script} exited (${child.exitCode ?? child.signalCode}) before printing a line`);
+        }
+      }, 20);
+      const timer = setTimeout(() => fail(`${script} printed no line within ${withinMs} ms`), withinMs);
+    });
+  return { child, exited, stderr: output.stderr, firstLine };
 }

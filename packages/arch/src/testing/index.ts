@@ -1,4 +1,5 @@
 // Process and fd counts for tests that own children or fds, shared by every sbx package's tests.
+import type { ChildProcess } from "node:child_process";
 import { accessSync, constants, readdirSync, readFileSync, readlinkSync } from "node:fs";
 
 /** Open fds of this process. */
@@ -64,4 +65,17 @@ export function xorshift32(seed: number): () => number {
     state >>>= 0;
     return state;
   };
+}
+
+/** What a child process has written to its piped stdout and stderr so far. */
+export function collectOutput(child: ChildProcess): { stdout(): string; stderr(): string } {
+  let stdout = "";
+  let stderr = "";
+  child.stdout?.on("data", (chunk: Buffer) => {
+    stdout += chunk.toString();
+  });
+  child.stderr?.on("data", (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  return { stdout: () => stdout, stderr: () => stderr };
 }

@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { collectOutput } from "@sbx/arch/testing";
 import { UffdError } from "../errors.ts";
 
 const run = promisify(execFile);
@@ -146,21 +147,15 @@ export async function runTestPeer(
   options: TestPeerOptions & { timeoutMs?: number },
 ): Promise<TestPeerResult> {
   const child = spawnTestPeer(options);
-  let stdout = "";
-  let stderr = "";
-  child.stdout?.on("data", (chunk: Buffer) => {
-    stdout += chunk.toString();
-  });
-  child.stderr?.on("data", (chunk: Buffer) => {
-    stderr += chunk.toString();
-  });
+  const output = collectOutput(child);
   const timer = setTimeout(() => child.kill("SIGKILL"), options.timeoutMs ?? 60_000);
   const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
     child.once("close", (c, s) => resolve([c, s])),
   );
   clearTimeout(timer);
-  if (code !== 0) throw new Error(`test peer failed (exit ${code}, signal ${signal}): ${stderr.trim()}`);
-  return JSON.parse(stdout.trim()) as TestPeerResult;
+  if (code !== 0)
+    throw new Error(`test peer failed (exit ${code}, signal ${signal}): ${output.stderr().trim()}`);
+  return JSON.parse(output.stdout().trim()) as TestPeerResult;
 }
 
 /** Writes a memory file whose every page differs (a deterministic xorshift stream). */
