@@ -96,7 +96,14 @@ export type CpuTemplateChoice =
     }
   | { kind: "custom"; path: string };
 
-const absolutePath = z
+/** The cgroup every jailed VM's cgroups go under, relative to each hierarchy's root. */
+export const jailParentCgroupSchema = z
+  .string()
+  .trim()
+  .regex(/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/, "must be a relative cgroup path like sbx")
+  .refine((text) => !text.split("/").includes(".."), { message: "must not contain .." });
+/** An absolute path setting. */
+export const absolutePath = z
   .string()
   .trim()
   .min(1)
@@ -152,12 +159,7 @@ export const orchestratorOptionsSchema = z.object({
   /** 1 or 2; default 2 when the cgroup2 hierarchy offers cpu, memory and pids, else 1. */
   jailCgroupVersion: z.union([z.literal(1), z.literal(2)]).optional(),
   /** The cgroup (relative to each hierarchy's root) every VM's cgroup is made under. */
-  jailParentCgroup: z
-    .string()
-    .trim()
-    .regex(/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/, "must be a relative cgroup path like sbx")
-    .refine((text) => !text.split("/").includes(".."), { message: "must not contain .." })
-    .optional(),
+  jailParentCgroup: jailParentCgroupSchema.optional(),
   kernelRoot: absolutePath.optional(),
   kernelVersion: pathSegment.optional(),
   kernelName: pathSegment.optional(),

@@ -42,6 +42,11 @@ export const JAIL_MEMORY_OVERHEAD_BYTES = 128 * 1024 * 1024;
 /** Firecracker's threads (VMM, API, one per vCPU) with room to spare; a guest cannot fork host tasks. */
 export const JAIL_DEFAULT_PIDS = 64;
 
+/** The 12 hex digits that name a state directory's group of jail cgroups (a hash of its path). */
+export function stateKey(stateDir: string): string {
+  return createHash("sha256").update(resolve(stateDir)).digest("hex").slice(0, 12);
+}
+
 /** Where the jails of this state directory live, and the cgroup they are made under: no I/O. */
 export function jailLayout(
   config: Pick<OrchestratorConfig, "stateDir" | "jailChrootBaseDir" | "jailParentCgroup">,
@@ -49,7 +54,7 @@ export function jailLayout(
   chrootBaseDir: string;
   parentCgroup: string;
 } {
-  const key = createHash("sha256").update(resolve(config.stateDir)).digest("hex").slice(0, 12);
+  const key = stateKey(config.stateDir);
   return {
     chrootBaseDir: config.jailChrootBaseDir ?? join(config.stateDir, "jail"),
     parentCgroup: `${config.jailParentCgroup}/${key}`,
@@ -222,12 +227,19 @@ export async function sweepStaleJails(
 /**
  * Removes this state directory's parent cgroup (`{parent}/{state key}`) from every hierarchy once no VM
  * cgroup is left in it: the jailer makes it and never removes it, and each state directory has its own.
- * One still in use stays (rmdir refuses it).
+ * One still in use stays (rmdir refuses it). Returns those left.
  */
 export async function removeJailParentCgroups(
   config: Pick<OrchestratorConfig, "stateDir" | "jailChrootBaseDir" | "jailParentCgroup">,
-): Promise<void> {
+): Promise<string[]> {
   const { parentCgroup } = jailLayout(config);
   const mounts = await readCgroupMounts().catch(() => []);
-  for (const mount of mounts) await rmdir(join(mount.path, parentCgroup)).catch(() => undefined);
+  const left: string[] = [];
+  for (const mount of mounts) {
+    const dir = join(mount.path, parentCgroup);
+    await rmdir(dir).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== "ENOENT") left.push(dir);
+    });
+  }
+  return left;
 }

@@ -8,6 +8,11 @@ import { ConcurrencyLimiter } from "./limiter.ts";
 import { type ProcessIdentity, processIdentity } from "./process-identity.ts";
 import { type ReclaimReport, reclaim } from "./reclaim.ts";
 import { StateDirectory } from "./state-dir.ts";
+import {
+  registerStateDirectory,
+  sweepDeletedStateDirectories,
+  unregisterStateDirectory,
+} from "./state-registry.ts";
 import { parseUidRange, UidPool } from "./uid-pool.ts";
 
 /** The host-side state an orchestrator process owns while it runs. */
@@ -51,6 +56,11 @@ export async function openOrchestratorState(
     });
     // Jails of VMs that died with a crashed owner (template builds have no record to reclaim from).
     reclaimed.staleJails = await sweepStaleJails(config, logger);
+    // Jails of other state directories deleted after a crash: nobody else would ever find them.
+    reclaimed.deletedStateDirs = await sweepDeletedStateDirectories(config, { logger });
+    await registerStateDirectory(config).catch((error: Error) =>
+      logger.warn?.({ error: error.message }, "could not record this state directory in the state registry"),
+    );
     const orphans = reclaimed.orphanedNetworks;
     if (
       reclaimed.reclaimed.length > 0 ||
@@ -80,7 +90,11 @@ export async function openOrchestratorState(
     const close = async () => {
       if (closed) return;
       closed = true;
-      await removeJailParentCgroups(config);
+      // The record stays while a jail cgroup does: it is how a later start finds it if this
+      // directory is deleted.
+      if ((await removeJailParentCgroups(config)).length === 0) {
+        await unregisterStateDirectory(config).catch(() => undefined);
+      }
       await lock.release();
     };
     return {

@@ -15,6 +15,7 @@ import { listHostFirewall, type PublishedPort, removeSandboxRules, sweepOrphaned
 import { type OrphanedNetworksReport, reclaimOrphanedNetworks } from "./orphaned-networks.ts";
 import { checkProcessIdentity, type TerminateResult, terminateRecordedProcess } from "./process-identity.ts";
 import type { InvalidRecord, SandboxProcessRole, SandboxRecord, StateDirectory } from "./state-dir.ts";
+import type { DeletedStateDirectory } from "./state-registry.ts";
 
 export interface ReclaimedSandbox {
   id: string;
@@ -40,6 +41,8 @@ export interface ReclaimReport {
   orphanedNetworks: OrphanedNetworksReport;
   /** Host firewall entries whose sandbox is gone although no record named them. */
   sweptRules: { chains: string[]; published: PublishedPort[] };
+  /** Jails of other state directories that were deleted after a crash (set by openOrchestratorState). */
+  deletedStateDirs?: DeletedStateDirectory[];
   /** Jails (chroots, cgroups) of VMs no record named, e.g. a template build's (set by openOrchestratorState). */
   staleJails?: RemovedJails;
 }
