@@ -158,7 +158,12 @@ export {
   vsockOverrideSchema,
   vsockSchema,
 } from "./schemas.ts";
-export { type RemovedJails, type RemoveStaleJailsOptions, removeStaleJails } from "./stale-jails.ts";
+export {
+  cgroupVmIds,
+  type RemovedJails,
+  type RemoveStaleJailsOptions,
+  removeStaleJails,
+} from "./stale-jails.ts";
 export {
   FIELD_SINCE,
   OLDEST_KNOWN_VERSION,

@@ -14,6 +14,11 @@ export interface RemoveStaleJailsOptions {
   parentCgroup?: string;
   /** Only VM ids starting with this (an owner's own prefix, when several owners share the base). */
   idPrefix?: string;
+  /**
+   * Only these VM ids, instead of every id found in the chroot base and under `parentCgroup`: for a
+   * base that may hold jails that are not this owner's.
+   */
+  ids?: Iterable<string>;
 }
 
 /** What `removeStaleJails` removed, and what it left because a process still runs there. */
@@ -56,6 +61,18 @@ async function hasLiveTasks(cgroupDir: string): Promise<boolean> {
   return false;
 }
 
+/** The VM ids that have a cgroup directly under `parentCgroup` in any hierarchy. */
+export async function cgroupVmIds(parentCgroup: string): Promise<string[]> {
+  const ids = new Set<string>();
+  for (const mount of await readCgroupMounts()) {
+    const children = await readdir(join(mount.path, parentCgroup), { withFileTypes: true }).catch(() => []);
+    for (const child of children) {
+      if (child.isDirectory() && /^[A-Za-z0-9-]{1,64}$/.test(child.name)) ids.add(child.name);
+    }
+  }
+  return [...ids].sort();
+}
+
 /**
  * Removes the chroots and per-VM cgroups of jailed VMs that no longer run. Call it when an owner starts,
  * before it launches: a jail being set up by another owner concurrently in the same base and prefix
@@ -65,17 +82,12 @@ export async function removeStaleJails(options: RemoveStaleJailsOptions): Promis
   const base = join(options.chrootBaseDir ?? "/srv/jailer", basename(options.firecrackerBinary));
   const parent = options.parentCgroup ?? "sbx";
   const prefix = options.idPrefix ?? "";
-  const mounts = await readCgroupMounts();
-  const cgroupParents = mounts.map((m) => join(m.path, parent));
-  const ids = new Set<string>();
-  for (const id of await list(base)) if (id.startsWith(prefix)) ids.add(id);
-  for (const dir of cgroupParents) {
-    const children = await readdir(dir, { withFileTypes: true }).catch(() => []);
-    for (const child of children) {
-      if (child.isDirectory() && child.name.startsWith(prefix) && /^[A-Za-z0-9-]{1,64}$/.test(child.name)) {
-        ids.add(child.name);
-      }
-    }
+  const cgroupParents = (await readCgroupMounts()).map((m) => join(m.path, parent));
+  let ids: Set<string>;
+  if (options.ids) ids = new Set([...options.ids].filter((id) => id.startsWith(prefix)));
+  else {
+    ids = new Set((await list(base)).filter((id) => id.startsWith(prefix)));
+    for (const id of await cgroupVmIds(parent)) if (id.startsWith(prefix)) ids.add(id);
   }
   const live = await runningIds(basename(options.firecrackerBinary));
   const result: RemovedJails = { removed: [], running: [], leftCgroups: [] };

@@ -195,11 +195,12 @@ export function launchModeFor(state: { config: OrchestratorConfig }): Promise<La
 /**
  * Removes the chroots and cgroups of this state directory's jailed VMs that no longer run: after a
  * crash of the owning process its VMs died with it (pid namespace, death signal), but nobody removed
- * their jails. Run after reclaim, under the state directory's lock.
+ * their jails. Run after reclaim, under the state directory's lock. With `ids`, only those VMs.
  */
 export async function sweepStaleJails(
   config: Pick<OrchestratorConfig, "stateDir" | "jailChrootBaseDir" | "jailParentCgroup">,
   logger: Logger = silentLogger,
+  ids?: readonly string[],
 ): Promise<RemovedJails> {
   const layout = jailLayout(config);
   const total: RemovedJails = { removed: [], running: [], leftCgroups: [] };
@@ -213,6 +214,7 @@ export async function sweepStaleJails(
         firecrackerBinary: `/${execName}`,
         chrootBaseDir: layout.chrootBaseDir,
         parentCgroup: layout.parentCgroup,
+        ...(ids ? { ids } : {}),
       });
       total.removed.push(...result.removed);
       total.running.push(...result.running);

@@ -7,10 +7,10 @@
 import { mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { type Logger, silentLogger, writeFileAtomic } from "@sbx/arch";
-import { type RemovedJails, readCgroupMounts, removeCgroupDirs } from "@sbx/fc-client";
+import { cgroupVmIds, type RemovedJails } from "@sbx/fc-client";
 import { z } from "zod";
 import { absolutePath, jailParentCgroupSchema, type OrchestratorConfig } from "./config.ts";
-import { jailLayout, removeJailParentCgroups, stateKey } from "./jail-plan.ts";
+import { jailLayout, removeJailParentCgroups, stateKey, sweepStaleJails } from "./jail-plan.ts";
 
 /** Where the records go: one `{state key}.json` per state directory whose orchestrator has started. */
 export const STATE_REGISTRY_DIR = "/run/sbx/state-dirs";
@@ -76,14 +76,14 @@ export async function sweepDeletedStateDirectories(
   const registry = options.registry ?? STATE_REGISTRY_DIR;
   const swept: DeletedStateDirectory[] = [];
   const names = await readdir(registry).catch(() => [] as string[]);
-  for (const name of names.filter((n) => /^[0-9a-f]{12}\.json$/.test(n))) {
+  const own = `${stateKey(config.stateDir)}.json`;
+  for (const name of names.filter((n) => /^[0-9a-f]{12}\.json$/.test(n) && n !== own)) {
     const entry = await readEntry(join(registry, name));
     // A record whose name is not its own path's key was not written by registerStateDirectory.
     if (!entry || `${stateKey(entry.stateDir)}.json` !== name) {
       logger.warn?.({ record: join(registry, name) }, "state registry: ignoring an invalid record");
       continue;
     }
-    if (stateKey(entry.stateDir) === stateKey(config.stateDir)) continue;
     if (
       await stat(entry.stateDir).then(
         () => true,
@@ -97,7 +97,10 @@ export async function sweepDeletedStateDirectories(
       jailChrootBaseDir: entry.jailChrootBaseDir,
       jailParentCgroup: entry.jailParentCgroup,
     };
-    const jails = await removeIdleJails(settings);
+    // Only VMs this key's cgroups name: the record says where the chroot base is, the kernel's cgroups
+    // say which jails in it were this directory's.
+    const ids = await cgroupVmIds(jailLayout(settings).parentCgroup);
+    const jails = await sweepStaleJails(settings, logger, ids);
     await removeJailParentCgroups(settings);
     const forgotten = jails.running.length === 0;
     if (forgotten) await rm(join(registry, name), { force: true });
@@ -119,45 +122,4 @@ async function readEntry(path: string): Promise<z.infer<typeof registryEntrySche
   } catch {
     return undefined;
   }
-}
-
-const VM_ID = /^[A-Za-z0-9-]{1,64}$/;
-
-async function hasTasks(cgroupDir: string): Promise<boolean> {
-  const procs = await readFile(join(cgroupDir, "cgroup.procs"), "utf8").catch(() => "");
-  return procs.trim() !== "";
-}
-
-/**
- * The VMs of one state key: those whose cgroups hold no process lose their cgroups and their chroot.
- * Only ids this key's cgroups name are touched, and in a chroot base only `{base}/{exec}/{id}`: the
- * record says where the base is, the kernel's cgroups say which ids were this directory's.
- */
-async function removeIdleJails(settings: JailSettings): Promise<RemovedJails> {
-  const layout = jailLayout(settings);
-  const groups = (await readCgroupMounts().catch(() => [])).map((mount) =>
-    join(mount.path, layout.parentCgroup),
-  );
-  const ids = new Set<string>();
-  for (const group of groups) {
-    for (const child of await readdir(group, { withFileTypes: true }).catch(() => [])) {
-      if (child.isDirectory() && VM_ID.test(child.name)) ids.add(child.name);
-    }
-  }
-  const result: RemovedJails = { removed: [], running: [], leftCgroups: [] };
-  for (const id of [...ids].sort()) {
-    const dirs = groups.map((group) => join(group, id));
-    if ((await Promise.all(dirs.map(hasTasks))).some(Boolean)) {
-      result.running.push(id);
-      continue;
-    }
-    result.leftCgroups.push(...(await removeCgroupDirs(dirs)));
-    if (settings.jailChrootBaseDir) {
-      for (const exec of await readdir(settings.jailChrootBaseDir).catch(() => [] as string[])) {
-        await rm(join(settings.jailChrootBaseDir, exec, id), { recursive: true, force: true });
-      }
-    }
-    result.removed.push(id);
-  }
-  return result;
 }
