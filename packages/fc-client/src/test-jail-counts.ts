@@ -1,5 +1,8 @@
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
+import { entries } from "@sbx/arch/testing";
+
+export { entries };
 
 /** Live (not zombie) processes whose command line carries `--id <id>` with `id` starting with `idPrefix`. */
 export function firecrackerPids(idPrefix: string): number[] {
@@ -20,15 +23,6 @@ export function firecrackerPids(idPrefix: string): number[] {
     }
   }
   return out.sort((a, b) => a - b);
-}
-
-/** Entries of a directory, or none when it does not exist. */
-export function entries(dir: string): string[] {
-  try {
-    return readdirSync(dir).sort();
-  } catch {
-    return [];
-  }
 }
 
 /** Per-VM cgroup directories under `parent` in every v1 hierarchy and the v2 one. */

@@ -82,19 +82,28 @@ export async function firecrackerVersionOf(path: string): Promise<string | undef
 }
 
 /** The Firecracker binary: FIRECRACKER_BIN if set, else `{firecrackerRoot}/{version}/{arch}/firecracker`. */
+/** A binary named by a variable (FIRECRACKER_BIN, JAILER_BIN): it must be built for the target arch. */
+export async function archCheckedBinary(
+  variable: string,
+  path: string,
+  targetArch: OrchestratorConfig["targetArch"],
+): Promise<{ path: string; sha256: string }> {
+  const detected = await detectBinaryArch(path);
+  if (detected.arch !== targetArch) {
+    throw new OrchestratorError(
+      "ARCH_MISMATCH",
+      `${variable} ${path} is a ${detected.arch} binary, but the target arch is ${targetArch}`,
+      { details: { path, detected: detected.arch, target: targetArch } },
+    );
+  }
+  return { path, sha256: await sha256File(path) };
+}
+
 export async function resolveFirecrackerBinary(
   config: OrchestratorConfig,
 ): Promise<{ path: string; sha256: string }> {
   if (config.firecrackerBin) {
-    const detected = await detectBinaryArch(config.firecrackerBin);
-    if (detected.arch !== config.targetArch) {
-      throw new OrchestratorError(
-        "ARCH_MISMATCH",
-        `FIRECRACKER_BIN ${config.firecrackerBin} is a ${detected.arch} binary, but the target arch is ${config.targetArch}`,
-        { details: { path: config.firecrackerBin, detected: detected.arch, target: config.targetArch } },
-      );
-    }
-    return { path: config.firecrackerBin, sha256: await sha256File(config.firecrackerBin) };
+    return archCheckedBinary("FIRECRACKER_BIN", config.firecrackerBin, config.targetArch);
   }
   return resolveDigestedArtifact({
     root: config.firecrackerRoot,

@@ -4,7 +4,7 @@
 import { createHash } from "node:crypto";
 import { mkdir, readdir, rmdir, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { ArchError, detectBinaryArch, type Logger, sha256File, silentLogger } from "@sbx/arch";
+import { ArchError, type Logger, silentLogger } from "@sbx/arch";
 import {
   type CgroupLimits,
   chooseCgroupVersion,
@@ -13,7 +13,7 @@ import {
   readCgroupMounts,
   removeStaleJails,
 } from "@sbx/fc-client";
-import { resolveDigestedArtifact } from "./boot-parameters.ts";
+import { archCheckedBinary, resolveDigestedArtifact } from "./boot-parameters.ts";
 import type { OrchestratorConfig } from "./config.ts";
 import { OrchestratorError } from "./errors.ts";
 
@@ -74,15 +74,7 @@ export async function resolveJailerBinary(
       throw new OrchestratorError("ARTIFACT_INVALID", `JAILER_BIN ${config.jailerBin} is not a file`, {
         details: { path: config.jailerBin },
       });
-    const detected = await detectBinaryArch(config.jailerBin);
-    if (detected.arch !== config.targetArch) {
-      throw new OrchestratorError(
-        "ARCH_MISMATCH",
-        `JAILER_BIN ${config.jailerBin} is a ${detected.arch} binary, but the target arch is ${config.targetArch}`,
-        { details: { path: config.jailerBin, detected: detected.arch, target: config.targetArch } },
-      );
-    }
-    return { path: config.jailerBin, sha256: await sha256File(config.jailerBin) };
+    return archCheckedBinary("JAILER_BIN", config.jailerBin, config.targetArch);
   }
   try {
     return await resolveDigestedArtifact({

@@ -1,8 +1,8 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { readdirSync, readlinkSync } from "node:fs";
-import { childPids as allChildPids, collectOutput } from "@sbx/arch/testing";
+import { readlinkSync } from "node:fs";
+import { childPids as allChildPids, collectOutput, entries } from "@sbx/arch/testing";
 
-export { openFdCount } from "@sbx/arch/testing";
+export { entries, openFdCount } from "@sbx/arch/testing";
 
 /** Whether `command args` runs and exits 0 here. */
 export function hasCommand(command: string, args: string[]): boolean {
@@ -29,15 +29,6 @@ export function testAddressIndex(slot: number): number {
 
 /** Live (non-zombie) child processes of this process. */
 export const childPids = (): number[] => allChildPids({ zombies: false });
-
-/** A directory's names, sorted; none when it does not exist. */
-export function entries(dir: string): string[] {
-  try {
-    return readdirSync(dir).sort();
-  } catch {
-    return [];
-  }
-}
 
 /** Processes whose pid namespace is `ns` (`pid:[…]`). */
 export function processesInNamespace(ns: string): number[] {

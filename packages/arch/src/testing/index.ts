@@ -79,3 +79,12 @@ export function collectOutput(child: ChildProcess): { stdout(): string; stderr()
   });
   return { stdout: () => stdout, stderr: () => stderr };
 }
+
+/** A directory's names, sorted; none when it does not exist. */
+export function entries(dir: string): string[] {
+  try {
+    return readdirSync(dir).sort();
+  } catch {
+    return [];
+  }
+}
