@@ -81,7 +81,6 @@ export async function firecrackerVersionOf(path: string): Promise<string | undef
   }
 }
 
-/** The Firecracker binary: FIRECRACKER_BIN if set, else `{firecrackerRoot}/{version}/{arch}/firecracker`. */
 /** A binary named by a variable (FIRECRACKER_BIN, JAILER_BIN): it must be built for the target arch. */
 export async function archCheckedBinary(
   variable: string,
@@ -99,6 +98,7 @@ export async function archCheckedBinary(
   return { path, sha256: await sha256File(path) };
 }
 
+/** The Firecracker binary: FIRECRACKER_BIN if set, else `{firecrackerRoot}/{version}/{arch}/firecracker`. */
 export async function resolveFirecrackerBinary(
   config: OrchestratorConfig,
 ): Promise<{ path: string; sha256: string }> {
